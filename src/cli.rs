@@ -1,0 +1,238 @@
+//! The command-line edge: clap definitions, dispatch, and mapping errors to exit codes.
+//!
+//! Typed errors from the library become `anyhow` here and nowhere deeper; each command returns
+//! the exit code it wants (see [`crate::exit`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{commands, exit};
+
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about = "Bring network-function VMs up and down on lab hosts over SSH", after_help = exit::HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Directory of templates overriding the embedded ones (same file names).
+    #[arg(long, global = true, value_name = "DIR", env = "HARNESS_TEMPLATES")]
+    pub templates: Option<PathBuf>,
+    /// Record unknown SSH host keys in known_hosts instead of refusing (changed keys are always refused).
+    #[arg(long, global = true)]
+    pub accept_new_host_keys: bool,
+    /// OpenSSH client config to honour (default ~/.ssh/config; `none` to ignore it).
+    #[arg(short = 'F', long = "ssh-config", global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// TCP connect timeout per node.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// SSH handshake + authentication timeout per node.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+    /// Default timeout of one remote command.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// Progress display: bars on a terminal, plain timestamped lines otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+    /// Where local run records are kept (default $XDG_STATE_HOME/harness or ~/.local/state/harness).
+    #[arg(long, global = true, value_name = "DIR", env = "HARNESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    Auto,
+    Bars,
+    Plain,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a topology file; print every error with file:line:column.
+    Validate(ValidateArgs),
+    /// Print what `up` would run: per VM the exact command and every file, without touching any host.
+    Render(RenderArgs),
+    /// Pre-flight every DUT in parallel (SSH, sudo, qemu, KVM, hugepages, CPUs, tools); changes nothing.
+    Check(CheckArgs),
+    /// Run a command on the selected nodes concurrently.
+    Exec(ExecArgs),
+    /// Start every VM of the topology, wait until ready, pin vCPUs.
+    Up(UpArgs),
+    /// Show what runs where, read from the hosts themselves.
+    Status(StatusArgs),
+    /// Print (or follow) a VM's serial log.
+    Logs(LogsArgs),
+    /// Stop exactly what `up` started, and nothing else.
+    Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    pub topology: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    pub topology: PathBuf,
+    /// Only this VM (repeatable).
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Run id used in the rendered remote paths.
+    #[arg(long, default_value = "RUN_ID")]
+    pub run_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    pub topology: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub topology: PathBuf,
+    /// Only these nodes (repeatable; default every DUT).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// Run under `sudo -n`.
+    #[arg(long)]
+    pub sudo: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    pub topology: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Run id (default: generated, `YYYYmmdd-HHMMSS-xxxx`).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Only these VMs (repeatable).
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Topology whose DUTs to ask (default: the nodes in local run records).
+    pub topology: Option<PathBuf>,
+    /// Only this run.
+    #[arg(long = "run", value_name = "ID")]
+    pub run: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// VM name (e.g. DUT1_1).
+    pub vm: String,
+    /// Topology the VM belongs to (default: from the local run record).
+    pub topology: Option<PathBuf>,
+    #[arg(long = "run", value_name = "ID")]
+    pub run: Option<String>,
+    /// Keep streaming until interrupted or the VM exits.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Stop runs on this topology's DUTs (all runs started from this file, or `--run`).
+    pub topology: Option<PathBuf>,
+    #[arg(long = "run", value_name = "ID")]
+    pub run: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 2m, 500ms)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            commands::exit_code_for(&err)
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Validate(a) => commands::validate::run(g, a),
+        Command::Render(a) => commands::render::run(g, a),
+        Command::Check(a) => commands::runtime()?.block_on(commands::check::run(g, a)),
+        Command::Exec(a) => commands::runtime()?.block_on(commands::exec::run(g, a)),
+        Command::Up(a) => commands::runtime()?.block_on(commands::up::run(g, a)),
+        Command::Status(a) => commands::runtime()?.block_on(commands::status::run(g, a)),
+        Command::Logs(a) => commands::runtime()?.block_on(commands::logs::run(g, a)),
+        Command::Down(a) => commands::runtime()?.block_on(commands::down::run(g, a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

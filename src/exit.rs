@@ -1,0 +1,23 @@
+//! Semantic exit codes, shared by every subcommand and documented in `--help` and the README.
+
+/// Everything asked for was done.
+pub const OK: u8 = 0;
+/// A check or remote command failed (`check` found a missing requirement, `exec` had a nonzero exit).
+pub const FAILED: u8 = 1;
+/// Invalid input: the topology, a template or the command line is wrong. Nothing was changed on any host.
+pub const INVALID_INPUT: u8 = 2;
+/// A node could not be reached or authenticated (connect, host key, auth).
+pub const UNREACHABLE: u8 = 3;
+/// `up` failed (start, readiness, pinning); what it started was stopped again.
+pub const UP_FAILED: u8 = 4;
+/// Interrupted by Ctrl-C / SIGTERM; what was started was stopped again.
+pub const INTERRUPTED: u8 = 130;
+
+pub const HELP: &str = "\
+Exit codes:
+  0    ok
+  1    a check or remote command failed
+  2    invalid input (topology, template, arguments); nothing was changed on any host
+  3    a node was unreachable or refused authentication / host key
+  4    `up` failed; everything it had started was stopped again
+  130  interrupted (Ctrl-C / SIGTERM); everything started was stopped again";

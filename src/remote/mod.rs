@@ -1,0 +1,1 @@
+//! Node operations built on [`crate::ssh::Session`]: probes, hugepages, process control.

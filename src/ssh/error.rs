@@ -1,0 +1,36 @@
+//! Typed SSH errors. Each names the node and the phase that failed.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("{node} ({addr}): connect failed: {message}")]
+    Connect { node: String, addr: String, message: String },
+    #[error("{node} ({addr}): {phase} timed out after {after:?}")]
+    Timeout { node: String, addr: String, phase: &'static str, after: Duration },
+    #[error(
+        "{node} ({addr}): unknown host key {fingerprint}; to trust it, re-run with --accept-new-host-keys \
+         (or set `accept_new_host_key: true` on the node); it will be recorded in {known_hosts}"
+    )]
+    HostKeyUnknown { node: String, addr: String, fingerprint: String, known_hosts: String },
+    #[error(
+        "{node} ({addr}): HOST KEY CHANGED: the server offered {fingerprint}, but {known_hosts}:{line} \
+         holds a different key. This may be an attack. Refusing to connect; remove the stale entry only \
+         if you know why the key changed"
+    )]
+    HostKeyChanged { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
+    #[error("{node} ({addr}): auth failed: {message}")]
+    Auth { node: String, addr: String, message: String },
+    #[error("{node}: sudo requires a password (passwordless `sudo -n` is needed): {command}")]
+    SudoPassword { node: String, command: String },
+    #[error("{node}: command timed out after {after:?} and was killed: {command}")]
+    CommandTimeout { node: String, command: String, after: Duration },
+    #[error("{node}: command failed (exit {status}): {command}: {stderr}")]
+    CommandFailed { node: String, command: String, status: String, stderr: String },
+    #[error("{node}: connection lost: {message}")]
+    Disconnected { node: String, message: String },
+    #[error("{node}: channel error: {message}")]
+    Channel { node: String, message: String },
+    #[error("{node}: {message}")]
+    Config { node: String, message: String },
+}

@@ -1,0 +1,55 @@
+//! Topology files: CSIT's `metadata:` + `nodes:` format, extended with `vms:` and node keys.
+//!
+//! [`load`] reads a file, checks every key and value, applies defaults and cross-checks
+//! (VM on an existing DUT, unique ids and names, CPU lists, PCI addresses, ...). All problems are
+//! reported at once as [`Diagnostic`]s naming `file:line:column` and the key path.
+
+mod model;
+
+pub use model::*;
+
+use std::path::{Path, PathBuf};
+
+use crate::templates::Templates;
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Key path, e.g. `vms[0].smp` or `nodes.DUT1.port`.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}: {}", self.file.display(), self.line, self.column, self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", render_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render_diagnostics(d: &[Diagnostic]) -> String {
+    let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    format!("{}\n{} error(s) in topology", lines.join("\n"), d.len())
+}
+
+/// Load and validate a topology file.
+pub fn load(path: &Path, templates: &Templates) -> Result<Topology, TopologyError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.to_path_buf(), source })?;
+    load_str(&text, path, templates)
+}
+
+/// Validate topology text; `path` is only used in messages and for relative paths.
+pub fn load_str(_text: &str, _path: &Path, _templates: &Templates) -> Result<Topology, TopologyError> {
+    todo!("topology: load_str")
+}

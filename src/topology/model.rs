@@ -1,0 +1,276 @@
+//! The validated, typed topology: what `topology::load` produces and `plan::build` consumes.
+//!
+//! These types describe *what the user asked for*, after defaults are applied and every
+//! cross-check has passed. Nothing here knows about SSH or QEMU command lines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A whole topology file: CSIT's `metadata:` + `nodes:` plus the harness' `vms:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    /// The file this was loaded from (for messages and for resolving relative paths).
+    pub path: PathBuf,
+    /// Nodes in file order.
+    pub nodes: Vec<Node>,
+    /// VMs in file order, with defaults (qemu_id, name, ...) filled in.
+    pub vms: Vec<Vm>,
+    /// Give every VM NIC a MAC that is unique across nodes (`52:54:00:<node>:<id>:<nic>`)
+    /// instead of CSIT's per-node `52:54:00:00:<id>:<nic>`. Top-level key `unique_macs`.
+    pub unique_macs: bool,
+}
+
+impl Topology {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    /// DUT nodes, in file order: the only nodes the harness drives.
+    pub fn duts(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.node_type == NodeType::Dut)
+    }
+    pub fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Vm> + 'a {
+        self.vms.iter().filter(move |v| v.node == node)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeType {
+    Tg,
+    Dut,
+    /// CSIT inserts `VM` nodes at run time; a file may also carry other types. Parsed, never driven.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+/// Hugepage size. Only the two sizes x86_64 and aarch64 (4K granule) share are supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PageSize {
+    #[serde(rename = "2M")]
+    M2,
+    #[serde(rename = "1G")]
+    G1,
+}
+
+impl PageSize {
+    /// As written in kernel command lines, startup.conf and topology files: `2M` / `1G`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageSize::M2 => "2M",
+            PageSize::G1 => "1G",
+        }
+    }
+    pub fn kib(self) -> u64 {
+        match self {
+            PageSize::M2 => 2048,
+            PageSize::G1 => 1024 * 1024,
+        }
+    }
+    pub fn mib(self) -> u64 {
+        self.kib() / 1024
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Auth {
+    /// Private key file (`identity_file`); passphrase read from the named env var if set.
+    IdentityFile { path: PathBuf, passphrase_env: Option<String> },
+    /// Password taken from an environment variable at connect time (`password_env`).
+    PasswordEnv(String),
+    /// CSIT's plaintext `password:`; accepted with a warning. Never logged or serialised.
+    #[serde(serialize_with = "redact")]
+    Password(String),
+}
+
+fn redact<S: serde::Serializer>(_: &String, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// Key in `nodes:` (e.g. `DUT1`).
+    pub name: String,
+    pub node_type: NodeType,
+    pub host: String,
+    /// SSH port; `None` = from ~/.ssh/config or 22.
+    pub port: Option<u16>,
+    /// SSH user; `None` = from ~/.ssh/config or the local user.
+    pub username: Option<String>,
+    /// Explicit credentials in preference order; ssh-agent and ~/.ssh/config identities are
+    /// tried by the SSH layer as well.
+    pub auth: Vec<Auth>,
+    /// `proxy_jump`: `[user@]host[:port]` of a jump host, or the name of another node.
+    pub proxy_jump: Option<String>,
+    /// `known_hosts`: path of the known_hosts file to use (default ~/.ssh/known_hosts).
+    pub known_hosts: Option<PathBuf>,
+    /// `accept_new_host_key`: record an unknown host key instead of refusing.
+    pub accept_new_host_key: bool,
+    pub arch: Arch,
+    pub hugepages: HugepagesConfig,
+    pub qemu: QemuConfig,
+    /// Remote root for run directories (default `/run/harness`).
+    pub run_root: String,
+    /// CSIT `interfaces:` (port1..portN); kept for reference (e.g. vif MACs), never driven.
+    pub interfaces: BTreeMap<String, CsitInterface>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CsitInterface {
+    pub mac_address: Option<String>,
+    pub pci_address: Option<String>,
+    pub link: Option<String>,
+    pub driver: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HugepagesConfig {
+    /// Default page size for this node's VMs (a VM's `page_size` overrides it).
+    pub size: PageSize,
+    /// Raise `nr_hugepages` / mount hugetlbfs when short, and restore on `down`.
+    pub allocate: bool,
+    /// hugetlbfs mount point per page size; default `/dev/hugepages` (2M) and `/dev/hugepages1G` (1G) as CSIT.
+    pub mounts: BTreeMap<PageSize, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+    /// KVM if a probe shows it really runs a guest, TCG otherwise.
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QemuConfig {
+    /// Directory holding `qemu-system-<arch>` (default `/usr/bin`, as CSIT).
+    pub bin_dir: String,
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmKind {
+    /// Host kernel + initrd, host `/` over 9p read-only, our init script as PID 1 (CSIT's kernel VM).
+    Kernel,
+    /// A disk image with its own OS; readiness via QGA (CSIT's nested VM, fixed).
+    Image,
+}
+
+/// What runs inside the guest. Decides startup.conf / exec / testpmd command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Vnf {
+    /// `vpp*`: VPP with a generated startup.conf and the `<name>.exec` template.
+    Vpp(String),
+    TestpmdIo,
+    TestpmdMac,
+    /// Nothing but the init script (and its `command`, if any).
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmInterface {
+    VhostUser(VhostUser),
+    /// Host PCI address `dddd:bb:ss.f` passed through with vfio-pci.
+    VfioPci(String),
+    /// QEMU user networking (image VMs); `hostfwd` of guest port 22 to `host_port` on 127.0.0.1 if set.
+    NetUser {
+        net: String,
+        host_port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VhostUser {
+    /// Absolute socket path on the host.
+    pub socket: String,
+    /// QEMU is the server (CSIT default true).
+    pub server: bool,
+    /// rx/tx queue size; `None` leaves QEMU's default (and, unlike CSIT, no trailing comma).
+    pub queue_size: Option<u32>,
+    /// Queue count; default = the VM's `queues`.
+    pub queues: u32,
+    pub csum: bool,
+    pub gso: bool,
+    /// `vectors=` override (QEMU 7.2 under TCG needs 0, lab-notes §7); default `2*queues+2`.
+    pub vectors: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drive {
+    pub file: String,
+    /// `raw`, `qcow2`, ... (ignored for cdrom).
+    pub format: String,
+    pub cdrom: bool,
+    pub index: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sched {
+    /// `chrt -r -p 1` on each vCPU thread.
+    Rr,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Vm {
+    /// Node name this VM runs on (a DUT).
+    pub node: String,
+    pub qemu_id: u32,
+    /// Default `<node>_<qemu_id>` (CSIT's name).
+    pub name: String,
+    pub kind: VmKind,
+    /// Kernel path or prefix (`/opt/boot/vmlinuz` = newest `/opt/boot/vmlinuz*` on the host). Kernel VMs.
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    /// Disk image (image VMs).
+    pub image: Option<String>,
+    pub image_format: String,
+    pub smp: u32,
+    /// Guest RAM in MiB, hugepage-backed.
+    pub mem: u64,
+    pub page_size: PageSize,
+    pub vnf: Vnf,
+    /// Template variables (mac1/mac2/vif1_mac/vif2_mac are derived when not given).
+    pub vars: BTreeMap<String, String>,
+    pub queues: u32,
+    pub jumbo: bool,
+    pub interfaces: Vec<VmInterface>,
+    pub drives: Vec<Drive>,
+    /// Host CPUs for the vCPU threads, vCPU order (len == smp).
+    pub cpus: Option<Vec<u32>>,
+    pub sched: Sched,
+    pub boot_timeout: Duration,
+    /// Extra serial substrings that mean "ready" (added to the VNF's defaults).
+    pub ready_markers: Vec<String>,
+    /// Extra serial substrings that mean "failed" (added to the defaults).
+    pub fail_markers: Vec<String>,
+    /// Attach a guest agent channel and require it to answer before the VM counts as ready.
+    pub qga: bool,
+    /// Extra command run by the init script before the VNF (kernel VMs), e.g. the lab's qemu-ga start.
+    pub init_command: Option<String>,
+    /// Extra raw qemu arguments appended verbatim (an escape hatch, shown in render).
+    pub extra_args: Vec<String>,
+}
