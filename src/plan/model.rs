@@ -115,10 +115,10 @@ pub struct VmPaths {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
-    /// Any of these substrings anywhere in the serial stream means ready.
-    pub ready_markers: Vec<String>,
+    /// Any of these anywhere in the serial stream means ready.
+    pub ready_markers: Vec<Marker>,
     /// Any of these means the guest failed; the wait ends at once.
-    pub fail_markers: Vec<String>,
+    pub fail_markers: Vec<Marker>,
     /// Also require the guest agent to answer `guest-sync-delimited`.
     pub qga: bool,
     #[serde(with = "secs")]
@@ -128,6 +128,23 @@ pub struct Readiness {
 mod secs {
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// A serial-log marker: one line that contains every one of these substrings (CSIT's VPP check is
+/// `vpp ` and `built by` on the same line). Serialised as the list of substrings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Marker {
+    pub all: Vec<String>,
+}
+
+impl Marker {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(parts: I) -> Self {
+        Marker { all: parts.into_iter().map(Into::into).collect() }
+    }
+    pub fn matches(&self, line: &str) -> bool {
+        self.all.iter().all(|p| line.contains(p.as_str()))
     }
 }
 

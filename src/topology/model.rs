@@ -252,6 +252,9 @@ pub struct Vm {
     /// Guest RAM in MiB, hugepage-backed.
     pub mem: u64,
     pub page_size: PageSize,
+    /// Hugepages the *guest* kernel reserves (`hugepages=` on its command line). Default as CSIT:
+    /// 512 for 2M pages, 3 for 1G pages; lower it for small guests.
+    pub guest_hugepages: u64,
     pub vnf: Vnf,
     /// Template variables (mac1/mac2/vif1_mac/vif2_mac are derived when not given).
     pub vars: BTreeMap<String, String>,
