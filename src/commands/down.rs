@@ -1,7 +1,114 @@
-//! `harness down`.
+//! `harness down [TOPOLOGY] [--run ID]`: stop runs, using the hosts' own manifests.
 
-use crate::cli::{DownArgs, GlobalArgs};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub async fn run(_g: &GlobalArgs, _a: &DownArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`harness down` is not implemented yet")
+use anyhow::bail;
+use tokio::task::JoinSet;
+
+use crate::cli::{DownArgs, Format, GlobalArgs};
+use crate::exit;
+use crate::report::Reporter;
+use crate::run::down::{self, Selector, StoppedVm};
+use crate::run::record;
+use crate::ssh::{Session, SshTarget};
+use crate::topology::Topology;
+
+/// The topology to act on and the run selector, from the arguments and local run records.
+pub fn resolve(
+    g: &GlobalArgs,
+    topology: Option<&std::path::Path>,
+    run: Option<&str>,
+) -> anyhow::Result<(Topology, Selector)> {
+    let state = record::state_dir(g.state_dir.as_deref());
+    let topo_path = match (topology, run) {
+        (Some(t), _) => t.to_path_buf(),
+        (None, Some(r)) => match record::load(&state, r) {
+            Ok(rec) => rec.topology,
+            Err(_) => bail!("no local record of run {r}: name the topology too (harness down TOPOLOGY --run {r})"),
+        },
+        (None, None) => match record::list(&state).first() {
+            Some(rec) => rec.topology.clone(),
+            None => bail!("no local run records: name the topology (harness down TOPOLOGY)"),
+        },
+    };
+    let (topo, _) = super::load_topology(g, &topo_path)?;
+    let sel = Selector {
+        run_id: run.map(str::to_string),
+        topology: if run.is_none() { Some(super::up::absolute(&topo_path)) } else { None },
+    };
+    Ok((topo, sel))
+}
+
+pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
+    let (topo, sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
+    let opts = Arc::new(super::connect_options(g));
+    let (reporter, root) = Reporter::start(super::up::style(g));
+    let mut set = JoinSet::new();
+    for node in topo.duts() {
+        let target = SshTarget::from_node(node);
+        let (opts, sel, ev) = (opts.clone(), sel.clone(), root.for_node(&node.name));
+        let (name, run_root) = (node.name.clone(), node.run_root.clone());
+        set.spawn(async move {
+            let s = Session::connect(&target, &opts).await.map_err(|e| (name.clone(), e.to_string(), true))?;
+            let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
+                .await
+                .map_err(|e| (name.clone(), e.to_string(), false));
+            s.close().await;
+            r
+        });
+    }
+    let mut stopped: Vec<StoppedVm> = Vec::new();
+    let mut errors = Vec::new();
+    let mut unreachable = false;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(v)) => stopped.extend(v),
+            Ok(Err((node, e, unr))) => {
+                unreachable |= unr;
+                errors.push(format!("{node}: {e}"));
+            }
+            Err(e) => errors.push(format!("internal: {e}")),
+        }
+    }
+    drop(root);
+    reporter.finish().await;
+    let state = record::state_dir(g.state_dir.as_deref());
+    let mut runs: Vec<&str> = stopped.iter().filter(|s| s.error.is_none()).map(|s| s.run_id.as_str()).collect();
+    runs.sort();
+    runs.dedup();
+    for r in &runs {
+        record::remove(&state, r);
+    }
+    if let Some(r) = &sel.run_id {
+        if errors.is_empty() {
+            record::remove(&state, r);
+        }
+    }
+    let failed: Vec<&StoppedVm> = stopped.iter().filter(|s| s.error.is_some()).collect();
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"stopped": stopped, "errors": errors, "ok": errors.is_empty() && failed.is_empty()}))?
+        ),
+        Format::Text => {
+            for s in &stopped {
+                let how = s.report.as_ref().map(|r| format!("{:?}{}", r.outcome, r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()));
+                println!("{:<8} {:<22} {:<12} {}", s.node, s.run_id, s.vm, s.error.clone().or(how).unwrap_or_default());
+            }
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            if stopped.is_empty() && errors.is_empty() {
+                println!("nothing to stop");
+            }
+        }
+    }
+    Ok(if unreachable {
+        exit::UNREACHABLE
+    } else if !errors.is_empty() || !failed.is_empty() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }

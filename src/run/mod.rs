@@ -1,1 +1,71 @@
 //! Executing plans on nodes: `up`, `down`, `status`, `logs`.
+//!
+//! `up` runs every node concurrently (one SSH connection each) and every VM of a node
+//! concurrently; everything it starts is tracked as it happens, so an error, a timeout or an
+//! interrupt stops exactly that on every node before returning. State lives on the hosts
+//! ([`manifest`]) and, for convenience, in a local [`record`].
+
+pub mod bridge;
+pub mod down;
+pub mod manifest;
+pub mod qga;
+pub mod qmp;
+pub mod record;
+pub mod serial;
+pub mod up;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `YYYYmmdd-HHMMSS-xxxx` in UTC: sortable, readable, unique enough with 16 random bits.
+pub fn new_run_id() -> String {
+    let secs = now_unix() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let tag: u16 = rand::random();
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{tag:04x}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Who started a run, for manifests: `user@host`.
+pub fn started_by() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{user}@{host}")
+}
+
+/// A run id must be safe as one path component on the host.
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_sortable_and_safe() {
+        let id = new_run_id();
+        assert_eq!(id.len(), "20261122-030405-abcd".len(), "{id}");
+        assert!(valid_run_id(&id));
+        assert!(id.starts_with("20"));
+        assert!(!valid_run_id("../etc"));
+        assert!(!valid_run_id("a b"));
+        assert!(!valid_run_id(".."));
+    }
+}

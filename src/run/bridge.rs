@@ -1,0 +1,78 @@
+//! A remote command's stdin/stdout as a local `AsyncRead + AsyncWrite` stream.
+//!
+//! QMP and QGA sockets on a node are root-owned unix sockets; the portable way to reach them is
+//! one SSH channel running `sudo -n socat - UNIX-CONNECT:<sock>` (ssh-qga-notes C.7). The QMP and
+//! QGA clients are written against plain async streams, so this module pumps the channel into a
+//! tokio duplex pipe. Closing the bridge kills the remote socat: a QEMU chardev serves one client
+//! at a time, and a lingering socat would block the next connection (lab-notes §3, pitfall 2).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+
+use crate::ssh::{ChildEvent, RemoteCommand, Session, SshError};
+
+pub struct Bridge {
+    stream: Option<DuplexStream>,
+    pump: JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Start `cmd` and bridge its stdio.
+    pub async fn open(session: &Session, cmd: RemoteCommand) -> Result<Bridge, SshError> {
+        let mut child = session.spawn(&cmd).await?;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let pump = tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(theirs);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    ev = child.next() => match ev {
+                        Some(ChildEvent::Stdout(b)) => {
+                            if wr.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(ChildEvent::Stderr(_)) => {}
+                        Some(ChildEvent::Exit(_)) | None => break,
+                    },
+                    n = rd.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if child.write_stdin(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                }
+            }
+            let _ = wr.shutdown().await;
+            let _ = child.kill().await;
+        });
+        Ok(Bridge { stream: Some(ours), pump })
+    }
+
+    /// `sudo -n socat - UNIX-CONNECT:<path>`.
+    pub async fn unix_socket(session: &Session, path: &str) -> Result<Bridge, SshError> {
+        Self::open(session, RemoteCommand::new(["socat", "-", &format!("UNIX-CONNECT:{path}")]).sudo()).await
+    }
+
+    /// The local end. Taken once; the bridge keeps pumping until it is dropped or closed.
+    pub fn stream(&mut self) -> DuplexStream {
+        self.stream.take().expect("bridge stream taken once")
+    }
+
+    /// Close our end and wait (briefly) until the remote socat is gone.
+    pub async fn close(mut self) {
+        self.stream.take();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.pump).await;
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Dropping our end makes the pump see EOF, kill the remote process and exit on its own.
+        self.stream.take();
+    }
+}

@@ -1,0 +1,128 @@
+//! Run state kept on the node itself (`<run_root>/<run_id>/manifest.json`), so `down`, `status`
+//! and `logs` work from the hosts alone, even when the jumpbox lost its local record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::quote::quote;
+use crate::remote::hugepages::HugepageChange;
+use crate::remote::process::PinnedThread;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub run_id: String,
+    pub node: String,
+    pub host: String,
+    /// Absolute path of the topology file on the jumpbox (how `down TOPOLOGY` finds its runs).
+    pub topology: String,
+    /// `user@host` of whoever ran `up`.
+    pub started_by: String,
+    pub created_unix: u64,
+    pub run_dir: String,
+    pub vms: Vec<VmRecord>,
+    /// What `up` changed in the hugepage pools, undone by `down`.
+    pub hugepages: Vec<HugepageChange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmRecord {
+    pub name: String,
+    pub qemu_id: u32,
+    pub run_dir: String,
+    pub pidfile: String,
+    pub serial_log: String,
+    pub qmp: String,
+    pub qga: Option<String>,
+    /// `starting`, `ready`, `failed`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub pinned: Vec<PinnedThread>,
+    pub guest_interfaces: Vec<GuestInterfaceRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestInterfaceRecord {
+    /// Name inside the guest (`eth0`).
+    pub name: String,
+    pub mac: Option<String>,
+    pub ips: Vec<String>,
+    /// The planned NIC id this MAC belongs to (`vhost1`), if it is one of ours.
+    pub nic: Option<String>,
+}
+
+/// Script listing every manifest under `run_root` as `== <path>` followed by its JSON.
+pub fn list_script(run_root: &str) -> String {
+    format!(
+        "for f in {root}/*/manifest.json; do [ -f \"$f\" ] || continue; printf '== %s\\n' \"$f\"; cat \"$f\"; echo; done",
+        root = quote(run_root)
+    )
+}
+
+/// Parse [`list_script`] output. Unreadable manifests are returned as errors (path, message),
+/// never silently skipped: a run we cannot read is a run we cannot stop.
+pub fn parse_list(out: &str) -> Vec<Result<Manifest, (String, String)>> {
+    let mut res = Vec::new();
+    let mut cur: Option<(String, String)> = None;
+    let mut flush = |cur: Option<(String, String)>, res: &mut Vec<_>| {
+        if let Some((path, body)) = cur {
+            res.push(serde_json::from_str::<Manifest>(body.trim()).map_err(|e| (path, e.to_string())));
+        }
+    };
+    for line in out.lines() {
+        if let Some(p) = line.strip_prefix("== ") {
+            flush(cur.take(), &mut res);
+            cur = Some((p.to_string(), String::new()));
+        } else if let Some((_, body)) = cur.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    flush(cur, &mut res);
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(run: &str) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            run_id: run.into(),
+            node: "DUT1".into(),
+            host: "127.0.0.1".into(),
+            topology: "/x/lab.yaml".into(),
+            started_by: "me@box".into(),
+            created_unix: 1,
+            run_dir: format!("/run/harness/{run}"),
+            vms: vec![VmRecord {
+                name: "DUT1_1".into(),
+                qemu_id: 1,
+                run_dir: format!("/run/harness/{run}/DUT1_1"),
+                pidfile: "p".into(),
+                serial_log: "s".into(),
+                qmp: "q".into(),
+                qga: None,
+                state: "ready".into(),
+                pid: Some(5),
+                pinned: vec![],
+                guest_interfaces: vec![],
+            }],
+            hugepages: vec![],
+        }
+    }
+
+    #[test]
+    fn list_output_round_trips_and_reports_broken_manifests() {
+        let a = serde_json::to_string_pretty(&sample("r1")).unwrap();
+        let b = serde_json::to_string(&sample("r2")).unwrap();
+        let out = format!("== /run/harness/r1/manifest.json\n{a}\n== /run/harness/bad/manifest.json\n{{nope\n== /run/harness/r2/manifest.json\n{b}\n");
+        let got = parse_list(&out);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap(), &sample("r1"));
+        assert_eq!(got[1].as_ref().unwrap_err().0, "/run/harness/bad/manifest.json");
+        assert_eq!(got[2].as_ref().unwrap(), &sample("r2"));
+    }
+}

@@ -1,0 +1,76 @@
+//! The local run record on the jumpbox (`<state_dir>/runs/<run_id>.json`): which topology and
+//! nodes a run used, so `harness down --run ID` and `status` need no other argument.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub topology: PathBuf,
+    pub nodes: Vec<String>,
+    pub created_unix: u64,
+    /// Final state written by `up`: `ready`, `failed`, `interrupted`.
+    pub state: String,
+}
+
+/// `--state-dir`, else `$XDG_STATE_HOME/harness`, else `~/.local/state/harness`.
+pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("harness");
+    }
+    dirs::home_dir().unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/state/harness")
+}
+
+pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let tmp = runs.join(format!(".{}.json.tmp", rec.run_id));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serialisable"))?;
+    std::fs::rename(tmp, runs.join(format!("{}.json", rec.run_id)))
+}
+
+pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
+    let bytes = std::fs::read(dir.join("runs").join(format!("{run_id}.json")))?;
+    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+pub fn remove(dir: &Path, run_id: &str) {
+    let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
+}
+
+/// All records, newest first.
+pub fn list(dir: &Path) -> Vec<RunRecord> {
+    let mut v: Vec<RunRecord> = std::fs::read_dir(dir.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    v.sort_by(|a: &RunRecord, b| b.created_unix.cmp(&a.created_unix).then(b.run_id.cmp(&a.run_id)));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_list_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let r1 = RunRecord { run_id: "a".into(), topology: "/t.yaml".into(), nodes: vec!["DUT1".into()], created_unix: 1, state: "ready".into() };
+        let r2 = RunRecord { run_id: "b".into(), created_unix: 2, ..r1.clone() };
+        save(d.path(), &r1).unwrap();
+        save(d.path(), &r2).unwrap();
+        assert_eq!(load(d.path(), "a").unwrap(), r1);
+        assert_eq!(list(d.path()).iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        remove(d.path(), "b");
+        assert_eq!(list(d.path()).len(), 1);
+    }
+}
