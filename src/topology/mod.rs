@@ -4,7 +4,10 @@
 //! (VM on an existing DUT, unique ids and names, CPU lists, PCI addresses, ...). All problems are
 //! reported at once as [`Diagnostic`]s naming `file:line:column` and the key path.
 
+mod load;
 mod model;
+mod validate;
+mod yaml;
 
 pub use model::*;
 
@@ -50,6 +53,19 @@ pub fn load(path: &Path, templates: &Templates) -> Result<Topology, TopologyErro
 }
 
 /// Validate topology text; `path` is only used in messages and for relative paths.
-pub fn load_str(_text: &str, _path: &Path, _templates: &Templates) -> Result<Topology, TopologyError> {
-    todo!("topology: load_str")
+pub fn load_str(text: &str, path: &Path, templates: &Templates) -> Result<Topology, TopologyError> {
+    load_str_with(text, path, &|vnf| templates.has(&format!("{vnf}.exec")))
+}
+
+/// [`load`] with the VNF check supplied by the caller: `has_vnf("vppip4_...")` says whether a
+/// `vpp*` VNF has its `.exec` template. Lets tools and tests validate without a template set.
+pub fn load_with(path: &Path, has_vnf: &dyn Fn(&str) -> bool) -> Result<Topology, TopologyError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.to_path_buf(), source })?;
+    load_str_with(&text, path, has_vnf)
+}
+
+/// [`load_str`] with the VNF check supplied by the caller (see [`load_with`]).
+pub fn load_str_with(text: &str, path: &Path, has_vnf: &dyn Fn(&str) -> bool) -> Result<Topology, TopologyError> {
+    load::load(text, path, has_vnf)
 }

@@ -98,6 +98,9 @@ pub enum Auth {
     /// CSIT's plaintext `password:`; accepted with a warning. Never logged or serialised.
     #[serde(serialize_with = "redact")]
     Password(String),
+    /// CSIT's `priv_key:`: the PEM text of a private key, inline. Never logged or serialised.
+    #[serde(serialize_with = "redact")]
+    PrivateKeyPem(String),
 }
 
 fn redact<S: serde::Serializer>(_: &String, s: S) -> Result<S::Ok, S::Error> {

@@ -1,0 +1,290 @@
+//! A small YAML tree that remembers where every key and value was written.
+//!
+//! `serde_yaml` cannot give the position of a *value* and stops at the first error, and topology
+//! errors must point at `file:line:column` and all be reported at once. So the file is read
+//! with yaml-rust2's event parser (which carries a mark per event) into this tree; the loader
+//! then converts it to the model by hand. Duplicate keys are reported here (YAML forbids them,
+//! most parsers silently keep the last one); aliases are expanded by copying the anchored node.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn from_marker(m: &Marker) -> Pos {
+        // yaml-rust2 0.10: line is 1-based, col is 0-based.
+        Pos { line: m.line().max(1), column: m.col() + 1 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `plain` is false for quoted and block scalars and for tagged ones: they are always strings.
+    Scalar {
+        text: String,
+        plain: bool,
+    },
+    Seq(Vec<Node>),
+    /// Entries in file order; keys are nodes too, so their positions are known.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// YAML null: an empty plain value, `~` or `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+    pub fn as_scalar(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+    /// What kind of node this is, for "expected X, found Y" messages.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.value {
+            _ if self.is_null() => "nothing",
+            Value::Scalar { .. } => "a scalar",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a map",
+        }
+    }
+}
+
+/// A problem found while reading the YAML text itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    pub pos: Pos,
+    /// Key path of the innermost node being read (empty at the top).
+    pub path: String,
+    pub message: String,
+}
+
+/// The result of [`parse`]: the tree if the text was well-formed, and every problem found.
+#[derive(Debug)]
+pub struct Parsed {
+    pub root: Option<Node>,
+    pub errors: Vec<YamlError>,
+}
+
+/// Parse `text` (a single YAML document) into a marked tree.
+pub fn parse(text: &str) -> Parsed {
+    let mut b = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut b, true) {
+        let path = b.current_path();
+        b.errors.push(YamlError {
+            pos: Pos::from_marker(e.marker()),
+            path,
+            message: format!("YAML syntax error: {}", e.info()),
+        });
+        return Parsed { root: None, errors: b.errors };
+    }
+    Parsed { root: b.root, errors: b.errors }
+}
+
+/// Append a key or an index to a key path (`vms` + `[0]`, `vms[0]` + `smp`).
+pub fn join(path: &str, key: &str) -> String {
+    if key.starts_with('[') || path.is_empty() { format!("{path}{key}") } else { format!("{path}.{key}") }
+}
+
+enum Frame {
+    Seq { pos: Pos, path: String, anchor: usize, items: Vec<Node> },
+    Map { pos: Pos, path: String, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    documents: usize,
+    errors: Vec<YamlError>,
+}
+
+impl Builder {
+    /// Key path of the node that the next event belongs to.
+    fn current_path(&self) -> String {
+        match self.stack.last() {
+            None => String::new(),
+            Some(Frame::Seq { path, items, .. }) => join(path, &format!("[{}]", items.len())),
+            Some(Frame::Map { path, key: Some(k), .. }) => join(path, k.as_scalar().unwrap_or("?")),
+            Some(Frame::Map { path, .. }) => path.clone(),
+        }
+    }
+
+    fn complete(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+        }
+    }
+
+    fn check_duplicates(&mut self, path: &str, entries: &[(Node, Node)]) {
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for (k, _) in entries {
+            if let Some(name) = k.as_scalar() {
+                if let Some(first) = seen.get(name) {
+                    self.errors.push(YamlError {
+                        pos: k.pos,
+                        path: join(path, name),
+                        message: format!("duplicate key `{name}` (first at line {})", first.line),
+                    });
+                } else {
+                    seen.insert(name, k.pos);
+                }
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = Pos::from_marker(&mark);
+        match ev {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents == 2 {
+                    self.errors.push(YamlError {
+                        pos,
+                        path: String::new(),
+                        message: "a topology file holds one YAML document; found a second".into(),
+                    });
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let plain = style == TScalarStyle::Plain && tag.is_none();
+                self.complete(Node { pos, value: Value::Scalar { text, plain } }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => {
+                let path = self.current_path();
+                self.stack.push(Frame::Seq { pos, path, anchor, items: Vec::new() });
+            }
+            Event::MappingStart(anchor, _) => {
+                let path = self.current_path();
+                self.stack.push(Frame::Map { pos, path, anchor, entries: Vec::new(), key: None });
+            }
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq { pos, anchor, items, .. }) = self.stack.pop() {
+                    self.complete(Node { pos, value: Value::Seq(items) }, anchor);
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map { pos, path, anchor, entries, .. }) = self.stack.pop() {
+                    self.check_duplicates(&path, &entries);
+                    self.complete(Node { pos, value: Value::Map(entries) }, anchor);
+                }
+            }
+            Event::Alias(id) => {
+                // The parser already rejects unknown anchors; keep the alias' own position.
+                let node = match self.anchors.get(&id) {
+                    Some(n) => Node { pos, value: n.value.clone() },
+                    None => Node { pos, value: Value::Scalar { text: String::new(), plain: true } },
+                };
+                self.complete(node, 0);
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(n: &Node) -> &[(Node, Node)] {
+        match &n.value {
+            Value::Map(e) => e,
+            v => panic!("not a map: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_and_values_carry_positions() {
+        let p = parse("a: 1\nb:\n  c: 'x'\n  d: [1, 2]\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let root = p.root.unwrap();
+        let e = map(&root);
+        assert_eq!(e[0].0.pos, Pos { line: 1, column: 1 });
+        assert_eq!(e[0].1.pos, Pos { line: 1, column: 4 });
+        let b = map(&e[1].1);
+        assert_eq!(b[0].0.pos, Pos { line: 3, column: 3 });
+        assert_eq!(b[0].1.pos, Pos { line: 3, column: 6 });
+        assert_eq!(b[0].1.value, Value::Scalar { text: "x".into(), plain: false });
+        match &b[1].1.value {
+            Value::Seq(items) => assert_eq!(items[1].pos, Pos { line: 4, column: 10 }),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_with_both_lines() {
+        let p = parse("nodes:\n  DUT1: {}\n  DUT1: {}\n");
+        assert_eq!(p.errors.len(), 1);
+        let e = &p.errors[0];
+        assert_eq!(e.pos, Pos { line: 3, column: 3 });
+        assert_eq!(e.path, "nodes.DUT1");
+        assert!(e.message.contains("first at line 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_errors_carry_position_and_path() {
+        let p = parse("nodes:\n  DUT1:\n    host: [1, 2\n");
+        assert!(p.root.is_none());
+        assert_eq!(p.errors.len(), 1);
+        assert!(p.errors[0].message.starts_with("YAML syntax error"), "{:?}", p.errors);
+        assert_eq!(p.errors[0].path, "nodes.DUT1.host[2]");
+        assert_eq!(p.errors[0].pos.line, 4);
+    }
+
+    #[test]
+    fn aliases_copy_the_anchored_node() {
+        let p = parse("a: &x {k: v}\nb: *x\n");
+        let root = p.root.unwrap();
+        let e = map(&root);
+        assert_eq!(e[1].1.value, e[0].1.value);
+        assert_eq!(e[1].1.pos.line, 2);
+    }
+
+    #[test]
+    fn nulls_and_quoting() {
+        let p = parse("a:\nb: ~\nc: 'null'\nd: !!str 12\n");
+        let root = p.root.unwrap();
+        let e = map(&root);
+        assert!(e[0].1.is_null() && e[1].1.is_null());
+        assert!(!e[2].1.is_null());
+        assert_eq!(e[3].1.value, Value::Scalar { text: "12".into(), plain: false });
+    }
+
+    #[test]
+    fn second_document_is_an_error() {
+        let p = parse("a: 1\n---\nb: 2\n");
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].pos.line, 2);
+    }
+}
