@@ -134,12 +134,14 @@ mod tests {
         assert!(t.contains(&p.nodes[0].vms[0].files[1].content));
     }
 
-    /// The quoted command is the argv again when a shell parses it.
+    /// The quoted command is the argv again when a shell parses them.
     #[test]
-    fn command_line_round_trips_through_sh() {
+    fn commands_round_trip_through_sh() {
         let p = plan();
-        let vm = &p.nodes[0].vms[0];
-        let script = format!("printf '%s\\n' {}", crate::quote::join(&vm.argv));
+        let mut vm = p.nodes[0].vms[0].clone();
+        vm.argv.push("-name".into());
+        vm.argv.push("a b'c".into());
+        let script = format!("printf '%s\\n' {}", command_line(&vm).strip_prefix("sudo -n -- ").unwrap());
         let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
         let got: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
         assert_eq!(got, vm.argv);
