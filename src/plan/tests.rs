@@ -1,0 +1,280 @@
+//! Unit tests of the plan builder on exact values (golden files live in tests/golden/).
+
+use super::fixture::{dut, topology, vhost, vm};
+use super::*;
+use crate::topology::{Drive, Sched, VhostUser};
+
+fn build_one(node: Node, v: Vm) -> Result<VmPlan, PlanError> {
+    let t = Templates::embedded();
+    let topo = topology(vec![node], vec![v]);
+    let plan = build(&topo, &PlanOptions { run_id: "r1".into(), templates: &t })?;
+    Ok(plan.nodes[0].vms[0].clone())
+}
+
+fn value_after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+    argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+}
+
+#[test]
+fn paths_live_in_the_vm_run_dir() {
+    let p = build_one(dut("DUT1"), vm("DUT1", 1)).unwrap();
+    assert_eq!(p.paths.run_dir, "/run/harness/r1/DUT1_1");
+    assert_eq!(p.paths.pidfile, "/run/harness/r1/DUT1_1/qemu.pid");
+    assert_eq!(p.paths.qga, None);
+    let files: Vec<(&str, u32)> = p.files.iter().map(|f| (f.path.as_str(), f.mode)).collect();
+    assert_eq!(
+        files,
+        [
+            ("/run/harness/r1/DUT1_1/init.sh", 0o755),
+            ("/run/harness/r1/DUT1_1/startup.conf", 0o644),
+            ("/run/harness/r1/DUT1_1/running.exec", 0o644)
+        ]
+    );
+    assert!(p.files[0].content.contains("\n/usr/bin/vpp -c /run/harness/r1/DUT1_1/startup.conf\n"));
+    assert!(p.files[1].content.contains("  exec /run/harness/r1/DUT1_1/running.exec\n"));
+}
+
+#[test]
+fn accel_args_point_at_the_right_elements() {
+    let p = build_one(dut("DUT1"), vm("DUT1", 1)).unwrap();
+    assert_eq!(p.argv[p.accel_args.enable_kvm.unwrap()], "-enable-kvm");
+    assert_eq!(p.argv[p.accel_args.cpu_value.unwrap()], "host");
+    assert_eq!(p.argv[p.accel_args.machine_value.unwrap()], "pc,accel=kvm,usb=off,mem-merge=off");
+    let mut n = dut("DUT1");
+    n.qemu.accel = Accel::Tcg;
+    n.arch = Arch::Aarch64;
+    let p = build_one(n, vm("DUT1", 1)).unwrap();
+    assert!(p.accel_args.enable_kvm.is_none() && !p.argv.contains(&"-enable-kvm".to_string()));
+    assert_eq!(p.argv[p.accel_args.cpu_value.unwrap()], "max");
+    assert_eq!(p.argv[p.accel_args.machine_value.unwrap()], "virt,accel=tcg,usb=off,mem-merge=off,gic-version=3");
+    assert_eq!(p.argv[0], "/usr/bin/qemu-system-aarch64");
+}
+
+#[test]
+fn host_lookups_index_kernel_and_initrd() {
+    let p = build_one(dut("DUT1"), vm("DUT1", 1)).unwrap();
+    assert_eq!(p.host_lookups.len(), 2);
+    for (l, flag) in p.host_lookups.iter().zip(["-kernel", "-initrd"]) {
+        assert_eq!(p.argv[l.argv_index - 1], flag);
+        assert_eq!(p.argv[l.argv_index], l.prefix);
+    }
+    assert_eq!(p.host_lookups[0].prefix, "/opt/boot/vmlinuz");
+}
+
+#[test]
+fn unique_macs_carry_the_dut_index() {
+    let t = Templates::embedded();
+    let mut topo = topology(vec![dut("DUT1"), dut("DUT2")], vec![vm("DUT1", 1), vm("DUT2", 1)]);
+    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    assert_eq!(plan.nodes[1].vms[0].nics[1].mac.as_deref(), Some("52:54:00:00:01:02"));
+    topo.unique_macs = true;
+    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    assert_eq!(plan.nodes[0].vms[0].nics[0].mac.as_deref(), Some("52:54:00:01:01:01"));
+    assert_eq!(plan.nodes[1].vms[0].nics[1].mac.as_deref(), Some("52:54:00:02:01:02"));
+    assert!(plan.nodes[1].vms[0].files[2].content.contains(" 52:54:00:02:01:02\n"));
+}
+
+#[test]
+fn hugepages_are_summed_per_size() {
+    let t = Templates::embedded();
+    let mut big = vm("DUT1", 2);
+    big.page_size = PageSize::G1;
+    big.guest_hugepages = 3;
+    let mut n = dut("DUT1");
+    n.hugepages.mounts.insert(PageSize::G1, "/mnt/huge1g".into());
+    let topo = topology(vec![n, dut("DUT2")], vec![vm("DUT1", 1), big, vm("DUT1", 3)]);
+    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    assert_eq!(plan.nodes.len(), 1, "DUT2 has no VMs");
+    let h: Vec<(PageSize, u64, &str)> =
+        plan.nodes[0].hugepages.iter().map(|h| (h.size, h.pages, h.mount.as_str())).collect();
+    assert_eq!(h, [(PageSize::M2, 4096, "/dev/hugepages"), (PageSize::G1, 4, "/mnt/huge1g")]);
+    let obj = value_after(&plan.nodes[0].vms[1].argv, "-object");
+    assert_eq!(obj, ["memory-backend-file,id=mem,size=4096M,mem-path=/mnt/huge1g,share=on,prealloc=on"]);
+}
+
+#[test]
+fn vhost_device_has_no_trailing_comma_and_follows_gso() {
+    let mut v = vm("DUT1", 12);
+    v.interfaces = vec![VmInterface::VhostUser(VhostUser {
+        socket: "/run/vpp/sock-12-1".into(),
+        server: true,
+        queue_size: None,
+        queues: 2,
+        csum: true,
+        gso: true,
+        vectors: None,
+    })];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    let dev = value_after(&p.argv, "-device");
+    assert_eq!(
+        dev.last().unwrap(),
+        &"virtio-net-pci,netdev=vhost1,mac=52:54:00:00:0c:01,addr=6.0,mq=on,vectors=6,csum=on,gso=on,guest_tso4=on,guest_tso6=on,guest_ecn=on"
+    );
+}
+
+#[test]
+fn many_nics_get_hex_slots_and_too_many_fail() {
+    let mut v = vm("DUT1", 1);
+    v.interfaces = (1..=5).map(|i| vhost(&format!("/s{i}"))).collect();
+    let p = build_one(dut("DUT1"), v.clone()).unwrap();
+    assert_eq!(p.nics[4].guest_pci.as_deref(), Some("0000:00:0a.0"));
+    assert!(value_after(&p.argv, "-device").iter().any(|d| d.contains(",addr=a.0,")));
+    v.interfaces = (1..=27).map(|i| vhost(&format!("/s{i}"))).collect();
+    let e = build_one(dut("DUT1"), v).unwrap_err().to_string();
+    assert!(e.contains("too many NICs"), "{e}");
+}
+
+#[test]
+fn commas_in_paths_are_escaped_for_qemu() {
+    let mut v = vm("DUT1", 1);
+    v.interfaces = vec![vhost("/run/a,b.sock")];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    assert!(value_after(&p.argv, "-chardev").contains(&"socket,id=char1,path=/run/a,,b.sock,server=on"));
+}
+
+#[test]
+fn image_vm_has_no_kernel_and_boots_from_its_drive() {
+    let mut v = vm("DUT1", 3);
+    v.kind = VmKind::Image;
+    v.kernel = None;
+    v.initrd = None;
+    v.image = Some("/var/lib/vm/image.qcow2".into());
+    v.image_format = "qcow2".into();
+    v.vnf = Vnf::None;
+    v.qga = true;
+    v.interfaces = vec![VmInterface::NetUser { net: "10.0.2.0/24".into(), host_port: Some(10024) }];
+    v.drives = vec![Drive { file: "/tmp/seed.iso".into(), format: "raw".into(), cdrom: true, index: Some(1) }];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    for flag in ["-kernel", "-initrd", "-append", "-fsdev"] {
+        assert!(!p.argv.iter().any(|a| a == flag), "{flag}");
+    }
+    assert!(p.files.is_empty());
+    assert_eq!(
+        value_after(&p.argv, "-drive"),
+        [
+            "file=/var/lib/vm/image.qcow2,format=qcow2,cache=none,if=virtio,file.locking=off",
+            "file=/tmp/seed.iso,index=1,media=cdrom"
+        ]
+    );
+    assert_eq!(value_after(&p.argv, "-netdev"), ["user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:10024-:22"]);
+    assert_eq!(p.nics[0].mac.as_deref(), Some("52:54:00:00:03:ff"));
+    assert_eq!(p.paths.qga.as_deref(), Some("/run/harness/r1/DUT1_3/qga.sock"));
+    assert!(p.readiness.qga && p.readiness.ready_markers.is_empty());
+}
+
+#[test]
+fn testpmd_lines() {
+    let mut v = vm("DUT1", 1);
+    v.vnf = Vnf::TestpmdMac;
+    v.smp = 3;
+    v.queues = 2;
+    v.jumbo = true;
+    let p = build_one(dut("DUT1"), v.clone()).unwrap();
+    let init = &p.files[0].content;
+    assert_eq!(p.files.len(), 1);
+    assert!(
+        init.contains(
+            "\n/opt/dpdk/build/app/dpdk-testpmd -v --lcores 0,1,2 -a 0000:00:06.0 -a 0000:00:07.0 --in-memory -- \
+         --forward-mode=mac --burst=64 --txd=1024 --rxd=1024 --txq=2 --rxq=2 --tx-offloads=0x0 --numa --auto-start \
+         --total-num-mbufs=32768 --nb-ports=2 --portmask=0x3 --disable-link-check --eth-peer=0,3c:fd:fe:aa:bb:01 \
+         --eth-peer=1,3c:fd:fe:aa:bb:02 --max-pkt-len=9145 --mbuf-size=16384 --nb-cores=2\n"
+        ),
+        "{init}"
+    );
+    assert!(init.contains("/sys/bus/pci/drivers/vfio-pci/bind"));
+    assert_eq!(p.readiness.ready_markers, [Marker::new(["Press enter to exit"])]);
+    v.vars.remove("vif2_mac");
+    let e = build_one(dut("DUT1"), v.clone()).unwrap_err().to_string();
+    assert!(e.contains("vars.vif2_mac"), "{e}");
+    v.smp = 1;
+    v.vnf = Vnf::TestpmdIo;
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("smp >= 2"));
+}
+
+#[test]
+fn init_script_follows_the_vm() {
+    let mut v = vm("DUT1", 1);
+    v.page_size = PageSize::G1;
+    v.init_command = Some("qemu-ga -m isa-serial -p /dev/ttyS1 &".into());
+    let p = build_one(dut("DUT1"), v).unwrap();
+    let init = &p.files[0].content;
+    assert!(init.contains("pagesize=1G\" hugetlbfs /dev/hugepages\n"));
+    assert!(init.contains("\nmount --bind /run/harness/r1/DUT1_1 /mnt\n"));
+    assert!(init.contains("\nmkdir -p /run/harness/r1/DUT1_1 && mount --move /mnt /run/harness/r1/DUT1_1\n"));
+    let ga = init.find("qemu-ga -m").unwrap();
+    let vpp = init.find("\n/usr/bin/vpp -c").unwrap();
+    let off = init.find("\npoweroff -f 2>/dev/null || busybox poweroff -f").unwrap();
+    assert!(ga < vpp && vpp < off);
+    assert!(init.ends_with("echo o > /proc/sysrq-trigger\n"));
+
+    let mut v = vm("DUT1", 2);
+    v.vnf = Vnf::None;
+    v.ready_markers = vec!["READY".into()];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    let init = &p.files[0].content;
+    assert!(!init.contains("vfio") && !init.contains("/run/vpp"), "{init}");
+    assert_eq!(p.readiness.ready_markers, [Marker::new(["READY"])]);
+}
+
+#[test]
+fn strict_template_errors_name_the_vm_and_variable() {
+    let mut v = vm("DUT1", 1);
+    v.vars.remove("vif1_mac");
+    let e = build_one(dut("DUT1"), v).unwrap_err().to_string();
+    assert!(e.starts_with("VM DUT1_1: template vppip4_2vhostvr1024.exec:"), "{e}");
+    assert!(e.contains("`vif1_mac`"), "{e}");
+}
+
+#[test]
+fn invalid_inputs_are_refused() {
+    let mut v = vm("DUT1", 1);
+    v.mem = 1001;
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("multiple"));
+    let mut v = vm("DUT1", 300);
+    v.name = "x".into();
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("255"));
+    let mut v = vm("DUT1", 1);
+    v.cpus = Some(vec![1]);
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("smp is 2"));
+    let mut v = vm("DUT1", 1);
+    v.vnf = Vnf::Vpp("vppnope".into());
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("no template vppnope.exec"));
+    let mut v = vm("DUT1", 1);
+    v.vnf = Vnf::None;
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("nothing to wait for"));
+    let t = Templates::embedded();
+    let topo = topology(vec![dut("DUT1")], vec![vm("DUT1", 1)]);
+    for bad in ["", "a b", "../x", "a/b"] {
+        let r = build(&topo, &PlanOptions { run_id: bad.into(), templates: &t });
+        assert!(matches!(r, Err(PlanError::RunId { .. })), "{bad:?}");
+    }
+}
+
+#[test]
+fn pinning_and_readiness() {
+    let mut v = vm("DUT1", 1);
+    v.cpus = Some(vec![3, 4]);
+    v.sched = Sched::Rr;
+    v.fail_markers = vec!["Segmentation fault".into()];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    let pin = p.pinning.unwrap();
+    assert_eq!((pin.cpus, pin.sched), (vec![3, 4], Sched::Rr));
+    assert_eq!(p.readiness.ready_markers, [Marker::new(["vpp ", "built by"])]);
+    assert_eq!(
+        p.readiness.fail_markers,
+        [Marker::new(["reboot: Power down"]), Marker::new(["Kernel panic"]), Marker::new(["Segmentation fault"])]
+    );
+}
+
+#[test]
+fn select_vms_filters_and_rejects_unknown() {
+    let t = Templates::embedded();
+    let topo = topology(vec![dut("DUT1"), dut("DUT2")], vec![vm("DUT1", 1), vm("DUT2", 1)]);
+    let mut plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    select_vms(&mut plan, &["DUT2_1".into()]).unwrap();
+    assert_eq!(plan.nodes.len(), 1);
+    assert_eq!(plan.nodes[0].name, "DUT2");
+    let e = select_vms(&mut plan, &["DUT9_1".into()]).unwrap_err();
+    assert!(matches!(e, PlanError::UnknownVm { .. }));
+    assert!(e.to_string().contains("DUT9_1"));
+}
