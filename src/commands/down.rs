@@ -80,20 +80,24 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     for r in &runs {
         record::remove(&state, r);
     }
-    if let Some(r) = &sel.run_id {
-        if errors.is_empty() {
-            record::remove(&state, r);
-        }
+    if let Some(r) = &sel.run_id
+        && errors.is_empty()
+    {
+        record::remove(&state, r);
     }
     let failed: Vec<&StoppedVm> = stopped.iter().filter(|s| s.error.is_some()).collect();
     match a.format {
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"stopped": stopped, "errors": errors, "ok": errors.is_empty() && failed.is_empty()}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"stopped": stopped, "errors": errors, "ok": errors.is_empty() && failed.is_empty()})
+            )?
         ),
         Format::Text => {
             for s in &stopped {
-                let how = s.report.as_ref().map(|r| format!("{:?}{}", r.outcome, r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()));
+                let how = s.report.as_ref().map(|r| {
+                    format!("{:?}{}", r.outcome, r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())
+                });
                 println!("{:<8} {:<22} {:<12} {}", s.node, s.run_id, s.vm, s.error.clone().or(how).unwrap_or_default());
             }
             for e in &errors {

@@ -41,7 +41,8 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
             }
         }
         argv.push(vm.serial_log.clone());
-        let mut child = s.spawn(&RemoteCommand::new(argv).sudo().timeout(std::time::Duration::from_secs(365 * 86400))).await?;
+        let mut child =
+            s.spawn(&RemoteCommand::new(argv).sudo().timeout(std::time::Duration::from_secs(365 * 86400))).await?;
         let mut out = std::io::stdout();
         let mut code = exit::OK;
         loop {

@@ -38,7 +38,9 @@ pub async fn run(g: &GlobalArgs, a: &StatusArgs) -> anyhow::Result<u8> {
     }
     rows.sort_by(|a, b| (&a.run_id, &a.node, &a.vm).cmp(&(&b.run_id, &b.node, &b.vm)));
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"vms": rows, "errors": errors}))?),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"vms": rows, "errors": errors}))?)
+        }
         Format::Text => {
             if rows.is_empty() {
                 println!("no runs on these hosts");

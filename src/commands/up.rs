@@ -28,27 +28,14 @@ pub fn absolute(path: &Path) -> String {
 pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     let (topo, templates) = super::load_topology(g, &a.topology)?;
     let run_id = a.run_id.clone().unwrap_or_else(crate::run::new_run_id);
-    if !crate::run::valid_run_id(&run_id) {
-        bail!(crate::topology::TopologyError::Invalid(vec![crate::topology::Diagnostic {
-            file: "--run-id".into(),
-            line: 0,
-            column: 0,
-            key: "run_id".into(),
-            message: format!("`{run_id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."),
-        }]));
-    }
     let mut plan = plan::build(&topo, &PlanOptions { run_id: run_id.clone(), templates: &templates })?;
-    if !a.vms.is_empty() {
-        for name in &a.vms {
-            if !plan.nodes.iter().any(|n| n.vms.iter().any(|v| &v.name == name)) {
-                return Err(plan::PlanError::Invalid { vm: name.clone(), message: "no such VM in the topology".into() }.into());
-            }
+    plan::select_vms(&mut plan, &a.vms)?;
+    for n in plan.nodes.iter_mut() {
+        // Only the selected VMs' pages are needed.
+        for need in n.hugepages.iter_mut() {
+            need.pages = n.vms.iter().filter(|v| v.page_size == need.size).map(|v| v.mem_mib / need.size.mib()).sum();
         }
-        for n in plan.nodes.iter_mut() {
-            n.vms.retain(|v| a.vms.contains(&v.name));
-            n.hugepages = plan::hugepage_needs(&n.vms, &n.hugepages);
-        }
-        plan.nodes.retain(|n| !n.vms.is_empty());
+        n.hugepages.retain(|h| h.pages > 0);
     }
     if plan.nodes.is_empty() {
         bail!("{}: no VMs to start", a.topology.display());
@@ -105,8 +92,14 @@ fn is_unreachable(msg: &str) -> bool {
 fn print_text(res: &RunResult) {
     for v in &res.vms {
         let t = |k: &str| v.timings.get(k).map(|s| format!("{k} {s:.1}s")).unwrap_or_default();
-        let pins: Vec<String> = v.pinned.iter().map(|p| format!("vcpu{}→cpu{} {}", p.vcpu, p.affinity, p.policy)).collect();
-        let ifs: Vec<String> = v.guest_interfaces.iter().filter(|i| i.name != "lo").map(|i| format!("{} {}", i.name, i.mac.clone().unwrap_or_default())).collect();
+        let pins: Vec<String> =
+            v.pinned.iter().map(|p| format!("vcpu{}→cpu{} {}", p.vcpu, p.affinity, p.policy)).collect();
+        let ifs: Vec<String> = v
+            .guest_interfaces
+            .iter()
+            .filter(|i| i.name != "lo")
+            .map(|i| format!("{} {}", i.name, i.mac.clone().unwrap_or_default()))
+            .collect();
         println!(
             "{:<8} {:<12} {:<8} pid {:<8} {} {} {} {}  {}  {}",
             v.node,

@@ -43,7 +43,10 @@ mod tests {
         if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
             panic!("qemu-system-x86_64 is required for this test (scripts/test.sh installs it)");
         }
-        let script = probe_script("x86_64", "qemu-system-x86_64").replace("-accel kvm", "-accel tcg").replace("-cpu host", "-cpu max").replace("[ -w /dev/kvm ]", "true");
+        let script = probe_script("x86_64", "qemu-system-x86_64")
+            .replace("-accel kvm", "-accel tcg")
+            .replace("-cpu host", "-cpu max")
+            .replace("[ -w /dev/kvm ]", "true");
         let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
         assert!(probe_ok(&String::from_utf8_lossy(&out.stdout)), "{out:?}");
     }

@@ -76,7 +76,13 @@ pub async fn down_node(
             set.spawn(async move {
                 ev.phase(Phase::Stopping);
                 if !ok_dir {
-                    return StoppedVm { node, run_id, vm: vm.name, report: None, error: Some("VM run dir outside the run dir: refused".into()) };
+                    return StoppedVm {
+                        node,
+                        run_id,
+                        vm: vm.name,
+                        report: None,
+                        error: Some("VM run dir outside the run dir: refused".into()),
+                    };
                 }
                 let script = process::stop_script(&vm.pidfile, &vm.qmp, &vm.run_dir, grace.as_secs() as u32);
                 let res = s.run(&RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30))).await;
@@ -109,7 +115,13 @@ pub async fn down_node(
 }
 
 /// Remove a node's run directory and undo its hugepage changes (under the host lock).
-pub async fn release_node(session: &Session, run_root: &str, run_dir: &str, changes: &[HugepageChange], ev: &EventSink) {
+pub async fn release_node(
+    session: &Session,
+    run_root: &str,
+    run_dir: &str,
+    changes: &[HugepageChange],
+    ev: &EventSink,
+) {
     if !under(run_root, run_dir) {
         ev.warn(format!("refusing to remove {run_dir}: not under {run_root}"));
         return;
@@ -145,9 +157,15 @@ pub struct VmStatus {
 }
 
 /// Manifests of a node plus, per VM, whether its QEMU (our pid, our pidfile argument) still runs.
-pub async fn status_node(session: &Session, node: &str, run_root: &str, sel: &Selector) -> Result<Vec<VmStatus>, SshError> {
+pub async fn status_node(
+    session: &Session,
+    node: &str,
+    run_root: &str,
+    sel: &Selector,
+) -> Result<Vec<VmStatus>, SshError> {
     let mut rows = Vec::new();
-    let manifests: Vec<Manifest> = discover(session, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
+    let manifests: Vec<Manifest> =
+        discover(session, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
     let mut script = String::new();
     for m in &manifests {
         for vm in &m.vms {
@@ -159,7 +177,11 @@ pub async fn status_node(session: &Session, node: &str, run_root: &str, sel: &Se
             ));
         }
     }
-    let out = if script.is_empty() { String::new() } else { session.run_ok(&RemoteCommand::sh(script).sudo()).await?.stdout_str() };
+    let out = if script.is_empty() {
+        String::new()
+    } else {
+        session.run_ok(&RemoteCommand::sh(script).sudo()).await?.stdout_str()
+    };
     for m in &manifests {
         for vm in &m.vms {
             let id = format!("{}/{}", m.run_id, vm.name);

@@ -65,7 +65,7 @@ pub fn list_script(run_root: &str) -> String {
 pub fn parse_list(out: &str) -> Vec<Result<Manifest, (String, String)>> {
     let mut res = Vec::new();
     let mut cur: Option<(String, String)> = None;
-    let mut flush = |cur: Option<(String, String)>, res: &mut Vec<_>| {
+    let flush = |cur: Option<(String, String)>, res: &mut Vec<_>| {
         if let Some((path, body)) = cur {
             res.push(serde_json::from_str::<Manifest>(body.trim()).map_err(|e| (path, e.to_string())));
         }
@@ -118,7 +118,9 @@ mod tests {
     fn list_output_round_trips_and_reports_broken_manifests() {
         let a = serde_json::to_string_pretty(&sample("r1")).unwrap();
         let b = serde_json::to_string(&sample("r2")).unwrap();
-        let out = format!("== /run/harness/r1/manifest.json\n{a}\n== /run/harness/bad/manifest.json\n{{nope\n== /run/harness/r2/manifest.json\n{b}\n");
+        let out = format!(
+            "== /run/harness/r1/manifest.json\n{a}\n== /run/harness/bad/manifest.json\n{{nope\n== /run/harness/r2/manifest.json\n{b}\n"
+        );
         let got = parse_list(&out);
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap(), &sample("r1"));

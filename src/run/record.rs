@@ -64,7 +64,13 @@ mod tests {
     #[test]
     fn save_load_list_remove() {
         let d = tempfile::tempdir().unwrap();
-        let r1 = RunRecord { run_id: "a".into(), topology: "/t.yaml".into(), nodes: vec!["DUT1".into()], created_unix: 1, state: "ready".into() };
+        let r1 = RunRecord {
+            run_id: "a".into(),
+            topology: "/t.yaml".into(),
+            nodes: vec!["DUT1".into()],
+            created_unix: 1,
+            state: "ready".into(),
+        };
         let r2 = RunRecord { run_id: "b".into(), created_unix: 2, ..r1.clone() };
         save(d.path(), &r1).unwrap();
         save(d.path(), &r2).unwrap();

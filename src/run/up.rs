@@ -335,7 +335,10 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
             match fi.next() {
                 Some(Ok(path)) => v.argv[l.argv_index] = format!("{}{}{}", l.before, path, l.after),
                 Some(Err(p)) => {
-                    return Err(fail(format!("{}: {}: no file matches {p}* on the host (CSIT would silently drop -{})", v.name, l.what, l.what)));
+                    return Err(fail(format!(
+                        "{}: {}: no file matches {p}* on the host (CSIT would silently drop -{})",
+                        v.name, l.what, l.what
+                    )));
                 }
                 None => return Err(fail(format!("{}: {} lookup gave no answer", v.name, l.what))),
             }
@@ -400,7 +403,12 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
             starts.spawn(async move {
                 ev.phase(Phase::Starting);
                 tracker.node(&node, |n| {
-                    n.launched.push((v.name.clone(), v.paths.pidfile.clone(), v.paths.qmp.clone(), v.paths.run_dir.clone()))
+                    n.launched.push((
+                        v.name.clone(),
+                        v.paths.pidfile.clone(),
+                        v.paths.qmp.clone(),
+                        v.paths.run_dir.clone(),
+                    ))
                 });
                 tracker.vm(&node, &v.name, |r| r.state = "starting".into());
                 let t = Instant::now();
@@ -506,10 +514,10 @@ fn qemu_bin(vms: &[VmPlan]) -> String {
 
 /// Rewrite a KVM plan for TCG: no `-enable-kvm`, a TCG-valid `-cpu`, `accel=tcg`.
 pub fn switch_to_tcg(v: &mut VmPlan) {
-    if let Some(i) = v.accel_args.cpu_value {
-        if v.argv[i] == "host" {
-            v.argv[i] = "max".into();
-        }
+    if let Some(i) = v.accel_args.cpu_value
+        && v.argv[i] == "host"
+    {
+        v.argv[i] = "max".into();
     }
     if let Some(i) = v.accel_args.machine_value {
         v.argv[i] = v.argv[i].replace("accel=kvm", "accel=tcg");
@@ -540,10 +548,8 @@ struct HostLock {
 
 impl HostLock {
     async fn acquire(session: &Session) -> Result<HostLock, UpError> {
-        let script = format!(
-            "mkdir -p /run/lock && exec flock {} sh -c 'echo locked; exec cat >/dev/null'",
-            quote(HOST_LOCK)
-        );
+        let script =
+            format!("mkdir -p /run/lock && exec flock {} sh -c 'echo locked; exec cat >/dev/null'", quote(HOST_LOCK));
         let mut child = session.spawn(&RemoteCommand::sh(script).sudo()).await?;
         let mut seen = Vec::new();
         let wait = async {
@@ -559,7 +565,10 @@ impl HostLock {
                     crate::ssh::ChildEvent::Exit(_) => break,
                 }
             }
-            Err(fail(format!("could not take the hugepage lock {HOST_LOCK}: {}", String::from_utf8_lossy(&seen).trim())))
+            Err(fail(format!(
+                "could not take the hugepage lock {HOST_LOCK}: {}",
+                String::from_utf8_lossy(&seen).trim()
+            )))
         };
         match tokio::time::timeout(Duration::from_secs(300), wait).await {
             Ok(Ok(())) => Ok(HostLock { child }),
@@ -569,7 +578,8 @@ impl HostLock {
     }
     async fn release(mut self) {
         let _ = self.child.close_stdin().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while self.child.next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while self.child.next().await.is_some() {} }).await;
     }
 }
 
@@ -611,7 +621,10 @@ async fn ensure_hugepages(session: &Session, np: &NodePlan) -> Result<Vec<Hugepa
         changes.push(hugepages::parse_allocation(need.size, &need.mount, &out.stdout_str()).map_err(fail)?);
     }
     if !problems.is_empty() {
-        return Err(fail(format!("{} (set `hugepages: {{allocate: true}}` on the node to let harness allocate them)", problems.join("; "))));
+        return Err(fail(format!(
+            "{} (set `hugepages: {{allocate: true}}` on the node to let harness allocate them)",
+            problems.join("; ")
+        )));
     }
     Ok(changes)
 }
@@ -698,7 +711,10 @@ async fn wait_serial(session: &Session, v: &VmPlan, pid: u32, deadline: tokio::t
             Some(crate::ssh::ChildEvent::Stdout(b)) => match watch.feed(&b) {
                 Some(Verdict::Ready { .. }) => break Ok(()),
                 Some(Verdict::Failed { line, .. }) => {
-                    break Err(UpError::Guest { message: format!("guest failed: {}", line.trim()), tail: watch.tail() });
+                    break Err(UpError::Guest {
+                        message: format!("guest failed: {}", line.trim()),
+                        tail: watch.tail(),
+                    });
                 }
                 None => {}
             },
@@ -714,7 +730,11 @@ async fn wait_serial(session: &Session, v: &VmPlan, pid: u32, deadline: tokio::t
 
 /// Sync with the guest agent over one socat bridge (re-opened after each timed-out attempt, as
 /// the QGA protocol requires), then map guest interfaces to our NICs by MAC.
-async fn qga_ready(session: &Session, v: &VmPlan, deadline: tokio::time::Instant) -> Result<Vec<GuestInterfaceRecord>, UpError> {
+async fn qga_ready(
+    session: &Session,
+    v: &VmPlan,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<GuestInterfaceRecord>, UpError> {
     let path = v.paths.qga.clone().ok_or_else(|| fail("qga requested but no qga socket planned"))?;
     let mut last_err = String::new();
     loop {
@@ -725,7 +745,10 @@ async fn qga_ready(session: &Session, v: &VmPlan, deadline: tokio::time::Instant
         let mut qga = Qga::new(bridge.stream());
         match qga.sync(Duration::from_secs(3)).await {
             Ok(()) => {
-                let ifaces = qga.network_interfaces(Duration::from_secs(10)).await.map_err(|e| fail(format!("guest-network-get-interfaces: {e}")))?;
+                let ifaces = qga
+                    .network_interfaces(Duration::from_secs(10))
+                    .await
+                    .map_err(|e| fail(format!("guest-network-get-interfaces: {e}")))?;
                 drop(qga);
                 bridge.close().await;
                 return Ok(ifaces
@@ -734,7 +757,11 @@ async fn qga_ready(session: &Session, v: &VmPlan, deadline: tokio::time::Instant
                         let nic = v
                             .nics
                             .iter()
-                            .find(|n| n.mac.is_some() && n.mac.as_deref().map(str::to_ascii_lowercase) == i.mac.as_deref().map(str::to_ascii_lowercase))
+                            .find(|n| {
+                                n.mac.is_some()
+                                    && n.mac.as_deref().map(str::to_ascii_lowercase)
+                                        == i.mac.as_deref().map(str::to_ascii_lowercase)
+                            })
                             .map(|n| n.id.clone());
                         GuestInterfaceRecord { name: i.name, mac: i.mac, ips: i.ips, nic }
                     })
@@ -751,13 +778,19 @@ async fn qga_ready(session: &Session, v: &VmPlan, deadline: tokio::time::Instant
 
 /// vCPU thread ids in vCPU order from QMP `query-cpus-fast` (fallback: thread names), then
 /// taskset/chrt in one round trip, read back.
-async fn pin_vcpus(session: &Session, v: &VmPlan, pid: u32, cpus: &[u32], rr: bool) -> Result<Vec<PinnedThread>, UpError> {
+async fn pin_vcpus(
+    session: &Session,
+    v: &VmPlan,
+    pid: u32,
+    cpus: &[u32],
+    rr: bool,
+) -> Result<Vec<PinnedThread>, UpError> {
     let mut threads: Vec<(u32, u32)> = Vec::new();
     if let Ok(mut bridge) = Bridge::unix_socket(session, &v.paths.qmp).await {
-        if let Ok(mut qmp) = Qmp::connect(bridge.stream(), Duration::from_secs(5)).await {
-            if let Ok(t) = qmp.vcpu_threads().await {
-                threads = t.into_iter().map(|t| (t.cpu_index, t.thread_id)).collect();
-            }
+        if let Ok(mut qmp) = Qmp::connect(bridge.stream(), Duration::from_secs(5)).await
+            && let Ok(t) = qmp.vcpu_threads().await
+        {
+            threads = t.into_iter().map(|t| (t.cpu_index, t.thread_id)).collect();
         }
         bridge.close().await;
     }
@@ -837,7 +870,7 @@ pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) {
     for (name, tn) in tracker.nodes() {
         let ev = events.for_node(&name);
         set.spawn(async move {
-            for (vm, pidfile, qmp, dir) in &tn.launched {
+            for (vm, ..) in &tn.launched {
                 ev.for_vm(vm).phase(Phase::Stopping);
             }
             let mut stops = JoinSet::new();

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Tests"): installs the Debian packages it needs,
+# builds, starts the loopback lab, builds the test guest and runs every test tier.
+#   tier 1  pure logic: topology, plan, templates, quoting (unit + golden tests)
+#   tier 2  SSH: real OpenSSH sshd nodes on 127.0.0.1 (scripts/lab.sh)
+#   tier 3  end to end: real qemu guests (TCG here) with a real guest agent, driven over SSH
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need=(openssh-server openssh-client sudo socat qemu-system-x86 qemu-guest-agent busybox-static
+      kmod xz-utils cpio iproute2 procps util-linux ca-certificates)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "== build"
+cargo build --locked --all-targets
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== lab"
+bash scripts/lab.sh up
+trap 'bash scripts/lab.sh down' EXIT
+bash scripts/build-guest.sh
+
+echo "== tier 1: pure logic"
+cargo test --locked --lib --bins --test topology --test plan_golden
+echo "== tier 2: ssh against the loopback lab"
+cargo test --locked --test ssh
+echo "== tier 3: end to end (qemu guests, guest agent)"
+cargo test --locked --test guest --test e2e -- --test-threads 2

@@ -1,0 +1,321 @@
+//! Tier 3: `harness up` / `status` / `logs` / `down` against the loopback sshd lab with real
+//! QEMU guests (TCG here), real socat bridges and a real guest agent.
+//!
+//! Needs `scripts/lab.sh up` and `scripts/build-guest.sh` (the test command runs both; the
+//! tests run them too if the lab is missing). Tests that boot VMs take a process-wide lock so
+//! the hugepage and process checks of one test are not disturbed by another.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lab_dir() -> PathBuf {
+    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
+}
+
+/// Start the lab and build the guest if needed (idempotent scripts).
+fn ensure_lab() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let st = Command::new("bash").arg(repo().join("scripts/lab.sh")).arg("up").status().expect("lab.sh");
+        assert!(st.success(), "scripts/lab.sh up failed");
+        if !lab_dir().join("guest/vmlinux").exists() {
+            let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).status().expect("build-guest.sh");
+            assert!(st.success(), "scripts/build-guest.sh failed");
+        }
+    });
+}
+
+struct Env {
+    state: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        ensure_lab();
+        Env { state: tempfile::tempdir().unwrap(), dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+        c.args(args).arg("--state-dir").arg(self.state.path()).arg("--progress").arg("plain");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("run harness");
+        eprintln!(
+            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `topologies/lab.yaml` with `edit` applied to its `vms`, written to a temp file.
+    fn topology(&self, name: &str, edit: impl Fn(&mut Vec<Value>)) -> PathBuf {
+        let text = std::fs::read_to_string(repo().join("topologies/lab.yaml")).expect("lab.yaml (scripts/lab.sh up writes it)");
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let vms: Vec<Value> = serde_json::to_value(doc.get("vms").expect("lab.yaml has vms")).unwrap().as_array().unwrap().clone();
+        let mut vms = vms;
+        edit(&mut vms);
+        doc["vms"] = serde_yaml::to_value(&vms).unwrap();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    }
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Live processes whose argv mentions this run's directory.
+fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let needle = format!("/run/harness/{run_id}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            // Zombies are gone for our purposes.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+        })
+        .collect()
+}
+
+fn nr_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
+}
+
+fn assert_nothing_left(run_id: &str) {
+    let procs = processes_of_run(run_id);
+    assert!(procs.is_empty(), "processes of run {run_id} still alive: {procs:?}");
+    assert!(!Path::new(&format!("/run/harness/{run_id}")).exists(), "run dir of {run_id} still exists");
+}
+
+fn only(vms: &mut Vec<Value>, name: &str) {
+    vms.retain(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"]) == name);
+}
+
+/// The main job: 2 nodes × 2 VMs up, ready, agent answered, pinned; status; logs; down leaves
+/// nothing behind and gives the hugepages back.
+#[test]
+fn up_status_logs_down_two_nodes_two_vms() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = repo().join("topologies/lab.yaml");
+    let topo = topo.to_str().unwrap();
+    let hp_before = nr_hugepages();
+
+    let out = env.run(&["up", topo, "--format", "json", "--run-id", "e2e-main"]);
+    let res = json(&out);
+    assert_eq!(out.status.code(), Some(0), "up failed");
+    assert_eq!(res["ok"], true);
+    let vms = res["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 4);
+    let lab = std::fs::read_to_string(topo).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&lab).unwrap();
+    for vm in vms {
+        assert_eq!(vm["state"], "ready", "{vm}");
+        let pid = vm["pid"].as_u64().unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        // The guest agent answered: it listed the guest's loopback interface.
+        assert!(vm["guest_interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{vm}");
+        // Pinned as asked, read back from the host.
+        let name = vm["name"].as_str().unwrap();
+        let want = doc["vms"].as_sequence().unwrap().iter().find(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"].as_u64().unwrap()) == name).unwrap();
+        let cpus: Vec<String> = want["cpus"].as_sequence().unwrap().iter().map(|c| c.as_u64().unwrap().to_string()).collect();
+        let pinned = vm["pinned"].as_array().unwrap();
+        assert_eq!(pinned.len(), cpus.len());
+        for (p, c) in pinned.iter().zip(&cpus) {
+            assert_eq!(p["affinity"].as_str().unwrap(), c);
+            assert_eq!(p["policy"], "SCHED_RR");
+            let tid = p["tid"].as_u64().unwrap();
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            let allowed = st.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+            assert!(allowed.ends_with(&format!("\t{c}")), "{allowed}");
+        }
+    }
+
+    let st = env.run(&["status", topo, "--format", "json"]);
+    assert_eq!(st.status.code(), Some(0));
+    let rows = json(&st)["vms"].as_array().unwrap().clone();
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["run_id"] == "e2e-main").collect();
+    assert_eq!(ours.len(), 4);
+    assert!(ours.iter().all(|r| r["alive"] == true));
+
+    let logs = env.run(&["logs", "DUT1_2", topo, "--run", "e2e-main"]);
+    assert_eq!(logs.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("HARNESS-LAB-READY"));
+
+    let down = env.run(&["down", topo, "--run", "e2e-main"]);
+    assert_eq!(down.status.code(), Some(0));
+    assert_nothing_left("e2e-main");
+    assert_eq!(nr_hugepages(), hp_before, "hugepages restored");
+
+    // Idempotent.
+    let again = env.run(&["down", topo, "--run", "e2e-main"]);
+    assert_eq!(again.status.code(), Some(0));
+}
+
+#[test]
+fn boot_timeout_stops_the_vm_and_shows_the_serial_tail() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = env.topology("timeout.yaml", |vms| {
+        only(vms, "DUT1_1");
+        vms[0]["ready_markers"] = serde_json::json!(["THIS-NEVER-APPEARS"]);
+        vms[0]["qga"] = serde_json::json!(false);
+        vms[0]["boot_timeout"] = serde_json::json!("6s");
+    });
+    let t = Instant::now();
+    let out = env.run(&["up", topo.to_str().unwrap(), "--format", "json", "--run-id", "e2e-timeout"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let res = json(&out);
+    let vm = &res["vms"][0];
+    assert_eq!(vm["state"], "failed");
+    assert!(vm["error"].as_str().unwrap().contains("not ready after"), "{vm}");
+    assert!(!vm["serial_tail"].as_array().unwrap().is_empty(), "serial tail in the error");
+    assert_nothing_left("e2e-timeout");
+}
+
+#[test]
+fn guest_that_powers_off_fails_fast_with_the_marker() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = env.topology("poweroff.yaml", |vms| {
+        only(vms, "DUT2_1");
+        vms[0]["init_command"] = serde_json::json!("/bin/true");
+        vms[0]["qga"] = serde_json::json!(false);
+        vms[0]["boot_timeout"] = serde_json::json!("300s");
+    });
+    let t = Instant::now();
+    let out = env.run(&["up", topo.to_str().unwrap(), "--format", "json", "--run-id", "e2e-poweroff"]);
+    assert_eq!(out.status.code(), Some(4));
+    // Ends on the marker (or qemu exiting), long before the 300 s boot timeout.
+    assert!(t.elapsed() < Duration::from_secs(90), "took {:?}", t.elapsed());
+    let err = json(&out)["vms"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("reboot: Power down") || err.contains("qemu exited"), "{err}");
+    assert_nothing_left("e2e-poweroff");
+}
+
+#[test]
+fn qemu_that_fails_to_start_reports_its_stderr() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = env.topology("badopt.yaml", |vms| {
+        only(vms, "DUT1_1");
+        vms[0]["extra_args"] = serde_json::json!(["-no-such-option"]);
+    });
+    let out = env.run(&["up", topo.to_str().unwrap(), "--format", "json", "--run-id", "e2e-badopt"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = json(&out)["vms"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("qemu failed to start") && err.contains("no-such-option"), "{err}");
+    assert_nothing_left("e2e-badopt");
+}
+
+#[test]
+fn interrupt_during_up_stops_everything_started() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = repo().join("topologies/lab.yaml");
+    let mut child = env
+        .cmd(&["up", topo.to_str().unwrap(), "--run-id", "e2e-sigint"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a VM is booting (a QEMU is running), then interrupt.
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(": booting") {
+            break;
+        }
+    }
+    assert!(seen.contains(": booting"), "never saw a booting VM:\n{seen}");
+    assert!(!processes_of_run("e2e-sigint").is_empty(), "a QEMU of the run is running");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for l in lines {
+        seen.push_str(&l.unwrap_or_default());
+        seen.push('\n');
+    }
+    let st = child.wait().unwrap();
+    eprintln!("{seen}");
+    assert_eq!(st.code(), Some(130));
+    assert_nothing_left("e2e-sigint");
+}
+
+/// A QEMU someone else started on the host survives our `down` (CSIT's pkill would kill it).
+#[test]
+fn decoy_qemu_survives_down() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("decoy.pid");
+    let st = Command::new("qemu-system-x86_64")
+        .args(["-daemonize", "-S", "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "64M", "-name", "decoy"])
+        .arg("-pidfile")
+        .arg(&pidfile)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let decoy: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let topo = env.topology("decoy.yaml", |vms| only(vms, "DUT1_1"));
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "e2e-decoy"]);
+    let down = env.run(&["down", topo.to_str().unwrap()]);
+    let alive = Path::new(&format!("/proc/{decoy}")).exists();
+    unsafe { libc::kill(decoy, libc::SIGKILL) };
+    assert_eq!(up.status.code(), Some(0));
+    assert_eq!(down.status.code(), Some(0));
+    assert!(alive, "the decoy QEMU was killed by down");
+    assert_nothing_left("e2e-decoy");
+}
+
+#[test]
+fn two_concurrent_runs_do_not_collide() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = env.topology("two.yaml", |vms| only(vms, "DUT2_2"));
+    let t = topo.to_str().unwrap();
+    let a = env.cmd(&["up", t, "--run-id", "e2e-two-a", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let b = env.cmd(&["up", t, "--run-id", "e2e-two-b", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    eprintln!("{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert_eq!(a.status.code(), Some(0));
+    assert_eq!(b.status.code(), Some(0));
+    let pa = json(&a)["vms"][0]["pid"].as_u64().unwrap();
+    let pb = json(&b)["vms"][0]["pid"].as_u64().unwrap();
+    assert_ne!(pa, pb);
+    let down_a = env.run(&["down", t, "--run", "e2e-two-a"]);
+    assert_eq!(down_a.status.code(), Some(0));
+    assert_nothing_left("e2e-two-a");
+    assert!(Path::new(&format!("/proc/{pb}")).exists(), "run b survives down of run a");
+    let down_b = env.run(&["down", t, "--run", "e2e-two-b"]);
+    assert_eq!(down_b.status.code(), Some(0));
+    assert_nothing_left("e2e-two-b");
+}
