@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use crate::topology::{Auth, Node};
 
+mod auth;
+mod config;
 mod error;
+mod hostkey;
 pub use error::SshError;
 
 /// How to reach one node. Built from a topology node (or a `--host` on the command line).
@@ -58,6 +61,8 @@ pub struct ConnectOptions {
     pub ssh_config: Option<PathBuf>,
     /// Max concurrent channels per connection (below sshd's MaxSessions, default 10).
     pub max_channels: usize,
+    /// ssh-agent socket (default `$SSH_AUTH_SOCK`); `None` = do not use an agent.
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -70,6 +75,7 @@ impl Default for ConnectOptions {
             accept_new_host_keys: false,
             ssh_config: dirs::home_dir().map(|h| h.join(".ssh/config")),
             max_channels: 8,
+            agent_socket: std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct RemoteCommand {
     /// `None` = the session default; on expiry the remote process is killed and
     /// [`SshError::CommandTimeout`] returned.
     pub timeout: Option<Duration>,
+    /// Safe to run twice: when the connection drops, [`Session::run`] reconnects once and retries.
+    pub idempotent: bool,
 }
 
 impl RemoteCommand {
@@ -109,6 +117,10 @@ impl RemoteCommand {
     }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
     /// The exact string sent over SSH.
