@@ -1,1 +1,3 @@
 //! Node operations built on [`crate::ssh::Session`]: probes, hugepages, process control.
+pub mod hugepages;
+pub mod process;

@@ -1,0 +1,280 @@
+//! QEMU process control on a node: resolve kernel prefixes, stop our own VMs, pin vCPU threads.
+//!
+//! Every function here builds a shell script run as root through one SSH channel (one round
+//! trip per operation) and parses its `key=value` output. The stop script only ever signals a
+//! pid whose `/proc/<pid>/cmdline` contains this run's own pidfile path as an argument: never
+//! `pkill qemu` (CSIT weakness 1), and a stale pidfile whose pid was reused is left alone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::quote::quote;
+
+/// Script printing, for each prefix, `found <path>` (an exact file wins; otherwise the newest
+/// version-sorted `prefix*` match) or `missing <prefix>`.
+pub fn lookup_script(prefixes: &[&str]) -> String {
+    let mut s = String::new();
+    for p in prefixes {
+        let q = quote(p);
+        s.push_str(&format!(
+            "if [ -f {q} ]; then printf 'found %s\\n' {q}; else m=$(ls -1d -- {q}* 2>/dev/null | sort -V | tail -n 1); \
+             if [ -n \"$m\" ]; then printf 'found %s\\n' \"$m\"; else printf 'missing %s\\n' {q}; fi; fi\n"
+        ));
+    }
+    s
+}
+
+/// Parse [`lookup_script`] output into one `Result` per prefix, in order.
+pub fn parse_lookup(out: &str) -> Vec<Result<String, String>> {
+    out.lines()
+        .filter_map(|l| {
+            if let Some(p) = l.strip_prefix("found ") {
+                Some(Ok(p.to_string()))
+            } else {
+                l.strip_prefix("missing ").map(|p| Err(p.to_string()))
+            }
+        })
+        .collect()
+}
+
+/// How a VM ended up after [`stop_script`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOutcome {
+    /// It was running and is gone now (`how` says by which step).
+    Stopped,
+    /// Nothing was running under our pidfile (already stopped, or never started).
+    NotRunning,
+    /// The pidfile names a live process that is not ours (pid reused): left alone.
+    NotOurs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReport {
+    pub outcome: StopOutcome,
+    pub pid: Option<u32>,
+    /// `quit` (QMP), `term`, `kill`.
+    pub how: Option<String>,
+}
+
+/// Script that stops the QEMU started with `-pidfile <pidfile>`: QMP `quit`, then SIGTERM, then
+/// SIGKILL, waiting for the process to exit after each (bounded). If the pidfile is missing (an
+/// interrupted start), the process is found by its unique `-pidfile` argument instead. Then the
+/// VM's run directory is removed. Prints `outcome=... pid=... how=...`.
+pub fn stop_script(pidfile: &str, qmp: &str, vm_run_dir: &str, grace_secs: u32) -> String {
+    format!(
+        r#"pidfile={pf}; qmp={qmp}; dir={dir}
+ours() {{ [ -r /proc/$1/cmdline ] && tr '\0' '\n' < /proc/$1/cmdline | grep -qxF -- "$pidfile"; }}
+# Exited (or a zombie waiting for its parent): QEMU daemonizes, so init reaps it quickly.
+alive() {{ s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }}
+gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
+pid=$(cat "$pidfile" 2>/dev/null)
+case "$pid" in ''|*[!0-9]*) pid=;; esac
+if [ -z "$pid" ]; then
+  for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; ours "$p" && {{ pid=$p; break; }}; done
+fi
+if [ -z "$pid" ] || ! alive "$pid"; then out="outcome=not_running"
+elif ! ours "$pid"; then out="outcome=not_ours pid=$pid"
+else
+  how=
+  if [ -S "$qmp" ]; then
+    printf '{{"execute":"qmp_capabilities"}}\n{{"execute":"quit"}}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$qmp,shut-none" >/dev/null 2>&1
+    gone "$pid" {grace} && how=quit
+  fi
+  if [ -z "$how" ] && ours "$pid"; then kill -TERM "$pid" 2>/dev/null; gone "$pid" 5 && how=term; fi
+  if [ -z "$how" ] && ours "$pid"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
+  out="outcome=stopped pid=$pid how=$how"
+fi
+rm -rf -- "$dir"
+echo "$out"
+"#,
+        pf = quote(pidfile),
+        qmp = quote(qmp),
+        dir = quote(vm_run_dir),
+        grace = grace_secs,
+    )
+}
+
+pub fn parse_stop(out: &str) -> Result<StopReport, String> {
+    let line =
+        out.lines().rev().find(|l| l.starts_with("outcome=")).ok_or_else(|| format!("unexpected output: {out:?}"))?;
+    let mut rep = StopReport { outcome: StopOutcome::NotRunning, pid: None, how: None };
+    for kv in line.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("outcome", "stopped")) => rep.outcome = StopOutcome::Stopped,
+            Some(("outcome", "not_running")) => rep.outcome = StopOutcome::NotRunning,
+            Some(("outcome", "not_ours")) => rep.outcome = StopOutcome::NotOurs,
+            Some(("pid", v)) => rep.pid = v.parse().ok(),
+            Some(("how", v)) if !v.is_empty() => rep.how = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Ok(rep)
+}
+
+/// Script listing `tid comm` for every thread of `pid` (fallback vCPU discovery).
+pub fn threads_script(pid: u32) -> String {
+    format!("for t in /proc/{pid}/task/*; do printf '%s %s\\n' \"${{t##*/}}\" \"$(cat $t/comm)\"; done")
+}
+
+/// vCPU threads from `tid comm` lines: QEMU names them `CPU <n>/KVM` or `CPU <n>/TCG` with
+/// `debug-threads=on`. Sorted by vCPU index (CSIT sorted by TID string: weakness 32).
+pub fn parse_vcpu_threads(out: &str) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = out
+        .lines()
+        .filter_map(|l| {
+            let (tid, comm) = l.split_once(' ')?;
+            let rest = comm.strip_prefix("CPU ")?;
+            let (idx, accel) = rest.split_once('/')?;
+            if !matches!(accel.trim(), "KVM" | "TCG" | "HVF" | "WHPX") {
+                return None;
+            }
+            Some((idx.parse().ok()?, tid.parse().ok()?))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One pinned vCPU thread as read back from the host after pinning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedThread {
+    pub vcpu: u32,
+    pub tid: u32,
+    /// Affinity list as `taskset -pc` reports it (e.g. `3`).
+    pub affinity: String,
+    /// `SCHED_RR`, `SCHED_OTHER`, ...
+    pub policy: String,
+    pub priority: u32,
+}
+
+/// Script pinning each `(vcpu, tid, cpu)` with `taskset -pc` (and `chrt -r -p 1` when `rr`),
+/// then reading both back. Prints `pin vcpu=.. tid=.. aff=.. policy=.. prio=..` per thread.
+pub fn pin_script(threads: &[(u32, u32, u32)], rr: bool) -> String {
+    let mut s = String::from("set -e\n");
+    for (vcpu, tid, cpu) in threads {
+        s.push_str(&format!("taskset -pc {cpu} {tid} >/dev/null\n"));
+        if rr {
+            s.push_str(&format!("chrt -r -p 1 {tid}\n"));
+        }
+        s.push_str(&format!(
+            "a=$(taskset -pc {tid} | sed 's/.*: *//'); p=$(chrt -p {tid} | sed -n 's/.*policy: *//p'); \
+             r=$(chrt -p {tid} | sed -n 's/.*priority: *//p'); echo \"pin vcpu={vcpu} tid={tid} aff=$a policy=$p prio=$r\"\n"
+        ));
+    }
+    s
+}
+
+pub fn parse_pins(out: &str) -> Vec<PinnedThread> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("pin ")?;
+            let mut t = PinnedThread { vcpu: 0, tid: 0, affinity: String::new(), policy: String::new(), priority: 0 };
+            for kv in rest.split_whitespace() {
+                match kv.split_once('=')? {
+                    ("vcpu", v) => t.vcpu = v.parse().ok()?,
+                    ("tid", v) => t.tid = v.parse().ok()?,
+                    ("aff", v) => t.affinity = v.to_string(),
+                    ("policy", v) => t.policy = v.to_string(),
+                    ("prio", v) => t.priority = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            Some(t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn lookup_prefers_exact_then_newest_version() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("vmlinuz");
+        for v in ["vmlinuz-6.1.0-9", "vmlinuz-6.1.0-10", "vmlinuz-5.10.0"] {
+            std::fs::write(d.path().join(v), b"").unwrap();
+        }
+        let exact = d.path().join("initrd.img");
+        std::fs::write(&exact, b"").unwrap();
+        let none = d.path().join("nothing");
+        let res = parse_lookup(&sh(&lookup_script(&[
+            base.to_str().unwrap(),
+            exact.to_str().unwrap(),
+            none.to_str().unwrap(),
+        ])));
+        assert_eq!(res.len(), 3);
+        assert_eq!(res[0].as_deref().unwrap(), d.path().join("vmlinuz-6.1.0-10").to_str().unwrap());
+        assert_eq!(res[1].as_deref().unwrap(), exact.to_str().unwrap());
+        assert!(res[2].is_err());
+    }
+
+    /// CSIT took TIDs in glob (string) order, so vCPU 0 could be pinned to a worker CPU.
+    #[test]
+    fn vcpu_threads_sorted_by_vcpu_index_not_tid_string() {
+        let out = "100 qemu-system-x86\n1000 CPU 1/KVM\n999 CPU 0/KVM\n1001 worker\n1002 CPU 10/TCG\n";
+        assert_eq!(parse_vcpu_threads(out), vec![(0, 999), (1, 1000), (10, 1002)]);
+    }
+
+    #[test]
+    fn stop_report_parses() {
+        let r = parse_stop("x\noutcome=stopped pid=42 how=quit\n").unwrap();
+        assert_eq!((r.outcome, r.pid, r.how.as_deref()), (StopOutcome::Stopped, Some(42), Some("quit")));
+        let r = parse_stop("outcome=not_ours pid=7").unwrap();
+        assert_eq!(r.outcome, StopOutcome::NotOurs);
+        assert!(parse_stop("garbage").is_err());
+    }
+
+    /// The stop script against a real local process: it must leave a process that is not ours
+    /// alone (pid reused), and stop one that carries our pidfile argument.
+    #[test]
+    fn stop_script_only_kills_processes_carrying_our_pidfile() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("qemu.pid");
+        let vmdir = d.path().join("vm");
+        std::fs::create_dir(&vmdir).unwrap();
+        // A decoy: a live process whose pid is in our pidfile but whose cmdline is not ours.
+        let mut decoy = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pidfile, decoy.id().to_string()).unwrap();
+        let script = stop_script(pidfile.to_str().unwrap(), "/nonexistent.sock", vmdir.to_str().unwrap(), 1);
+        let r = parse_stop(&sh(&script)).unwrap();
+        assert_eq!(r.outcome, StopOutcome::NotOurs);
+        assert!(decoy.try_wait().unwrap().is_none(), "decoy must survive");
+        decoy.kill().unwrap();
+        decoy.wait().unwrap();
+        // Ours: argv carries the pidfile path; the pidfile itself is missing (interrupted start).
+        std::fs::remove_file(&pidfile).unwrap();
+        let mut ours = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; : \"$0\"")
+            .arg(pidfile.to_str().unwrap())
+            .spawn()
+            .unwrap();
+        std::fs::create_dir_all(&vmdir).unwrap();
+        let r = parse_stop(&sh(&script)).unwrap();
+        assert_eq!(r.outcome, StopOutcome::Stopped);
+        assert_eq!(r.pid, Some(ours.id()));
+        assert_eq!(r.how.as_deref(), Some("term"));
+        ours.wait().unwrap();
+        assert!(!vmdir.exists(), "VM run dir removed");
+        let r = parse_stop(&sh(&script)).unwrap();
+        assert_eq!(r.outcome, StopOutcome::NotRunning, "idempotent");
+    }
+
+    #[test]
+    fn pins_parse() {
+        let p = parse_pins("pin vcpu=0 tid=12 aff=3 policy=SCHED_RR prio=1\nother\n");
+        assert_eq!(
+            p,
+            vec![PinnedThread { vcpu: 0, tid: 12, affinity: "3".into(), policy: "SCHED_RR".into(), priority: 1 }]
+        );
+        let st =
+            std::process::Command::new("sh").arg("-n").arg("-c").arg(pin_script(&[(0, 1, 2)], true)).status().unwrap();
+        assert!(st.success());
+    }
+}
