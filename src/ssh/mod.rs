@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::topology::{Auth, Node};
+use crate::topology::{Auth, Node, Topology};
 
 mod auth;
 mod config;
@@ -44,6 +44,17 @@ impl SshTarget {
             known_hosts: node.known_hosts.clone(),
             accept_new_host_key: node.accept_new_host_key,
         }
+    }
+    /// Like [`SshTarget::from_node`], with a `proxy_jump` that names another node of the
+    /// topology replaced by that node's `user@host:port`.
+    pub fn for_node(topo: &Topology, node: &Node) -> Self {
+        let mut t = Self::from_node(node);
+        if let Some(jump) = t.proxy_jump.as_deref().and_then(|j| topo.node(j)).filter(|j| j.name != node.name) {
+            let user = jump.username.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+            let port = jump.port.map(|p| format!(":{p}")).unwrap_or_default();
+            t.proxy_jump = Some(format!("{user}{}{port}", jump.host));
+        }
+        t
     }
 }
 

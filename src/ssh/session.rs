@@ -476,6 +476,10 @@ impl RemoteChild {
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
+    /// Signal that ended the command (after [`ChildEvent::Exit`] with `None`).
+    pub fn signal(&self) -> Option<&str> {
+        self.signal.as_deref()
+    }
 
     fn on_stdout(&mut self, data: Bytes) {
         if self.pid.is_some() || self.head.is_empty() && data.is_empty() {
