@@ -118,6 +118,9 @@ pub struct ExecArgs {
     pub sudo: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Run the command N times in a row per node over the same connection (benchmarks).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

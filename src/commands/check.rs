@@ -1,7 +1,80 @@
-//! `harness check`.
+//! `harness check`: pre-flight every DUT in parallel (one SSH round trip per node), print one
+//! line per node (✓/✗ on a terminal, `ok`/`FAIL` otherwise) or JSON, and exit 0 (all required
+//! items pass), 1 (a requirement fails) or 3 (a node is unreachable).
 
-use crate::cli::{CheckArgs, GlobalArgs};
+use std::io::IsTerminal;
 
-pub async fn run(_g: &GlobalArgs, _a: &CheckArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`harness check` is not implemented yet")
+use crate::cli::{CheckArgs, Format, GlobalArgs};
+use crate::exit;
+use crate::remote::probe::{self, NodeReport, Status};
+use crate::ssh::SshTarget;
+
+pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
+    let (topo, _templates) = super::load_topology(g, &a.topology)?;
+    let opts = super::connect_options(g);
+    let tasks: Vec<_> = topo
+        .duts()
+        .map(|node| {
+            let node = node.clone();
+            let target = SshTarget::for_node(&topo, &node);
+            let vms: Vec<_> = topo.vms_on(&node.name).cloned().collect();
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                let vms: Vec<&_> = vms.iter().collect();
+                probe::check_node(&target, &opts, &node, &vms).await
+            })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for t in tasks {
+        reports.push(t.await?);
+    }
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        Format::Text => print_text(&reports, std::io::stdout().is_terminal()),
+    }
+    Ok(exit_code(&reports))
+}
+
+fn exit_code(reports: &[NodeReport]) -> u8 {
+    if reports.iter().any(|r| !r.reachable) {
+        exit::UNREACHABLE
+    } else if reports.iter().any(NodeReport::failed) {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}
+
+fn mark(s: Status, tty: bool) -> &'static str {
+    match (s, tty) {
+        (Status::Ok, true) => "✓",
+        (Status::Warn, true) => "!",
+        (Status::Fail, true) => "✗",
+        (Status::Ok, false) => "ok",
+        (Status::Warn, false) => "warn",
+        (Status::Fail, false) => "FAIL",
+    }
+}
+
+/// One line per node, then an indented line for every item that is not plainly ok.
+fn print_text(reports: &[NodeReport], tty: bool) {
+    let width = reports.iter().map(|r| r.node.len()).max().unwrap_or(0);
+    for r in reports {
+        let mut line = format!("{:width$}  {:21}", r.node, r.addr);
+        for it in &r.items {
+            let sep = if tty { "" } else { ":" };
+            line.push_str(&format!(" {}{sep}{}", mark(it.status, tty), it.name));
+        }
+        if let Some(accel) = &r.accel {
+            line.push_str(&format!("  accel={accel}"));
+        }
+        if r.reachable {
+            line.push_str(&format!("  ({} ms + {} ms)", r.connect_ms, r.probe_ms));
+        }
+        println!("{line}");
+        for it in r.items.iter().filter(|i| i.status != Status::Ok || !r.reachable) {
+            println!("{:width$}    {} {}: {}", "", mark(it.status, tty), it.name, it.detail);
+        }
+    }
 }

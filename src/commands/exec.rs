@@ -1,7 +1,242 @@
-//! `harness exec`.
+//! `harness exec`: run one argv on the selected DUTs concurrently (one connection per node),
+//! stream output as `NODE | line`, then a per-node summary. Exit 0 if every run succeeded, 1 if
+//! any exited nonzero, 3 if any node was unreachable, 2 for an unknown `--node`.
 
-use crate::cli::{ExecArgs, GlobalArgs};
+use std::io::Write;
+use std::time::{Duration, Instant};
 
-pub async fn run(_g: &GlobalArgs, _a: &ExecArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("`harness exec` is not implemented yet")
+use serde::Serialize;
+
+use crate::cli::{ExecArgs, Format, GlobalArgs};
+use crate::exit;
+use crate::ssh::{ChildEvent, ConnectOptions, RemoteCommand, Session, SshError, SshTarget};
+
+#[derive(Debug, Serialize)]
+struct NodeResult {
+    node: String,
+    /// Exit status of the last run (or of the first failing one).
+    status: Option<u32>,
+    signal: Option<String>,
+    /// Captured output (JSON mode only; text mode streams it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
+    runs: u32,
+    connect_ms: u64,
+    duration_ms: u64,
+    unreachable: bool,
+    error: Option<String>,
+}
+
+impl NodeResult {
+    fn ok(&self) -> bool {
+        self.error.is_none() && self.status == Some(0)
+    }
+}
+
+/// Writes complete lines with a `NODE | ` prefix; a partial line waits for its end.
+struct Prefixer {
+    prefix: String,
+    buf: Vec<u8>,
+    stderr: bool,
+}
+
+impl Prefixer {
+    fn new(prefix: String, stderr: bool) -> Self {
+        Prefixer { prefix, buf: Vec::new(), stderr }
+    }
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if let Some(last_nl) = self.buf.iter().rposition(|&b| b == b'\n') {
+            let rest = self.buf.split_off(last_nl + 1);
+            let lines = std::mem::replace(&mut self.buf, rest);
+            self.emit(&lines);
+        }
+    }
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let mut lines = std::mem::take(&mut self.buf);
+            lines.push(b'\n');
+            self.emit(&lines);
+        }
+    }
+    fn emit(&self, lines: &[u8]) {
+        let mut out = Vec::with_capacity(lines.len() + 16);
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.extend_from_slice(line);
+        }
+        // One write per batch keeps lines of different nodes from interleaving mid-line.
+        let _ = if self.stderr { std::io::stderr().lock().write_all(&out) } else { std::io::stdout().lock().write_all(&out) };
+    }
+}
+
+/// One run with streamed output; the remote process is killed if it outlives `timeout`.
+async fn run_streaming(
+    s: &Session,
+    cmd: &RemoteCommand,
+    out: &mut Prefixer,
+    err: &mut Prefixer,
+    timeout: Duration,
+) -> Result<(Option<u32>, Option<String>), SshError> {
+    let mut child = s.spawn(cmd).await?;
+    let stream = async {
+        let mut status = None;
+        while let Some(ev) = child.next().await {
+            match ev {
+                ChildEvent::Stdout(b) => out.push(&b),
+                ChildEvent::Stderr(b) => err.push(&b),
+                ChildEvent::Exit(st) => status = st,
+            }
+        }
+        status
+    };
+    let res = tokio::time::timeout(timeout, stream).await;
+    out.flush();
+    err.flush();
+    match res {
+        Ok(status) => {
+            if status.is_none() && child.signal().is_none() && s.is_closed() {
+                return Err(SshError::Disconnected { node: s.name().to_string(), message: "connection lost".into() });
+            }
+            Ok((status, child.signal().map(String::from)))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(SshError::CommandTimeout { node: s.name().to_string(), command: cmd.wire(), after: timeout })
+        }
+    }
+}
+
+async fn exec_node(
+    target: SshTarget,
+    opts: ConnectOptions,
+    cmd: RemoteCommand,
+    repeat: u32,
+    json: bool,
+    width: usize,
+) -> NodeResult {
+    let node = target.name.clone();
+    let mut r = NodeResult {
+        node: node.clone(),
+        status: None,
+        signal: None,
+        stdout: None,
+        stderr: None,
+        runs: 0,
+        connect_ms: 0,
+        duration_ms: 0,
+        unreachable: false,
+        error: None,
+    };
+    let t = Instant::now();
+    let s = match Session::connect(&target, &opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            r.unreachable = true;
+            r.error = Some(e.to_string());
+            return r;
+        }
+    };
+    r.connect_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    let mut out = Prefixer::new(format!("{node:width$} | "), false);
+    let mut err = Prefixer::new(format!("{node:width$} | "), true);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        r.runs += 1;
+        let res = if json {
+            s.run(&cmd).await.map(|o| {
+                stdout.extend_from_slice(&o.stdout);
+                stderr.extend_from_slice(&o.stderr);
+                (o.status, o.signal)
+            })
+        } else {
+            run_streaming(&s, &cmd, &mut out, &mut err, opts.command_timeout).await
+        };
+        match res {
+            Ok((status, signal)) => {
+                r.status = status;
+                r.signal = signal;
+                if status != Some(0) {
+                    break;
+                }
+            }
+            Err(e) => {
+                r.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    r.duration_ms = t.elapsed().as_millis() as u64;
+    if json {
+        r.stdout = Some(String::from_utf8_lossy(&stdout).into_owned());
+        r.stderr = Some(String::from_utf8_lossy(&stderr).into_owned());
+    }
+    s.close().await;
+    r
+}
+
+pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
+    let (topo, _templates) = super::load_topology(g, &a.topology)?;
+    let nodes: Vec<_> = if a.nodes.is_empty() {
+        topo.duts().collect()
+    } else {
+        let mut v = Vec::new();
+        for name in &a.nodes {
+            match topo.duts().find(|n| &n.name == name) {
+                Some(n) => v.push(n),
+                None => {
+                    let duts: Vec<&str> = topo.duts().map(|n| n.name.as_str()).collect();
+                    eprintln!("error: no DUT node `{name}` in {} (DUTs: {})", a.topology.display(), duts.join(", "));
+                    return Ok(exit::INVALID_INPUT);
+                }
+            }
+        }
+        v
+    };
+    let mut cmd = RemoteCommand::new(a.command.clone());
+    cmd.sudo = a.sudo;
+    let json = a.format == Format::Json;
+    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
+    let mut opts = super::connect_options(g);
+    // Repeated runs are sequential; a single run per node needs only one channel anyway.
+    opts.max_channels = opts.max_channels.max(1);
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let target = SshTarget::for_node(&topo, n);
+            tokio::spawn(exec_node(target, opts.clone(), cmd.clone(), a.repeat, json, width))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            let what = match (&r.error, r.status, &r.signal) {
+                (Some(e), _, _) if r.unreachable => format!("unreachable: {e}"),
+                (Some(e), _, _) => format!("error: {e}"),
+                (None, Some(s), _) => format!("exit {s}"),
+                (None, None, Some(sig)) => format!("killed by signal {sig}"),
+                (None, None, None) => "no exit status".to_string(),
+            };
+            let runs = if r.runs > 1 { format!(", {} runs", r.runs) } else { String::new() };
+            eprintln!(
+                "{:width$} : {what} ({} ms{runs}, connect {} ms)",
+                r.node, r.duration_ms, r.connect_ms
+            );
+        }
+    }
+    Ok(if results.iter().any(|r| r.unreachable) {
+        exit::UNREACHABLE
+    } else if results.iter().all(NodeResult::ok) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }

@@ -2,3 +2,4 @@
 pub mod hugepages;
 pub mod kvm;
 pub mod process;
+pub mod probe;

@@ -9,9 +9,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::topology::{Auth, Node};
+use crate::topology::{Auth, Node, Topology};
 
+mod auth;
+mod config;
 mod error;
+mod hostkey;
 pub use error::SshError;
 
 /// How to reach one node. Built from a topology node (or a `--host` on the command line).
@@ -42,6 +45,17 @@ impl SshTarget {
             accept_new_host_key: node.accept_new_host_key,
         }
     }
+    /// Like [`SshTarget::from_node`], with a `proxy_jump` that names another node of the
+    /// topology replaced by that node's `user@host:port`.
+    pub fn for_node(topo: &Topology, node: &Node) -> Self {
+        let mut t = Self::from_node(node);
+        if let Some(jump) = t.proxy_jump.as_deref().and_then(|j| topo.node(j)).filter(|j| j.name != node.name) {
+            let user = jump.username.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+            let port = jump.port.map(|p| format!(":{p}")).unwrap_or_default();
+            t.proxy_jump = Some(format!("{user}{}{port}", jump.host));
+        }
+        t
+    }
 }
 
 /// Connection-wide settings (command-line flags).
@@ -58,6 +72,8 @@ pub struct ConnectOptions {
     pub ssh_config: Option<PathBuf>,
     /// Max concurrent channels per connection (below sshd's MaxSessions, default 10).
     pub max_channels: usize,
+    /// ssh-agent socket (default `$SSH_AUTH_SOCK`); `None` = do not use an agent.
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -70,6 +86,7 @@ impl Default for ConnectOptions {
             accept_new_host_keys: false,
             ssh_config: dirs::home_dir().map(|h| h.join(".ssh/config")),
             max_channels: 8,
+            agent_socket: std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -84,6 +101,8 @@ pub struct RemoteCommand {
     /// `None` = the session default; on expiry the remote process is killed and
     /// [`SshError::CommandTimeout`] returned.
     pub timeout: Option<Duration>,
+    /// Safe to run twice: when the connection drops, [`Session::run`] reconnects once and retries.
+    pub idempotent: bool,
 }
 
 impl RemoteCommand {
@@ -109,6 +128,10 @@ impl RemoteCommand {
     }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
     /// The exact string sent over SSH.

@@ -1,28 +1,368 @@
 //! russh session: connect, authenticate, verify host keys, run commands, upload files.
+//!
+//! Every command is started as `echo $$; exec ARGV` (under sudo: `sudo -n -- sh -c 'echo $$;
+//! exec "$@"' sh ARGV`) so the first stdout line is the remote pid of the command itself; it is
+//! stripped from the output and used to kill the process remotely when a command outlives its
+//! timeout or a [`RemoteChild`] is killed. Closing an SSH channel does not kill anything.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use russh::client::{Handle, Msg};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::auth;
+use super::config::{self, Resolved};
+use super::hostkey::{Client, HandlerError, HostKeyPolicy};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
+use crate::topology::Auth;
+
+/// One live russh connection (replaced on reconnect).
+struct Conn {
+    handle: Handle<Client>,
+    /// The jump host's session must outlive the tunnel through it.
+    _jump: Option<Session>,
+    disconnect: Arc<Mutex<Option<String>>>,
+}
+
+struct Inner {
+    addr: String,
+    target: SshTarget,
+    opts: ConnectOptions,
+    conn: RwLock<Arc<Conn>>,
+    reconnect: tokio::sync::Mutex<()>,
+    /// Bounds concurrent channels below sshd's MaxSessions.
+    channels: Arc<Semaphore>,
+}
 
 /// One authenticated connection to a node. Cheap to clone; channels are opened concurrently.
 #[derive(Clone)]
 pub struct Session {
     name: String,
+    inner: Arc<Inner>,
+}
+
+fn addr_of(r: &Resolved) -> String {
+    r.addr()
+}
+
+/// Open a connection: TCP (or a tunnel through the jump host), handshake, host key, auth.
+async fn open(target: &SshTarget, opts: &ConnectOptions) -> Result<(Conn, String), SshError> {
+    let r = config::resolve(target, opts)?;
+    let addr = addr_of(&r);
+    let node = target.name.clone();
+    let jump = match &r.proxy_jump {
+        Some(spec) => Some(connect_jump(target, opts, &r, spec).await?),
+        None => None,
+    };
+    let disconnect = Arc::new(Mutex::new(None));
+    let handler = Client {
+        policy: HostKeyPolicy {
+            node: node.clone(),
+            addr: addr.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            known_hosts: r.known_hosts.clone(),
+            accept_new: r.accept_new,
+        },
+        disconnect: disconnect.clone(),
+    };
+    let cfg = Arc::new(russh::client::Config {
+        keepalive_interval: Some(opts.keepalive_interval),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+
+    let handshake = async {
+        match &jump {
+            None => {
+                let tcp = tokio::time::timeout(
+                    opts.connect_timeout,
+                    tokio::net::TcpStream::connect((r.host.as_str(), r.port)),
+                )
+                .await
+                .map_err(|_| SshError::Timeout {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    phase: "TCP connect",
+                    after: opts.connect_timeout,
+                })?
+                .map_err(|e| SshError::Connect {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                })?;
+                let _ = tcp.set_nodelay(true);
+                handshake_auth(cfg, tcp, handler, &r, target, opts, &addr).await
+            }
+            Some(j) => {
+                let conn = j.conn();
+                let ch = tokio::time::timeout(
+                    opts.connect_timeout,
+                    conn.handle.channel_open_direct_tcpip(r.host.clone(), r.port as u32, "127.0.0.1", 0),
+                )
+                .await
+                .map_err(|_| SshError::Timeout {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    phase: "connect through jump host",
+                    after: opts.connect_timeout,
+                })?
+                .map_err(|e| SshError::Connect {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    message: format!("jump host {} cannot reach it: {e}", j.name()),
+                })?;
+                handshake_auth(cfg, ch.into_stream(), handler, &r, target, opts, &addr).await
+            }
+        }
+    };
+    let handle = handshake.await?;
+    Ok((Conn { handle, _jump: jump, disconnect }, addr))
+}
+
+async fn connect_jump(
+    target: &SshTarget,
+    opts: &ConnectOptions,
+    r: &Resolved,
+    spec: &str,
+) -> Result<Session, SshError> {
+    // `a,b,c`: reach c through b through a.
+    let (chain, last) = match spec.rsplit_once(',') {
+        Some((chain, last)) => (Some(chain.to_string()), last.trim()),
+        None => (None, spec.trim()),
+    };
+    let (user, host, port) = config::parse_jump(last);
+    let jt = SshTarget {
+        name: format!("{} (jump host {last})", target.name),
+        host,
+        port,
+        user,
+        // Keys (not passwords) of the node are offered to the jump host as well; its ssh config
+        // entry and the agent apply as usual.
+        auth: target.auth.iter().filter(|a| matches!(a, Auth::IdentityFile { .. })).cloned().collect(),
+        proxy_jump: chain,
+        known_hosts: Some(r.known_hosts.clone()),
+        accept_new_host_key: r.accept_new,
+    };
+    Box::pin(Session::connect(&jt, opts)).await
+}
+
+async fn handshake_auth<S>(
+    cfg: Arc<russh::client::Config>,
+    stream: S,
+    handler: Client,
+    r: &Resolved,
+    target: &SshTarget,
+    opts: &ConnectOptions,
+    addr: &str,
+) -> Result<Handle<Client>, SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let node = target.name.clone();
+    let fut = async {
+        let mut handle = russh::client::connect_stream(cfg, stream, handler).await.map_err(|e| match e {
+            HandlerError::HostKey(e) => *e,
+            HandlerError::Russh(e) => {
+                SshError::Connect { node: node.clone(), addr: addr.to_string(), message: format!("SSH handshake: {e}") }
+            }
+        })?;
+        match auth::authenticate(&mut handle, r, &target.auth, opts.agent_socket.as_deref()).await {
+            Ok(()) => Ok(handle),
+            Err(Ok(attempts)) => Err(SshError::Auth {
+                node: node.clone(),
+                addr: addr.to_string(),
+                message: format!("user {}: {}", r.user, attempts.summary()),
+            }),
+            Err(Err(e)) => Err(SshError::Auth {
+                node: node.clone(),
+                addr: addr.to_string(),
+                message: format!("user {}: {e}", r.user),
+            }),
+        }
+    };
+    tokio::time::timeout(opts.auth_timeout, fut).await.map_err(|_| SshError::Timeout {
+        node: node.clone(),
+        addr: addr.to_string(),
+        phase: "SSH handshake+auth",
+        after: opts.auth_timeout,
+    })?
+}
+
+/// Kill the process group of `pid`, TERM then KILL after 3 s. sshd starts each channel's
+/// command in its own session, so that group is exactly this command's tree (including `sudo`
+/// and the children of a shell). (`kill -TERM -$g`: dash's builtin rejects `kill -- -$g`.)
+fn kill_script(pid: u32) -> String {
+    format!(
+        "p={pid}; g=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3); \
+         case \"$g\" in ''|0|1) exit 0;; esac; \
+         kill -TERM -$g 2>/dev/null || kill -TERM $p 2>/dev/null || exit 0; i=0; \
+         while kill -0 -$g 2>/dev/null; do i=$((i+1)); \
+         if [ $i -gt 30 ]; then kill -KILL -$g 2>/dev/null; break; fi; sleep 0.1; done; exit 0"
+    )
 }
 
 impl Session {
-    pub async fn connect(_target: &SshTarget, _opts: &ConnectOptions) -> Result<Session, SshError> {
-        todo!("ssh: connect")
+    pub async fn connect(target: &SshTarget, opts: &ConnectOptions) -> Result<Session, SshError> {
+        let (conn, addr) = open(target, opts).await?;
+        let max = opts.max_channels.max(1);
+        Ok(Session {
+            name: target.name.clone(),
+            inner: Arc::new(Inner {
+                addr,
+                target: target.clone(),
+                opts: opts.clone(),
+                conn: RwLock::new(Arc::new(conn)),
+                reconnect: tokio::sync::Mutex::new(()),
+                channels: Arc::new(Semaphore::new(max)),
+            }),
+        })
     }
     /// Node name (for messages).
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// `host:port` actually connected to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    fn conn(&self) -> Arc<Conn> {
+        self.inner.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn disconnected(&self, conn: &Conn, fallback: impl std::fmt::Display) -> SshError {
+        let why = conn.disconnect.lock().ok().and_then(|d| d.clone()).unwrap_or_else(|| fallback.to_string());
+        SshError::Disconnected { node: self.name.clone(), message: why }
+    }
+
+    /// Replace a dead connection with a new one (once, even if many tasks ask at the same time).
+    async fn reconnect(&self, dead: &Arc<Conn>) -> Result<(), SshError> {
+        let _g = self.inner.reconnect.lock().await;
+        if !Arc::ptr_eq(&self.conn(), dead) {
+            return Ok(()); // someone else already reconnected
+        }
+        let (conn, _) = open(&self.inner.target, &self.inner.opts).await?;
+        *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+        Ok(())
+    }
+
+    /// Open a session channel and start `cmd` on it (pid wrapper included).
+    async fn start(
+        &self,
+        cmd: &RemoteCommand,
+        permit: Option<OwnedSemaphorePermit>,
+        keep_stdin: bool,
+    ) -> Result<RemoteChild, SshError> {
+        let conn = self.conn();
+        let open_timeout = self.inner.opts.connect_timeout.max(Duration::from_secs(5));
+        let channel = match tokio::time::timeout(open_timeout, conn.handle.channel_open_session()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(if conn.handle.is_closed() {
+                    self.disconnected(&conn, &e)
+                } else {
+                    SshError::Channel { node: self.name.clone(), message: format!("cannot open a channel: {e}") }
+                });
+            }
+            Err(_) => {
+                return Err(if conn.handle.is_closed() {
+                    self.disconnected(&conn, "channel open timed out")
+                } else {
+                    SshError::Timeout {
+                        node: self.name.clone(),
+                        addr: self.inner.addr.clone(),
+                        phase: "channel open",
+                        after: open_timeout,
+                    }
+                });
+            }
+        };
+        let wire = wrapped_wire(cmd);
+        channel.exec(true, wire).await.map_err(|e| {
+            if conn.handle.is_closed() {
+                self.disconnected(&conn, &e)
+            } else {
+                SshError::Channel { node: self.name.clone(), message: format!("exec: {e}") }
+            }
+        })?;
+        let (read, write) = channel.split();
+        let write = Arc::new(write);
+        let mut writer = None;
+        if let Some(bytes) = cmd.stdin.clone() {
+            // Write stdin in its own task so the remote side's output is drained meanwhile
+            // (a full window on either side would otherwise deadlock).
+            let w = write.clone();
+            writer = Some(tokio::spawn(async move {
+                w.data(&bytes[..]).await?;
+                w.eof().await
+            }));
+        } else if !keep_stdin {
+            let _ = write.eof().await;
+        }
+        Ok(RemoteChild {
+            session: self.clone(),
+            conn,
+            read,
+            write,
+            _permit: permit,
+            _writer: writer,
+            sudo: cmd.sudo,
+            pid: None,
+            head: Vec::new(),
+            pending: VecDeque::new(),
+            status: None,
+            signal: None,
+            done: false,
+            exited: false,
+        })
+    }
+
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        self.inner.channels.clone().acquire_owned().await.expect("semaphore never closed")
+    }
+
+    async fn run_once(&self, cmd: &RemoteCommand) -> Result<Output, SshError> {
+        let after = cmd.timeout.unwrap_or(self.inner.opts.command_timeout);
+        let deadline = tokio::time::Instant::now() + after;
+        let timed_out = || SshError::CommandTimeout { node: self.name.clone(), command: cmd.wire(), after };
+        let permit = tokio::time::timeout_at(deadline, self.permit()).await.map_err(|_| timed_out())?;
+        let mut child = tokio::time::timeout_at(deadline, self.start(cmd, Some(permit), false))
+            .await
+            .map_err(|_| timed_out())??;
+        let collected = tokio::time::timeout_at(deadline, child.collect()).await;
+        let out = match collected {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.kill()).await;
+                return Err(timed_out());
+            }
+        };
+        if cmd.sudo && out.status == Some(1) {
+            let err = out.stderr_str();
+            if err.contains("a password is required") || err.contains("a terminal is required") {
+                return Err(SshError::SudoPassword { node: self.name.clone(), command: cmd.wire() });
+            }
+        }
+        Ok(out)
+    }
+
     /// Run to completion, capturing stdout/stderr/exit status.
-    pub async fn run(&self, _cmd: &RemoteCommand) -> Result<Output, SshError> {
-        todo!("ssh: run")
+    pub async fn run(&self, cmd: &RemoteCommand) -> Result<Output, SshError> {
+        let conn = self.conn();
+        match self.run_once(cmd).await {
+            Err(SshError::Disconnected { .. }) if cmd.idempotent => {
+                self.reconnect(&conn).await?;
+                self.run_once(cmd).await
+            }
+            r => r,
+        }
     }
     /// Like [`Session::run`] but a nonzero exit becomes [`SshError::CommandFailed`].
     pub async fn run_ok(&self, cmd: &RemoteCommand) -> Result<Output, SshError> {
@@ -39,21 +379,64 @@ impl Session {
         }
     }
     /// Start a long-lived command and stream its output (serial followers, socat bridges).
-    pub async fn spawn(&self, _cmd: &RemoteCommand) -> Result<RemoteChild, SshError> {
-        todo!("ssh: spawn")
+    /// Stdin stays open (see [`RemoteChild::write_stdin`]) unless `cmd.stdin` is set. The child
+    /// holds one of the session's `max_channels` slots until it is dropped.
+    pub async fn spawn(&self, cmd: &RemoteCommand) -> Result<RemoteChild, SshError> {
+        let permit = self.permit().await;
+        self.start(cmd, Some(permit), true).await
     }
     /// Write `content` to `path` atomically: temp file next to it, then chmod + rename.
-    pub async fn upload(&self, _content: &[u8], _path: &str, _mode: u32, _sudo: bool) -> Result<(), SshError> {
-        todo!("ssh: upload")
+    pub async fn upload(&self, content: &[u8], path: &str, mode: u32, sudo: bool) -> Result<(), SshError> {
+        let tmp = format!("{path}.harness-tmp-{:016x}", rand::random::<u64>());
+        // umask 077: the content is never readable by others before the chmod.
+        let script =
+            r#"umask 077; cat > "$1" && chmod "$3" "$1" && mv -f "$1" "$2" || { rc=$?; rm -f "$1"; exit $rc; }"#;
+        let mut cmd =
+            RemoteCommand::new(["sh", "-c", script, "sh", &tmp, path, &format!("{mode:o}")]).stdin(content.to_vec());
+        cmd.sudo = sudo;
+        cmd.idempotent = true;
+        self.run_ok(&cmd).await.map(|_| ())
     }
     /// Close the connection politely.
-    pub async fn close(&self) {}
+    pub async fn close(&self) {
+        let conn = self.conn();
+        let _ = conn.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
     pub fn is_closed(&self) -> bool {
-        false
+        self.conn().handle.is_closed()
     }
     /// Round-trip time of one no-op command, for diagnostics.
     pub async fn ping(&self) -> Result<Duration, SshError> {
-        todo!("ssh: ping")
+        let t = Instant::now();
+        self.run_ok(&RemoteCommand::new(["true"]).idempotent()).await?;
+        Ok(t.elapsed())
+    }
+
+    /// Kill a remote pid over a fresh channel. Does not take a channel slot: it must work even
+    /// when every slot is held by the commands being killed (sshd's MaxSessions leaves room).
+    async fn kill_pid(&self, pid: u32, sudo: bool) -> Result<(), SshError> {
+        let mut cmd = RemoteCommand::sh(kill_script(pid)).timeout(Duration::from_secs(10));
+        cmd.sudo = sudo;
+        let mut child = self.start(&cmd, None, false).await?;
+        match tokio::time::timeout(Duration::from_secs(10), child.collect()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(SshError::CommandTimeout {
+                node: self.name.clone(),
+                command: cmd.wire(),
+                after: Duration::from_secs(10),
+            }),
+        }
+    }
+}
+
+/// The command line actually sent: the argv behind a pid-reporting `exec`.
+fn wrapped_wire(cmd: &RemoteCommand) -> String {
+    if cmd.sudo {
+        let mut argv: Vec<&str> = vec!["sudo", "-n", "--", "sh", "-c", "echo $$; exec \"$@\"", "sh"];
+        argv.extend(cmd.argv.iter().map(String::as_str));
+        format!("exec {}", crate::quote::join(&argv))
+    } else {
+        format!("echo $$; exec {}", crate::quote::join(&cmd.argv))
     }
 }
 
@@ -67,22 +450,164 @@ pub enum ChildEvent {
 }
 
 /// A running remote command on its own channel.
-pub struct RemoteChild {}
+pub struct RemoteChild {
+    session: Session,
+    conn: Arc<Conn>,
+    read: ChannelReadHalf,
+    write: Arc<ChannelWriteHalf<Msg>>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _writer: Option<tokio::task::JoinHandle<Result<(), russh::Error>>>,
+    sudo: bool,
+    /// Remote pid, from the wrapper's first stdout line.
+    pid: Option<u32>,
+    /// Stdout bytes before the pid line is complete.
+    head: Vec<u8>,
+    pending: VecDeque<ChildEvent>,
+    status: Option<u32>,
+    signal: Option<String>,
+    /// The channel has ended (no more messages).
+    done: bool,
+    /// `Exit` has been handed out.
+    exited: bool,
+}
 
 impl RemoteChild {
+    /// Remote pid of the command (known once its first output arrived or it was killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+    /// Signal that ended the command (after [`ChildEvent::Exit`] with `None`).
+    pub fn signal(&self) -> Option<&str> {
+        self.signal.as_deref()
+    }
+
+    fn on_stdout(&mut self, data: Bytes) {
+        if self.pid.is_some() || self.head.is_empty() && data.is_empty() {
+            if !data.is_empty() {
+                self.pending.push_back(ChildEvent::Stdout(data));
+            }
+            return;
+        }
+        self.head.extend_from_slice(&data);
+        if let Some(nl) = self.head.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.head[..nl]).trim().to_string();
+            match line.parse::<u32>() {
+                Ok(pid) => {
+                    self.pid = Some(pid);
+                    let rest = self.head.split_off(nl + 1);
+                    self.head.clear();
+                    if !rest.is_empty() {
+                        self.pending.push_back(ChildEvent::Stdout(Bytes::from(rest)));
+                    }
+                }
+                Err(_) => {
+                    // Not our wrapper's line (should not happen): pass everything through.
+                    self.pid = Some(0);
+                    let all = std::mem::take(&mut self.head);
+                    self.pending.push_back(ChildEvent::Stdout(Bytes::from(all)));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if !self.head.is_empty() {
+            let all = std::mem::take(&mut self.head);
+            self.pending.push_back(ChildEvent::Stdout(Bytes::from(all)));
+        }
+    }
+
+    /// Read one channel message into `pending`; false once the channel has ended.
+    async fn pump(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        match self.read.wait().await {
+            Some(ChannelMsg::Data { data }) => self.on_stdout(data),
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                if !data.is_empty() {
+                    self.pending.push_back(ChildEvent::Stderr(data))
+                }
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => self.status = Some(exit_status),
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => self.signal = Some(format!("{signal_name:?}")),
+            Some(ChannelMsg::Close) | None => self.finish(),
+            Some(_) => {}
+        }
+        true
+    }
+
     /// Next output chunk or the exit; `None` once the channel is closed.
     pub async fn next(&mut self) -> Option<ChildEvent> {
-        todo!("ssh: child next")
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            if self.done {
+                if self.exited {
+                    return None;
+                }
+                self.exited = true;
+                return Some(ChildEvent::Exit(self.status));
+            }
+            self.pump().await;
+        }
     }
-    pub async fn write_stdin(&mut self, _bytes: &[u8]) -> Result<(), SshError> {
-        todo!("ssh: child stdin")
+
+    /// Drain to the end; a channel that ends without any exit status on a dead connection is
+    /// reported as [`SshError::Disconnected`].
+    async fn collect(&mut self) -> Result<Output, SshError> {
+        let mut out = Output { status: None, signal: None, stdout: Vec::new(), stderr: Vec::new() };
+        while let Some(ev) = self.next().await {
+            match ev {
+                ChildEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
+                ChildEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
+                ChildEvent::Exit(_) => {}
+            }
+        }
+        out.status = self.status;
+        out.signal = self.signal.clone();
+        if out.status.is_none() && out.signal.is_none() {
+            // Give the session task a moment to notice a dead transport before deciding.
+            for _ in 0..20 {
+                if self.conn.handle.is_closed() {
+                    return Err(self.session.disconnected(&self.conn, "channel ended without exit status"));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn write_stdin(&mut self, bytes: &[u8]) -> Result<(), SshError> {
+        self.write.data(bytes).await.map_err(|e| self.chan_err("write stdin", e))
     }
     /// Send EOF on stdin.
     pub async fn close_stdin(&mut self) -> Result<(), SshError> {
-        todo!("ssh: child eof")
+        self.write.eof().await.map_err(|e| self.chan_err("close stdin", e))
     }
+
+    fn chan_err(&self, what: &str, e: russh::Error) -> SshError {
+        if self.conn.handle.is_closed() {
+            self.session.disconnected(&self.conn, e)
+        } else {
+            SshError::Channel { node: self.session.name.clone(), message: format!("{what}: {e}") }
+        }
+    }
+
     /// Terminate the remote process (not just the channel) and close the channel.
     pub async fn kill(&mut self) -> Result<(), SshError> {
-        todo!("ssh: child kill")
+        // The pid line comes first; wait briefly for it if the command has not printed it yet.
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.pid.is_none() && !self.done && Instant::now() < until {
+            let _ = tokio::time::timeout(until - Instant::now(), self.pump()).await;
+        }
+        let res = match self.pid {
+            Some(pid) if pid > 1 && !self.done => self.session.kill_pid(pid, self.sudo).await,
+            _ => Ok(()),
+        };
+        let _ = self.write.close().await;
+        res
     }
 }

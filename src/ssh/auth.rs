@@ -1,0 +1,226 @@
+//! Client authentication, in a fixed order of preference: the topology's identity files, the
+//! ssh config's `IdentityFile`s, ssh-agent, default keys (only when no identity is configured),
+//! password from an env var, plaintext password, then keyboard-interactive with that password.
+//! Every attempt is recorded so an auth failure says what was tried.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use russh::MethodKind;
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse};
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+
+use super::config::Resolved;
+use super::hostkey::Client;
+use crate::topology::Auth;
+
+/// Why authentication failed: the attempts, for the error message.
+pub(crate) struct Attempts {
+    tried: Vec<String>,
+    /// Methods the server still offers after the last failure.
+    remaining: Option<Vec<&'static str>>,
+}
+
+impl Attempts {
+    pub fn summary(&self) -> String {
+        let tried = if self.tried.is_empty() { "no credentials available".to_string() } else { self.tried.join(", ") };
+        match &self.remaining {
+            Some(m) => format!("{tried}; server accepts: {}", m.join(",")),
+            None => tried,
+        }
+    }
+}
+
+enum Step {
+    Done,
+    Next,
+}
+
+/// Authenticate `handle`. `Ok(())` on success; `Err(attempts)` when nothing worked.
+pub(crate) async fn authenticate(
+    handle: &mut Handle<Client>,
+    r: &Resolved,
+    explicit: &[Auth],
+    agent_socket: Option<&Path>,
+) -> Result<(), Result<Attempts, russh::Error>> {
+    let mut at = Attempts { tried: Vec::new(), remaining: None };
+    let user = r.user.clone();
+
+    let mut key_files: Vec<(PathBuf, Option<String>)> = Vec::new();
+    for a in explicit {
+        if let Auth::IdentityFile { path, passphrase_env } = a {
+            let pass = passphrase_env.as_ref().and_then(|v| std::env::var(v).ok());
+            key_files.push((path.clone(), pass));
+        }
+    }
+    for p in &r.config_identities {
+        if !key_files.iter().any(|(k, _)| k == p) {
+            key_files.push((p.clone(), None));
+        }
+    }
+    let had_identities = !key_files.is_empty();
+
+    for (path, pass) in &key_files {
+        if let Step::Done = try_key_file(handle, &user, path, pass.as_deref(), &mut at).await.map_err(Err)? {
+            return Ok(());
+        }
+    }
+    if let Step::Done = try_agent(handle, &user, agent_socket, &mut at).await.map_err(Err)? {
+        return Ok(());
+    }
+    if !had_identities {
+        if let Some(home) = dirs::home_dir() {
+            for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
+                let p = home.join(".ssh").join(name);
+                if p.exists() {
+                    if let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    let mut passwords: Vec<(String, String)> = Vec::new();
+    for a in explicit {
+        match a {
+            Auth::PasswordEnv(var) => match std::env::var(var) {
+                Ok(p) => passwords.push((format!("password from ${var}"), p)),
+                Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
+            },
+            Auth::Password(p) => passwords.push(("password".to_string(), p.clone())),
+            Auth::IdentityFile { .. } => {}
+        }
+    }
+    for (label, pw) in &passwords {
+        if server_refuses(&at, "password") {
+            break;
+        }
+        let res = handle.authenticate_password(user.clone(), pw.clone()).await.map_err(Err)?;
+        if record(&mut at, label.clone(), res) {
+            return Ok(());
+        }
+    }
+    // Password-only servers that offer keyboard-interactive instead of "password".
+    for (label, pw) in &passwords {
+        if server_refuses(&at, "keyboard-interactive") {
+            break;
+        }
+        if try_kbd_interactive(handle, &user, pw, &mut at, label).await.map_err(Err)? {
+            return Ok(());
+        }
+    }
+    Err(Ok(at))
+}
+
+fn server_refuses(at: &Attempts, method: &str) -> bool {
+    at.remaining.as_ref().is_some_and(|m| !m.contains(&method))
+}
+
+/// Record an attempt; true on success.
+fn record(at: &mut Attempts, label: String, res: AuthResult) -> bool {
+    match res {
+        AuthResult::Success => true,
+        AuthResult::Failure { remaining_methods, .. } => {
+            at.tried.push(format!("{label} (rejected)"));
+            at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+            false
+        }
+    }
+}
+
+async fn try_key_file(
+    handle: &mut Handle<Client>,
+    user: &str,
+    path: &Path,
+    pass: Option<&str>,
+    at: &mut Attempts,
+) -> Result<Step, russh::Error> {
+    if server_refuses(at, <&str>::from(&MethodKind::PublicKey)) {
+        return Ok(Step::Next);
+    }
+    let key = match russh::keys::load_secret_key(path, pass) {
+        Ok(k) => k,
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            at.tried.push(format!("key {} (encrypted; set its passphrase_env)", path.display()));
+            return Ok(Step::Next);
+        }
+        Err(e) => {
+            at.tried.push(format!("key {} (unreadable: {e})", path.display()));
+            return Ok(Step::Next);
+        }
+    };
+    let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
+    let res = handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await?;
+    Ok(if record(at, format!("key {}", path.display()), res) { Step::Done } else { Step::Next })
+}
+
+async fn try_agent(
+    handle: &mut Handle<Client>,
+    user: &str,
+    agent_socket: Option<&Path>,
+    at: &mut Attempts,
+) -> Result<Step, russh::Error> {
+    let Some(sock) = agent_socket else { return Ok(Step::Next) };
+    if server_refuses(at, "publickey") {
+        return Ok(Step::Next);
+    }
+    let mut agent = match AgentClient::connect_uds(&sock).await {
+        Ok(a) => a,
+        Err(e) => {
+            at.tried.push(format!("ssh-agent (unreachable: {e})"));
+            return Ok(Step::Next);
+        }
+    };
+    let ids = match agent.request_identities().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            at.tried.push(format!("ssh-agent ({e})"));
+            return Ok(Step::Next);
+        }
+    };
+    for id in ids {
+        let (key, comment) = match id {
+            AgentIdentity::PublicKey { key, comment } => (key, comment),
+            _ => continue,
+        };
+        let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
+        match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+            Ok(res) => {
+                if record(at, format!("ssh-agent key {comment}"), res) {
+                    return Ok(Step::Done);
+                }
+            }
+            Err(e) => at.tried.push(format!("ssh-agent key {comment} ({e})")),
+        }
+    }
+    Ok(Step::Next)
+}
+
+async fn try_kbd_interactive(
+    handle: &mut Handle<Client>,
+    user: &str,
+    pw: &str,
+    at: &mut Attempts,
+    label: &str,
+) -> Result<bool, russh::Error> {
+    let mut resp = handle.authenticate_keyboard_interactive_start(user, None).await?;
+    // Servers may send several rounds (including empty ones); answer every hidden prompt with the password.
+    for _ in 0..5 {
+        match resp {
+            KeyboardInteractiveAuthResponse::Success => return Ok(true),
+            KeyboardInteractiveAuthResponse::Failure { remaining_methods, .. } => {
+                at.tried.push(format!("keyboard-interactive with {label} (rejected)"));
+                at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+                return Ok(false);
+            }
+            KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                let answers = prompts.iter().map(|_| pw.to_string()).collect();
+                resp = handle.authenticate_keyboard_interactive_respond(answers).await?;
+            }
+        }
+    }
+    at.tried.push(format!("keyboard-interactive with {label} (too many rounds)"));
+    Ok(false)
+}

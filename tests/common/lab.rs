@@ -1,0 +1,137 @@
+//! The loopback SSH lab for integration tests: makes sure `scripts/lab.sh up` has run, reads
+//! `$LAB/lab.env`, and stops the lab again at process exit if this process started it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use harness::ssh::{ConnectOptions, SshTarget};
+use harness::topology::Auth;
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub ports: Vec<u16>,
+    pub users: Vec<String>,
+    pub pw_port: u16,
+    pub pw_user: String,
+    pub pw_pass: String,
+    pub sudopw_port: u16,
+    pub sudopw_user: String,
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn lab_dir() -> PathBuf {
+    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/harness-lab"))
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+}
+
+fn parse_env(path: &Path) -> Option<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect(),
+    )
+}
+
+extern "C" fn lab_down_at_exit() {
+    let _ = std::process::Command::new(repo().join("scripts/lab.sh")).arg("down").status();
+}
+
+fn read_lab() -> Option<Lab> {
+    let env = parse_env(&lab_dir().join("lab.env"))?;
+    let ports: Vec<u16> = env.get("LAB_PORTS")?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    Some(Lab {
+        dir: PathBuf::from(env.get("LAB")?),
+        key: PathBuf::from(env.get("LAB_KEY")?),
+        known_hosts: PathBuf::from(env.get("LAB_KNOWN_HOSTS")?),
+        users: env.get("LAB_USERS")?.split_whitespace().map(String::from).collect(),
+        ports,
+        pw_port: env.get("LAB_PW_PORT")?.parse().ok()?,
+        pw_user: env.get("LAB_PW_USER")?.clone(),
+        pw_pass: env.get("LAB_PW_PASS")?.clone(),
+        sudopw_port: env.get("LAB_SUDOPW_PORT")?.parse().ok()?,
+        sudopw_user: env.get("LAB_SUDOPW_USER")?.clone(),
+    })
+}
+
+/// The running lab (at least 2 key nodes), started once per test process when needed.
+pub fn lab() -> &'static Lab {
+    static LAB: OnceLock<Lab> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let up = read_lab().is_some_and(|l| {
+            l.ports.len() >= 2 && l.ports.iter().chain([&l.pw_port, &l.sudopw_port]).all(|p| listening(*p))
+        });
+        if !up {
+            let st = std::process::Command::new(repo().join("scripts/lab.sh"))
+                .arg("up")
+                .status()
+                .expect("run scripts/lab.sh");
+            assert!(st.success(), "scripts/lab.sh up failed");
+            // We started it, so we stop it when the test process exits.
+            unsafe { libc::atexit(lab_down_at_exit) };
+        }
+        read_lab().expect("lab.env after scripts/lab.sh up")
+    })
+}
+
+impl Lab {
+    /// Key-auth target for key node `i` (1-based).
+    pub fn node(&self, i: usize) -> SshTarget {
+        SshTarget {
+            name: format!("DUT{i}"),
+            host: "127.0.0.1".into(),
+            port: Some(self.ports[i - 1]),
+            user: Some(self.users[i - 1].clone()),
+            auth: vec![Auth::IdentityFile { path: self.key.clone(), passphrase_env: None }],
+            proxy_jump: None,
+            known_hosts: Some(self.known_hosts.clone()),
+            accept_new_host_key: false,
+        }
+    }
+    pub fn pw_node(&self) -> SshTarget {
+        SshTarget {
+            name: "DUTPW".into(),
+            host: "127.0.0.1".into(),
+            port: Some(self.pw_port),
+            user: Some(self.pw_user.clone()),
+            auth: vec![Auth::Password(self.pw_pass.clone())],
+            proxy_jump: None,
+            known_hosts: Some(self.known_hosts.clone()),
+            accept_new_host_key: false,
+        }
+    }
+    pub fn sudopw_node(&self) -> SshTarget {
+        SshTarget {
+            name: "DUTSUDOPW".into(),
+            port: Some(self.sudopw_port),
+            user: Some(self.sudopw_user.clone()),
+            ..self.node(1)
+        }
+    }
+}
+
+/// Options isolated from the caller's environment: no ~/.ssh/config, no ssh-agent.
+pub fn opts() -> ConnectOptions {
+    ConnectOptions {
+        ssh_config: None,
+        agent_socket: None,
+        connect_timeout: Duration::from_secs(5),
+        auth_timeout: Duration::from_secs(10),
+        command_timeout: Duration::from_secs(60),
+        ..ConnectOptions::default()
+    }
+}

@@ -1,0 +1,472 @@
+//! SSH layer against real OpenSSH sshd instances on loopback (`scripts/lab.sh`): auth methods,
+//! host keys, timeouts, sudo, quoting, uploads, remote kills, ProxyJump, concurrency, reconnect.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{lab, opts};
+use harness::ssh::{ChildEvent, RemoteCommand, Session, SshError, SshTarget};
+use harness::topology::Auth;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn connect(t: &SshTarget) -> Session {
+    Session::connect(t, &opts()).await.unwrap_or_else(|e| panic!("connect {}: {e}", t.name))
+}
+
+#[test]
+fn session_is_shareable() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<Session>();
+}
+
+#[test]
+fn key_auth_exit_codes_and_stderr() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        let out = s.run(&RemoteCommand::sh("echo out; echo err >&2; exit 3")).await.unwrap();
+        assert_eq!(out.status, Some(3));
+        assert_eq!(out.stdout_str(), "out\n");
+        assert_eq!(out.stderr_str(), "err\n");
+        let out = s.run(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout_str().trim(), lab.users[0]);
+        let out = s.run(&RemoteCommand::new(["id", "-u"]).sudo()).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), "0");
+        // run_ok turns a nonzero exit into a typed error carrying stderr.
+        let err = s.run_ok(&RemoteCommand::sh("echo boom >&2; exit 7")).await.unwrap_err();
+        match err {
+            SshError::CommandFailed { node, status, stderr, .. } => {
+                assert_eq!((node.as_str(), status.as_str(), stderr.as_str()), ("DUT1", "7", "boom"))
+            }
+            e => panic!("unexpected {e}"),
+        }
+        // Output written after stdin EOF and right before exit is not lost.
+        let out = s.run(&RemoteCommand::sh("cat; printf tail").stdin(b"in-".to_vec())).await.unwrap();
+        assert_eq!(out.stdout_str(), "in-tail");
+        // A command killed by a signal reports the signal, not a status.
+        let out = s.run(&RemoteCommand::sh("kill -KILL $$")).await.unwrap();
+        assert_eq!(out.status, None);
+        assert!(out.signal.is_some() || out.status.is_none());
+        assert!(s.ping().await.unwrap() < Duration::from_secs(2));
+        s.close().await;
+    });
+}
+
+#[test]
+fn agent_auth() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let out = std::process::Command::new("ssh-agent").arg("-a").arg(&sock).arg("-s").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let pid: i32 = text.split("SSH_AGENT_PID=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+        }
+    }
+    let _agent = KillOnDrop(pid);
+    let st =
+        std::process::Command::new("ssh-add").arg("-q").arg(&lab.key).env("SSH_AUTH_SOCK", &sock).status().unwrap();
+    assert!(st.success());
+    let mut t = lab.node(1);
+    t.auth.clear(); // no key file: only the agent can authenticate
+    rt().block_on(async {
+        let mut o = opts();
+        let err = Session::connect(&t, &o).await.err().expect("no credentials must fail");
+        assert!(matches!(err, SshError::Auth { .. }), "{err}");
+        o.agent_socket = Some(sock.clone());
+        let s = Session::connect(&t, &o).await.unwrap();
+        assert_eq!(s.run_ok(&RemoteCommand::new(["echo", "agent"])).await.unwrap().stdout_str(), "agent\n");
+    });
+}
+
+#[test]
+fn password_auth_and_wrong_credentials() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.pw_node()).await;
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.pw_user);
+        // password_env works the same way and comes before the plaintext password.
+        let mut t = lab.pw_node();
+        t.auth = vec![Auth::PasswordEnv("HARNESS_TEST_NO_SUCH_VAR".into()), Auth::Password("wrong".into())];
+        let err = Session::connect(&t, &opts()).await.err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, SshError::Auth { .. }), "{msg}");
+        assert!(msg.starts_with("DUTPW (127.0.0.1:2290): auth failed"), "{msg}");
+        assert!(msg.contains("HARNESS_TEST_NO_SUCH_VAR"), "{msg}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other_key");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut t = lab.node(1);
+        t.auth = vec![Auth::IdentityFile { path: other.clone(), passphrase_env: None }];
+        let err = Session::connect(&t, &opts()).await.err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, SshError::Auth { .. }), "{msg}");
+        assert!(msg.contains("DUT1") && msg.contains("other_key"), "{msg}");
+    });
+}
+
+#[test]
+fn unknown_host_refused_then_accepted_and_recorded() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    let mut t = lab.node(1);
+    t.known_hosts = Some(kh.clone());
+    rt().block_on(async {
+        let err = Session::connect(&t, &opts()).await.err().unwrap();
+        let msg = err.to_string();
+        match &err {
+            SshError::HostKeyUnknown { fingerprint, .. } => assert!(fingerprint.starts_with("SHA256:"), "{msg}"),
+            e => panic!("expected HostKeyUnknown, got {e}"),
+        }
+        assert!(msg.contains("--accept-new-host-keys"), "{msg}");
+        let mut o = opts();
+        o.accept_new_host_keys = true;
+        Session::connect(&t, &o).await.unwrap();
+        let recorded = std::fs::read_to_string(&kh).unwrap();
+        assert!(recorded.contains(&format!("[127.0.0.1]:{} ssh-ed25519 ", lab.ports[0])), "{recorded}");
+        // Now known: accepted without the flag.
+        Session::connect(&t, &opts()).await.unwrap();
+        // The per-node flag works as well.
+        let mut t2 = lab.node(2);
+        t2.known_hosts = Some(kh.clone());
+        t2.accept_new_host_key = true;
+        Session::connect(&t2, &opts()).await.unwrap();
+    });
+}
+
+#[test]
+fn changed_host_key_always_refused() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake_host_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&fake)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pubkey = std::fs::read_to_string(fake.with_extension("pub")).unwrap();
+    let kh = dir.path().join("known_hosts");
+    let line: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+    std::fs::write(&kh, format!("# other\n[127.0.0.1]:{} {} {}\n", lab.ports[0], line[0], line[1])).unwrap();
+    let mut t = lab.node(1);
+    t.known_hosts = Some(kh.clone());
+    rt().block_on(async {
+        let mut o = opts();
+        o.accept_new_host_keys = true; // never overrides a changed key
+        let err = Session::connect(&t, &o).await.err().unwrap();
+        match &err {
+            SshError::HostKeyChanged { line, node, .. } => assert_eq!((*line, node.as_str()), (2, "DUT1")),
+            e => panic!("expected HostKeyChanged, got {e}"),
+        }
+        assert!(err.to_string().contains("HOST KEY CHANGED"));
+    });
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 2, "known_hosts must not be modified");
+}
+
+#[test]
+fn unreachable_port_fails_fast_with_phase() {
+    let lab = lab();
+    let mut t = lab.node(1);
+    t.port = Some(2299);
+    rt().block_on(async {
+        let start = Instant::now();
+        let err = Session::connect(&t, &opts()).await.err().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+        assert!(matches!(err, SshError::Connect { .. }), "{err}");
+        assert!(err.to_string().starts_with("DUT1 (127.0.0.1:2299): connect failed"), "{err}");
+    });
+}
+
+#[test]
+fn sudo_wanting_a_password_is_a_typed_error() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.sudopw_node()).await;
+        assert!(s.run_ok(&RemoteCommand::new(["true"])).await.is_ok());
+        let err = s.run(&RemoteCommand::new(["true"]).sudo()).await.unwrap_err();
+        assert!(matches!(err, SshError::SudoPassword { .. }), "{err}");
+        assert!(err.to_string().contains("DUTSUDOPW"));
+    });
+}
+
+const ADVERSARIAL: &[&str] = &[
+    "plain",
+    "",
+    "two words",
+    "it's",
+    "\"double\"",
+    "$(touch /tmp/harness-pwned)",
+    "`id`",
+    "$HOME",
+    "line1\nline2",
+    "  lead and trail  ",
+    "*",
+    "/etc/*",
+    "semi;colon",
+    "a|b&c>d<e",
+    "back\\slash",
+    "tab\there",
+    "~",
+    "-n",
+    "ünïcødé",
+    "'",
+    "''",
+    "\\'",
+];
+
+#[test]
+fn adversarial_arguments_arrive_literally() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        for sudo in [false, true] {
+            let mut argv = vec!["printf".to_string(), "%s\\0".to_string()];
+            argv.extend(ADVERSARIAL.iter().map(|a| a.to_string()));
+            let mut cmd = RemoteCommand::new(argv);
+            cmd.sudo = sudo;
+            let out = s.run_ok(&cmd).await.unwrap();
+            let got: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
+            let want: Vec<&[u8]> = ADVERSARIAL.iter().map(|a| a.as_bytes()).chain([&b""[..]]).collect();
+            assert_eq!(got, want, "sudo={sudo}");
+        }
+        // The script form quotes the script as one argument as well.
+        let out = s.run_ok(&RemoteCommand::sh("printf '%s|' \"$0\" \"$1\"")).await.unwrap();
+        assert_eq!(out.stdout_str(), "sh||");
+    });
+    assert!(!std::path::Path::new("/tmp/harness-pwned").exists());
+}
+
+fn sha256_local(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, bytes).unwrap();
+    let out = std::process::Command::new("sha256sum").arg(&p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn upload_is_binary_safe_atomic_and_large() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        let home = s.run_ok(&RemoteCommand::sh("printf %s \"$HOME\"")).await.unwrap().stdout_str();
+        let all: Vec<u8> = (0..=255u8).collect();
+        let p = format!("{home}/bytes.bin");
+        s.upload(&all, &p, 0o640, false).await.unwrap();
+        let back = s.run_ok(&RemoteCommand::new(["cat", &p])).await.unwrap();
+        assert_eq!(back.stdout, all);
+        let mode = s.run_ok(&RemoteCommand::new(["stat", "-c", "%a %U", &p])).await.unwrap().stdout_str();
+        assert_eq!(mode.trim(), format!("640 {}", lab.users[0]));
+
+        // 8 MiB of pseudo-random bytes: far larger than the 2 MiB SSH window.
+        let mut big = vec![0u8; 8 << 20];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for b in big.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        let p = format!("{home}/big.bin");
+        let t = Instant::now();
+        s.upload(&big, &p, 0o600, false).await.unwrap();
+        let took = t.elapsed();
+        let sum = s.run_ok(&RemoteCommand::new(["sha256sum", &p])).await.unwrap().stdout_str();
+        assert_eq!(sum.split_whitespace().next().unwrap(), sha256_local(&big), "upload took {took:?}");
+        // No temp files left next to the targets.
+        let ls = s.run_ok(&RemoteCommand::new(["ls", "-a", &home])).await.unwrap().stdout_str();
+        assert!(!ls.contains("harness-tmp"), "{ls}");
+        s.run_ok(&RemoteCommand::new(["rm", "-f", &p, &format!("{home}/bytes.bin")])).await.unwrap();
+
+        // Under sudo into a root-only directory.
+        let dir = format!("/root/harness-upload-test-{}", std::process::id());
+        s.run_ok(&RemoteCommand::new(["install", "-d", "-m", "0700", &dir]).sudo()).await.unwrap();
+        let p = format!("{dir}/conf file");
+        s.upload(b"root-owned\n", &p, 0o644, true).await.unwrap();
+        let st = s.run_ok(&RemoteCommand::new(["stat", "-c", "%a %U", &p]).sudo()).await.unwrap().stdout_str();
+        assert_eq!(st.trim(), "644 root");
+        // Without sudo the same target is refused, and nothing is left behind.
+        let err = s.upload(b"x", &p, 0o644, false).await.unwrap_err();
+        assert!(matches!(err, SshError::CommandFailed { .. }), "{err}");
+        let content = s.run_ok(&RemoteCommand::new(["cat", &p]).sudo()).await.unwrap().stdout_str();
+        assert_eq!(content, "root-owned\n");
+        s.run_ok(&RemoteCommand::new(["rm", "-rf", &dir]).sudo()).await.unwrap();
+    });
+}
+
+/// A command that outlives its timeout is killed on the remote host, with and without sudo.
+#[test]
+fn timed_out_command_is_killed_remotely() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        for sudo in [false, true] {
+            let pidfile = format!("/tmp/harness-kill-test-{}-{sudo}", std::process::id());
+            // A shell with a child: the whole process group must go.
+            let mut cmd = RemoteCommand::sh(format!("echo $$ > {pidfile}; sleep 300 & echo $! >> {pidfile}; wait"))
+                .timeout(Duration::from_millis(1500));
+            cmd.sudo = sudo;
+            let t = Instant::now();
+            let err = s.run(&cmd).await.unwrap_err();
+            assert!(matches!(err, SshError::CommandTimeout { .. }), "{err}");
+            assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+            let pids = s.run_ok(&RemoteCommand::new(["cat", &pidfile])).await.unwrap().stdout_str();
+            let pids: Vec<&str> = pids.split_whitespace().collect();
+            assert_eq!(pids.len(), 2);
+            for pid in &pids {
+                // A just-killed child may briefly linger as a zombie until init reaps it.
+                let gone = RemoteCommand::sh(format!(
+                    "for i in $(seq 20); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1"
+                ));
+                let out = s.run(&gone.sudo()).await.unwrap();
+                assert!(out.success(), "pid {pid} still alive (sudo={sudo})");
+            }
+            s.run_ok(&RemoteCommand::new(["rm", "-f", &pidfile]).sudo()).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn spawn_streams_and_kill_stops_the_remote_process() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        // Interactive: write, read the echo, close stdin, get the exit status.
+        let mut child = s.spawn(&RemoteCommand::new(["cat"])).await.unwrap();
+        child.write_stdin(b"hello\n").await.unwrap();
+        let mut got = Vec::new();
+        while got != b"hello\n" {
+            match child.next().await.unwrap() {
+                ChildEvent::Stdout(b) => got.extend_from_slice(&b),
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        child.close_stdin().await.unwrap();
+        match child.next().await.unwrap() {
+            ChildEvent::Exit(st) => assert_eq!(st, Some(0)),
+            e => panic!("unexpected {e:?}"),
+        }
+        assert!(child.next().await.is_none());
+
+        // A follower under sudo, killed remotely.
+        let f = format!("/tmp/harness-spawn-test-{}", std::process::id());
+        s.run_ok(&RemoteCommand::new(["sh", "-c", "echo first > \"$1\"", "sh", &f])).await.unwrap();
+        let mut tail = s.spawn(&RemoteCommand::new(["tail", "-n", "+1", "-F", &f]).sudo()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"first\n") {
+            match tokio::time::timeout(Duration::from_secs(5), tail.next()).await.unwrap().unwrap() {
+                ChildEvent::Stdout(b) => got.extend_from_slice(&b),
+                ChildEvent::Stderr(_) => {}
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(got, b"first\n");
+        let pid = tail.pid().expect("pid known").to_string();
+        tail.kill().await.unwrap();
+        let alive = s.run(&RemoteCommand::new(["kill", "-0", &pid]).sudo()).await.unwrap();
+        assert!(!alive.success(), "tail {pid} survived kill()");
+        s.run_ok(&RemoteCommand::new(["rm", "-f", &f])).await.unwrap();
+    });
+}
+
+#[test]
+fn proxy_jump_through_another_node() {
+    let lab = lab();
+    rt().block_on(async {
+        let mut t = lab.node(2);
+        t.proxy_jump = Some(format!("{}@127.0.0.1:{}", lab.users[0], lab.ports[0]));
+        let s = connect(&t).await;
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+        // The jump host is really used: a target port only "reachable" through it fails there.
+        let mut bad = t.clone();
+        bad.port = Some(2299);
+        let err = Session::connect(&bad, &opts()).await.err().unwrap();
+        assert!(err.to_string().contains("jump host"), "{err}");
+        // A jump host that refuses us is named in the error.
+        let mut badjump = lab.node(2);
+        badjump.proxy_jump = Some(format!("nobody@127.0.0.1:{}", lab.ports[0]));
+        let err = Session::connect(&badjump, &opts()).await.err().unwrap();
+        assert!(matches!(err, SshError::Auth { .. }) && err.to_string().contains("jump host"), "{err}");
+    });
+}
+
+#[test]
+fn concurrent_commands_share_one_connection() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.run_ok(&RemoteCommand::sh(format!("sleep 1; echo {i}"))).await })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().unwrap().stdout_str(), format!("{i}\n"));
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "8 × sleep 1 took {:?}", t.elapsed());
+        // More tasks than channel slots: queued, not refused by sshd's MaxSessions.
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.run_ok(&RemoteCommand::new(["echo", &i.to_string()])).await })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().unwrap().stdout_str(), format!("{i}\n"));
+        }
+    });
+}
+
+/// Killing the server side of our connection: reported as Disconnected; an idempotent command
+/// reconnects once and succeeds.
+#[test]
+fn dropped_connection_is_reported_and_idempotent_commands_reconnect() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        for idempotent in [false, true] {
+            // The login shell's parent is this connection's sshd process.
+            let ppid = s.run_ok(&RemoteCommand::sh("ps -o ppid= -p $PPID")).await.unwrap().stdout_str();
+            let sshd_pid: i32 = ppid.trim().parse().unwrap();
+            let comm = std::fs::read_to_string(format!("/proc/{sshd_pid}/cmdline")).unwrap();
+            assert!(comm.starts_with("sshd: "), "{comm}");
+            unsafe { libc::kill(sshd_pid, libc::SIGKILL) };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut cmd = RemoteCommand::new(["echo", "again"]);
+            cmd.idempotent = idempotent;
+            match s.run(&cmd).await {
+                Ok(out) => {
+                    assert!(idempotent, "non-idempotent command must not be retried");
+                    assert_eq!(out.stdout_str(), "again\n");
+                }
+                Err(e) => {
+                    assert!(!idempotent, "idempotent command must reconnect: {e}");
+                    assert!(matches!(e, SshError::Disconnected { .. }), "{e}");
+                    // Reconnect for the next round.
+                    s.run(&RemoteCommand::new(["true"]).idempotent()).await.unwrap();
+                }
+            }
+        }
+    });
+}
