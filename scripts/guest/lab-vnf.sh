@@ -1,0 +1,75 @@
+#!/bin/sh
+# The lab's "VNF" for the test guest (installed as <guest dir>/lab-vnf.sh by build-guest.sh).
+# The harness' guest init script runs it as root, as a child of PID 1, with the host's / read-only
+# over 9p, proc/sys/dev mounted and tmpfs on /run and /tmp. It starts the host's qemu-ga on the
+# agent's port, waits until qemu-ga really holds that port (bytes sent earlier arrive mangled,
+# lab-notes §3), prints HARNESS-LAB-READY on the console (our stdout) and then waits on qemu-ga:
+# when qemu-ga dies this script exits and the init powers the guest off.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+# Defensive: through the 9p export of the host's /, /proc and /run are the *host's* directories
+# until the init mounts its own; neither `mountpoint` (multidevs=remap gives every host mount its
+# own st_dev) nor `stat -f` (9p passes the host's statfs through) can tell. /proc/self naming us
+# can. The /proc/$QPID/fd check below needs the guest's procfs, qemu-ga a writable /run.
+read -r selfpid _ </proc/self/stat 2>/dev/null || selfpid=
+[ "$selfpid" = "$$" ] || mount -t proc proc /proc
+grep -q '^[^ ]* /run tmpfs ' /proc/mounts || mount -t tmpfs -o mode=0755,size=16M tmpfs /run
+
+QGA=$(command -v qemu-ga || true)
+if [ -z "$QGA" ]; then
+    echo "HARNESS-LAB-FAILED: qemu-ga not found on the host root (install qemu-guest-agent)"
+    exit 1
+fi
+
+# A virtio-serial port named like QEMU's default agent channel wins (aarch64, or virtio setups);
+# otherwise the agent is on the second isa-serial port (COM2 = ttyS1; COM1 is the console).
+MODE=isa-serial PORT=/dev/ttyS1
+for f in /sys/class/virtio-ports/*/name; do
+    [ -r "$f" ] || continue
+    if [ "$(cat "$f")" = org.qemu.guest_agent.0 ]; then
+        MODE=virtio-serial
+        PORT=/dev/$(basename "$(dirname "$f")")
+    fi
+done
+
+ip link set lo up 2>/dev/null || true
+mkdir -p /run/qga
+"$QGA" -m "$MODE" -p "$PORT" -t /run/qga &
+QPID=$!
+
+# Ready only once qemu-ga has the port open and (for a tty) in raw mode.
+holds_port() {
+    for fd in /proc/"$QPID"/fd/*; do
+        [ "$(readlink "$fd" 2>/dev/null)" = "$PORT" ] && return 0
+    done
+    return 1
+}
+i=0
+while ! holds_port; do
+    if ! kill -0 "$QPID" 2>/dev/null; then
+        echo "HARNESS-LAB-FAILED: qemu-ga exited before opening $PORT"
+        exit 1
+    fi
+    i=$((i + 1))
+    if [ "$i" -gt 500 ]; then
+        echo "HARNESS-LAB-FAILED: qemu-ga did not open $PORT within 10 s"
+        kill "$QPID" 2>/dev/null
+        exit 1
+    fi
+    sleep 0.02
+done
+if [ "$MODE" = isa-serial ]; then
+    # qemu-ga opens the tty, then switches it to raw mode (cfmakeraw clears icanon).
+    i=0
+    while [ "$i" -lt 100 ] && ! stty -F "$PORT" -a 2>/dev/null | grep -q -- '-icanon'; do
+        i=$((i + 1))
+        sleep 0.01
+    done
+fi
+
+echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$(cut -d' ' -f1 /proc/uptime)"
+wait "$QPID"
+rc=$?
+echo "harness-lab-vnf: qemu-ga exited with status $rc"
+exit "$rc"
