@@ -114,6 +114,9 @@ rm -rf "$IR"
 mkdir -p "$IR"/{bin,dev,proc,sys,newroot,lib/modules}
 # busybox-static ships /bin/busybox (the dynamic `busybox` package conflicts with it).
 cp /bin/busybox "$IR/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$IR/bin/$applet"
+done
 install -m 0755 "$SRC/initramfs-init.sh" "$IR/init"
 # Load order from modprobe itself (dependencies first), de-duplicated.
 modprobe -d "${MODDIR%/lib/modules}" -S "$KV" --show-depends -a \

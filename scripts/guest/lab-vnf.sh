@@ -14,7 +14,12 @@ export PATH
 # can. The /proc/$QPID/fd check below needs the guest's procfs, qemu-ga a writable /run.
 read -r selfpid _ </proc/self/stat 2>/dev/null || selfpid=
 [ "$selfpid" = "$$" ] || mount -t proc proc /proc
-grep -q '^[^ ]* /run tmpfs ' /proc/mounts || mount -t tmpfs -o mode=0755,size=16M tmpfs /run
+# Shell builtins where possible: under TCG every exec of a dynamic binary over 9p costs ~0.1 s.
+run_tmpfs=no
+while read -r _ mnt fstype _; do
+    [ "$mnt" = /run ] && [ "$fstype" = tmpfs ] && run_tmpfs=yes
+done </proc/mounts
+[ "$run_tmpfs" = yes ] || mount -t tmpfs -o mode=0755,size=16M tmpfs /run
 
 QGA=$(command -v qemu-ga || true)
 if [ -z "$QGA" ]; then
@@ -27,26 +32,26 @@ fi
 MODE=isa-serial PORT=/dev/ttyS1
 for f in /sys/class/virtio-ports/*/name; do
     [ -r "$f" ] || continue
-    if [ "$(cat "$f")" = org.qemu.guest_agent.0 ]; then
+    read -r name <"$f" || continue
+    if [ "$name" = org.qemu.guest_agent.0 ]; then
         MODE=virtio-serial
-        PORT=/dev/$(basename "$(dirname "$f")")
+        dev=${f%/name}
+        PORT=/dev/${dev##*/}
     fi
 done
 
-ip link set lo up 2>/dev/null || true
-mkdir -p /run/qga
-"$QGA" -m "$MODE" -p "$PORT" -t /run/qga &
+"$QGA" -m "$MODE" -p "$PORT" -t /run &
 QPID=$!
+# Not needed for readiness; overlaps with qemu-ga's start.
+ip link set lo up 2>/dev/null &
 
-# Ready only once qemu-ga has the port open and (for a tty) in raw mode.
-holds_port() {
-    for fd in /proc/"$QPID"/fd/*; do
-        [ "$(readlink "$fd" 2>/dev/null)" = "$PORT" ] && return 0
-    done
-    return 1
-}
+# Ready only once qemu-ga has the port open and (for a tty) in raw mode. One `ls` per poll, not
+# one `readlink` per descriptor.
 i=0
-while ! holds_port; do
+while :; do
+    case "$(ls -l /proc/"$QPID"/fd 2>/dev/null)" in
+        *"-> $PORT"*) break ;;
+    esac
     if ! kill -0 "$QPID" 2>/dev/null; then
         echo "HARNESS-LAB-FAILED: qemu-ga exited before opening $PORT"
         exit 1
@@ -62,13 +67,17 @@ done
 if [ "$MODE" = isa-serial ]; then
     # qemu-ga opens the tty, then switches it to raw mode (cfmakeraw clears icanon).
     i=0
-    while [ "$i" -lt 100 ] && ! stty -F "$PORT" -a 2>/dev/null | grep -q -- '-icanon'; do
+    while [ "$i" -lt 100 ]; do
+        case "$(stty -F "$PORT" -a 2>/dev/null)" in
+            *-icanon*) break ;;
+        esac
         i=$((i + 1))
         sleep 0.01
     done
 fi
 
-echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$(cut -d' ' -f1 /proc/uptime)"
+read -r up _ </proc/uptime
+echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$up"
 wait "$QPID"
 rc=$?
 echo "harness-lab-vnf: qemu-ga exited with status $rc"
