@@ -1,0 +1,84 @@
+#!/bin/sh
+# The lab's "VNF" for the test guest (installed as <guest dir>/lab-vnf.sh by build-guest.sh).
+# The harness' guest init script runs it as root, as a child of PID 1, with the host's / read-only
+# over 9p, proc/sys/dev mounted and tmpfs on /run and /tmp. It starts the host's qemu-ga on the
+# agent's port, waits until qemu-ga really holds that port (bytes sent earlier arrive mangled,
+# lab-notes §3), prints HARNESS-LAB-READY on the console (our stdout) and then waits on qemu-ga:
+# when qemu-ga dies this script exits and the init powers the guest off.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+# Defensive: through the 9p export of the host's /, /proc and /run are the *host's* directories
+# until the init mounts its own; neither `mountpoint` (multidevs=remap gives every host mount its
+# own st_dev) nor `stat -f` (9p passes the host's statfs through) can tell. /proc/self naming us
+# can. The /proc/$QPID/fd check below needs the guest's procfs, qemu-ga a writable /run.
+read -r selfpid _ </proc/self/stat 2>/dev/null || selfpid=
+[ "$selfpid" = "$$" ] || mount -t proc proc /proc
+# Shell builtins where possible: under TCG every exec of a dynamic binary over 9p costs ~0.1 s.
+run_tmpfs=no
+while read -r _ mnt fstype _; do
+    [ "$mnt" = /run ] && [ "$fstype" = tmpfs ] && run_tmpfs=yes
+done </proc/mounts
+[ "$run_tmpfs" = yes ] || mount -t tmpfs -o mode=0755,size=16M tmpfs /run
+
+QGA=$(command -v qemu-ga || true)
+if [ -z "$QGA" ]; then
+    echo "HARNESS-LAB-FAILED: qemu-ga not found on the host root (install qemu-guest-agent)"
+    exit 1
+fi
+
+# A virtio-serial port named like QEMU's default agent channel wins (aarch64, or virtio setups);
+# otherwise the agent is on the second isa-serial port (COM2 = ttyS1; COM1 is the console).
+MODE=isa-serial PORT=/dev/ttyS1
+for f in /sys/class/virtio-ports/*/name; do
+    [ -r "$f" ] || continue
+    read -r name <"$f" || continue
+    if [ "$name" = org.qemu.guest_agent.0 ]; then
+        MODE=virtio-serial
+        dev=${f%/name}
+        PORT=/dev/${dev##*/}
+    fi
+done
+
+"$QGA" -m "$MODE" -p "$PORT" -t /run &
+QPID=$!
+# Not needed for readiness; overlaps with qemu-ga's start.
+ip link set lo up 2>/dev/null &
+
+# Ready only once qemu-ga has the port open and (for a tty) in raw mode. One `ls` per poll, not
+# one `readlink` per descriptor.
+i=0
+while :; do
+    case "$(ls -l /proc/"$QPID"/fd 2>/dev/null)" in
+        *"-> $PORT"*) break ;;
+    esac
+    if ! kill -0 "$QPID" 2>/dev/null; then
+        echo "HARNESS-LAB-FAILED: qemu-ga exited before opening $PORT"
+        exit 1
+    fi
+    i=$((i + 1))
+    if [ "$i" -gt 500 ]; then
+        echo "HARNESS-LAB-FAILED: qemu-ga did not open $PORT within 10 s"
+        kill "$QPID" 2>/dev/null
+        exit 1
+    fi
+    sleep 0.02
+done
+if [ "$MODE" = isa-serial ]; then
+    # qemu-ga opens the tty, then switches it to raw mode (cfmakeraw clears icanon).
+    i=0
+    while [ "$i" -lt 100 ]; do
+        case "$(stty -F "$PORT" -a 2>/dev/null)" in
+            *-icanon*) break ;;
+        esac
+        i=$((i + 1))
+        sleep 0.01
+    done
+fi
+
+read -r up _ </proc/uptime
+echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$up"
+wait "$QPID"
+rc=$?
+echo "harness-lab-vnf: qemu-ga exited with status $rc"
+exit "$rc"
