@@ -90,7 +90,7 @@ pub(crate) async fn authenticate(
                 Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
             },
             Auth::Password(p) => passwords.push(("password".to_string(), p.clone())),
-            Auth::IdentityFile { .. } => {}
+            Auth::IdentityFile { .. } | Auth::PrivateKeyPem(_) => {}
         }
     }
     for (label, pw) in &passwords {
