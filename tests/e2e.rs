@@ -66,9 +66,11 @@ impl Env {
 
     /// `topologies/lab.yaml` with `edit` applied to its `vms`, written to a temp file.
     fn topology(&self, name: &str, edit: impl Fn(&mut Vec<Value>)) -> PathBuf {
-        let text = std::fs::read_to_string(repo().join("topologies/lab.yaml")).expect("lab.yaml (scripts/lab.sh up writes it)");
+        let text = std::fs::read_to_string(repo().join("topologies/lab.yaml"))
+            .expect("lab.yaml (scripts/lab.sh up writes it)");
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let vms: Vec<Value> = serde_json::to_value(doc.get("vms").expect("lab.yaml has vms")).unwrap().as_array().unwrap().clone();
+        let vms: Vec<Value> =
+            serde_json::to_value(doc.get("vms").expect("lab.yaml has vms")).unwrap().as_array().unwrap().clone();
         let mut vms = vms;
         edit(&mut vms);
         doc["vms"] = serde_yaml::to_value(&vms).unwrap();
@@ -79,7 +81,8 @@ impl Env {
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Live processes whose argv mentions this run's directory.
@@ -141,8 +144,14 @@ fn up_status_logs_down_two_nodes_two_vms() {
         assert!(vm["guest_interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{vm}");
         // Pinned as asked, read back from the host.
         let name = vm["name"].as_str().unwrap();
-        let want = doc["vms"].as_sequence().unwrap().iter().find(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"].as_u64().unwrap()) == name).unwrap();
-        let cpus: Vec<String> = want["cpus"].as_sequence().unwrap().iter().map(|c| c.as_u64().unwrap().to_string()).collect();
+        let want = doc["vms"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"].as_u64().unwrap()) == name)
+            .unwrap();
+        let cpus: Vec<String> =
+            want["cpus"].as_sequence().unwrap().iter().map(|c| c.as_u64().unwrap().to_string()).collect();
         let pinned = vm["pinned"].as_array().unwrap();
         assert_eq!(pinned.len(), cpus.len());
         for (p, c) in pinned.iter().zip(&cpus) {
@@ -278,7 +287,19 @@ fn decoy_qemu_survives_down() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("decoy.pid");
     let st = Command::new("qemu-system-x86_64")
-        .args(["-daemonize", "-S", "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "64M", "-name", "decoy"])
+        .args([
+            "-daemonize",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-machine",
+            "pc,accel=tcg",
+            "-m",
+            "64M",
+            "-name",
+            "decoy",
+        ])
         .arg("-pidfile")
         .arg(&pidfile)
         .status()
@@ -302,8 +323,18 @@ fn two_concurrent_runs_do_not_collide() {
     let env = Env::new();
     let topo = env.topology("two.yaml", |vms| only(vms, "DUT2_2"));
     let t = topo.to_str().unwrap();
-    let a = env.cmd(&["up", t, "--run-id", "e2e-two-a", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let b = env.cmd(&["up", t, "--run-id", "e2e-two-b", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = env
+        .cmd(&["up", t, "--run-id", "e2e-two-a", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = env
+        .cmd(&["up", t, "--run-id", "e2e-two-b", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     eprintln!("{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
     assert_eq!(a.status.code(), Some(0));

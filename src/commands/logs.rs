@@ -19,7 +19,7 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
             continue;
         }
         let s = Session::connect(&SshTarget::from_node(node), &opts).await?;
-        let mut found: Vec<_> = down::discover(&s, &node.run_root)
+        let mut found: Vec<_> = down::discover(&s, &node.name, &node.run_root)
             .await?
             .into_iter()
             .flatten()

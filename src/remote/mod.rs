@@ -1,5 +1,5 @@
 //! Node operations built on [`crate::ssh::Session`]: probes, hugepages, process control.
 pub mod hugepages;
 pub mod kvm;
-pub mod process;
 pub mod probe;
+pub mod process;

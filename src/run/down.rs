@@ -31,10 +31,20 @@ impl Selector {
     }
 }
 
-/// Read every manifest under `run_root` on a node.
-pub async fn discover(session: &Session, run_root: &str) -> Result<Vec<Result<Manifest, (String, String)>>, SshError> {
+/// Read this node's manifests under `run_root` (other nodes sharing the host are skipped).
+pub async fn discover(
+    session: &Session,
+    node: &str,
+    run_root: &str,
+) -> Result<Vec<Result<Manifest, (String, String)>>, SshError> {
     let out = session.run_ok(&RemoteCommand::sh(manifest::list_script(run_root)).sudo()).await?;
-    Ok(manifest::parse_list(&out.stdout_str()))
+    Ok(manifest::parse_list(&out.stdout_str())
+        .into_iter()
+        .filter(|m| match m {
+            Ok(m) => m.node == node,
+            Err((path, _)) => path.ends_with(&format!("/manifest-{node}.json")),
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +66,7 @@ pub async fn down_node(
     ev: &EventSink,
 ) -> Result<Vec<StoppedVm>, SshError> {
     let mut out = Vec::new();
-    for m in discover(session, run_root).await? {
+    for m in discover(session, node, run_root).await? {
         let m = match m {
             Ok(m) => m,
             Err((path, msg)) => {
@@ -106,7 +116,9 @@ pub async fn down_node(
             }
         }
         if all_ok {
-            release_node(session, run_root, &m.run_dir, &m.hugepages, ev).await;
+            let dirs: Vec<String> = m.vms.iter().map(|v| v.run_dir.clone()).collect();
+            let rel = NodeRelease { node, run_root, run_dir: &m.run_dir, vm_dirs: &dirs, changes: &m.hugepages };
+            release_node(session, &rel, ev).await;
         } else {
             ev.warn(format!("run {} kept its manifest: some VMs could not be stopped", m.run_id));
         }
@@ -114,27 +126,40 @@ pub async fn down_node(
     Ok(out)
 }
 
-/// Remove a node's run directory and undo its hugepage changes (under the host lock).
-pub async fn release_node(
-    session: &Session,
-    run_root: &str,
-    run_dir: &str,
-    changes: &[HugepageChange],
-    ev: &EventSink,
-) {
-    if !under(run_root, run_dir) {
-        ev.warn(format!("refusing to remove {run_dir}: not under {run_root}"));
+/// What one node of one run leaves to clean up after its VMs are stopped.
+pub struct NodeRelease<'a> {
+    pub node: &'a str,
+    pub run_root: &'a str,
+    pub run_dir: &'a str,
+    pub vm_dirs: &'a [String],
+    pub changes: &'a [HugepageChange],
+}
+
+/// Remove a node's VM directories and manifest (and the run directory once no other node of the
+/// run uses it), then undo its hugepage changes, under the host lock.
+pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink) {
+    if !under(r.run_root, r.run_dir) || !r.vm_dirs.iter().all(|d| under(r.run_dir, d)) {
+        ev.warn(format!("refusing to remove {}: not under {}", r.run_dir, r.run_root));
         return;
     }
-    let mut script = format!("rm -rf -- {}\n", quote(run_dir));
-    for ch in changes {
-        script.push_str(&hugepages::restore_script(ch, run_root));
+    let mut script = String::new();
+    for d in r.vm_dirs {
+        script.push_str(&format!("rm -rf -- {}\n", quote(d)));
     }
+    script.push_str(&format!(
+        "rm -f -- {}\nrmdir -- {} 2>/dev/null\n",
+        quote(&manifest::path(r.run_dir, r.node)),
+        quote(r.run_dir)
+    ));
+    for ch in r.changes {
+        script.push_str(&hugepages::restore_script(ch, r.run_root));
+    }
+    script.push_str("true\n");
     let cmd = format!("mkdir -p /run/lock && flock {} sh -c {}", quote(HOST_LOCK), quote(&script));
     match session.run(&RemoteCommand::sh(cmd).sudo()).await {
         Ok(o) if o.success() => {}
-        Ok(o) => ev.warn(format!("cleanup of {run_dir}: {}", o.stderr_str().trim())),
-        Err(e) => ev.warn(format!("cleanup of {run_dir}: {e}")),
+        Ok(o) => ev.warn(format!("cleanup of {}: {}", r.run_dir, o.stderr_str().trim())),
+        Err(e) => ev.warn(format!("cleanup of {}: {e}", r.run_dir)),
     }
 }
 
@@ -165,7 +190,7 @@ pub async fn status_node(
 ) -> Result<Vec<VmStatus>, SshError> {
     let mut rows = Vec::new();
     let manifests: Vec<Manifest> =
-        discover(session, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
+        discover(session, node, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
     let mut script = String::new();
     for m in &manifests {
         for vm in &m.vms {

@@ -52,10 +52,16 @@ pub struct GuestInterfaceRecord {
     pub nic: Option<String>,
 }
 
+/// Where a node's manifest lives. One file per node: several nodes of a topology may share a
+/// host (and so the run directory), as the loopback lab's do.
+pub fn path(run_dir: &str, node: &str) -> String {
+    format!("{run_dir}/manifest-{node}.json")
+}
+
 /// Script listing every manifest under `run_root` as `== <path>` followed by its JSON.
 pub fn list_script(run_root: &str) -> String {
     format!(
-        "for f in {root}/*/manifest.json; do [ -f \"$f\" ] || continue; printf '== %s\\n' \"$f\"; cat \"$f\"; echo; done",
+        "for f in {root}/*/manifest-*.json; do [ -f \"$f\" ] || continue; printf '== %s\\n' \"$f\"; cat \"$f\"; echo; done",
         root = quote(run_root)
     )
 }

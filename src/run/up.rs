@@ -101,6 +101,8 @@ pub struct TrackedNode {
     pub dir_created: bool,
     /// VMs whose QEMU we launched (or tried to): (name, pidfile, qmp, vm run dir).
     pub launched: Vec<(String, String, String, String)>,
+    /// Every VM run directory created on the node (launched or not).
+    pub vm_dirs: Vec<String>,
     pub hugepages: Vec<HugepageChange>,
     pub accel: Option<String>,
 }
@@ -305,6 +307,7 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
                 run_dir: np.run_dir.clone(),
                 dir_created: false,
                 launched: vec![],
+                vm_dirs: np.vms.iter().map(|v| v.paths.run_dir.clone()).collect(),
                 hugepages: vec![],
                 accel: None,
             },
@@ -860,7 +863,7 @@ fn manifest_for(tracker: &Tracker, np: &NodePlan, tn: &TrackedNode, run_id: &str
 
 async fn write_manifest(session: &Session, run_dir: &str, m: &Manifest) -> Result<(), SshError> {
     let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
-    session.upload(&bytes, &format!("{run_dir}/manifest.json"), 0o644, true).await
+    session.upload(&bytes, &super::manifest::path(run_dir, &m.node), 0o644, true).await
 }
 
 /// Stop everything the tracker says this run started, on every node, then give back hugepages
@@ -887,7 +890,14 @@ pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) {
                 });
             }
             while stops.join_next().await.is_some() {}
-            super::down::release_node(&tn.session, &tn.run_root, &tn.run_dir, &tn.hugepages, &ev).await;
+            let node = super::down::NodeRelease {
+                node: &name,
+                run_root: &tn.run_root,
+                run_dir: &tn.run_dir,
+                vm_dirs: &tn.vm_dirs,
+                changes: &tn.hugepages,
+            };
+            super::down::release_node(&tn.session, &node, &ev).await;
         });
     }
     while set.join_next().await.is_some() {}
