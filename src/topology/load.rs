@@ -43,13 +43,13 @@ impl Cx<'_> {
     }
 
     fn boolean(&mut self, n: &YNode, path: &str) -> Option<bool> {
-        match &n.value {
-            Value::Scalar { text, plain: true } => match text.as_str() {
+        // YAML 1.2 core schema booleans only: `yes`/`on` are strings there, so refuse them.
+        if let Value::Scalar { text, plain: true } = &n.value {
+            match text.as_str() {
                 "true" | "True" | "TRUE" => return Some(true),
                 "false" | "False" | "FALSE" => return Some(false),
                 _ => {}
-            },
-            _ => {}
+            }
         }
         self.err(n.pos, path, "expected true or false");
         None
@@ -405,9 +405,10 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     let path = join("nodes", name);
     let f = cx.fields(n, &path, key_pos, NODE_KEYS)?;
     let node_type = match f.required(cx, "type").and_then(|v| cx.string(v, &f.path("type"))) {
-        Some(t) if t == "DUT" => NodeType::Dut,
-        Some(t) if t == "TG" => NodeType::Tg,
-        _ => NodeType::Other,
+        Some(t) if t == "DUT" => Some(NodeType::Dut),
+        Some(t) if t == "TG" => Some(NodeType::Tg),
+        Some(_) => Some(NodeType::Other),
+        None => None,
     };
     let host = f.required(cx, "host").and_then(|v| cx.string(v, &f.path("host")));
     let port = f.get("port").and_then(|v| cx.int(v, &f.path("port"), 1, 65535, "a port number (1-65535)"));
@@ -494,7 +495,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
 
     Some(Node {
         name: name.to_string(),
-        node_type,
+        node_type: node_type?,
         host: host?,
         port: port.map(|p| p as u16),
         username,
@@ -657,7 +658,11 @@ fn convert_vm(
         Some(v) => match cx.choice(v, &f.path("kind"), &["kernel", "image"]) {
             Some("image") => VmKind::Image,
             Some(_) => VmKind::Kernel,
-            None => return None,
+            // Keep checking the rest as the kind the other keys suggest, to avoid follow-up noise.
+            None => {
+                ok = false;
+                if f.get("image").is_some() { VmKind::Image } else { VmKind::Kernel }
+            }
         },
         None => VmKind::Kernel,
     };
@@ -729,6 +734,7 @@ fn convert_vm(
     };
     if let (Some(smp), Some(c)) = (smp, &cpus)
         && c.len() as u32 != smp
+        && !c.is_empty()
         && c.len() == items_len(f.get("cpus"))
     {
         cx.err(spans.cpus_key, &f.path("cpus"), format!("lists {} CPUs but smp is {smp}", c.len()));
@@ -744,9 +750,11 @@ fn convert_vm(
         None => Some(node.map_or(PageSize::M2, |n| n.hugepages.size)),
     };
     let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, u64::MAX, "a positive integer (MiB)"));
+    let mut mem_ok = mem.is_some();
     if let (Some(mem), Some(ps)) = (mem, page_size)
         && mem % ps.mib() != 0
     {
+        mem_ok = false;
         let pos = f.get("mem").map_or(f.pos, |v| v.pos);
         cx.err(pos, &f.path("mem"), format!("{mem} MiB is not a multiple of the {} page size", ps.as_str()));
     }
@@ -755,6 +763,7 @@ fn convert_vm(
         None => page_size.map(|p| if p == PageSize::G1 { 3 } else { 512 }),
     };
     if kind == VmKind::Kernel
+        && mem_ok
         && let (Some(mem), Some(ps), Some(g)) = (mem, page_size, guest_hugepages)
         && g.saturating_mul(ps.mib()) >= mem
     {
@@ -898,7 +907,8 @@ fn convert_vm(
             cx.err(f.key_pos(key), &f.path(key), "an empty marker would match any output");
         }
     }
-    let qga = f.get("qga").and_then(|v| cx.boolean(v, &f.path("qga"))).unwrap_or(kind == VmKind::Image);
+    let qga_written = f.get("qga").map(|v| cx.boolean(v, &f.path("qga")));
+    let qga = qga_written.flatten().unwrap_or(kind == VmKind::Image);
     let init_command = f.get("init_command").and_then(|v| cx.string(v, &f.path("init_command")));
     let extra_args = f.get("extra_args").and_then(|v| cx.strings(v, &f.path("extra_args"))).unwrap_or_default();
 
@@ -917,7 +927,8 @@ fn convert_vm(
             ),
         );
     }
-    if matches!(vnf, Some(Vnf::None)) && ready_markers.is_empty() && !qga {
+    // (An invalid `qga` is already reported; don't add a readiness error on top.)
+    if matches!(vnf, Some(Vnf::None)) && ready_markers.is_empty() && !qga && qga_written != Some(None) {
         cx.err(
             f.pos,
             path,
