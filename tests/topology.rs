@@ -790,5 +790,31 @@ vms:
     );
     // The error's Display is what the CLI prints: one line per diagnostic and a count.
     let e = load(text).unwrap_err().to_string();
-    assert!(e.ends_with("\n6 error(s) in topology"), "{e}");
+    assert!(e.starts_with("6 error(s) in topology topology.yaml:\n"), "{e}");
+    assert_eq!(e.lines().skip(1).collect::<Vec<_>>(), got);
+}
+
+#[test]
+fn fixture_with_many_errors_reports_each_with_the_real_file_name() {
+    let path = root().join("tests/fixtures/topology/many-errors.yaml");
+    let d = match topology::load_with(&path, &known_vnf) {
+        Err(TopologyError::Invalid(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    let got: Vec<(usize, usize, &str)> = d.iter().map(|d| (d.line, d.column, d.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (8, 5, "nodes.DUT1.host"),
+            (10, 23, "nodes.DUT1.hugepages.size"),
+            (12, 11, "vms[0].node"),
+            (19, 19, "vms[1].interfaces[1].vfio_pci"),
+            (22, 14, "vms[2].qemu_id"),
+            (24, 12, "vms[2].cpus[0]"),
+        ],
+        "{d:#?}"
+    );
+    assert!(d.iter().all(|d| d.file == path));
+    assert_eq!(d[0].message, "needs a value");
+    assert!(!d[1].message.contains("did you mean"), "4K is no typo of 2M: {}", d[1].message);
 }

@@ -182,7 +182,11 @@ impl<'n> Fields<'n> {
     fn required(&self, cx: &mut Cx, key: &str) -> Option<&'n YNode> {
         let v = self.get(key);
         if v.is_none() {
-            cx.err(self.pos, &self.path, format!("missing required key `{key}`"));
+            if self.raw(key).is_some() {
+                cx.err(self.key_pos(key), &self.path(key), "needs a value");
+            } else {
+                cx.err(self.pos, &self.path, format!("missing required key `{key}`"));
+            }
         }
         v
     }
@@ -204,8 +208,14 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest known word within edit distance 2.
+/// Short words need proportionally closer matches (`4K` is not a typo of `2M`).
 pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    known.iter().map(|k| (distance(word, k), *k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+    known
+        .iter()
+        .map(|k| (distance(word, k), *k))
+        .filter(|(d, k)| *d <= 2 && d * 2 <= word.chars().count().max(k.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// `120s`, `2m`, `500ms`, `1h` or a bare number of seconds.
@@ -370,18 +380,35 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
         && let Some(entries) = cx.map(n, "nodes")
     {
         for (k, v) in entries {
-            let Some(name) = k.as_scalar() else { continue };
+            let Some(name) = k.as_scalar() else {
+                cx.err(k.pos, "nodes", "node names must be plain strings");
+                continue;
+            };
             if let Some(node) = convert_node(cx, name, k.pos, v) {
                 nodes.push(node);
             }
         }
     }
-    // Names of every node written, even invalid ones, so a VM on a broken node is not reported twice.
+    // Every node written and its `type` as written, even for nodes with other errors, so that the
+    // VMs on a node with a bad `host` (say) are still checked.
     let node_types: BTreeMap<String, Option<NodeType>> = match top.get("nodes").map(|n| &n.value) {
         Some(Value::Map(entries)) => entries
             .iter()
-            .filter_map(|(k, _)| k.as_scalar())
-            .map(|name| (name.to_string(), nodes.iter().find(|n| n.name == name).map(|n| n.node_type)))
+            .filter_map(|(k, v)| Some((k.as_scalar()?, v)))
+            .map(|(name, v)| {
+                let t = match &v.value {
+                    Value::Map(e) => {
+                        e.iter().find(|(k, _)| k.as_scalar() == Some("type")).and_then(|(_, t)| t.as_scalar())
+                    }
+                    _ => None,
+                };
+                let t = t.filter(|t| !t.is_empty()).map(|t| match t {
+                    "DUT" => NodeType::Dut,
+                    "TG" => NodeType::Tg,
+                    _ => NodeType::Other,
+                });
+                (name.to_string(), t)
+            })
             .collect(),
         _ => BTreeMap::new(),
     };
@@ -599,13 +626,14 @@ fn convert_vm(
                     ok = false;
                     None
                 }
+                // `None` when the node has errors of its own: the VM is still checked.
                 Some(Some(NodeType::Dut)) => nodes.iter().find(|n| &n.name == name),
                 Some(Some(_)) => {
                     cx.err(pos, &f.path("node"), format!("node `{name}` is not a DUT (only DUT nodes run VMs)"));
                     ok = false;
                     None
                 }
-                // The node itself is invalid and already reported.
+                // The node has no usable `type`, already reported.
                 Some(None) => {
                     ok = false;
                     None
@@ -749,9 +777,12 @@ fn convert_vm(
         Some(v) => page_size(cx, v, &f.path("page_size")),
         None => Some(node.map_or(PageSize::M2, |n| n.hugepages.size)),
     };
+    // The page size is unknown when it comes from a node that failed to load.
+    let page_known = f.get("page_size").is_some() || node.is_some();
     let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, u64::MAX, "a positive integer (MiB)"));
-    let mut mem_ok = mem.is_some();
-    if let (Some(mem), Some(ps)) = (mem, page_size)
+    let mut mem_ok = mem.is_some() && page_known;
+    if page_known
+        && let (Some(mem), Some(ps)) = (mem, page_size)
         && mem % ps.mib() != 0
     {
         mem_ok = false;
@@ -941,7 +972,7 @@ fn convert_vm(
     }
     Some(VmDraft {
         vm: Vm {
-            node: node?.name.clone(),
+            node: node_name?,
             qemu_id: 0,
             name: name.clone().unwrap_or_default(),
             kind,
@@ -1105,6 +1136,8 @@ mod tests {
         assert_eq!(suggest("smpp", VM_KEYS), Some("smp"));
         assert_eq!(suggest("qemu_di", VM_KEYS), Some("qemu_id"));
         assert_eq!(suggest("frobnicate", VM_KEYS), None);
+        assert_eq!(suggest("4K", &["2M", "1G"]), None);
+        assert_eq!(suggest("2m", &["2M", "1G"]), Some("2M"));
         assert_eq!(distance("kitten", "sitting"), 3);
     }
 
