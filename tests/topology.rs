@@ -434,6 +434,8 @@ fn not_a_positive_integer() {
     one(&vm("    smp: 0\n"), 14, 10, "vms[0].smp", "expected a positive integer");
     one(&vm("    queues: two\n"), 14, 13, "vms[0].queues", "expected a positive integer");
     one(&vm("    mem: 0\n"), 14, 10, "vms[0].mem", "expected a positive integer");
+    one(&vm("    queues: 300\n"), 14, 13, "vms[0].queues", "at most 256");
+    one(&vm("    mem: 99999999999999999999999\n"), 14, 10, "vms[0].mem", "expected a positive integer");
 }
 
 #[test]
@@ -704,6 +706,13 @@ fn vnfs_need_two_nics() {
         "needs at least 2 vhost_user/vfio_pci interfaces",
     );
     one(&with_vms("  - {node: DUT1, vnf: testpmd_mac}\n"), 12, 23, "vms[0].vnf", "found 0");
+    one(
+        &vm("    vnf: testpmd_io\n    interfaces:\n      - vhost_user: {socket: /s1}\n      - net_user: {}\n"),
+        14,
+        10,
+        "vms[0].vnf",
+        "found 1",
+    );
 }
 
 #[test]
@@ -742,6 +751,7 @@ fn vhost_user_values() {
 fn durations_and_markers() {
     one(&vm("    boot_timeout: soon\n"), 14, 19, "vms[0].boot_timeout", "expected a duration");
     one(&vm("    boot_timeout: 0s\n"), 14, 19, "vms[0].boot_timeout", "expected a duration");
+    one(&vm("    boot_timeout: 25h\n"), 14, 19, "vms[0].boot_timeout", "from 1ms to 24h");
     one(&vm("    ready_markers: [\"\"]\n"), 14, 5, "vms[0].ready_markers", "empty marker");
 }
 

@@ -74,8 +74,9 @@ impl Cx<'_> {
         }
     }
 
-    fn positive(&mut self, n: &YNode, path: &str) -> Option<u32> {
-        self.int(n, path, 1, u32::MAX as u64, "a positive integer").map(|v| v as u32)
+    /// A queue count: virtio-net allows at most 256 queue pairs per NIC here.
+    fn queues(&mut self, n: &YNode, path: &str) -> Option<u32> {
+        self.int(n, path, 1, 256, "a positive integer").map(|v| v as u32)
     }
 
     /// One of a fixed set of words, with a "did you mean" hint.
@@ -779,7 +780,8 @@ fn convert_vm(
     };
     // The page size is unknown when it comes from a node that failed to load.
     let page_known = f.get("page_size").is_some() || node.is_some();
-    let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, u64::MAX, "a positive integer (MiB)"));
+    // Upper bounds here and below keep later arithmetic (KiB, vectors, deadlines) far from overflow.
+    let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, 1 << 24, "a positive integer (MiB)"));
     let mut mem_ok = mem.is_some() && page_known;
     if page_known
         && let (Some(mem), Some(ps)) = (mem, page_size)
@@ -790,7 +792,7 @@ fn convert_vm(
         cx.err(pos, &f.path("mem"), format!("{mem} MiB is not a multiple of the {} page size", ps.as_str()));
     }
     let guest_hugepages = match f.get("guest_hugepages") {
-        Some(v) => cx.int(v, &f.path("guest_hugepages"), 0, u64::MAX, "a non-negative integer"),
+        Some(v) => cx.int(v, &f.path("guest_hugepages"), 0, 1 << 24, "a non-negative integer"),
         None => page_size.map(|p| if p == PageSize::G1 { 3 } else { 512 }),
     };
     if kind == VmKind::Kernel
@@ -807,7 +809,7 @@ fn convert_vm(
                 "the guest reserves {g} x {} hugepages = {} MiB, which does not fit in mem {mem} MiB; \
                  lower guest_hugepages or raise mem",
                 ps.as_str(),
-                g * ps.mib()
+                g.saturating_mul(ps.mib())
             ),
         );
     }
@@ -875,7 +877,7 @@ fn convert_vm(
         }
     }
 
-    let queues = f.get("queues").map_or(Some(1), |v| cx.positive(v, &f.path("queues")));
+    let queues = f.get("queues").map_or(Some(1), |v| cx.queues(v, &f.path("queues")));
     let jumbo = f.get("jumbo").and_then(|v| cx.boolean(v, &f.path("jumbo"))).unwrap_or(false);
 
     let mut interfaces = Vec::new();
@@ -922,9 +924,13 @@ fn convert_vm(
     };
     let boot_timeout = match f.get("boot_timeout") {
         Some(v) => match v.as_scalar().and_then(parse_duration) {
-            Some(d) if !d.is_zero() => d,
+            Some(d) if !d.is_zero() && d <= Duration::from_secs(86_400) => d,
             _ => {
-                cx.err(v.pos, &f.path("boot_timeout"), "expected a duration such as `120s`, `2m`, `500ms` or seconds");
+                cx.err(
+                    v.pos,
+                    &f.path("boot_timeout"),
+                    "expected a duration from 1ms to 24h such as `120s`, `2m`, `500ms` or seconds",
+                );
                 Duration::from_secs(120)
             }
         },
@@ -944,11 +950,20 @@ fn convert_vm(
     let extra_args = f.get("extra_args").and_then(|v| cx.strings(v, &f.path("extra_args"))).unwrap_or_default();
 
     // NIC needs of the VNFs: their configs address the guest's 0000:00:06.0 and 0000:00:07.0.
-    let data_nics = interfaces.iter().filter(|i| !matches!(i, VmInterface::NetUser { .. })).count();
+    // Counted as written, so an interface with its own error still counts.
+    let data_nics = match f.get("interfaces").map(|n| &n.value) {
+        Some(Value::Seq(items)) => items
+            .iter()
+            .filter(|it| match &it.value {
+                Value::Map(e) => e.first().and_then(|(k, _)| k.as_scalar()) != Some("net_user"),
+                _ => false,
+            })
+            .count(),
+        _ => 0,
+    };
     if let Some(vnf) = &vnf
         && !matches!(vnf, Vnf::None)
         && data_nics < 2
-        && items_len(f.get("interfaces")) < 2
     {
         cx.err(
             vnf_node.map_or(f.pos, |v| v.pos),
@@ -1061,7 +1076,7 @@ fn vm_interface(cx: &mut Cx, n: &YNode, path: &str, vm_queues: u32, spans: &mut 
                     }
                 }
             };
-            let queues = f.get("queues").and_then(|v| cx.positive(v, &f.path("queues"))).unwrap_or(vm_queues);
+            let queues = f.get("queues").and_then(|v| cx.queues(v, &f.path("queues"))).unwrap_or(vm_queues);
             let csum = f.get("csum").and_then(|v| cx.boolean(v, &f.path("csum"))).unwrap_or(false);
             let gso = f.get("gso").and_then(|v| cx.boolean(v, &f.path("gso"))).unwrap_or(false);
             let vectors = f
