@@ -828,3 +828,16 @@ fn fixture_with_many_errors_reports_each_with_the_real_file_name() {
     assert_eq!(d[0].message, "needs a value");
     assert!(!d[1].message.contains("did you mean"), "4K is no typo of 2M: {}", d[1].message);
 }
+
+#[test]
+fn load_str_with_templates_needs_them_only_for_vpp_vnfs() {
+    // No vpp VNF here, so the template set is never asked.
+    let t = topology::load_str(
+        &vm("    vnf: testpmd_io\n    interfaces: [{vfio_pci: 0000:00:01.0}, {vfio_pci: 0000:00:02.0}]\n"),
+        Path::new("t.yaml"),
+        &harness::templates::Templates::embedded(),
+    )
+    .unwrap();
+    assert_eq!(t.vms[0].vnf, Vnf::TestpmdIo);
+    assert_eq!(t.path, PathBuf::from("t.yaml"));
+}
