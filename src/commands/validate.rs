@@ -89,8 +89,14 @@ mod tests {
         let e = run_with(&p, &|_| true, &mut out, &mut err).unwrap_err();
         assert_eq!(crate::commands::exit_code_for(&e), exit::INVALID_INPUT);
         let text = format!("{e:#}");
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].ends_with("t.yaml:2:36: nodes.DUT1.port: expected a port number (1-65535)"), "{text}");
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert!(text.starts_with(&format!("2 error(s) in topology {}:\n", p.display())), "{text}");
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with(&format!("{}:2:36", p.display()))
+                && lines[0].ends_with("t.yaml:2:36: nodes.DUT1.port: expected a port number (1-65535)"),
+            "{text}"
+        );
         assert!(lines[1].contains("t.yaml:4:12: vms[0].node: no node `DUT9`"), "{text}");
         assert!(out.is_empty());
     }

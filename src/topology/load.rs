@@ -43,13 +43,13 @@ impl Cx<'_> {
     }
 
     fn boolean(&mut self, n: &YNode, path: &str) -> Option<bool> {
-        match &n.value {
-            Value::Scalar { text, plain: true } => match text.as_str() {
+        // YAML 1.2 core schema booleans only: `yes`/`on` are strings there, so refuse them.
+        if let Value::Scalar { text, plain: true } = &n.value {
+            match text.as_str() {
                 "true" | "True" | "TRUE" => return Some(true),
                 "false" | "False" | "FALSE" => return Some(false),
                 _ => {}
-            },
-            _ => {}
+            }
         }
         self.err(n.pos, path, "expected true or false");
         None
@@ -74,8 +74,9 @@ impl Cx<'_> {
         }
     }
 
-    fn positive(&mut self, n: &YNode, path: &str) -> Option<u32> {
-        self.int(n, path, 1, u32::MAX as u64, "a positive integer").map(|v| v as u32)
+    /// A queue count: virtio-net allows at most 256 queue pairs per NIC here.
+    fn queues(&mut self, n: &YNode, path: &str) -> Option<u32> {
+        self.int(n, path, 1, 256, "a positive integer").map(|v| v as u32)
     }
 
     /// One of a fixed set of words, with a "did you mean" hint.
@@ -182,7 +183,11 @@ impl<'n> Fields<'n> {
     fn required(&self, cx: &mut Cx, key: &str) -> Option<&'n YNode> {
         let v = self.get(key);
         if v.is_none() {
-            cx.err(self.pos, &self.path, format!("missing required key `{key}`"));
+            if self.raw(key).is_some() {
+                cx.err(self.key_pos(key), &self.path(key), "needs a value");
+            } else {
+                cx.err(self.pos, &self.path, format!("missing required key `{key}`"));
+            }
         }
         v
     }
@@ -204,8 +209,14 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest known word within edit distance 2.
+/// Short words need proportionally closer matches (`4K` is not a typo of `2M`).
 pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    known.iter().map(|k| (distance(word, k), *k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+    known
+        .iter()
+        .map(|k| (distance(word, k), *k))
+        .filter(|(d, k)| *d <= 2 && d * 2 <= word.chars().count().max(k.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// `120s`, `2m`, `500ms`, `1h` or a bare number of seconds.
@@ -370,18 +381,35 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
         && let Some(entries) = cx.map(n, "nodes")
     {
         for (k, v) in entries {
-            let Some(name) = k.as_scalar() else { continue };
+            let Some(name) = k.as_scalar() else {
+                cx.err(k.pos, "nodes", "node names must be plain strings");
+                continue;
+            };
             if let Some(node) = convert_node(cx, name, k.pos, v) {
                 nodes.push(node);
             }
         }
     }
-    // Names of every node written, even invalid ones, so a VM on a broken node is not reported twice.
+    // Every node written and its `type` as written, even for nodes with other errors, so that the
+    // VMs on a node with a bad `host` (say) are still checked.
     let node_types: BTreeMap<String, Option<NodeType>> = match top.get("nodes").map(|n| &n.value) {
         Some(Value::Map(entries)) => entries
             .iter()
-            .filter_map(|(k, _)| k.as_scalar())
-            .map(|name| (name.to_string(), nodes.iter().find(|n| n.name == name).map(|n| n.node_type)))
+            .filter_map(|(k, v)| Some((k.as_scalar()?, v)))
+            .map(|(name, v)| {
+                let t = match &v.value {
+                    Value::Map(e) => {
+                        e.iter().find(|(k, _)| k.as_scalar() == Some("type")).and_then(|(_, t)| t.as_scalar())
+                    }
+                    _ => None,
+                };
+                let t = t.filter(|t| !t.is_empty()).map(|t| match t {
+                    "DUT" => NodeType::Dut,
+                    "TG" => NodeType::Tg,
+                    _ => NodeType::Other,
+                });
+                (name.to_string(), t)
+            })
             .collect(),
         _ => BTreeMap::new(),
     };
@@ -405,9 +433,10 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     let path = join("nodes", name);
     let f = cx.fields(n, &path, key_pos, NODE_KEYS)?;
     let node_type = match f.required(cx, "type").and_then(|v| cx.string(v, &f.path("type"))) {
-        Some(t) if t == "DUT" => NodeType::Dut,
-        Some(t) if t == "TG" => NodeType::Tg,
-        _ => NodeType::Other,
+        Some(t) if t == "DUT" => Some(NodeType::Dut),
+        Some(t) if t == "TG" => Some(NodeType::Tg),
+        Some(_) => Some(NodeType::Other),
+        None => None,
     };
     let host = f.required(cx, "host").and_then(|v| cx.string(v, &f.path("host")));
     let port = f.get("port").and_then(|v| cx.int(v, &f.path("port"), 1, 65535, "a port number (1-65535)"));
@@ -494,7 +523,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
 
     Some(Node {
         name: name.to_string(),
-        node_type,
+        node_type: node_type?,
         host: host?,
         port: port.map(|p| p as u16),
         username,
@@ -598,13 +627,14 @@ fn convert_vm(
                     ok = false;
                     None
                 }
+                // `None` when the node has errors of its own: the VM is still checked.
                 Some(Some(NodeType::Dut)) => nodes.iter().find(|n| &n.name == name),
                 Some(Some(_)) => {
                     cx.err(pos, &f.path("node"), format!("node `{name}` is not a DUT (only DUT nodes run VMs)"));
                     ok = false;
                     None
                 }
-                // The node itself is invalid and already reported.
+                // The node has no usable `type`, already reported.
                 Some(None) => {
                     ok = false;
                     None
@@ -657,7 +687,11 @@ fn convert_vm(
         Some(v) => match cx.choice(v, &f.path("kind"), &["kernel", "image"]) {
             Some("image") => VmKind::Image,
             Some(_) => VmKind::Kernel,
-            None => return None,
+            // Keep checking the rest as the kind the other keys suggest, to avoid follow-up noise.
+            None => {
+                ok = false;
+                if f.get("image").is_some() { VmKind::Image } else { VmKind::Kernel }
+            }
         },
         None => VmKind::Kernel,
     };
@@ -729,6 +763,7 @@ fn convert_vm(
     };
     if let (Some(smp), Some(c)) = (smp, &cpus)
         && c.len() as u32 != smp
+        && !c.is_empty()
         && c.len() == items_len(f.get("cpus"))
     {
         cx.err(spans.cpus_key, &f.path("cpus"), format!("lists {} CPUs but smp is {smp}", c.len()));
@@ -743,18 +778,25 @@ fn convert_vm(
         Some(v) => page_size(cx, v, &f.path("page_size")),
         None => Some(node.map_or(PageSize::M2, |n| n.hugepages.size)),
     };
-    let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, u64::MAX, "a positive integer (MiB)"));
-    if let (Some(mem), Some(ps)) = (mem, page_size)
+    // The page size is unknown when it comes from a node that failed to load.
+    let page_known = f.get("page_size").is_some() || node.is_some();
+    // Upper bounds here and below keep later arithmetic (KiB, vectors, deadlines) far from overflow.
+    let mem = f.get("mem").map_or(Some(4096), |v| cx.int(v, &f.path("mem"), 1, 1 << 24, "a positive integer (MiB)"));
+    let mut mem_ok = mem.is_some() && page_known;
+    if page_known
+        && let (Some(mem), Some(ps)) = (mem, page_size)
         && mem % ps.mib() != 0
     {
+        mem_ok = false;
         let pos = f.get("mem").map_or(f.pos, |v| v.pos);
         cx.err(pos, &f.path("mem"), format!("{mem} MiB is not a multiple of the {} page size", ps.as_str()));
     }
     let guest_hugepages = match f.get("guest_hugepages") {
-        Some(v) => cx.int(v, &f.path("guest_hugepages"), 0, u64::MAX, "a non-negative integer"),
+        Some(v) => cx.int(v, &f.path("guest_hugepages"), 0, 1 << 24, "a non-negative integer"),
         None => page_size.map(|p| if p == PageSize::G1 { 3 } else { 512 }),
     };
     if kind == VmKind::Kernel
+        && mem_ok
         && let (Some(mem), Some(ps), Some(g)) = (mem, page_size, guest_hugepages)
         && g.saturating_mul(ps.mib()) >= mem
     {
@@ -767,7 +809,7 @@ fn convert_vm(
                 "the guest reserves {g} x {} hugepages = {} MiB, which does not fit in mem {mem} MiB; \
                  lower guest_hugepages or raise mem",
                 ps.as_str(),
-                g * ps.mib()
+                g.saturating_mul(ps.mib())
             ),
         );
     }
@@ -835,7 +877,7 @@ fn convert_vm(
         }
     }
 
-    let queues = f.get("queues").map_or(Some(1), |v| cx.positive(v, &f.path("queues")));
+    let queues = f.get("queues").map_or(Some(1), |v| cx.queues(v, &f.path("queues")));
     let jumbo = f.get("jumbo").and_then(|v| cx.boolean(v, &f.path("jumbo"))).unwrap_or(false);
 
     let mut interfaces = Vec::new();
@@ -882,9 +924,13 @@ fn convert_vm(
     };
     let boot_timeout = match f.get("boot_timeout") {
         Some(v) => match v.as_scalar().and_then(parse_duration) {
-            Some(d) if !d.is_zero() => d,
+            Some(d) if !d.is_zero() && d <= Duration::from_secs(86_400) => d,
             _ => {
-                cx.err(v.pos, &f.path("boot_timeout"), "expected a duration such as `120s`, `2m`, `500ms` or seconds");
+                cx.err(
+                    v.pos,
+                    &f.path("boot_timeout"),
+                    "expected a duration from 1ms to 24h such as `120s`, `2m`, `500ms` or seconds",
+                );
                 Duration::from_secs(120)
             }
         },
@@ -898,16 +944,26 @@ fn convert_vm(
             cx.err(f.key_pos(key), &f.path(key), "an empty marker would match any output");
         }
     }
-    let qga = f.get("qga").and_then(|v| cx.boolean(v, &f.path("qga"))).unwrap_or(kind == VmKind::Image);
+    let qga_written = f.get("qga").map(|v| cx.boolean(v, &f.path("qga")));
+    let qga = qga_written.flatten().unwrap_or(kind == VmKind::Image);
     let init_command = f.get("init_command").and_then(|v| cx.string(v, &f.path("init_command")));
     let extra_args = f.get("extra_args").and_then(|v| cx.strings(v, &f.path("extra_args"))).unwrap_or_default();
 
     // NIC needs of the VNFs: their configs address the guest's 0000:00:06.0 and 0000:00:07.0.
-    let data_nics = interfaces.iter().filter(|i| !matches!(i, VmInterface::NetUser { .. })).count();
+    // Counted as written, so an interface with its own error still counts.
+    let data_nics = match f.get("interfaces").map(|n| &n.value) {
+        Some(Value::Seq(items)) => items
+            .iter()
+            .filter(|it| match &it.value {
+                Value::Map(e) => e.first().and_then(|(k, _)| k.as_scalar()) != Some("net_user"),
+                _ => false,
+            })
+            .count(),
+        _ => 0,
+    };
     if let Some(vnf) = &vnf
         && !matches!(vnf, Vnf::None)
         && data_nics < 2
-        && items_len(f.get("interfaces")) < 2
     {
         cx.err(
             vnf_node.map_or(f.pos, |v| v.pos),
@@ -917,7 +973,8 @@ fn convert_vm(
             ),
         );
     }
-    if matches!(vnf, Some(Vnf::None)) && ready_markers.is_empty() && !qga {
+    // (An invalid `qga` is already reported; don't add a readiness error on top.)
+    if matches!(vnf, Some(Vnf::None)) && ready_markers.is_empty() && !qga && qga_written != Some(None) {
         cx.err(
             f.pos,
             path,
@@ -930,7 +987,7 @@ fn convert_vm(
     }
     Some(VmDraft {
         vm: Vm {
-            node: node?.name.clone(),
+            node: node_name?,
             qemu_id: 0,
             name: name.clone().unwrap_or_default(),
             kind,
@@ -1019,7 +1076,7 @@ fn vm_interface(cx: &mut Cx, n: &YNode, path: &str, vm_queues: u32, spans: &mut 
                     }
                 }
             };
-            let queues = f.get("queues").and_then(|v| cx.positive(v, &f.path("queues"))).unwrap_or(vm_queues);
+            let queues = f.get("queues").and_then(|v| cx.queues(v, &f.path("queues"))).unwrap_or(vm_queues);
             let csum = f.get("csum").and_then(|v| cx.boolean(v, &f.path("csum"))).unwrap_or(false);
             let gso = f.get("gso").and_then(|v| cx.boolean(v, &f.path("gso"))).unwrap_or(false);
             let vectors = f
@@ -1094,6 +1151,8 @@ mod tests {
         assert_eq!(suggest("smpp", VM_KEYS), Some("smp"));
         assert_eq!(suggest("qemu_di", VM_KEYS), Some("qemu_id"));
         assert_eq!(suggest("frobnicate", VM_KEYS), None);
+        assert_eq!(suggest("4K", &["2M", "1G"]), None);
+        assert_eq!(suggest("2m", &["2M", "1G"]), Some("2M"));
         assert_eq!(distance("kitten", "sitting"), 3);
     }
 

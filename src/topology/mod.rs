@@ -41,8 +41,10 @@ pub enum TopologyError {
 }
 
 fn render_diagnostics(d: &[Diagnostic]) -> String {
+    // The count first, so the CLI's `error: ` prefix does not land on a `file:line:col` line.
     let lines: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-    format!("{}\n{} error(s) in topology", lines.join("\n"), d.len())
+    let file = d.first().map(|d| format!(" {}", d.file.display())).unwrap_or_default();
+    format!("{} error(s) in topology{file}:\n{}", d.len(), lines.join("\n"))
 }
 
 /// Load and validate a topology file.

@@ -31,10 +31,12 @@ pub(crate) struct VmSpans {
 pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
     // Explicit ids first, so an automatic id never takes one written later in the file.
     let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
-    for d in &drafts {
+    let mut duplicate_id = BTreeSet::new();
+    for (i, d) in drafts.iter().enumerate() {
         if let Some(id) = d.explicit_id {
             let key = (d.vm.node.clone(), id);
             if let Some(first) = used.get(&key) {
+                duplicate_id.insert(i);
                 let pos = d.spans.qemu_id.unwrap_or(d.spans.pos);
                 cx.err(
                     pos,
@@ -66,7 +68,11 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
     }
 
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
-    for d in &drafts {
+    for (i, d) in drafts.iter().enumerate() {
+        // A default name repeats a duplicate id: that is one problem, already reported.
+        if duplicate_id.contains(&i) && !d.explicit_name {
+            continue;
+        }
         if let Some(first) = names.get(d.vm.name.as_str()) {
             let (pos, key) = match d.spans.name {
                 Some(p) => (p, format!("{}.name", d.spans.path)),

@@ -87,11 +87,12 @@ pub fn parse(text: &str) -> Parsed {
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut b, true) {
         let path = b.current_path();
-        b.errors.push(YamlError {
-            pos: Pos::from_marker(e.marker()),
-            path,
-            message: format!("YAML syntax error: {}", e.info()),
-        });
+        let mut message = format!("YAML syntax error: {}", e.info());
+        // yaml-rust2 (0.10 to 0.13) rejects the valid `[key: {a: 1}]`; say how to write it instead.
+        if b.stack.iter().any(|f| matches!(f, Frame::Seq { .. })) && e.info().contains("flow mapping") {
+            message.push_str(" (write `[{key: {...}}]` or a block list item `- key: {...}` instead of `[key: {...}]`)");
+        }
+        b.errors.push(YamlError { pos: Pos::from_marker(e.marker()), path, message });
         return Parsed { root: None, errors: b.errors };
     }
     Parsed { root: b.root, errors: b.errors }
@@ -195,7 +196,13 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { pos, path, anchor, entries, .. }) = self.stack.pop() {
+                if let Some(Frame::Map { mut pos, path, anchor, entries, .. }) = self.stack.pop() {
+                    // A block mapping's start mark comes after its first key: use the key's position.
+                    if let Some((k, _)) = entries.first()
+                        && (k.pos.line, k.pos.column) < (pos.line, pos.column)
+                    {
+                        pos = k.pos;
+                    }
                     self.check_duplicates(&path, &entries);
                     self.complete(Node { pos, value: Value::Map(entries) }, anchor);
                 }
@@ -269,6 +276,29 @@ mod tests {
         let e = map(&root);
         assert_eq!(e[1].1.value, e[0].1.value);
         assert_eq!(e[1].1.pos.line, 2);
+    }
+
+    #[test]
+    fn block_maps_start_at_their_first_key() {
+        let root = parse(
+            "top:
+  - a: 1
+    b: 2
+",
+        )
+        .root
+        .unwrap();
+        match &map(&root)[0].1.value {
+            Value::Seq(items) => assert_eq!(items[0].pos, Pos { line: 2, column: 5 }),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(root.pos, Pos { line: 1, column: 1 });
+    }
+
+    #[test]
+    fn implicit_pair_with_flow_map_in_flow_list_gets_a_hint() {
+        let p = parse("a: [k: {x: 1}]\n");
+        assert!(p.errors[0].message.contains("instead of `[key: {...}]`"), "{:?}", p.errors);
     }
 
     #[test]
