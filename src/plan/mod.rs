@@ -154,7 +154,7 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
     if vm.smp == 0 {
         return Err(invalid(vm, "smp must be at least 1"));
     }
-    if vm.mem == 0 || vm.mem % vm.page_size.mib() != 0 {
+    if vm.mem == 0 || !vm.mem.is_multiple_of(vm.page_size.mib()) {
         return Err(invalid(
             vm,
             format!("mem {} MiB is not a positive multiple of the {} page size", vm.mem, vm.page_size.as_str()),
