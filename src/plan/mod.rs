@@ -534,6 +534,10 @@ fn template_vars(
         ("guest_dpdk", json!(guest_dpdk)),
         ("guest_vfio", json!(guest_vfio)),
         ("running_exec", json!(exec_path)),
+        // For user templates that start the guest agent themselves (x86_64: /dev/ttyS1,
+        // aarch64: the virtio port named org.qemu.guest_agent.0).
+        ("qga", json!(vm.qga)),
+        ("arch", json!(ctx.node.arch.as_str())),
     ];
     for (k, val) in computed {
         v.insert(k.to_string(), val);
