@@ -477,6 +477,7 @@ fn qemu_accepts_the_planned_argv() {
 
     let mut kernel_like = vm("DUT1", 1);
     kernel_like.mem = 64;
+    kernel_like.guest_hugepages = 8;
     kernel_like.qga = true;
     kernel_like.jumbo = true;
     kernel_like.interfaces = vec![

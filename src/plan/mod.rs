@@ -160,6 +160,18 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
             format!("mem {} MiB is not a positive multiple of the {} page size", vm.mem, vm.page_size.as_str()),
         ));
     }
+    if vm.kind == VmKind::Kernel && vm.guest_hugepages * vm.page_size.mib() >= vm.mem {
+        // The guest kernel would reserve all its RAM as hugepages and die at boot.
+        return Err(invalid(
+            vm,
+            format!(
+                "guest_hugepages {} x {} does not fit in mem {} MiB; lower guest_hugepages or raise mem",
+                vm.guest_hugepages,
+                vm.page_size.as_str(),
+                vm.mem
+            ),
+        ));
+    }
     let vm_run_dir = format!("{}/{}", ctx.run_dir, vm.name);
     if vm_run_dir.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
         // The init path goes on the guest kernel command line, which splits on spaces.
