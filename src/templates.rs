@@ -148,7 +148,7 @@ fn environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
     // `{{ path | sh }}`: shell-quote a value with the same function every remote argument uses.
-    env.add_filter("sh", |v: String| crate::quote::quote(&v));
+    env.add_filter("sh", |v: minijinja::Value| crate::quote::quote(&v.to_string()));
     env
 }
 
@@ -270,5 +270,6 @@ mod tests {
         let t = Templates::with_dir(dir.path()).unwrap();
         assert_eq!(t.render("q", &vars(&[("p", json!("/a b"))])).unwrap(), "'/a b'");
         assert_eq!(t.render("q", &vars(&[("p", json!("/ab"))])).unwrap(), "/ab");
+        assert_eq!(t.render("q", &vars(&[("p", json!(7))])).unwrap(), "7");
     }
 }

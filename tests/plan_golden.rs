@@ -335,7 +335,7 @@ fn replace_value(tokens: &mut [String], flag: &str, from: &str, to: &str) {
 
 /// CSIT's HEAD tokens turned into ours by exactly the documented differences; nothing else may differ.
 fn expected_from_csit(csit: &str, p: &VmPlan) -> Vec<String> {
-    // The CSIT string is for a shell: `-append '…'` is one argv element.
+    // D8: the CSIT string is for a shell; its `-append '…'` is one argv element without quotes.
     let mut t: Vec<String> = shlex::split(csit).unwrap();
     let dir = &p.paths.run_dir;
     // D1 (weakness 7, 10): every per-VM path lives in the run directory, not /run, /tmp, /etc.
@@ -362,6 +362,26 @@ fn expected_from_csit(csit: &str, p: &VmPlan) -> Vec<String> {
     let i = t.iter().position(|x| x == "-append").unwrap() + 2;
     t.splice(i..i, ["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.paths.qmp)]);
     t
+}
+
+/// The differences the fidelity tests allow, each a row marked *(fidelity)* in the docs.
+const FIDELITY_DIFFERENCES: &[&str] = &["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8"];
+
+#[test]
+fn fidelity_differences_are_documented() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/csit-differences.md")).unwrap();
+    for id in FIDELITY_DIFFERENCES {
+        assert!(doc.contains(&format!("| {id} *(fidelity)* |")), "{id} is not a documented fidelity difference");
+    }
+    let this = include_str!("plan_golden.rs");
+    let ids = this
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("// D"))
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+    for rest in ids {
+        let id = format!("D{}", rest.split([':', ' ']).next().unwrap());
+        assert!(FIDELITY_DIFFERENCES.contains(&id.as_str()), "{id} used in a fidelity test but not listed");
+    }
 }
 
 #[test]
@@ -457,6 +477,7 @@ fn qemu_accepts_the_planned_argv() {
 
     let mut kernel_like = vm("DUT1", 1);
     kernel_like.mem = 64;
+    kernel_like.guest_hugepages = 8;
     kernel_like.qga = true;
     kernel_like.jumbo = true;
     kernel_like.interfaces = vec![

@@ -145,26 +145,8 @@ fn invalid(vm: &Vm, message: impl Into<String>) -> PlanError {
 
 fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
     let node = ctx.node;
-    if vm.qemu_id > 255 {
-        return Err(invalid(vm, format!("qemu_id {} does not fit in a MAC byte (max 255)", vm.qemu_id)));
-    }
-    if ctx.dut_index > 255 && ctx.topology.unique_macs {
-        return Err(invalid(vm, "more than 255 DUTs: unique_macs cannot number them"));
-    }
-    if vm.smp == 0 {
-        return Err(invalid(vm, "smp must be at least 1"));
-    }
-    if vm.mem == 0 || vm.mem % vm.page_size.mib() != 0 {
-        return Err(invalid(
-            vm,
-            format!("mem {} MiB is not a positive multiple of the {} page size", vm.mem, vm.page_size.as_str()),
-        ));
-    }
     let vm_run_dir = format!("{}/{}", ctx.run_dir, vm.name);
-    if vm_run_dir.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
-        // The init path goes on the guest kernel command line, which splits on spaces.
-        return Err(invalid(vm, format!("run directory {vm_run_dir:?} must not contain spaces or quotes")));
-    }
+    check_vm(ctx, vm, &vm_run_dir)?;
     let paths = VmPaths {
         run_dir: vm_run_dir.clone(),
         pidfile: format!("{vm_run_dir}/qemu.pid"),
@@ -179,17 +161,18 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
     // ---- argv, CSIT HEAD order (add_default_params, add_kernelvm_params, qmp/qga, NICs) ----
     let kvm = matches!(node.qemu.accel, Accel::Kvm | Accel::Auto);
     let accel = if kvm { "kvm" } else { "tcg" };
-    let mut argv: Vec<String> = Vec::new();
+    let mut argv_buf: Vec<String> = Vec::new();
+    let argv = &mut argv_buf;
     let mut accel_args = AccelArgs { enable_kvm: None, cpu_value: None, machine_value: None };
     argv.push(format!("{}/qemu-system-{}", node.qemu.bin_dir.trim_end_matches('/'), node.arch.as_str()));
-    push(&mut argv, &["-daemonize", "-nodefaults", "-name"]);
+    push(argv, &["-daemonize", "-nodefaults", "-name"]);
     argv.push(format!("{},debug-threads=on", qopt(&vm.name)));
-    push(&mut argv, &["-no-user-config", "-nographic"]);
+    push(argv, &["-no-user-config", "-nographic"]);
     if kvm {
         accel_args.enable_kvm = Some(argv.len());
         argv.push("-enable-kvm".into());
     }
-    push(&mut argv, &["-pidfile", &paths.pidfile, "-cpu"]);
+    push(argv, &["-pidfile", &paths.pidfile, "-cpu"]);
     accel_args.cpu_value = Some(argv.len());
     argv.push(if kvm { "host" } else { "max" }.into());
     argv.push("-machine".into());
@@ -206,10 +189,10 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
         vm.mem,
         qopt(&hugepage_mount(node, vm.page_size))
     ));
-    push(&mut argv, &["-m", &format!("{}M", vm.mem), "-numa", "node,memdev=mem"]);
+    push(argv, &["-m", &format!("{}M", vm.mem), "-numa", "node,memdev=mem"]);
     argv.push("-chardev".into());
     argv.push(format!("file,id=serial0,path={},append=on", qopt(&paths.serial_log)));
-    push(&mut argv, &["-serial", "chardev:serial0"]);
+    push(argv, &["-serial", "chardev:serial0"]);
 
     let mut host_lookups = Vec::new();
     let console = match node.arch {
@@ -220,8 +203,8 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
         VmKind::Kernel => {
             let kernel = vm.kernel.as_deref().ok_or_else(|| invalid(vm, "a kernel VM needs `kernel`"))?;
             let initrd = vm.initrd.as_deref().ok_or_else(|| invalid(vm, "a kernel VM needs `initrd`"))?;
-            push(&mut argv, &["-fsdev", "local,id=root9p,path=/,security_model=none,multidevs=remap"]);
-            push(&mut argv, &["-device", "virtio-9p-pci,fsdev=root9p,mount_tag=virtioroot"]);
+            push(argv, &["-fsdev", "local,id=root9p,path=/,security_model=none,multidevs=remap"]);
+            push(argv, &["-device", "virtio-9p-pci,fsdev=root9p,mount_tag=virtioroot"]);
             for (what, flag, value) in [("kernel", "-kernel", kernel), ("initrd", "-initrd", initrd)] {
                 argv.push(flag.into());
                 host_lookups.push(HostLookup {
@@ -252,10 +235,10 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
         argv.push(format!("socket,path={},server=on,wait=off,id=qga0", qopt(qga)));
         match node.arch {
             // With -nodefaults and the serial log as COM1, this is COM2: /dev/ttyS1 in the guest.
-            Arch::X86_64 => push(&mut argv, &["-device", "isa-serial,chardev=qga0"]),
+            Arch::X86_64 => push(argv, &["-device", "isa-serial,chardev=qga0"]),
             // The virt machine has no ISA bus.
             Arch::Aarch64 => push(
-                &mut argv,
+                argv,
                 &["-device", "virtio-serial-pci", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"],
             ),
         }
@@ -263,93 +246,8 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
     argv.push("-qmp".into());
     argv.push(format!("unix:{},server=on,wait=off", qopt(&paths.qmp)));
 
-    let mut nics = Vec::new();
-    let mut n: u32 = 0;
-    let mut mgmt: u32 = 0;
-    for iface in &vm.interfaces {
-        match iface {
-            VmInterface::VhostUser(v) => {
-                n += 1;
-                let slot = pci_slot(vm, n)?;
-                let mac = mac(ctx, vm, n);
-                argv.push("-chardev".into());
-                argv.push(format!(
-                    "socket,id=char{n},path={}{}",
-                    qopt(&v.socket),
-                    if v.server { ",server=on" } else { "" }
-                ));
-                argv.push("-netdev".into());
-                argv.push(format!("vhost-user,id=vhost{n},chardev=char{n},queues={}", v.queues));
-                let onoff = |b: bool| if b { "on" } else { "off" };
-                let (c, g) = (onoff(v.csum), onoff(v.gso));
-                let mut dev = format!(
-                    "virtio-net-pci,netdev=vhost{n},mac={mac},addr={slot:x}.0,mq=on,vectors={},csum={c},gso={g},\
-                     guest_tso4={g},guest_tso6={g},guest_ecn={g}",
-                    v.vectors.unwrap_or(2 * v.queues + 2)
-                );
-                if vm.jumbo {
-                    dev.push_str(",mrg_rxbuf=on,host_mtu=9200");
-                }
-                if let Some(qs) = v.queue_size {
-                    dev.push_str(&format!(",rx_queue_size={qs},tx_queue_size={qs}"));
-                }
-                push(&mut argv, &["-device", &dev]);
-                nics.push(PlannedNic {
-                    id: format!("vhost{n}"),
-                    kind: "vhost_user".into(),
-                    mac: Some(mac),
-                    guest_pci: Some(format!("0000:00:{slot:02x}.0")),
-                });
-            }
-            VmInterface::VfioPci(pci) => {
-                n += 1;
-                let slot = pci_slot(vm, n)?;
-                push(&mut argv, &["-device", &format!("vfio-pci,host={pci},addr={slot:x}.0")]);
-                nics.push(PlannedNic {
-                    id: format!("vfio{n}"),
-                    kind: "vfio_pci".into(),
-                    mac: None,
-                    guest_pci: Some(format!("0000:00:{slot:02x}.0")),
-                });
-            }
-            VmInterface::NetUser { net, host_port } => {
-                // Not counted in N (as CSIT's add_net_user): the data NICs keep slots 6 and 7.
-                // MAC byte ff, fe, ... as CSIT's nested-VM management NIC (`…:{id}:ff`).
-                mgmt += 1;
-                if mgmt > 16 {
-                    return Err(invalid(vm, "at most 16 net_user interfaces"));
-                }
-                let id = if mgmt == 1 { "mgmt".to_string() } else { format!("mgmt{mgmt}") };
-                let mac = mac(ctx, vm, 256 - mgmt);
-                let mut netdev = format!("user,id={id},net={net}");
-                if let Some(p) = host_port {
-                    // Loopback only: CSIT's `hostfwd=tcp::port-:22` exposed guest ssh on every interface.
-                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
-                }
-                push(&mut argv, &["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev={id},mac={mac}")]);
-                nics.push(PlannedNic { id, kind: "net_user".into(), mac: Some(mac), guest_pci: None });
-            }
-        }
-    }
-    if let (VmKind::Image, Some(image)) = (vm.kind, &vm.image) {
-        argv.push("-drive".into());
-        argv.push(format!(
-            "file={},format={},cache=none,if=virtio,file.locking=off",
-            qopt(image),
-            qopt(&vm.image_format)
-        ));
-    }
-    for d in &vm.drives {
-        argv.push("-drive".into());
-        argv.push(if d.cdrom {
-            match d.index {
-                Some(i) => format!("file={},index={i},media=cdrom", qopt(&d.file)),
-                None => format!("file={},media=cdrom", qopt(&d.file)),
-            }
-        } else {
-            format!("file={},format={},cache=none,if=virtio,file.locking=off", qopt(&d.file), qopt(&d.format))
-        });
-    }
+    let nics = add_nics(ctx, vm, argv)?;
+    add_drives(vm, argv);
     argv.extend(vm.extra_args.iter().cloned());
 
     // ---- VNF command line and files ----
@@ -384,7 +282,158 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
         return Err(invalid(vm, "an image VM runs its own OS: `vnf` must be none"));
     }
 
-    // ---- readiness, pinning ----
+    let (readiness, pinning) = readiness_and_pinning(vm)?;
+
+    Ok(VmPlan {
+        name: vm.name.clone(),
+        qemu_id: vm.qemu_id,
+        argv: argv_buf,
+        host_lookups,
+        accel_args,
+        files,
+        paths,
+        readiness,
+        pinning,
+        nics,
+        mem_mib: vm.mem,
+        page_size: vm.page_size,
+    })
+}
+
+/// Inputs the plan cannot turn into a working VM (the loader checks most; these depend on the plan).
+fn check_vm(ctx: &VmContext, vm: &Vm, vm_run_dir: &str) -> Result<(), PlanError> {
+    if vm.qemu_id > 255 {
+        return Err(invalid(vm, format!("qemu_id {} does not fit in a MAC byte (max 255)", vm.qemu_id)));
+    }
+    if ctx.dut_index > 255 && ctx.topology.unique_macs {
+        return Err(invalid(vm, "more than 255 DUTs: unique_macs cannot number them"));
+    }
+    if vm.smp == 0 {
+        return Err(invalid(vm, "smp must be at least 1"));
+    }
+    if vm.mem == 0 || !vm.mem.is_multiple_of(vm.page_size.mib()) {
+        return Err(invalid(
+            vm,
+            format!("mem {} MiB is not a positive multiple of the {} page size", vm.mem, vm.page_size.as_str()),
+        ));
+    }
+    if vm.kind == VmKind::Kernel && vm.guest_hugepages * vm.page_size.mib() >= vm.mem {
+        // The guest kernel would reserve all its RAM as hugepages and die at boot.
+        return Err(invalid(
+            vm,
+            format!(
+                "guest_hugepages {} x {} does not fit in mem {} MiB; lower guest_hugepages or raise mem",
+                vm.guest_hugepages,
+                vm.page_size.as_str(),
+                vm.mem
+            ),
+        ));
+    }
+    if vm_run_dir.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
+        // The init path goes on the guest kernel command line, which splits on spaces.
+        return Err(invalid(vm, format!("run directory {vm_run_dir:?} must not contain spaces or quotes")));
+    }
+    Ok(())
+}
+
+/// The guest NICs in topology order: vhost-user and vfio-pci get counter N (slot N+5), user
+/// networking gets auto slots and MAC bytes ff, fe, ...
+fn add_nics(ctx: &VmContext, vm: &Vm, argv: &mut Vec<String>) -> Result<Vec<PlannedNic>, PlanError> {
+    let mut nics = Vec::new();
+    let mut n: u32 = 0;
+    let mut mgmt: u32 = 0;
+    for iface in &vm.interfaces {
+        match iface {
+            VmInterface::VhostUser(v) => {
+                n += 1;
+                let slot = pci_slot(vm, n)?;
+                let mac = mac(ctx, vm, n);
+                argv.push("-chardev".into());
+                argv.push(format!(
+                    "socket,id=char{n},path={}{}",
+                    qopt(&v.socket),
+                    if v.server { ",server=on" } else { "" }
+                ));
+                argv.push("-netdev".into());
+                argv.push(format!("vhost-user,id=vhost{n},chardev=char{n},queues={}", v.queues));
+                let onoff = |b: bool| if b { "on" } else { "off" };
+                let (c, g) = (onoff(v.csum), onoff(v.gso));
+                let mut dev = format!(
+                    "virtio-net-pci,netdev=vhost{n},mac={mac},addr={slot:x}.0,mq=on,vectors={},csum={c},gso={g},\
+                     guest_tso4={g},guest_tso6={g},guest_ecn={g}",
+                    v.vectors.unwrap_or(2 * v.queues + 2)
+                );
+                if vm.jumbo {
+                    dev.push_str(",mrg_rxbuf=on,host_mtu=9200");
+                }
+                if let Some(qs) = v.queue_size {
+                    dev.push_str(&format!(",rx_queue_size={qs},tx_queue_size={qs}"));
+                }
+                push(argv, &["-device", &dev]);
+                nics.push(PlannedNic {
+                    id: format!("vhost{n}"),
+                    kind: "vhost_user".into(),
+                    mac: Some(mac),
+                    guest_pci: Some(format!("0000:00:{slot:02x}.0")),
+                });
+            }
+            VmInterface::VfioPci(pci) => {
+                n += 1;
+                let slot = pci_slot(vm, n)?;
+                push(argv, &["-device", &format!("vfio-pci,host={pci},addr={slot:x}.0")]);
+                nics.push(PlannedNic {
+                    id: format!("vfio{n}"),
+                    kind: "vfio_pci".into(),
+                    mac: None,
+                    guest_pci: Some(format!("0000:00:{slot:02x}.0")),
+                });
+            }
+            VmInterface::NetUser { net, host_port } => {
+                // Not counted in N (as CSIT's add_net_user): the data NICs keep slots 6 and 7.
+                // MAC byte ff, fe, ... as CSIT's nested-VM management NIC (`…:{id}:ff`).
+                mgmt += 1;
+                if mgmt > 16 {
+                    return Err(invalid(vm, "at most 16 net_user interfaces"));
+                }
+                let id = if mgmt == 1 { "mgmt".to_string() } else { format!("mgmt{mgmt}") };
+                let mac = mac(ctx, vm, 256 - mgmt);
+                let mut netdev = format!("user,id={id},net={net}");
+                if let Some(p) = host_port {
+                    // Loopback only: CSIT's `hostfwd=tcp::port-:22` exposed guest ssh on every interface.
+                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+                }
+                push(argv, &["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev={id},mac={mac}")]);
+                nics.push(PlannedNic { id, kind: "net_user".into(), mac: Some(mac), guest_pci: None });
+            }
+        }
+    }
+    Ok(nics)
+}
+
+/// The image (image VMs) as the first virtio disk, then the configured drives.
+fn add_drives(vm: &Vm, argv: &mut Vec<String>) {
+    if let (VmKind::Image, Some(image)) = (vm.kind, &vm.image) {
+        argv.push("-drive".into());
+        argv.push(format!(
+            "file={},format={},cache=none,if=virtio,file.locking=off",
+            qopt(image),
+            qopt(&vm.image_format)
+        ));
+    }
+    for d in &vm.drives {
+        argv.push("-drive".into());
+        argv.push(if d.cdrom {
+            match d.index {
+                Some(i) => format!("file={},index={i},media=cdrom", qopt(&d.file)),
+                None => format!("file={},media=cdrom", qopt(&d.file)),
+            }
+        } else {
+            format!("file={},format={},cache=none,if=virtio,file.locking=off", qopt(&d.file), qopt(&d.format))
+        });
+    }
+}
+
+fn readiness_and_pinning(vm: &Vm) -> Result<(Readiness, Option<Pinning>), PlanError> {
     let mut ready_markers = match &vm.vnf {
         Vnf::Vpp(_) => vec![Marker::new(["vpp ", "built by"])],
         Vnf::TestpmdIo | Vnf::TestpmdMac => vec![Marker::new(["Press enter to exit"])],
@@ -404,22 +453,9 @@ fn plan_vm(ctx: &VmContext, vm: &Vm) -> Result<VmPlan, PlanError> {
         None => None,
     };
 
-    Ok(VmPlan {
-        name: vm.name.clone(),
-        qemu_id: vm.qemu_id,
-        argv,
-        host_lookups,
-        accel_args,
-        files,
-        paths,
-        readiness: Readiness { ready_markers, fail_markers, qga: vm.qga, timeout: vm.boot_timeout },
-        pinning,
-        nics,
-        mem_mib: vm.mem,
-        page_size: vm.page_size,
-    })
+    let readiness = Readiness { ready_markers, fail_markers, qga: vm.qga, timeout: vm.boot_timeout };
+    Ok((readiness, pinning))
 }
-
 fn push(argv: &mut Vec<String>, parts: &[&str]) {
     argv.extend(parts.iter().map(|s| s.to_string()));
 }
@@ -534,6 +570,10 @@ fn template_vars(
         ("guest_dpdk", json!(guest_dpdk)),
         ("guest_vfio", json!(guest_vfio)),
         ("running_exec", json!(exec_path)),
+        // For user templates that start the guest agent themselves (x86_64: /dev/ttyS1,
+        // aarch64: the virtio port named org.qemu.guest_agent.0).
+        ("qga", json!(vm.qga)),
+        ("arch", json!(ctx.node.arch.as_str())),
     ];
     for (k, val) in computed {
         v.insert(k.to_string(), val);

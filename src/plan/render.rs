@@ -71,6 +71,16 @@ fn vm_text(o: &mut String, vm: &VmPlan) {
     for l in &vm.host_lookups {
         let _ = writeln!(o, "note: {}: newest match of {}* on the host", l.what, l.prefix);
     }
+    for n in &vm.nics {
+        let _ = writeln!(
+            o,
+            "nic: {} ({}) mac {} guest {}",
+            n.id,
+            n.kind,
+            n.mac.as_deref().unwrap_or("(device's own)"),
+            n.guest_pci.as_deref().unwrap_or("(auto slot)")
+        );
+    }
     let r = &vm.readiness;
     if !r.ready_markers.is_empty() {
         let _ = writeln!(o, "ready: a serial line with {}", markers_text(&r.ready_markers));
@@ -128,6 +138,7 @@ mod tests {
         assert!(t.contains("note: kernel: newest match of /opt/boot/vmlinuz* on the host\n"));
         assert!(t.contains("note: initrd: newest match of /opt/boot/initrd.img* on the host\n"));
         assert!(t.contains("hugepages needed: 2048 x 2M on /dev/hugepages\n"));
+        assert!(t.contains("nic: vhost2 (vhost_user) mac 52:54:00:00:01:02 guest 0000:00:07.0\n"));
         assert!(t.contains("--- file init /run/harness/r1/DUT1_1/init.sh (mode 0755, "));
         assert!(t.contains("--- file startup_conf /run/harness/r1/DUT1_1/startup.conf (mode 0644, "));
         assert!(t.contains("--- file exec /run/harness/r1/DUT1_1/running.exec (mode 0644, "));

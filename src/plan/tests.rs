@@ -195,6 +195,7 @@ fn testpmd_lines() {
 fn init_script_follows_the_vm() {
     let mut v = vm("DUT1", 1);
     v.page_size = PageSize::G1;
+    v.guest_hugepages = 3;
     v.init_command = Some("qemu-ga -m isa-serial -p /dev/ttyS1 &".into());
     let p = build_one(dut("DUT1"), v).unwrap();
     let init = &p.files[0].content;
@@ -230,6 +231,9 @@ fn invalid_inputs_are_refused() {
     let mut v = vm("DUT1", 1);
     v.mem = 1001;
     assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("multiple"));
+    let mut v = vm("DUT1", 1);
+    v.mem = 1024;
+    assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("guest_hugepages 512 x 2M"));
     let mut v = vm("DUT1", 300);
     v.name = "x".into();
     assert!(build_one(dut("DUT1"), v).unwrap_err().to_string().contains("255"));
@@ -277,4 +281,6 @@ fn select_vms_filters_and_rejects_unknown() {
     let e = select_vms(&mut plan, &["DUT9_1".into()]).unwrap_err();
     assert!(matches!(e, PlanError::UnknownVm { .. }));
     assert!(e.to_string().contains("DUT9_1"));
+    // `harness render --vm DUT9_1` exits with "invalid input".
+    assert_eq!(crate::commands::exit_code_for(&anyhow::Error::from(e)), crate::exit::INVALID_INPUT);
 }
