@@ -80,6 +80,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop exactly what `up` started, and nothing else.
     Down(DownArgs),
+    /// Ping a VM's guest agent over one persistent channel and print round-trip times.
+    Ping(PingArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +175,21 @@ pub struct DownArgs {
     pub format: Format,
 }
 
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// VM name (e.g. DUT1_1).
+    pub vm: String,
+    /// Topology the VM belongs to (default: from the local run record).
+    pub topology: Option<PathBuf>,
+    #[arg(long = "run", value_name = "ID")]
+    pub run: Option<String>,
+    /// Number of guest-ping round trips.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub count: u32,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
@@ -216,6 +233,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(a) => commands::runtime()?.block_on(commands::status::run(g, a)),
         Command::Logs(a) => commands::runtime()?.block_on(commands::logs::run(g, a)),
         Command::Down(a) => commands::runtime()?.block_on(commands::down::run(g, a)),
+        Command::Ping(a) => commands::runtime()?.block_on(commands::ping::run(g, a)),
     }
 }
 

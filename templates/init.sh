@@ -2,9 +2,10 @@
 # Guest init (PID 1) for VM {{ vm_name }} on {{ node }}, harness run {{ run_id }}.
 # The root file system is the host's / over 9p, read-only. Rendered by harness from init.sh.
 
-# A busybox initramfs unmounts /proc and /sys before switch_root; the steps below need both.
-mountpoint -q /proc || mount -t proc proc /proc
-mountpoint -q /sys || mount -t sysfs sysfs /sys
+# Mount the guest's own /proc and /sys unconditionally: through the 9p root these paths show the
+# host's directories, and `mountpoint` would read the host's mount table and say they are mounted.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 mkdir -p /dev/pts
 mkdir -p /dev/hugepages
 mkdir -p /dev/shm

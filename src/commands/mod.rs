@@ -4,6 +4,7 @@ pub mod check;
 pub mod down;
 pub mod exec;
 pub mod logs;
+pub mod ping;
 pub mod render;
 pub mod status;
 pub mod up;

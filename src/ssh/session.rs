@@ -608,6 +608,27 @@ impl RemoteChild {
             _ => Ok(()),
         };
         let _ = self.write.close().await;
+        // Never signal this pid again (it may be reused once the process is gone).
+        self.done = true;
         res
+    }
+}
+
+impl Drop for RemoteChild {
+    /// A child dropped while still running (an aborted task, an early return) must not leave its
+    /// remote process behind: a lingering `flock` would deadlock the next cleanup, and a lingering
+    /// socat would block the single-client QMP/QGA socket.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (session, write, pid, sudo) = (self.session.clone(), self.write.clone(), self.pid, self.sudo);
+        rt.spawn(async move {
+            if let Some(pid) = pid.filter(|p| *p > 1) {
+                let _ = session.kill_pid(pid, sudo).await;
+            }
+            let _ = write.close().await;
+        });
     }
 }
