@@ -7,7 +7,7 @@
 //! The fidelity tests take CSIT's golden strings from the behaviour reference (§1.4 qemu command,
 //! §1.5 testpmd lines, §4.4 startup.conf, Appendix A running.exec) and require our output for the
 //! same input to be identical except for an explicit list of differences, each one a row in
-//! `docs/csit-differences.md`.
+//! the README (Differences from CSIT).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -369,7 +369,7 @@ const FIDELITY_DIFFERENCES: &[&str] = &["D1", "D2", "D3", "D4", "D5", "D6", "D7"
 
 #[test]
 fn fidelity_differences_are_documented() {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/csit-differences.md")).unwrap();
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     for id in FIDELITY_DIFFERENCES {
         assert!(doc.contains(&format!("| {id} *(fidelity)* |")), "{id} is not a documented fidelity difference");
     }

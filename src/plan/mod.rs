@@ -1,7 +1,7 @@
 //! Planning: a pure function from a validated [`Topology`] to a [`Plan`].
 //!
 //! This is where CSIT fidelity lives (qemu argv, startup.conf, testpmd command line, templates),
-//! with CSIT's weaknesses fixed; each deliberate difference is listed in `docs/csit-differences.md`.
+//! with CSIT's weaknesses fixed; each deliberate difference is listed in the README (Differences from CSIT).
 //! Nothing here does I/O: the same topology always gives the same plan, byte for byte.
 
 pub mod fixture;
