@@ -175,6 +175,32 @@ fn up_status_logs_down_two_nodes_two_vms() {
     assert_eq!(logs.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&logs.stdout).contains("HARNESS-LAB-READY"));
 
+    // Follow mode streams the same log until we stop it.
+    let mut follow =
+        env.cmd(&["logs", "DUT2_1", topo, "--run", "e2e-main", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = false;
+    let mut line = String::new();
+    use std::io::BufRead;
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.contains("HARNESS-LAB-READY") {
+            seen = true;
+            break;
+        }
+        line.clear();
+    }
+    unsafe { libc::kill(follow.id() as i32, libc::SIGINT) };
+    let _ = follow.wait();
+    assert!(seen, "logs -f streamed the ready marker");
+
+    // The guest agent answers over one persistent channel, in milliseconds.
+    let ping = env.run(&["ping", "DUT1_1", topo, "--run", "e2e-main", "--count", "20", "--format", "json"]);
+    assert_eq!(ping.status.code(), Some(0));
+    let p = json(&ping);
+    assert_eq!(p["count"], 20);
+    assert_eq!(p["rtt_ms"].as_array().unwrap().len(), 20);
+    assert!(p["median_ms"].as_f64().unwrap() < 1000.0, "{p}");
+
     let down = env.run(&["down", topo, "--run", "e2e-main"]);
     assert_eq!(down.status.code(), Some(0));
     assert_nothing_left("e2e-main");
