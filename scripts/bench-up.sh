@@ -19,27 +19,24 @@ LAB=${HARNESS_LAB_DIR:-/var/tmp/harness-lab}
 H="target/release/harness --state-dir $(mktemp -d) --progress never"
 TOPO=topologies/lab.yaml
 KEY=$LAB/ssh/id_ed25519
-SSHO=(-i "$KEY" -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile="$LAB/ssh/known_hosts" -o StrictHostKeyChecking=yes)
 now() { date +%s.%N; }
 med() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Node -> ssh target, from the topology.
-declare -A PORT USER
-while read -r n p u; do PORT[$n]=$p; USER[$n]=$u; done < <(python3 - "$TOPO" <<'PY'
+# Node -> "NODE=PORT:USER" for the key-auth nodes, from the topology.
+NODES=$(python3 - "$TOPO" <<'PY2'
 import sys, re
-node = None; port = user = None
+out, node, port, user = [], None, None, None
 for line in open(sys.argv[1]):
+    if line.startswith('vms:'): break
     m = re.match(r'^  (\w+):\s*$', line)
     if m:
-        if node and port: print(node, port, user)
+        if node and port and user: out.append(f"{node}={port}:{user}")
         node, port, user = m.group(1), None, None
-    m = re.match(r'^\s+port: (\d+)', line)
-    if m: port = m.group(1)
-    m = re.match(r'^\s+username: (\S+)', line)
-    if m: user = m.group(1)
-    if line.startswith('vms:'): break
-if node and port: print(node, port, user)
-PY
+    m = re.match(r'^\s+port: (\d+)', line); port = m.group(1) if m else port
+    m = re.match(r'^\s+username: (\S+)', line); user = m.group(1) if m else user
+if node and port and user: out.append(f"{node}={port}:{user}")
+print(" ".join(out))
+PY2
 )
 
 run_harness() {
@@ -50,73 +47,17 @@ run_harness() {
   echo "$t1 - $t0" | bc
 }
 
-# Files and argv of every VM from `harness render --format json`, as shell-quoted lines.
-plan_json() { target/release/harness render "$TOPO" --format json --run-id "$1"; }
+plan_json() { target/release/harness render "$TOPO" --format json --run-id "$1" > "$2"; }
 
 run_direct() {
-  local id="bench-d-$1" t0 t1
-  plan_json "$id" > /tmp/bench-plan.json
-  python3 - /tmp/bench-plan.json > /tmp/bench-direct.sh <<'PY'
-import json, sys, shlex
-p = json.load(open(sys.argv[1]))
-need = sum(v.get("mem_mib", 0) // 2 for n in p["nodes"] for v in n["vms"])
-print(f"nr=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages); echo $((nr + {need})) > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
-for n in p["nodes"]:
-    for v in n["vms"]:
-        print(f"mkdir -p {shlex.quote(v['paths']['run_dir'])}")
-        for f in v["files"]:
-            print(f"printf %s {shlex.quote(f['content'])} > {shlex.quote(f['path'])}; chmod {f['mode']} {shlex.quote(f['path'])}")
-print("t0=$(date +%s.%N)")
-for n in p["nodes"]:
-    for v in n["vms"]:
-        print(" ".join(shlex.quote(a) for a in v["argv"]) + " &")
-print("wait")
-logs = [v["paths"]["serial_log"] for n in p["nodes"] for v in n["vms"]]
-print("for l in " + " ".join(shlex.quote(l) for l in logs) + "; do until grep -qa HARNESS-LAB-READY \"$l\" 2>/dev/null; do sleep 0.01; done; done")
-print("t1=$(date +%s.%N); echo \"$t1 - $t0\" | bc")
-for n in p["nodes"]:
-    for v in n["vms"]:
-        pf = shlex.quote(v["paths"]["pidfile"])
-        print(f"kill $(cat {pf}); while [ -e /proc/$(cat {pf} 2>/dev/null)/cmdline ] && [ -f {pf} ]; do sleep 0.05; done")
-print(f"echo $nr > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
-print(f"rm -rf /run/harness/{p['run_id']}")
-PY
-  bash /tmp/bench-direct.sh | tail -1
+  plan_json "bench-d-$1" /tmp/bench-plan.json
+  python3 scripts/bench_baselines.py direct /tmp/bench-plan.json
 }
 
 run_csit() {
-  local id="bench-c-$1" t0 t1
-  plan_json "$id" > /tmp/bench-plan.json
-  python3 - /tmp/bench-plan.json "$KEY" "$LAB/ssh/known_hosts" > /tmp/bench-csit.sh <<PY
-import json, sys, shlex
-p = json.load(open(sys.argv[1]))
-ports = {$(for n in "${!PORT[@]}"; do printf '"%s": ("%s", "%s"), ' "$n" "${PORT[$n]}" "${USER[$n]}"; done)}
-ssh = lambda node: f"ssh -i {sys.argv[2]} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={sys.argv[3]} -p {ports[node][0]} {ports[node][1]}@127.0.0.1"
-q = shlex.quote
-print("t0=\$(date +%s.%N)")
-for n in p["nodes"]:
-    S = ssh(n["name"])
-    for v in n["vms"]:
-        print(f"{S} {q('sudo -n mkdir -p ' + q(v['paths']['run_dir']))}")
-        for f in v["files"]:
-            print(f"{S} {q('echo ' + q(f['content']) + ' | sudo -n tee ' + q(f['path']) + ' >/dev/null; sudo -n chmod +x ' + q(f['path']))}")
-        print(f"{S} 'cat /sys/kernel/mm/hugepages/hugepages-2048kB/*hugepages*' >/dev/null")
-        print(f"{S} 'nr=\$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages); echo \$((nr + {v['mem_mib'] // 2})) | sudo -n tee /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages >/dev/null'")
-        print(f"{S} {q('sudo -n ' + ' '.join(q(a) for a in v['argv']))}")
-        print(f"until {S} {q('sudo -n tail -1 ' + q(v['paths']['serial_log']))} | grep -qa HARNESS-LAB-READY; do sleep 1; done")
-        qga = v['paths']['qga']
-        print(f"until {S} {q('(echo ' + q(chr(123) + '\"execute\":\"guest-ping\"' + chr(125)) + '; sleep 1) | sudo -n socat - UNIX-CONNECT:' + qga)} | grep -q return; do sleep 1; done")
-        print(f"pid=\$({S} {q('sudo -n cat ' + q(v['paths']['pidfile']))})")
-        print(f"for t in \$({S} \"grep -rwl CPU /proc/\$pid/task/*/comm | xargs dirname | sed -e 's/\\\\/.*\\\\///g' | uniq\"); do {S} \"sudo -n taskset -pc {v['pinning']['cpus'][0]} \$t\" >/dev/null; done")
-print("t1=\$(date +%s.%N); echo \"\$t1 - \$t0\" | bc")
-for n in p["nodes"]:
-    S = ssh(n["name"])
-    for v in n["vms"]:
-        pf = q(v["paths"]["pidfile"])
-        print(f"{S} {q('sudo -n kill \$(sudo -n cat ' + pf + '); sleep 0.5; nr=\$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages); echo \$((nr - ' + str(v['mem_mib'] // 2) + ')) | sudo -n tee /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages >/dev/null')}")
-print(f"sudo -n rm -rf /run/harness/{p['run_id']}")
-PY
-  bash /tmp/bench-csit.sh 2>/dev/null | tail -1
+  plan_json "bench-c-$1" /tmp/bench-plan.json
+  # shellcheck disable=SC2086
+  python3 scripts/bench_baselines.py csit /tmp/bench-plan.json "$KEY" "$LAB/ssh/known_hosts" $NODES
 }
 
 echo "bench-up: $TOPO, $REPS repetitions each (medians)"

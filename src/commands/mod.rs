@@ -61,14 +61,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             return exit::INVALID_INPUT;
         }
         if let Some(e) = cause.downcast_ref::<SshError>() {
-            return match e {
-                SshError::Connect { .. }
-                | SshError::Timeout { .. }
-                | SshError::HostKeyUnknown { .. }
-                | SshError::HostKeyChanged { .. }
-                | SshError::Auth { .. } => exit::UNREACHABLE,
-                _ => exit::FAILED,
-            };
+            return if e.is_unreachable() { exit::UNREACHABLE } else { exit::FAILED };
         }
     }
     exit::FAILED

@@ -78,15 +78,11 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         exit::OK
     } else if res.interrupted {
         exit::INTERRUPTED
-    } else if res.nodes.iter().any(|n| n.error.as_deref().is_some_and(is_unreachable)) {
+    } else if res.nodes.iter().any(|n| n.unreachable) {
         exit::UNREACHABLE
     } else {
         exit::UP_FAILED
     })
-}
-
-fn is_unreachable(msg: &str) -> bool {
-    ["connect failed", "timed out after", "host key", "HOST KEY", "auth failed"].iter().any(|p| msg.contains(p))
 }
 
 fn print_text(res: &RunResult) {

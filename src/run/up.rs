@@ -61,6 +61,8 @@ pub struct NodeResult {
     pub accel: Option<String>,
     pub hugepages: Vec<HugepageChange>,
     pub error: Option<String>,
+    /// The node could not be reached or refused us (connect, host key, auth).
+    pub unreachable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +143,13 @@ pub enum UpError {
     Guest { message: String, tail: Vec<String> },
 }
 
+impl UpError {
+    /// Connect, handshake, host key or authentication failures: the node was never usable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, UpError::Ssh(e) if e.is_unreachable())
+    }
+}
+
 fn fail(msg: impl Into<String>) -> UpError {
     UpError::Failed(msg.into())
 }
@@ -162,7 +171,14 @@ pub async fn up(topology: &Topology, plan: &Plan, opts: &UpOptions, events: Even
         let Some(node) = topology.node(&np.name) else { continue };
         node_results.insert(
             np.name.clone(),
-            NodeResult { name: np.name.clone(), host: np.host.clone(), accel: None, hugepages: vec![], error: None },
+            NodeResult {
+                name: np.name.clone(),
+                host: np.host.clone(),
+                accel: None,
+                hugepages: vec![],
+                error: None,
+                unreachable: false,
+            },
         );
         let ctx = NodeCtx {
             plan: np.clone(),
@@ -195,6 +211,7 @@ pub async fn up(topology: &Topology, plan: &Plan, opts: &UpOptions, events: Even
                         events.for_node(&name).warn(format!("{e}"));
                         if let Some(nr) = node_results.get_mut(&name) {
                             nr.error = Some(e.to_string());
+                            nr.unreachable = e.is_unreachable();
                         }
                         set.abort_all();
                     }
@@ -664,7 +681,11 @@ async fn vm_ready(
     tracker.vm(node, &v.name, |r| {
         r.timings.insert("boot".into(), boot);
     });
-    if v.readiness.qga {
+    // The guest agent (QGA socket) and pinning (QMP socket) are independent: do both at once.
+    let agent = async {
+        if !v.readiness.qga {
+            return Ok(());
+        }
         ev.phase(Phase::Agent);
         let t = Instant::now();
         let ifaces = qga_ready(session, v, deadline).await?;
@@ -673,8 +694,10 @@ async fn vm_ready(
             r.timings.insert("agent".into(), dt);
             r.guest_interfaces = ifaces;
         });
-    }
-    if let Some(pin) = &v.pinning {
+        Ok::<(), UpError>(())
+    };
+    let pinning = async {
+        let Some(pin) = &v.pinning else { return Ok(()) };
         ev.phase(Phase::Pinning);
         let t = Instant::now();
         let pinned = pin_vcpus(session, v, pid, &pin.cpus, pin.sched == Sched::Rr).await?;
@@ -683,7 +706,11 @@ async fn vm_ready(
             r.timings.insert("pin".into(), dt);
             r.pinned = pinned;
         });
-    }
+        Ok::<(), UpError>(())
+    };
+    let (a, p) = tokio::join!(agent, pinning);
+    a?;
+    p?;
     let total = t0.elapsed().as_secs_f64();
     tracker.vm(node, &v.name, |r| {
         r.timings.insert("total".into(), total);

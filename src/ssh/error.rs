@@ -34,3 +34,17 @@ pub enum SshError {
     #[error("{node}: {message}")]
     Config { node: String, message: String },
 }
+
+impl SshError {
+    /// The node could not be reached or refused us: connect, handshake, host key or auth.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SshError::Connect { .. }
+                | SshError::Timeout { .. }
+                | SshError::HostKeyUnknown { .. }
+                | SshError::HostKeyChanged { .. }
+                | SshError::Auth { .. }
+        )
+    }
+}
