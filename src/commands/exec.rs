@@ -68,7 +68,11 @@ impl Prefixer {
             out.extend_from_slice(line);
         }
         // One write per batch keeps lines of different nodes from interleaving mid-line.
-        let _ = if self.stderr { std::io::stderr().lock().write_all(&out) } else { std::io::stdout().lock().write_all(&out) };
+        let _ = if self.stderr {
+            std::io::stderr().lock().write_all(&out)
+        } else {
+            std::io::stdout().lock().write_all(&out)
+        };
     }
 }
 
@@ -226,10 +230,7 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
                 (None, None, None) => "no exit status".to_string(),
             };
             let runs = if r.runs > 1 { format!(", {} runs", r.runs) } else { String::new() };
-            eprintln!(
-                "{:width$} : {what} ({} ms{runs}, connect {} ms)",
-                r.node, r.duration_ms, r.connect_ms
-            );
+            eprintln!("{:width$} : {what} ({} ms{runs}, connect {} ms)", r.node, r.duration_ms, r.connect_ms);
         }
     }
     Ok(if results.iter().any(|r| r.unreachable) {

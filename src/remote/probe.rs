@@ -311,7 +311,8 @@ pub fn evaluate(node: &Node, vms: &[&Vm], f: &HostFacts) -> (Vec<Item>, Option<S
         } else {
             Status::Fail
         };
-        let note = if fstype != "hugetlbfs" && node.hugepages.allocate && needed_here { "; up will mount it" } else { "" };
+        let note =
+            if fstype != "hugetlbfs" && node.hugepages.allocate && needed_here { "; up will mount it" } else { "" };
         items.push(Item::new("hugetlbfs", st, format!("{mount} is {fstype}{note}")));
 
         let pages = need.get(&size).copied().unwrap_or(0);
@@ -321,7 +322,8 @@ pub fn evaluate(node: &Node, vms: &[&Vm], f: &HostFacts) -> (Vec<Item>, Option<S
             .filter(|n| n.size_kb == size.kib())
             .map(|n| format!("node{} {}/{}", n.node, n.free, n.nr))
             .collect();
-        let numa = if per_numa.is_empty() { String::new() } else { format!("; free/total per NUMA: {}", per_numa.join(" ")) };
+        let numa =
+            if per_numa.is_empty() { String::new() } else { format!("; free/total per NUMA: {}", per_numa.join(" ")) };
         items.push(match f.pools.get(&size.kib()) {
             None => Item::new(
                 "hugepages",
@@ -344,7 +346,11 @@ pub fn evaluate(node: &Node, vms: &[&Vm], f: &HostFacts) -> (Vec<Item>, Option<S
                 } else if node.hugepages.allocate {
                     Item::new("hugepages", Status::Warn, format!("{text}; up will allocate {} more", pages - avail))
                 } else {
-                    Item::new("hugepages", Status::Fail, format!("{text}; short by {} (set allocate: true)", pages - avail))
+                    Item::new(
+                        "hugepages",
+                        Status::Fail,
+                        format!("{text}; short by {} (set allocate: true)", pages - avail),
+                    )
                 }
             }
         });
@@ -359,7 +365,11 @@ pub fn evaluate(node: &Node, vms: &[&Vm], f: &HostFacts) -> (Vec<Item>, Option<S
         Item::new(
             "cpus",
             Status::Ok,
-            format!("online {}{isolated_note}; VMs use {}", fmt_cpus(&f.cpus_online), fmt_cpus(&wanted.iter().copied().collect::<Vec<_>>())),
+            format!(
+                "online {}{isolated_note}; VMs use {}",
+                fmt_cpus(&f.cpus_online),
+                fmt_cpus(&wanted.iter().copied().collect::<Vec<_>>())
+            ),
         )
     } else {
         Item::new(

@@ -84,13 +84,14 @@ pub(crate) async fn authenticate(
     }
     let mut passwords: Vec<(String, String)> = Vec::new();
     for a in explicit {
-        match a {
-            Auth::PasswordEnv(var) => match std::env::var(var) {
+        // if-let rather than match: other credential kinds are handled above (or not at all).
+        if let Auth::PasswordEnv(var) = a {
+            match std::env::var(var) {
                 Ok(p) => passwords.push((format!("password from ${var}"), p)),
                 Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
-            },
-            Auth::Password(p) => passwords.push(("password".to_string(), p.clone())),
-            Auth::IdentityFile { .. } => {}
+            }
+        } else if let Auth::Password(p) = a {
+            passwords.push(("password".to_string(), p.clone()));
         }
     }
     for (label, pw) in &passwords {
