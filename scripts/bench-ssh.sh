@@ -26,6 +26,12 @@ if ! "$REPO/scripts/lab.sh" status >/dev/null 2>&1; then started_lab=yes; fi
 # shellcheck disable=SC1091
 . "$LAB/lab.env"
 cm_dir=$(mktemp -d)
+# Private copy: another `lab.sh up` (parallel tests) may rewrite $LAB/fanout.yaml meanwhile.
+LAB_FANOUT_COPY=$cm_dir/fanout.yaml
+cp "$LAB_FANOUT" "$LAB_FANOUT_COPY"
+LAB_FANOUT=$LAB_FANOUT_COPY
+[ "$(grep -c 'type: DUT' "$LAB_FANOUT")" -ge $NODES ] || { echo "fanout.yaml has fewer than $NODES nodes" >&2; exit 1; }
+LAB_PORTS=$(echo "$LAB_PORTS" | tr ' ' '\n' | head -n $NODES | tr '\n' ' ')
 cleanup() {
     ssh -o ControlPath="$cm_dir/cm" -O exit -p "${LAB_PORTS%% *}" "hlab1@127.0.0.1" 2>/dev/null || true
     rm -rf "$cm_dir"
@@ -65,7 +71,8 @@ cm_ms=$(ms "$t0" "$t1")
 echo "== fan-out: one \`true\` on each of $NODES nodes (median of $REPS) ==" >&2
 fan=(); loop=(); one=()
 for _ in $(seq "$REPS"); do
-    t0=$(now); "$H" exec "$LAB_FANOUT" -- true 2>/dev/null; t1=$(now); fan+=("$(ms "$t0" "$t1")")
+    t0=$(now); "$H" exec "$LAB_FANOUT" -- true 2>"$cm_dir/fan.err"; t1=$(now); fan+=("$(ms "$t0" "$t1")")
+    [ "$(grep -c ': exit 0' "$cm_dir/fan.err")" -ge $NODES ] || { cat "$cm_dir/fan.err" >&2; exit 1; }
     t0=$(now); "$H" exec "$LAB_FANOUT" --node DUT1 -- true 2>/dev/null; t1=$(now); one+=("$(ms "$t0" "$t1")")
     t0=$(now)
     i=0
