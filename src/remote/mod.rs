@@ -1,4 +1,4 @@
 //! Node operations built on [`crate::ssh::Session`]: probes, hugepages, process control.
 pub mod hugepages;
-pub mod process;
 pub mod probe;
+pub mod process;

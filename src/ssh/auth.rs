@@ -70,15 +70,13 @@ pub(crate) async fn authenticate(
     if let Step::Done = try_agent(handle, &user, agent_socket, &mut at).await.map_err(Err)? {
         return Ok(());
     }
-    if !had_identities {
-        if let Some(home) = dirs::home_dir() {
-            for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
-                let p = home.join(".ssh").join(name);
-                if p.exists() {
-                    if let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)? {
-                        return Ok(());
-                    }
-                }
+    if !had_identities && let Some(home) = dirs::home_dir() {
+        for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
+            let p = home.join(".ssh").join(name);
+            if p.exists()
+                && let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)?
+            {
+                return Ok(());
             }
         }
     }
@@ -125,7 +123,7 @@ fn record(at: &mut Attempts, label: String, res: AuthResult) -> bool {
         AuthResult::Success => true,
         AuthResult::Failure { remaining_methods, .. } => {
             at.tried.push(format!("{label} (rejected)"));
-            at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+            at.remaining = Some(remaining_methods.iter().map(<&'static str>::from).collect());
             false
         }
     }
@@ -213,7 +211,7 @@ async fn try_kbd_interactive(
             KeyboardInteractiveAuthResponse::Success => return Ok(true),
             KeyboardInteractiveAuthResponse::Failure { remaining_methods, .. } => {
                 at.tried.push(format!("keyboard-interactive with {label} (rejected)"));
-                at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+                at.remaining = Some(remaining_methods.iter().map(<&'static str>::from).collect());
                 return Ok(false);
             }
             KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
