@@ -44,6 +44,7 @@ SSH_OPTS=(-i "$LAB_KEY" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyC
 port1=${LAB_PORTS%% *}
 
 now() { date +%s%N; }
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{printf "%d", ($2+$3+$4+$7+$8) * 1000 / hz}' /proc/stat; }
 ms() { echo $(( ($2 - $1) / 1000000 )); }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "inf"; else printf "%.1f", a / b }'; }
@@ -69,9 +70,11 @@ t1=$(now)
 cm_ms=$(ms "$t0" "$t1")
 
 echo "== fan-out: one \`true\` on each of $NODES nodes (median of $REPS) ==" >&2
-fan=(); loop=(); one=()
+fan=(); loop=(); one=(); fancpu=()
 for _ in $(seq "$REPS"); do
+    c0=$(cpu_ms)
     t0=$(now); "$H" exec "$LAB_FANOUT" -- true 2>"$cm_dir/fan.err"; t1=$(now); fan+=("$(ms "$t0" "$t1")")
+    fancpu+=($(( $(cpu_ms) - c0 )))
     [ "$(grep -c ': exit 0' "$cm_dir/fan.err")" -ge $NODES ] || { cat "$cm_dir/fan.err" >&2; exit 1; }
     t0=$(now); "$H" exec "$LAB_FANOUT" --node DUT1 -- true 2>/dev/null; t1=$(now); one+=("$(ms "$t0" "$t1")")
     t0=$(now)
@@ -82,6 +85,8 @@ done
 fan_ms=$(printf '%s\n' "${fan[@]}" | median)
 one_ms=$(printf '%s\n' "${one[@]}" | median)
 loop_ms=$(printf '%s\n' "${loop[@]}" | median)
+fancpu_ms=$(printf '%s\n' "${fancpu[@]}" | median)
+cores=$(nproc)
 
 per() { awk -v t="$1" -v n="$N" 'BEGIN { printf "%.2f", t / n }'; }
 r_cm=$(ratio "$cm_ms" "$harness_ms")
@@ -103,4 +108,6 @@ Fan-out, one \`true\` per node (median of $REPS):
   shell loop of ssh, $NODES nodes ${loop_ms} ms
   $NODES nodes vs 1 node          ${r_fan}x   (target <= 2x: $(verdict "$r_fan" 2 le))
   ssh loop vs harness         ${r_loop}x slower
+  CPU used by the 32-node run ${fancpu_ms} ms on all cores (harness + all sshd), i.e. $((fancpu_ms / NODES)) ms per
+  connection; with $cores cores the fan-out cannot finish in under $((fancpu_ms / cores)) ms on this machine.
 OUT

@@ -511,3 +511,62 @@ fn check_probe_against_lab_node() {
         assert!(!r.reachable && r.error.as_deref().unwrap_or("").contains("connect failed"), "{:?}", r.error);
     });
 }
+
+/// Hashed known_hosts entries (`ssh-keygen -H`) are honoured.
+#[test]
+fn hashed_known_hosts_entries() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::copy(&lab.known_hosts, &kh).unwrap();
+    let st = std::process::Command::new("ssh-keygen").arg("-q").arg("-H").arg("-f").arg(&kh).output().unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(text.lines().all(|l| l.starts_with("|1|")), "{text}");
+    let mut t = lab.node(2);
+    t.known_hosts = Some(kh);
+    rt().block_on(async {
+        let s = connect(&t).await;
+        assert!(s.run_ok(&RemoteCommand::new(["true"])).await.is_ok());
+    });
+}
+
+/// `~/.ssh/config`-style file: HostName, Port, User, IdentityFile, UserKnownHostsFile and
+/// ProxyJump of a `Host` alias are honoured; the topology names only the alias.
+#[test]
+fn ssh_config_alias_with_proxy_jump() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            lab.ports[1],
+            lab.users[1],
+            lab.key.display(),
+            lab.known_hosts.display(),
+            lab.users[0],
+            lab.ports[0]
+        ),
+    )
+    .unwrap();
+    let t = SshTarget {
+        name: "DUT2".into(),
+        host: "dut2-alias".into(),
+        port: None,
+        user: None,
+        auth: vec![],
+        proxy_jump: None,
+        known_hosts: None,
+        accept_new_host_key: false,
+    };
+    let mut o = opts();
+    o.ssh_config = Some(cfg);
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap();
+        assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}

@@ -143,9 +143,15 @@ async fn connect_jump(
         host,
         port,
         user,
-        // Keys (not passwords) of the node are offered to the jump host as well; its ssh config
-        // entry and the agent apply as usual.
-        auth: target.auth.iter().filter(|a| matches!(a, Auth::IdentityFile { .. })).cloned().collect(),
+        // Keys (not passwords) of the node, its own or from its ssh config entry, are offered to
+        // the jump host as well; the jump host's config entry and the agent apply as usual.
+        auth: target
+            .auth
+            .iter()
+            .filter(|a| matches!(a, Auth::IdentityFile { .. }))
+            .cloned()
+            .chain(r.config_identities.iter().map(|p| Auth::IdentityFile { path: p.clone(), passphrase_env: None }))
+            .collect(),
         proxy_jump: chain,
         known_hosts: Some(r.known_hosts.clone()),
         accept_new_host_key: r.accept_new,
