@@ -570,3 +570,30 @@ fn ssh_config_alias_with_proxy_jump() {
         assert_eq!(out.stdout_str().trim(), lab.users[1]);
     });
 }
+
+/// Dropping a running child kills it remotely and frees its session: 25 dropped children (more
+/// than the lab sshd's MaxSessions 20) leave no process behind and the connection keeps working.
+#[test]
+fn dropped_children_are_killed_and_free_their_sessions() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        for _ in 0..25 {
+            let mut child = s.spawn(&RemoteCommand::new(["sleep", "3013"])).await.unwrap();
+            // Wait until it runs (its pid line arrived), then drop it.
+            let pid = loop {
+                if let Some(p) = child.pid() {
+                    break p;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
+            };
+            assert!(pid > 1);
+            drop(child);
+        }
+        let gone = RemoteCommand::sh(
+            "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f 'sleep 301[3]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
+        );
+        assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
+        assert_eq!(s.run_ok(&RemoteCommand::new(["echo", "alive"])).await.unwrap().stdout_str(), "alive\n");
+    });
+}

@@ -614,6 +614,26 @@ impl RemoteChild {
             _ => Ok(()),
         };
         let _ = self.write.close().await;
+        self.done = true;
         res
+    }
+}
+
+impl Drop for RemoteChild {
+    /// A child dropped while still running is killed remotely (same pid trick as
+    /// [`RemoteChild::kill`]) and its channel closed, in a background task: a forgotten
+    /// `sudo tail -F` would otherwise live on, and hold one of sshd's MaxSessions slots.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (w, session, pid, sudo) = (self.write.clone(), self.session.clone(), self.pid, self.sudo);
+        rt.spawn(async move {
+            if let Some(pid) = pid.filter(|p| *p > 1) {
+                let _ = session.kill_pid(pid, sudo).await;
+            }
+            let _ = w.close().await;
+        });
     }
 }
