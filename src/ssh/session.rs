@@ -204,12 +204,16 @@ where
 /// Kill the process group of `pid`, TERM then KILL after 3 s. sshd starts each channel's
 /// command in its own session, so that group is exactly this command's tree (including `sudo`
 /// and the children of a shell). (`kill -TERM -$g`: dash's builtin rejects `kill -- -$g`.)
+/// Zombies count as gone: an orphan's zombie may wait a while for init to reap it.
 fn kill_script(pid: u32) -> String {
     format!(
         "p={pid}; g=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3); \
          case \"$g\" in ''|0|1) exit 0;; esac; \
+         alive() {{ if command -v ps >/dev/null 2>&1; then \
+         ps -e -o pgid=,stat= | awk -v g=\"$g\" '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; \
+         else kill -0 -$g 2>/dev/null; fi; }}; \
          kill -TERM -$g 2>/dev/null || kill -TERM $p 2>/dev/null || exit 0; i=0; \
-         while kill -0 -$g 2>/dev/null; do i=$((i+1)); \
+         while alive; do i=$((i+1)); \
          if [ $i -gt 30 ]; then kill -KILL -$g 2>/dev/null; break; fi; sleep 0.1; done; exit 0"
     )
 }
