@@ -470,3 +470,155 @@ fn dropped_connection_is_reported_and_idempotent_commands_reconnect() {
         }
     });
 }
+
+/// `harness check`'s probe against a real node: one round trip, facts match the local host
+/// (the lab's sshd runs on this machine), and the fit verdicts follow the VMs asked for.
+#[test]
+fn check_probe_against_lab_node() {
+    use harness::remote::probe::{self, Kvm, Status};
+    let lab = lab();
+    let node = common::lab::topo_node(lab, 1);
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let online = probe::parse_cpu_list(&online).unwrap();
+    let last = *online.last().unwrap();
+    rt().block_on(async {
+        let fits = common::lab::vm("DUT1", 1, 256, vec![0]);
+        let offline = common::lab::vm("DUT1", 2, 256, vec![last + 1]);
+        let r = probe::check_node(&lab.node(1), &opts(), &node, &[&fits, &offline]).await;
+        assert!(r.reachable, "{:?}", r.error);
+        let f = r.facts.as_ref().unwrap();
+        assert!(f.sudo);
+        assert_eq!(f.cpus_online, online);
+        assert!(f.qemu_version.as_deref().unwrap_or("").starts_with("QEMU emulator version"), "{f:?}");
+        let dev = std::path::Path::new("/dev/kvm").exists();
+        match &f.kvm {
+            Some(Kvm::Absent) => assert!(!dev),
+            Some(Kvm::Usable | Kvm::Broken(_)) => assert!(dev),
+            k => panic!("with sudo and qemu the KVM probe must run: {k:?}"),
+        }
+        assert_eq!(r.accel.as_deref(), Some(if f.kvm == Some(Kvm::Usable) { "kvm" } else { "tcg" }));
+        assert!(f.pools.contains_key(&2048), "{f:?}");
+        let item = |n: &str| r.items.iter().find(|i| i.name == n).unwrap_or_else(|| panic!("no item {n}"));
+        assert_eq!(item("cpus").status, Status::Fail, "CPU {} is not online", last + 1);
+        assert_eq!(item("socat").status, Status::Ok);
+        assert!(r.failed());
+        let r = probe::check_node(&lab.node(1), &opts(), &node, &[&fits]).await;
+        assert_eq!(r.items.iter().find(|i| i.name == "cpus").unwrap().status, Status::Ok);
+        // Unreachable: reported, not an error.
+        let mut t = lab.node(1);
+        t.port = Some(2299);
+        let r = probe::check_node(&t, &opts(), &node, &[]).await;
+        assert!(!r.reachable && r.error.as_deref().unwrap_or("").contains("connect failed"), "{:?}", r.error);
+    });
+}
+
+/// Hashed known_hosts entries (`ssh-keygen -H`) are honoured.
+#[test]
+fn hashed_known_hosts_entries() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::copy(&lab.known_hosts, &kh).unwrap();
+    let st = std::process::Command::new("ssh-keygen").arg("-q").arg("-H").arg("-f").arg(&kh).output().unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(text.lines().all(|l| l.starts_with("|1|")), "{text}");
+    let mut t = lab.node(2);
+    t.known_hosts = Some(kh);
+    rt().block_on(async {
+        let s = connect(&t).await;
+        assert!(s.run_ok(&RemoteCommand::new(["true"])).await.is_ok());
+    });
+}
+
+/// `~/.ssh/config`-style file: HostName, Port, User, IdentityFile, UserKnownHostsFile and
+/// ProxyJump of a `Host` alias are honoured; the topology names only the alias.
+#[test]
+fn ssh_config_alias_with_proxy_jump() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            lab.ports[1],
+            lab.users[1],
+            lab.key.display(),
+            lab.known_hosts.display(),
+            lab.users[0],
+            lab.ports[0]
+        ),
+    )
+    .unwrap();
+    let t = SshTarget {
+        name: "DUT2".into(),
+        host: "dut2-alias".into(),
+        port: None,
+        user: None,
+        auth: vec![],
+        proxy_jump: None,
+        known_hosts: None,
+        accept_new_host_key: false,
+    };
+    let mut o = opts();
+    o.ssh_config = Some(cfg);
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap();
+        assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}
+
+/// Dropping a running child kills it remotely and frees its session: 25 dropped children (more
+/// than the lab sshd's MaxSessions 20) leave no process behind and the connection keeps working.
+#[test]
+fn dropped_children_are_killed_and_free_their_sessions() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        for _ in 0..25 {
+            let mut child = s.spawn(&RemoteCommand::new(["sleep", "3013"])).await.unwrap();
+            // Wait until it runs (its pid line arrived), then drop it.
+            let pid = loop {
+                if let Some(p) = child.pid() {
+                    break p;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
+            };
+            assert!(pid > 1);
+            drop(child);
+        }
+        let gone = RemoteCommand::sh(
+            "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f 'sleep 301[3]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
+        );
+        assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
+        assert_eq!(s.run_ok(&RemoteCommand::new(["echo", "alive"])).await.unwrap().stdout_str(), "alive\n");
+    });
+}
+
+/// CSIT's `priv_key:` carries the PEM text itself; it authenticates like a key file.
+#[test]
+fn csit_priv_key_pem_text_authenticates() {
+    let lab = lab();
+    let pem = std::fs::read_to_string(common::lab::lab_dir().join("ssh/id_ed25519")).unwrap();
+    let mut t = lab.node(1);
+    t.auth = vec![Auth::PrivateKeyPem(pem)];
+    rt().block_on(async {
+        let s = connect(&t).await;
+        let out = s.run(&RemoteCommand::new(["true"])).await.unwrap();
+        assert!(out.success());
+        s.close().await;
+        // A garbled PEM is reported as unreadable, not as a crash.
+        let mut bad = lab.node(1);
+        bad.auth = vec![Auth::PrivateKeyPem("-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n".into())];
+        let mut o = opts();
+        o.agent_socket = None;
+        match Session::connect(&bad, &o).await {
+            Err(SshError::Auth { message, .. }) => assert!(message.contains("priv_key"), "{message}"),
+            Ok(_) => panic!("garbled key must not authenticate"),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+}

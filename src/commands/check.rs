@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use crate::cli::{CheckArgs, Format, GlobalArgs};
 use crate::exit;
-use crate::remote::probe::{self, NodeReport, Status};
+use crate::remote::probe::{self, Kvm, NodeReport, Status};
 use crate::ssh::SshTarget;
 
 pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
@@ -68,6 +68,15 @@ fn print_text(reports: &[NodeReport], tty: bool) {
         }
         if let Some(accel) = &r.accel {
             line.push_str(&format!("  accel={accel}"));
+        }
+        if let Some(kvm) = r.facts.as_ref().and_then(|f| f.kvm.as_ref()) {
+            let state = match kvm {
+                Kvm::Usable => "usable",
+                Kvm::Broken(_) => "broken",
+                Kvm::Unverified(_) => "unverified",
+                Kvm::Absent => "absent",
+            };
+            line.push_str(&format!(" kvm={state}"));
         }
         if r.reachable {
             line.push_str(&format!("  ({} ms + {} ms)", r.connect_ms, r.probe_ms));

@@ -200,7 +200,8 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
         }
         v
     };
-    let mut cmd = RemoteCommand::new(a.command.clone());
+    // Empty stdin (EOF at once): a command that reads stdin must not wait forever.
+    let mut cmd = RemoteCommand::new(a.command.clone()).stdin(Vec::new());
     cmd.sudo = a.sudo;
     let json = a.format == Format::Json;
     let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);

@@ -3,9 +3,8 @@
 //! against what the topology asks of that node. Changes nothing on the host.
 //!
 //! KVM is not trusted just because `/dev/kvm` exists (lab-notes §2): with sudo and QEMU present
-//! the probe boots a 64 KiB "BIOS" whose reset vector runs `mov al,0x31; out 0xf4,al` under
-//! `-accel kvm -cpu host` (the CPU model a KVM plan uses) with `isa-debug-exit`; QEMU exits 99
-//! only if a vCPU really ran guest code. On hosts where that cannot run (no sudo, no QEMU, not
+//! the probe of [`crate::remote::kvm`] boots a tiny firmware under `-accel kvm -cpu host` (the CPU
+//! model a KVM plan uses); it passes only if a vCPU really ran guest code. On hosts where that cannot run (no sudo, no QEMU, not
 //! x86_64) KVM is reported `present, unverified`, and `accel: auto` treats that as TCG.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +17,8 @@ use crate::remote::hugepages::{self, HugepageState, Pool};
 use crate::ssh::{ConnectOptions, RemoteCommand, Session, SshError, SshTarget};
 use crate::topology::{Accel, Arch, Node, PageSize, Vm};
 
-/// Exit status of the KVM probe firmware under `isa-debug-exit`: `(0x31 << 1) | 1`.
-const KVM_PROBE_OK: i32 = 99;
+/// Exit status of the KVM probe firmware (see [`crate::remote::kvm`]).
+const KVM_PROBE_OK: i32 = crate::remote::kvm::PROBE_OK;
 
 /// Tools the harness runs on every DUT.
 pub const TOOLS: &[&str] = &["socat", "taskset", "chrt"];
@@ -135,15 +134,7 @@ pub fn probe_script(node: &Node) -> String {
     let mounts: Vec<String> = [PageSize::M2, PageSize::G1].iter().map(|s| mount_for(node, *s)).collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
     let kvm = if node.arch == Arch::X86_64 {
-        // The firmware: 65520 zero bytes, then the reset vector (mov al,0x31; out 0xf4,al; hlt; jmp $-1).
-        let inner = format!(
-            "t=$(mktemp -d) || exit 1; {{ head -c 65520 /dev/zero; \
-             printf '\\260\\061\\346\\364\\364\\353\\375\\364\\364\\364\\364\\364\\364\\364\\364\\364'; }} > \"$t/fw.bin\"; \
-             timeout 10 {q} -accel kvm -cpu host -machine pc -nodefaults -no-user-config -display none -m 16 \
-             -device isa-debug-exit,iobase=0xf4,iosize=4 -bios \"$t/fw.bin\" >/dev/null 2>\"$t/err\"; rc=$?; \
-             echo \"kvm_probe=$rc\"; echo \"kvm_err=$(grep -v warning \"$t/err\" | head -n 1)\"; rm -rf \"$t\"",
-            q = quote(&qemu)
-        );
+        let inner = crate::remote::kvm::root_probe(&qemu);
         format!(
             "if [ -e /dev/kvm ] && [ \"$sudo_rc\" = 0 ] && [ -x {q} ]; then sudo -n sh -c {inner}; fi\n",
             q = quote(&qemu),
@@ -476,7 +467,7 @@ mod tests {
 
     #[test]
     fn kvm_states() {
-        let ok = SAMPLE.replace("kvm_probe=134", "kvm_probe=99");
+        let ok = SAMPLE.replace("kvm_probe=134", "kvm_probe=85");
         assert_eq!(parse_facts(&ok).unwrap().kvm, Some(Kvm::Usable));
         let no_dev = SAMPLE.replace("kvm_dev=1", "kvm_dev=0");
         assert_eq!(parse_facts(&no_dev).unwrap().kvm, Some(Kvm::Absent));
@@ -495,7 +486,7 @@ mod tests {
         assert_eq!(fmt_cpus(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     }
 
-    /// The firmware bytes in the script really run: under TCG (no KVM needed) QEMU exits 99.
+    /// The whole probe path (script, firmware, parsing) under TCG (no KVM needed) says usable.
     #[test]
     fn probe_firmware_runs_under_tcg() {
         let node = crate::remote::probe::tests_support::node();

@@ -60,37 +60,43 @@ pub(crate) async fn authenticate(
             key_files.push((p.clone(), None));
         }
     }
-    let had_identities = !key_files.is_empty();
+    let had_identities = !key_files.is_empty() || explicit.iter().any(|a| matches!(a, Auth::PrivateKeyPem(_)));
 
     for (path, pass) in &key_files {
         if let Step::Done = try_key_file(handle, &user, path, pass.as_deref(), &mut at).await.map_err(Err)? {
             return Ok(());
         }
     }
+    for a in explicit {
+        if let Auth::PrivateKeyPem(pem) = a
+            && let Step::Done = try_key_pem(handle, &user, pem, &mut at).await.map_err(Err)?
+        {
+            return Ok(());
+        }
+    }
     if let Step::Done = try_agent(handle, &user, agent_socket, &mut at).await.map_err(Err)? {
         return Ok(());
     }
-    if !had_identities {
-        if let Some(home) = dirs::home_dir() {
-            for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
-                let p = home.join(".ssh").join(name);
-                if p.exists() {
-                    if let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)? {
-                        return Ok(());
-                    }
-                }
+    if !had_identities && let Some(home) = dirs::home_dir() {
+        for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
+            let p = home.join(".ssh").join(name);
+            if p.exists()
+                && let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)?
+            {
+                return Ok(());
             }
         }
     }
     let mut passwords: Vec<(String, String)> = Vec::new();
     for a in explicit {
-        match a {
-            Auth::PasswordEnv(var) => match std::env::var(var) {
+        // if-let rather than match: other credential kinds are handled above (or not at all).
+        if let Auth::PasswordEnv(var) = a {
+            match std::env::var(var) {
                 Ok(p) => passwords.push((format!("password from ${var}"), p)),
                 Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
-            },
-            Auth::Password(p) => passwords.push(("password".to_string(), p.clone())),
-            Auth::IdentityFile { .. } | Auth::PrivateKeyPem(_) => {}
+            }
+        } else if let Auth::Password(p) = a {
+            passwords.push(("password".to_string(), p.clone()));
         }
     }
     for (label, pw) in &passwords {
@@ -124,7 +130,7 @@ fn record(at: &mut Attempts, label: String, res: AuthResult) -> bool {
         AuthResult::Success => true,
         AuthResult::Failure { remaining_methods, .. } => {
             at.tried.push(format!("{label} (rejected)"));
-            at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+            at.remaining = Some(remaining_methods.iter().map(<&'static str>::from).collect());
             false
         }
     }
@@ -151,9 +157,38 @@ async fn try_key_file(
             return Ok(Step::Next);
         }
     };
+    try_key(handle, user, key, format!("key {}", path.display()), at).await
+}
+
+/// CSIT's `priv_key:` (the PEM text itself in the topology).
+async fn try_key_pem(
+    handle: &mut Handle<Client>,
+    user: &str,
+    pem: &str,
+    at: &mut Attempts,
+) -> Result<Step, russh::Error> {
+    if server_refuses(at, <&str>::from(&MethodKind::PublicKey)) {
+        return Ok(Step::Next);
+    }
+    match russh::keys::decode_secret_key(pem, None) {
+        Ok(key) => try_key(handle, user, key, "priv_key from the topology".to_string(), at).await,
+        Err(e) => {
+            at.tried.push(format!("priv_key from the topology (unreadable: {e})"));
+            Ok(Step::Next)
+        }
+    }
+}
+
+async fn try_key(
+    handle: &mut Handle<Client>,
+    user: &str,
+    key: russh::keys::PrivateKey,
+    label: String,
+    at: &mut Attempts,
+) -> Result<Step, russh::Error> {
     let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
     let res = handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await?;
-    Ok(if record(at, format!("key {}", path.display()), res) { Step::Done } else { Step::Next })
+    Ok(if record(at, label, res) { Step::Done } else { Step::Next })
 }
 
 async fn try_agent(
@@ -212,7 +247,7 @@ async fn try_kbd_interactive(
             KeyboardInteractiveAuthResponse::Success => return Ok(true),
             KeyboardInteractiveAuthResponse::Failure { remaining_methods, .. } => {
                 at.tried.push(format!("keyboard-interactive with {label} (rejected)"));
-                at.remaining = Some(remaining_methods.iter().map(|m| <&'static str>::from(m)).collect());
+                at.remaining = Some(remaining_methods.iter().map(<&'static str>::from).collect());
                 return Ok(false);
             }
             KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {

@@ -87,11 +87,11 @@ pub(crate) fn parse_jump(spec: &str) -> (Option<String>, String, Option<u16>) {
         Some((u, r)) => (Some(u.to_string()), r),
         None => (None, spec),
     };
-    if let Some(r) = rest.strip_prefix('[') {
-        if let Some((h, tail)) = r.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (user, h.to_string(), port);
-        }
+    if let Some(r) = rest.strip_prefix('[')
+        && let Some((h, tail)) = r.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (user, h.to_string(), port);
     }
     match rest.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {

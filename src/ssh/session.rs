@@ -143,9 +143,15 @@ async fn connect_jump(
         host,
         port,
         user,
-        // Keys (not passwords) of the node are offered to the jump host as well; its ssh config
-        // entry and the agent apply as usual.
-        auth: target.auth.iter().filter(|a| matches!(a, Auth::IdentityFile { .. })).cloned().collect(),
+        // Keys (not passwords) of the node, its own or from its ssh config entry, are offered to
+        // the jump host as well; the jump host's config entry and the agent apply as usual.
+        auth: target
+            .auth
+            .iter()
+            .filter(|a| matches!(a, Auth::IdentityFile { .. }))
+            .cloned()
+            .chain(r.config_identities.iter().map(|p| Auth::IdentityFile { path: p.clone(), passphrase_env: None }))
+            .collect(),
         proxy_jump: chain,
         known_hosts: Some(r.known_hosts.clone()),
         accept_new_host_key: r.accept_new,
@@ -198,12 +204,16 @@ where
 /// Kill the process group of `pid`, TERM then KILL after 3 s. sshd starts each channel's
 /// command in its own session, so that group is exactly this command's tree (including `sudo`
 /// and the children of a shell). (`kill -TERM -$g`: dash's builtin rejects `kill -- -$g`.)
+/// Zombies count as gone: an orphan's zombie may wait a while for init to reap it.
 fn kill_script(pid: u32) -> String {
     format!(
         "p={pid}; g=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3); \
          case \"$g\" in ''|0|1) exit 0;; esac; \
+         alive() {{ if command -v ps >/dev/null 2>&1; then \
+         ps -e -o pgid=,stat= | awk -v g=\"$g\" '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'; \
+         else kill -0 -$g 2>/dev/null; fi; }}; \
          kill -TERM -$g 2>/dev/null || kill -TERM $p 2>/dev/null || exit 0; i=0; \
-         while kill -0 -$g 2>/dev/null; do i=$((i+1)); \
+         while alive; do i=$((i+1)); \
          if [ $i -gt 30 ]; then kill -KILL -$g 2>/dev/null; break; fi; sleep 0.1; done; exit 0"
     )
 }
@@ -608,27 +618,26 @@ impl RemoteChild {
             _ => Ok(()),
         };
         let _ = self.write.close().await;
-        // Never signal this pid again (it may be reused once the process is gone).
         self.done = true;
         res
     }
 }
 
 impl Drop for RemoteChild {
-    /// A child dropped while still running (an aborted task, an early return) must not leave its
-    /// remote process behind: a lingering `flock` would deadlock the next cleanup, and a lingering
-    /// socat would block the single-client QMP/QGA socket.
+    /// A child dropped while still running is killed remotely (same pid trick as
+    /// [`RemoteChild::kill`]) and its channel closed, in a background task: a forgotten
+    /// `sudo tail -F` would otherwise live on, and hold one of sshd's MaxSessions slots.
     fn drop(&mut self) {
         if self.done {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let (session, write, pid, sudo) = (self.session.clone(), self.write.clone(), self.pid, self.sudo);
+        let (w, session, pid, sudo) = (self.write.clone(), self.session.clone(), self.pid, self.sudo);
         rt.spawn(async move {
             if let Some(pid) = pid.filter(|p| *p > 1) {
                 let _ = session.kill_pid(pid, sudo).await;
             }
-            let _ = write.close().await;
+            let _ = w.close().await;
         });
     }
 }

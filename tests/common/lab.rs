@@ -135,3 +135,58 @@ pub fn opts() -> ConnectOptions {
         ..ConnectOptions::default()
     }
 }
+
+/// A topology node for key node `i`, as `scripts/lab.sh` writes it into topologies/lab.yaml.
+pub fn topo_node(lab: &Lab, i: usize) -> harness::topology::Node {
+    use harness::topology::*;
+    let t = lab.node(i);
+    Node {
+        name: t.name.clone(),
+        node_type: NodeType::Dut,
+        host: t.host.clone(),
+        port: t.port,
+        username: t.user.clone(),
+        auth: t.auth.clone(),
+        proxy_jump: None,
+        known_hosts: t.known_hosts.clone(),
+        accept_new_host_key: false,
+        arch: Arch::X86_64,
+        hugepages: HugepagesConfig { size: PageSize::M2, allocate: true, mounts: Default::default() },
+        qemu: QemuConfig { bin_dir: "/usr/bin".into(), accel: Accel::Auto },
+        run_root: "/run/harness".into(),
+        interfaces: Default::default(),
+    }
+}
+
+/// A small kernel VM on `node` pinned to `cpus`.
+pub fn vm(node: &str, qemu_id: u32, mem: u64, cpus: Vec<u32>) -> harness::topology::Vm {
+    use harness::topology::*;
+    Vm {
+        node: node.into(),
+        qemu_id,
+        name: format!("{node}_{qemu_id}"),
+        kind: VmKind::Kernel,
+        kernel: None,
+        initrd: None,
+        image: None,
+        image_format: "raw".into(),
+        smp: cpus.len() as u32,
+        mem,
+        page_size: PageSize::M2,
+        guest_hugepages: 16,
+        vnf: Vnf::None,
+        vars: Default::default(),
+        queues: 1,
+        jumbo: false,
+        interfaces: vec![],
+        drives: vec![],
+        cpus: Some(cpus),
+        sched: Sched::Rr,
+        boot_timeout: Duration::from_secs(120),
+        ready_markers: vec![],
+        fail_markers: vec![],
+        qga: true,
+        init_command: None,
+        extra_args: vec![],
+    }
+}
