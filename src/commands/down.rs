@@ -46,7 +46,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let (reporter, root) = Reporter::start(super::up::style(g));
     let mut set = JoinSet::new();
     for node in topo.duts() {
-        let target = SshTarget::from_node(node);
+        let target = SshTarget::for_node(&topo, node);
         let (opts, sel, ev) = (opts.clone(), sel.clone(), root.for_node(&node.name));
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
         set.spawn(async move {

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use crate::cli::GlobalArgs;
 use crate::exit;
-use crate::ssh::{ConnectOptions, SshError};
+use crate::run::manifest::VmRecord;
+use crate::ssh::{ConnectOptions, Session, SshError, SshTarget};
 use crate::templates::{TemplateError, Templates};
 use crate::topology::{Topology, TopologyError};
 
@@ -65,4 +66,46 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         }
     }
     exit::FAILED
+}
+
+/// Where a VM of some run lives: a session to its node, the node's name, the run and its record.
+pub struct LocatedVm {
+    pub session: Session,
+    pub node: String,
+    pub run_id: String,
+    pub vm: VmRecord,
+}
+
+/// Find VM `name` in the newest matching run on the topology's DUTs (from the hosts' manifests).
+/// Only the node the topology puts the VM on is asked, when the topology names it.
+pub async fn locate_vm(
+    g: &GlobalArgs,
+    topology: Option<&Path>,
+    run: Option<&str>,
+    name: &str,
+) -> anyhow::Result<LocatedVm> {
+    let (topo, mut sel) = down::resolve(g, topology, run)?;
+    sel.topology = None;
+    let opts = connect_options(g);
+    let planned_on = topo.vms.iter().find(|v| v.name == name).map(|v| v.node.clone());
+    for node in topo.duts() {
+        if planned_on.as_ref().is_some_and(|n| n != &node.name) {
+            continue;
+        }
+        let session = Session::connect(&SshTarget::for_node(&topo, node), &opts).await?;
+        let mut found: Vec<_> = crate::run::down::discover(&session, &node.name, &node.run_root)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|m| sel.matches(m))
+            .flat_map(|m| m.vms.into_iter().map(move |v| (m.created_unix, m.run_id.clone(), v)))
+            .filter(|(_, _, v)| v.name == name)
+            .collect();
+        found.sort_by_key(|(t, _, _)| *t);
+        if let Some((_, run_id, vm)) = found.pop() {
+            return Ok(LocatedVm { session, node: node.name.clone(), run_id, vm });
+        }
+        session.close().await;
+    }
+    anyhow::bail!("VM {name} not found in any run on the topology's nodes")
 }

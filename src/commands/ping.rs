@@ -11,60 +11,37 @@ use anyhow::{Context, bail};
 use crate::cli::{Format, GlobalArgs, PingArgs};
 use crate::exit;
 use crate::run::bridge::Bridge;
-use crate::run::down;
 use crate::run::qga::Qga;
-use crate::ssh::{Session, SshTarget};
 
 pub async fn run(g: &GlobalArgs, a: &PingArgs) -> anyhow::Result<u8> {
-    let (topo, mut sel) = super::down::resolve(g, a.topology.as_deref(), a.run.as_deref())?;
-    sel.topology = None;
-    let opts = super::connect_options(g);
-    for node in topo.duts() {
-        if topo.vms.iter().any(|v| v.name == a.vm) && !topo.vms.iter().any(|v| v.name == a.vm && v.node == node.name) {
-            continue;
-        }
-        let s = Session::connect(&SshTarget::from_node(node), &opts).await?;
-        let mut found: Vec<_> = down::discover(&s, &node.name, &node.run_root)
-            .await?
-            .into_iter()
-            .flatten()
-            .filter(|m| sel.matches(m))
-            .flat_map(|m| m.vms.into_iter().map(move |v| (m.created_unix, v)))
-            .filter(|(_, v)| v.name == a.vm)
-            .collect();
-        found.sort_by_key(|(t, _)| *t);
-        let Some((_, vm)) = found.pop() else {
-            s.close().await;
-            continue;
-        };
-        let Some(sock) = vm.qga else { bail!("VM {} has no guest agent channel (qga: false)", a.vm) };
-        let mut bridge = Bridge::unix_socket(&s, &sock).await?;
-        let mut qga = Qga::new(bridge.stream());
-        qga.sync(Duration::from_secs(5)).await.context("guest-sync-delimited")?;
-        let mut rtts = Vec::with_capacity(a.count as usize);
-        for _ in 0..a.count {
-            let t = Instant::now();
-            qga.ping(Duration::from_secs(5)).await.context("guest-ping")?;
-            rtts.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        drop(qga);
-        bridge.close().await;
-        s.close().await;
-        let mut sorted = rtts.clone();
-        sorted.sort_by(|x, y| x.total_cmp(y));
-        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-        let (min, max) = (sorted.first().copied().unwrap_or(0.0), sorted.last().copied().unwrap_or(0.0));
-        match a.format {
-            Format::Json => println!(
-                "{}",
-                serde_json::json!({"vm": a.vm, "node": node.name, "count": a.count, "median_ms": median, "min_ms": min, "max_ms": max, "rtt_ms": rtts})
-            ),
-            Format::Text => println!(
-                "{} on {}: {} guest-ping round trips, median {median:.2} ms, min {min:.2} ms, max {max:.2} ms",
-                a.vm, node.name, a.count
-            ),
-        }
-        return Ok(exit::OK);
+    let super::LocatedVm { session: s, node, vm, .. } =
+        super::locate_vm(g, a.topology.as_deref(), a.run.as_deref(), &a.vm).await?;
+    let Some(sock) = vm.qga else { bail!("VM {} has no guest agent channel (qga: false)", a.vm) };
+    let mut bridge = Bridge::unix_socket(&s, &sock).await?;
+    let mut qga = Qga::new(bridge.stream());
+    qga.sync(Duration::from_secs(5)).await.context("guest-sync-delimited")?;
+    let mut rtts = Vec::with_capacity(a.count as usize);
+    for _ in 0..a.count {
+        let t = Instant::now();
+        qga.ping(Duration::from_secs(5)).await.context("guest-ping")?;
+        rtts.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    bail!("VM {} not found in any run on the topology's nodes", a.vm)
+    drop(qga);
+    bridge.close().await;
+    s.close().await;
+    let mut sorted = rtts.clone();
+    sorted.sort_by(|x, y| x.total_cmp(y));
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let (min, max) = (sorted.first().copied().unwrap_or(0.0), sorted.last().copied().unwrap_or(0.0));
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"vm": a.vm, "node": node, "count": a.count, "median_ms": median, "min_ms": min, "max_ms": max, "rtt_ms": rtts})
+        ),
+        Format::Text => println!(
+            "{} on {}: {} guest-ping round trips, median {median:.2} ms, min {min:.2} ms, max {max:.2} ms",
+            a.vm, node, a.count
+        ),
+    }
+    Ok(exit::OK)
 }

@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalArgs, a: &StatusArgs) -> anyhow::Result<u8> {
     let opts = Arc::new(super::connect_options(g));
     let mut set = JoinSet::new();
     for node in topo.duts() {
-        let target = SshTarget::from_node(node);
+        let target = SshTarget::for_node(&topo, node);
         let (opts, sel) = (opts.clone(), sel.clone());
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
         set.spawn(async move {

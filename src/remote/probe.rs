@@ -120,18 +120,11 @@ pub fn qemu_path(node: &Node) -> String {
     format!("{}/qemu-system-{}", node.qemu.bin_dir.trim_end_matches('/'), node.arch.as_str())
 }
 
-/// Hugetlbfs mount point for `size` on `node` (CSIT's defaults when the topology sets none).
-pub fn mount_for(node: &Node, size: PageSize) -> String {
-    node.hugepages.mounts.get(&size).cloned().unwrap_or_else(|| match size {
-        PageSize::M2 => "/dev/hugepages".to_string(),
-        PageSize::G1 => "/dev/hugepages1G".to_string(),
-    })
-}
-
 /// The one probe script. Runs as the login user; root-only parts go through `sudo -n`.
 pub fn probe_script(node: &Node) -> String {
     let qemu = qemu_path(node);
-    let mounts: Vec<String> = [PageSize::M2, PageSize::G1].iter().map(|s| mount_for(node, *s)).collect();
+    let mounts: Vec<String> =
+        [PageSize::M2, PageSize::G1].iter().map(|s| crate::plan::hugepage_mount(node, *s)).collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
     let kvm = if node.arch == Arch::X86_64 {
         let inner = crate::remote::kvm::root_probe(&qemu);
@@ -292,7 +285,7 @@ pub fn evaluate(node: &Node, vms: &[&Vm], f: &HostFacts) -> (Vec<Item>, Option<S
     }
     let sizes: BTreeSet<PageSize> = need.keys().copied().chain([node.hugepages.size]).collect();
     for size in sizes {
-        let mount = mount_for(node, size);
+        let mount = crate::plan::hugepage_mount(node, size);
         let fstype = f.mounts.get(&mount).map(String::as_str).unwrap_or("missing");
         let needed_here = need.contains_key(&size);
         let st = if fstype == "hugetlbfs" {

@@ -182,7 +182,7 @@ pub async fn up(topology: &Topology, plan: &Plan, opts: &UpOptions, events: Even
         );
         let ctx = NodeCtx {
             plan: np.clone(),
-            target: SshTarget::from_node(node),
+            target: SshTarget::for_node(topology, node),
             run_root: node.run_root.clone(),
             run_id: opts.run_id.clone(),
             topology_path: opts.topology_path.display().to_string(),
