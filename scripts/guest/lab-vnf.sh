@@ -42,8 +42,9 @@ done
 
 "$QGA" -m "$MODE" -p "$PORT" -t /run &
 QPID=$!
-# Not needed for readiness; overlaps with qemu-ga's start.
+# Overlaps with qemu-ga's start; waited for before the marker so lo has 127.0.0.1 by then.
 ip link set lo up 2>/dev/null &
+IPPID=$!
 
 # Ready only once qemu-ga has the port open and (for a tty) in raw mode. One `ls` per poll, not
 # one `readlink` per descriptor.
@@ -76,6 +77,7 @@ if [ "$MODE" = isa-serial ]; then
     done
 fi
 
+wait "$IPPID"
 read -r up _ </proc/uptime
 echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$up"
 wait "$QPID"
