@@ -190,8 +190,17 @@ impl Drop for Vm {
     }
 }
 
-/// Start qemu with the harness' argv shape; `init` is the guest's init script (a host path).
-fn start_vm(init_body: &str) -> Vm {
+/// Which device carries the guest agent's chardev.
+#[derive(Clone, Copy, PartialEq)]
+enum AgentPort {
+    /// `-device isa-serial` (COM2, /dev/ttyS1): what the harness uses on x86_64.
+    IsaSerial,
+    /// virtio-serial port `org.qemu.guest_agent.0`: lab-vnf.sh's fallback (aarch64).
+    VirtioSerial,
+}
+
+/// Start qemu with the harness' argv shape; `init_body` becomes the guest's init script.
+fn start_vm(init_body: &str, port: AgentPort) -> Vm {
     let guest = guest_dir();
     // Not under /tmp: the guest init mounts a tmpfs there, hiding host paths below it.
     let dir = tempfile::Builder::new().prefix("harness-guest-test.").tempdir_in("/var/tmp").unwrap();
@@ -242,11 +251,19 @@ fn start_vm(init_body: &str) -> Vm {
         append,
         "-chardev".into(),
         format!("socket,path={},server=on,wait=off,id=qga0", p("qga.sock")),
-        "-device".into(),
-        "isa-serial,chardev=qga0".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", p("qmp.sock")),
     ];
+    let mut args = args;
+    match port {
+        AgentPort::IsaSerial => args.extend(["-device".into(), "isa-serial,chardev=qga0".into()]),
+        AgentPort::VirtioSerial => args.extend([
+            "-device".into(),
+            "virtio-serial".into(),
+            "-device".into(),
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
+        ]),
+    }
     let started = Instant::now();
     let out = Command::new("qemu-system-x86_64").args(&args).output().expect("run qemu-system-x86_64");
     assert!(out.status.success(), "qemu failed to start: {}", String::from_utf8_lossy(&out.stderr));
@@ -300,7 +317,7 @@ async fn guest_boots_ready_and_answers_qga_and_qmp() {
     let _serial = VM_LOCK.lock().await;
     guest_dir();
     let _hp = Hugepages::reserve(GUEST_PAGES);
-    let vm = start_vm(&lab_init());
+    let vm = start_vm(&lab_init(), AgentPort::IsaSerial);
 
     // Ready marker, followed from the growing serial log.
     let (ready, fail) = markers();
@@ -374,7 +391,7 @@ async fn guest_that_powers_off_is_reported_failed() {
     let _serial = VM_LOCK.lock().await;
     guest_dir();
     let _hp = Hugepages::reserve(GUEST_PAGES);
-    let vm = start_vm("#!/bin/sh\necho 'vnf: cannot start, giving up'\nbusybox poweroff -f\n");
+    let vm = start_vm("#!/bin/sh\necho 'vnf: cannot start, giving up'\nbusybox poweroff -f\n", AgentPort::IsaSerial);
     let (ready, fail) = markers();
     let mut watch = SerialWatch::new(ready, fail);
     let verdict = vm.wait_serial(&mut watch).await;
@@ -393,4 +410,27 @@ async fn guest_that_powers_off_is_reported_failed() {
     );
     // The guest powered off: qemu exits by itself.
     assert!(vm.wait_exit(Duration::from_secs(20)).await, "qemu {} did not exit after guest power-off", vm.pid);
+}
+
+#[tokio::test]
+async fn lab_vnf_falls_back_to_the_virtio_serial_agent_port() {
+    require_root();
+    let _serial = VM_LOCK.lock().await;
+    guest_dir();
+    let _hp = Hugepages::reserve(GUEST_PAGES);
+    let vm = start_vm(&lab_init(), AgentPort::VirtioSerial);
+    let (ready, fail) = markers();
+    let mut watch = SerialWatch::new(ready, fail);
+    let verdict = vm.wait_serial(&mut watch).await;
+    assert!(verdict.is_ready(), "guest failed: {verdict:?}\n{}", watch.tail().join("\n"));
+    assert!(verdict.line().contains("qga=virtio-serial:/dev/vport"), "{}", verdict.line());
+    eprintln!("virtio-serial boot: {:.2?} ({})", vm.started.elapsed(), verdict.line());
+    let mut qga = Qga::new(UnixStream::connect(vm.path("qga.sock")).await.unwrap());
+    qga.sync(QGA_TIMEOUT).await.unwrap();
+    let rtt = ping_rtt(&mut qga, 50).await;
+    eprintln!("QGA guest-ping RTT over virtio-serial, median of 50: {rtt:.2?}");
+    let mut qmp =
+        Qmp::connect(UnixStream::connect(vm.path("qmp.sock")).await.unwrap(), Duration::from_secs(10)).await.unwrap();
+    qmp.quit().await.unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(10)).await, "qemu {} still running after quit", vm.pid);
 }
