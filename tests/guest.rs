@@ -429,8 +429,21 @@ async fn lab_vnf_falls_back_to_the_virtio_serial_agent_port() {
     qga.sync(QGA_TIMEOUT).await.unwrap();
     let rtt = ping_rtt(&mut qga, 50).await;
     eprintln!("QGA guest-ping RTT over virtio-serial, median of 50: {rtt:.2?}");
-    let mut qmp =
-        Qmp::connect(UnixStream::connect(vm.path("qmp.sock")).await.unwrap(), Duration::from_secs(10)).await.unwrap();
+    drop(qga);
+    // QMP through `socat - UNIX-CONNECT:` stdio as well: quit closes the channel under us.
+    let mut socat = tokio::process::Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", vm.path("qmp.sock").display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn socat");
+    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    let mut qmp = Qmp::connect(io, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(qmp.vcpu_threads().await.unwrap().len(), 1);
     qmp.quit().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), socat.wait()).await;
+    assert!(status.is_ok(), "socat did not exit after qemu quit");
     assert!(vm.wait_exit(Duration::from_secs(10)).await, "qemu {} still running after quit", vm.pid);
 }
