@@ -412,13 +412,16 @@ async fn guest_that_powers_off_is_reported_failed() {
     assert!(vm.wait_exit(Duration::from_secs(20)).await, "qemu {} did not exit after guest power-off", vm.pid);
 }
 
+/// Also checks lab-vnf.sh's defences: this init mounts nothing, so /proc, /sys and /run are the
+/// host's directories seen through 9p until lab-vnf.sh mounts the guest's own.
 #[tokio::test]
-async fn lab_vnf_falls_back_to_the_virtio_serial_agent_port() {
+async fn lab_vnf_falls_back_to_virtio_serial_and_mounts_what_init_did_not() {
     require_root();
     let _serial = VM_LOCK.lock().await;
     guest_dir();
     let _hp = Hugepages::reserve(GUEST_PAGES);
-    let vm = start_vm(&lab_init(), AgentPort::VirtioSerial);
+    let bare_init = format!("#!/bin/sh\n{}\nbusybox poweroff -f\n", guest_dir().join("lab-vnf.sh").display());
+    let vm = start_vm(&bare_init, AgentPort::VirtioSerial);
     let (ready, fail) = markers();
     let mut watch = SerialWatch::new(ready, fail);
     let verdict = vm.wait_serial(&mut watch).await;
