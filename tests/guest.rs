@@ -89,7 +89,8 @@ impl Hugepages {
         let before = read_u64(&nr);
         std::fs::write(&nr, (before + pages).to_string()).unwrap();
         let after = read_u64(&nr);
-        let guard = Hugepages { added: after.saturating_sub(before) };
+        // Never more than ours: someone else may have raised the pool in between.
+        let guard = Hugepages { added: after.saturating_sub(before).min(pages) };
         assert!(after >= before + pages, "could only raise nr_hugepages from {before} to {after}, need +{pages}");
         guard
     }
