@@ -11,15 +11,19 @@ export PATH
 # Defensive: through the 9p export of the host's /, /proc and /run are the *host's* directories
 # until the init mounts its own; neither `mountpoint` (multidevs=remap gives every host mount its
 # own st_dev) nor `stat -f` (9p passes the host's statfs through) can tell. /proc/self naming us
-# can. The /proc/$QPID/fd check below needs the guest's procfs, qemu-ga a writable /run.
+# can (and then the guest's /proc/mounts). The /proc/$QPID/fd check below needs the guest's
+# procfs, the port lookup its sysfs, qemu-ga a writable /run.
 read -r selfpid _ </proc/self/stat 2>/dev/null || selfpid=
 [ "$selfpid" = "$$" ] || mount -t proc proc /proc
 # Shell builtins where possible: under TCG every exec of a dynamic binary over 9p costs ~0.1 s.
-run_tmpfs=no
+run_tmpfs=no sys_ok=no
 while read -r _ mnt fstype _; do
     [ "$mnt" = /run ] && [ "$fstype" = tmpfs ] && run_tmpfs=yes
+    [ "$mnt" = /sys ] && [ "$fstype" = sysfs ] && sys_ok=yes
 done </proc/mounts
 [ "$run_tmpfs" = yes ] || mount -t tmpfs -o mode=0755,size=16M tmpfs /run
+# The host's /sys/class/virtio-ports could name a port that is not ours.
+[ "$sys_ok" = yes ] || mount -t sysfs sysfs /sys
 
 QGA=$(command -v qemu-ga || true)
 if [ -z "$QGA" ]; then
@@ -42,8 +46,9 @@ done
 
 "$QGA" -m "$MODE" -p "$PORT" -t /run &
 QPID=$!
-# Not needed for readiness; overlaps with qemu-ga's start.
+# Overlaps with qemu-ga's start; waited for before the marker so lo has 127.0.0.1 by then.
 ip link set lo up 2>/dev/null &
+IPPID=$!
 
 # Ready only once qemu-ga has the port open and (for a tty) in raw mode. One `ls` per poll, not
 # one `readlink` per descriptor.
@@ -76,6 +81,7 @@ if [ "$MODE" = isa-serial ]; then
     done
 fi
 
+wait "$IPPID"
 read -r up _ </proc/uptime
 echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$up"
 wait "$QPID"

@@ -12,6 +12,9 @@
 //! possibly still on its way, which the next command would take for its own; so the client marks
 //! itself unsynchronised and [`Qga::execute`] re-syncs first (callers may also call
 //! [`Qga::sync`] explicitly, and should reconnect the stream if a re-sync times out too).
+//!
+//! Commands that answer nothing on success (`guest-shutdown`, `guest-suspend-*`) are not
+//! supported by [`Qga::execute`]: they would end in a timeout. Stop guests through QMP instead.
 
 use std::time::Duration;
 

@@ -1,0 +1,453 @@
+//! End-to-end tests of the lab guest and of the QGA/QMP clients and serial watcher against it:
+//! real `qemu-system-x86_64` (TCG, the harness' argv shape with hugepage-backed RAM), the
+//! Debian kernel + initramfs from `scripts/build-guest.sh`, the host's `/` over 9p, and the
+//! host's `qemu-ga` inside, started by `lab-vnf.sh`.
+//!
+//! Needs root (hugepages, 9p export of `/`), qemu-system-x86 and the guest (built on first use;
+//! the build is cached). Only qemu processes started here are stopped, by the pid in their own
+//! pidfile and only while their command line still names this test's directory, also when a
+//! test fails (guards with `Drop`). VM tests run one at a time so the measurements do not
+//! include another guest's boot.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use harness::plan::Marker;
+use harness::run::qga::Qga;
+use harness::run::qmp::Qmp;
+use harness::run::serial::{SerialWatch, Verdict};
+use tokio::net::UnixStream;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const QGA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Guest RAM (MiB) and the 2 MiB host pages it needs.
+const GUEST_MEM_MB: u64 = 256;
+const GUEST_PAGES: u64 = GUEST_MEM_MB / 2;
+const HP_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// One VM at a time (also guards the hugepage read-modify-write).
+static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "tests/guest.rs needs root (hugepages, qemu with a 9p export of /)");
+}
+
+/// Build (or validate the cache of) the guest once per test binary; returns its directory.
+fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or("/var/tmp/harness-lab".into());
+        let dir = base.join("guest");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-guest.sh");
+        let t = Instant::now();
+        let out = Command::new("bash").arg(&script).arg(&dir).output().expect("run build-guest.sh");
+        assert!(
+            out.status.success(),
+            "build-guest.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("build-guest.sh: {:.2?}", t.elapsed());
+        for f in ["vmlinux", "initrd.img", "lab-vnf.sh"] {
+            assert!(dir.join(f).is_file(), "{} missing after build-guest.sh", dir.join(f).display());
+        }
+        dir
+    })
+}
+
+fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().parse().unwrap()
+}
+
+/// Adds this test's 2 MiB pages to `nr_hugepages` and takes exactly those away again on drop
+/// (relative, so concurrent users of the pool keep theirs). Mounts hugetlbfs on /dev/hugepages
+/// when missing and leaves it mounted: unmounting could pull it from under another user, whose
+/// QEMU would then silently put its RAM in a plain file (lab-notes §5).
+struct Hugepages {
+    added: u64,
+}
+
+impl Hugepages {
+    fn reserve(pages: u64) -> Self {
+        let mounted = std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| {
+            l.split_whitespace().nth(1) == Some("/dev/hugepages") && l.split_whitespace().nth(2) == Some("hugetlbfs")
+        });
+        if !mounted {
+            std::fs::create_dir_all("/dev/hugepages").unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "hugetlbfs", "/dev/hugepages"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "mounting hugetlbfs on /dev/hugepages failed");
+        }
+        let nr = format!("{HP_SYSFS}/nr_hugepages");
+        let before = read_u64(&nr);
+        std::fs::write(&nr, (before + pages).to_string()).unwrap();
+        let after = read_u64(&nr);
+        // Never more than ours: someone else may have raised the pool in between.
+        let guard = Hugepages { added: after.saturating_sub(before).min(pages) };
+        assert!(after >= before + pages, "could only raise nr_hugepages from {before} to {after}, need +{pages}");
+        guard
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        let nr = format!("{HP_SYSFS}/nr_hugepages");
+        let now = read_u64(&nr);
+        let _ = std::fs::write(&nr, now.saturating_sub(self.added).to_string());
+    }
+}
+
+/// A qemu started by this test. Drop kills it (SIGKILL) if it still runs, identified by the pid
+/// from its pidfile and only if its command line still names our directory.
+struct Vm {
+    dir: tempfile::TempDir,
+    pid: i32,
+    started: Instant,
+}
+
+impl Vm {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn alive(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .map(|c| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+                // A zombie has an empty cmdline; count it as gone.
+                !c.is_empty() && !stat.contains(") Z ")
+            })
+            .unwrap_or(false)
+    }
+
+    fn ours(&self) -> bool {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+            .unwrap_or(false)
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if !self.alive() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Follow serial.log as it grows, feeding the watcher, until it decides; fails the test on
+    /// timeout or if qemu exits first, with the serial tail.
+    async fn wait_serial(&self, watch: &mut SerialWatch) -> Verdict {
+        let path = self.path("serial.log");
+        let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n > 0 {
+                if let Some(v) = watch.feed(&buf[..n]) {
+                    return v;
+                }
+                continue;
+            }
+            if !self.alive() {
+                // Drain what qemu wrote last.
+                let mut rest = Vec::new();
+                file.read_to_end(&mut rest).unwrap();
+                if let Some(v) = watch.feed(&rest) {
+                    return v;
+                }
+                panic!("qemu exited before a verdict; serial tail:\n{}", watch.tail().join("\n"));
+            }
+            assert!(
+                self.started.elapsed() < BOOT_TIMEOUT,
+                "no verdict within {BOOT_TIMEOUT:?}; serial tail:\n{}",
+                watch.tail().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.alive() && self.ours() {
+            // SAFETY: plain kill(2) on a pid we started and just re-identified.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let end = Instant::now() + Duration::from_secs(10);
+            while self.alive() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Which device carries the guest agent's chardev.
+#[derive(Clone, Copy, PartialEq)]
+enum AgentPort {
+    /// `-device isa-serial` (COM2, /dev/ttyS1): what the harness uses on x86_64.
+    IsaSerial,
+    /// virtio-serial port `org.qemu.guest_agent.0`: lab-vnf.sh's fallback (aarch64).
+    VirtioSerial,
+}
+
+/// Start qemu with the harness' argv shape; `init_body` becomes the guest's init script.
+fn start_vm(init_body: &str, port: AgentPort) -> Vm {
+    let guest = guest_dir();
+    // Not under /tmp: the guest init mounts a tmpfs there, hiding host paths below it.
+    let dir = tempfile::Builder::new().prefix("harness-guest-test.").tempdir_in("/var/tmp").unwrap();
+    let init = dir.path().join("init.sh");
+    std::fs::write(&init, init_body).unwrap();
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let append = format!(
+        "ro rootfstype=9p rootflags=trans=virtio root=virtioroot console=ttyS0 tsc=reliable hugepages=16 \
+         hugepagesz=2M init={} fastboot",
+        init.display()
+    );
+    let mem = format!("{GUEST_MEM_MB}M");
+    let args: Vec<String> = vec![
+        "-daemonize".into(),
+        "-nodefaults".into(),
+        "-name".into(),
+        "harness-guest-test,debug-threads=on".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-pidfile".into(),
+        p("qemu.pid"),
+        "-cpu".into(),
+        "max".into(),
+        "-machine".into(),
+        "pc,accel=tcg,usb=off,mem-merge=off".into(),
+        "-smp".into(),
+        "1,sockets=1,cores=1,threads=1".into(),
+        "-object".into(),
+        format!("memory-backend-file,id=mem,size={mem},mem-path=/dev/hugepages,share=on,prealloc=on"),
+        "-m".into(),
+        mem.clone(),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+        "-chardev".into(),
+        format!("file,id=serial0,path={},append=on", p("serial.log")),
+        "-serial".into(),
+        "chardev:serial0".into(),
+        "-fsdev".into(),
+        "local,id=root9p,path=/,security_model=none,multidevs=remap".into(),
+        "-device".into(),
+        "virtio-9p-pci,fsdev=root9p,mount_tag=virtioroot".into(),
+        "-kernel".into(),
+        guest.join("vmlinux").to_string_lossy().into_owned(),
+        "-initrd".into(),
+        guest.join("initrd.img").to_string_lossy().into_owned(),
+        "-append".into(),
+        append,
+        "-chardev".into(),
+        format!("socket,path={},server=on,wait=off,id=qga0", p("qga.sock")),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", p("qmp.sock")),
+    ];
+    let mut args = args;
+    match port {
+        AgentPort::IsaSerial => args.extend(["-device".into(), "isa-serial,chardev=qga0".into()]),
+        AgentPort::VirtioSerial => args.extend([
+            "-device".into(),
+            "virtio-serial".into(),
+            "-device".into(),
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
+        ]),
+    }
+    let started = Instant::now();
+    let out = Command::new("qemu-system-x86_64").args(&args).output().expect("run qemu-system-x86_64");
+    assert!(out.status.success(), "qemu failed to start: {}", String::from_utf8_lossy(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(dir.path().join("qemu.pid")).unwrap().trim().parse().unwrap();
+    Vm { dir, pid, started }
+}
+
+/// What the harness' guest init template does before it runs the VNF (`init_command`).
+fn lab_init() -> String {
+    format!(
+        "#!/bin/sh\n\
+         export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
+         # Unconditionally: through the 9p root, /proc and /sys are the host's, and neither\n\
+         # mountpoint nor stat -f can tell.\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mkdir -p /dev/pts && mount -t devpts devpts /dev/pts\n\
+         mount -t tmpfs -o mode=0755 tmpfs /run\n\
+         mount -t tmpfs tmpfs /tmp\n\
+         {}\n\
+         poweroff -f 2>/dev/null || busybox poweroff -f || echo o > /proc/sysrq-trigger\n",
+        guest_dir().join("lab-vnf.sh").display()
+    )
+}
+
+fn markers() -> (Vec<Marker>, Vec<Marker>) {
+    (
+        vec![Marker::new(["HARNESS-LAB-READY"])],
+        vec![Marker::new(["reboot: Power down"]), Marker::new(["Kernel panic"]), Marker::new(["HARNESS-LAB-FAILED"])],
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn ping_rtt<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(qga: &mut Qga<S>, n: usize) -> Duration {
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        qga.ping(QGA_TIMEOUT).await.unwrap();
+        rtts.push(t.elapsed());
+    }
+    median(rtts)
+}
+
+#[tokio::test]
+async fn guest_boots_ready_and_answers_qga_and_qmp() {
+    require_root();
+    let _serial = VM_LOCK.lock().await;
+    guest_dir();
+    let _hp = Hugepages::reserve(GUEST_PAGES);
+    let vm = start_vm(&lab_init(), AgentPort::IsaSerial);
+
+    // Ready marker, followed from the growing serial log.
+    let (ready, fail) = markers();
+    let mut watch = SerialWatch::new(ready, fail);
+    let verdict = vm.wait_serial(&mut watch).await;
+    let boot = vm.started.elapsed();
+    assert!(verdict.is_ready(), "guest failed: {verdict:?}\n{}", watch.tail().join("\n"));
+    eprintln!("boot: launch -> HARNESS-LAB-READY in {boot:.2?} ({})", verdict.line());
+    assert!(watch.offset() > 0);
+
+    // QGA over a persistent UnixStream. A stale request is written first: its reply arrives
+    // before the sync reply and must be discarded.
+    let mut stream = UnixStream::connect(vm.path("qga.sock")).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"{\"execute\":\"guest-info\"}\n").await.unwrap();
+    let mut qga = Qga::new(stream);
+    qga.sync(QGA_TIMEOUT).await.unwrap();
+    qga.ping(QGA_TIMEOUT).await.unwrap();
+    let info = qga.info(QGA_TIMEOUT).await.unwrap();
+    assert!(!info.version.is_empty());
+    for cmd in ["guest-ping", "guest-sync-delimited", "guest-network-get-interfaces"] {
+        assert!(info.commands.iter().any(|c| c.name == cmd && c.enabled), "{cmd} not enabled in {info:?}");
+    }
+    let ifs = qga.network_interfaces(QGA_TIMEOUT).await.unwrap();
+    let lo = ifs.iter().find(|i| i.name == "lo").unwrap_or_else(|| panic!("no lo in {ifs:?}"));
+    assert!(lo.ips.iter().any(|ip| ip == "127.0.0.1"), "lo without 127.0.0.1: {lo:?}");
+    // A command error from the real agent is typed.
+    let err = qga.execute("guest-no-such-command", None, QGA_TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, harness::run::qga::QgaError::Command { .. }), "{err:?}");
+    let rtt_unix = ping_rtt(&mut qga, 50).await;
+    drop(qga);
+
+    // QGA over `socat - UNIX-CONNECT:` stdio, the path the harness uses inside an SSH channel.
+    let mut socat = tokio::process::Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", vm.path("qga.sock").display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn socat");
+    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    let mut qga = Qga::new(io);
+    qga.sync(QGA_TIMEOUT).await.unwrap();
+    let ifs = qga.network_interfaces(QGA_TIMEOUT).await.unwrap();
+    assert!(ifs.iter().any(|i| i.name == "lo"), "{ifs:?}");
+    let rtt_socat = ping_rtt(&mut qga, 50).await;
+    drop(qga); // closes socat's stdin
+    let _ = socat.kill().await;
+    eprintln!("QGA guest-ping RTT, median of 50: UnixStream {rtt_unix:.2?}, socat stdio {rtt_socat:.2?}");
+
+    // QMP: vCPU threads, status, quit.
+    let stream = UnixStream::connect(vm.path("qmp.sock")).await.unwrap();
+    let mut qmp = Qmp::connect(stream, Duration::from_secs(10)).await.unwrap();
+    let status = qmp.status().await.unwrap();
+    assert!(status.running && status.status == "running", "{status:?}");
+    let threads = qmp.vcpu_threads().await.unwrap();
+    assert_eq!(threads.len(), 1, "{threads:?}");
+    assert_eq!(threads[0].cpu_index, 0);
+    let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", vm.pid, threads[0].thread_id))
+        .unwrap_or_else(|e| panic!("vCPU thread {} not a task of {}: {e}", threads[0].thread_id, vm.pid));
+    assert_eq!(comm.trim(), "CPU 0/TCG");
+    qmp.quit().await.unwrap();
+    assert!(qmp.saw_event("SHUTDOWN"), "no SHUTDOWN event: {:?}", qmp.events().collect::<Vec<_>>());
+    assert!(vm.wait_exit(Duration::from_secs(10)).await, "qemu {} still running after quit", vm.pid);
+    assert!(!vm.path("qemu.pid").exists(), "pidfile left behind after quit");
+}
+
+#[tokio::test]
+async fn guest_that_powers_off_is_reported_failed() {
+    require_root();
+    let _serial = VM_LOCK.lock().await;
+    guest_dir();
+    let _hp = Hugepages::reserve(GUEST_PAGES);
+    let vm = start_vm("#!/bin/sh\necho 'vnf: cannot start, giving up'\nbusybox poweroff -f\n", AgentPort::IsaSerial);
+    let (ready, fail) = markers();
+    let mut watch = SerialWatch::new(ready, fail);
+    let verdict = vm.wait_serial(&mut watch).await;
+    eprintln!("power-off guest: verdict after {:.2?}: {verdict:?}", vm.started.elapsed());
+    match &verdict {
+        Verdict::Failed { marker, line } => {
+            assert_eq!(marker, &Marker::new(["reboot: Power down"]));
+            assert!(line.contains("reboot: Power down"), "{line}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(
+        watch.tail().iter().any(|l| l.contains("vnf: cannot start")),
+        "the guest's last words are not in the tail: {:?}",
+        watch.tail()
+    );
+    // The guest powered off: qemu exits by itself.
+    assert!(vm.wait_exit(Duration::from_secs(20)).await, "qemu {} did not exit after guest power-off", vm.pid);
+}
+
+/// Also checks lab-vnf.sh's defences: this init mounts nothing, so /proc, /sys and /run are the
+/// host's directories seen through 9p until lab-vnf.sh mounts the guest's own.
+#[tokio::test]
+async fn lab_vnf_falls_back_to_virtio_serial_and_mounts_what_init_did_not() {
+    require_root();
+    let _serial = VM_LOCK.lock().await;
+    guest_dir();
+    let _hp = Hugepages::reserve(GUEST_PAGES);
+    let bare_init = format!("#!/bin/sh\n{}\nbusybox poweroff -f\n", guest_dir().join("lab-vnf.sh").display());
+    let vm = start_vm(&bare_init, AgentPort::VirtioSerial);
+    let (ready, fail) = markers();
+    let mut watch = SerialWatch::new(ready, fail);
+    let verdict = vm.wait_serial(&mut watch).await;
+    assert!(verdict.is_ready(), "guest failed: {verdict:?}\n{}", watch.tail().join("\n"));
+    assert!(verdict.line().contains("qga=virtio-serial:/dev/vport"), "{}", verdict.line());
+    eprintln!("virtio-serial boot: {:.2?} ({})", vm.started.elapsed(), verdict.line());
+    let mut qga = Qga::new(UnixStream::connect(vm.path("qga.sock")).await.unwrap());
+    qga.sync(QGA_TIMEOUT).await.unwrap();
+    let rtt = ping_rtt(&mut qga, 50).await;
+    eprintln!("QGA guest-ping RTT over virtio-serial, median of 50: {rtt:.2?}");
+    drop(qga);
+    // QMP through `socat - UNIX-CONNECT:` stdio as well: quit closes the channel under us.
+    let mut socat = tokio::process::Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", vm.path("qmp.sock").display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn socat");
+    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    let mut qmp = Qmp::connect(io, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(qmp.vcpu_threads().await.unwrap().len(), 1);
+    qmp.quit().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), socat.wait()).await;
+    assert!(status.is_ok(), "socat did not exit after qemu quit");
+    assert!(vm.wait_exit(Duration::from_secs(10)).await, "qemu {} still running after quit", vm.pid);
+}
