@@ -560,3 +560,35 @@ fn qemu_accepts_the_planned_argv() {
         assert!(Path::new(&vmp.paths.serial_log).exists(), "serial log chardev file");
     }
 }
+
+/// Every example in `topologies/` (and the lab's, when `scripts/lab.sh up` has written it) loads
+/// through the real YAML loader, plans, and renders as text and JSON with every VM present.
+#[test]
+fn every_example_topology_validates_and_renders() {
+    let t = Templates::embedded();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "examples missing: {files:?}");
+    for f in files {
+        let topo = harness::topology::load(&f, &t).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let p = plan::build(&topo, &PlanOptions { run_id: RUN_ID.into(), templates: &t })
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let planned: usize = p.nodes.iter().map(|n| n.vms.len()).sum();
+        assert_eq!(planned, topo.vms.len(), "{}", f.display());
+        let text = plan::render::text(&p);
+        let json: serde_json::Value = serde_json::from_str(&plan::render::json(&p).unwrap()).unwrap();
+        for v in &topo.vms {
+            assert!(text.contains(&format!("vm {}", v.name)), "{}: {} not rendered", f.display(), v.name);
+        }
+        assert_eq!(
+            json["nodes"].as_array().unwrap().iter().map(|n| n["vms"].as_array().unwrap().len()).sum::<usize>(),
+            planned
+        );
+    }
+}
