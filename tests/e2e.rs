@@ -376,3 +376,25 @@ fn two_concurrent_runs_do_not_collide() {
     assert_eq!(down_b.status.code(), Some(0));
     assert_nothing_left("e2e-two-b");
 }
+
+/// One node unreachable: `up` exits 3 (unreachable), names the node and the phase, and whatever
+/// it had started on the other node is stopped again.
+#[test]
+fn unreachable_node_fails_the_run_and_stops_the_others() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let text = std::fs::read_to_string(repo().join("topologies/lab.yaml")).unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    // Nothing listens on 127.0.0.1:9 (discard) in the lab.
+    doc["nodes"]["DUT2"]["port"] = serde_yaml::Value::from(9);
+    let path = env.dir.path().join("unreachable.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = env.run(&["up", path.to_str().unwrap(), "--format", "json", "--run-id", "e2e-unreach"]);
+    assert_eq!(out.status.code(), Some(3));
+    let res = json(&out);
+    let dut2 = res["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "DUT2").unwrap().clone();
+    assert_eq!(dut2["unreachable"], true);
+    assert!(dut2["error"].as_str().unwrap().contains("127.0.0.1:9"), "{dut2}");
+    assert!(res["vms"].as_array().unwrap().iter().all(|v| v["state"] != "ready"));
+    assert_nothing_left("e2e-unreach");
+}
