@@ -468,6 +468,7 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     .await;
     lock.release().await;
     let pids = result?;
+    ev.phase(Phase::Booting);
 
     // Readiness and pinning, every VM concurrently.
     let mut waits = JoinSet::new();
