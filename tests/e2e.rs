@@ -398,3 +398,26 @@ fn unreachable_node_fails_the_run_and_stops_the_others() {
     assert!(res["vms"].as_array().unwrap().iter().all(|v| v["state"] != "ready"));
     assert_nothing_left("e2e-unreach");
 }
+
+/// The guest agent's interface list is mapped back to the planned NICs by MAC. A user-mode NIC
+/// (QEMU-internal network, no host traffic) gives the guest a real virtio-net device.
+#[test]
+fn guest_interfaces_are_mapped_to_planned_nics_by_mac() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = env.topology("nic.yaml", |vms| {
+        only(vms, "DUT1_1");
+        vms[0]["interfaces"] = serde_json::json!([{"net_user": {}}]);
+    });
+    let t = topo.to_str().unwrap();
+    let out = env.run(&["up", t, "--format", "json", "--run-id", "e2e-nic"]);
+    let down = env.run(&["down", t, "--run", "e2e-nic"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(down.status.code(), Some(0));
+    let ifaces = json(&out)["vms"][0]["guest_interfaces"].as_array().unwrap().clone();
+    let mgmt = ifaces.iter().find(|i| i["nic"] == "mgmt").unwrap_or_else(|| panic!("no NIC mapped: {ifaces:?}"));
+    assert_eq!(mgmt["mac"], "52:54:00:00:01:ff");
+    assert!(mgmt["name"].as_str().unwrap().starts_with("eth") || mgmt["name"].as_str().unwrap().starts_with("ens"));
+    assert!(ifaces.iter().any(|i| i["name"] == "lo" && i["nic"].is_null()));
+    assert_nothing_left("e2e-nic");
+}
