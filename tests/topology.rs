@@ -841,3 +841,14 @@ fn load_str_with_templates_needs_them_only_for_vpp_vnfs() {
     assert_eq!(t.vms[0].vnf, Vnf::TestpmdIo);
     assert_eq!(t.path, PathBuf::from("t.yaml"));
 }
+
+/// Regression: a missing file printed its cause twice (`…: No such file…: No such file…`)
+/// because the message embedded the io::Error that is also its source.
+#[test]
+fn regression_unreadable_file_states_its_cause_once() {
+    let t = harness::templates::Templates::embedded();
+    let err = harness::topology::load(std::path::Path::new("/nonexistent/topology.yaml"), &t).unwrap_err();
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert!(shown.starts_with("/nonexistent/topology.yaml: cannot read"), "{shown}");
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
+}

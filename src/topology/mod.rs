@@ -34,7 +34,7 @@ impl std::fmt::Display for Diagnostic {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}", render_diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
