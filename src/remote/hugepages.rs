@@ -39,10 +39,20 @@ impl Pool {
     }
 }
 
+/// One NUMA node's share of a pool (`/sys/devices/system/node/node<N>/hugepages/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumaPool {
+    pub nr: u64,
+    pub free: u64,
+    pub surplus: u64,
+}
+
 /// What the remote probe found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HugepageState {
     pub pools: BTreeMap<u64, Pool>,
+    /// Per NUMA node and page size (kB).
+    pub numa: BTreeMap<(u32, u64), NumaPool>,
     /// Filesystem type of each mount point asked about (`hugetlbfs`, `tmpfs`, `missing`, ...).
     pub mounts: BTreeMap<String, String>,
 }
@@ -51,6 +61,64 @@ impl HugepageState {
     pub fn pool(&self, size: PageSize) -> Option<&Pool> {
         self.pools.get(&size.kib())
     }
+    /// Pages a mapping bound to NUMA node `numa` can get there (free pages of that node; the
+    /// kernel keeps reservations and overcommit only globally).
+    pub fn available_on(&self, size: PageSize, numa: Option<u32>) -> Option<u64> {
+        match numa {
+            None => self.pool(size).map(Pool::available),
+            Some(n) => self.numa.get(&(n, size.kib())).map(|p| p.free),
+        }
+    }
+}
+
+/// The host's NUMA layout: which node each CPU belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumaLayout {
+    pub nodes: std::collections::BTreeSet<u32>,
+    pub cpu_node: BTreeMap<u32, u32>,
+}
+
+impl NumaLayout {
+    /// The node to bind a VM's memory to: only where it matters (more than one node) and only
+    /// when all of its pinned CPUs sit on the same node.
+    pub fn binding(&self, cpus: &[u32]) -> Option<u32> {
+        if self.nodes.len() < 2 || cpus.is_empty() {
+            return None;
+        }
+        let first = *self.cpu_node.get(&cpus[0])?;
+        cpus.iter().all(|c| self.cpu_node.get(c) == Some(&first)).then_some(first)
+    }
+}
+
+/// Script printing `numanode N` per NUMA node and `cpunode CPU N` per CPU (under `sys`).
+pub fn layout_script(sys: &str) -> String {
+    format!(
+        "for n in {sys}/devices/system/node/node[0-9]*; do [ -d \"$n\" ] && echo \"numanode ${{n##*/node}}\"; done\n\
+         for c in {sys}/devices/system/cpu/cpu[0-9]*/node[0-9]*; do [ -e \"$c\" ] || continue; x=${{c#{sys}/devices/system/cpu/cpu}}; \
+         echo \"cpunode ${{x%%/*}} ${{c##*/node}}\"; done\n",
+        sys = quote(sys)
+    )
+}
+
+pub fn parse_layout(out: &str) -> NumaLayout {
+    let mut l = NumaLayout::default();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["numanode", n] => {
+                if let Ok(n) = n.parse() {
+                    l.nodes.insert(n);
+                }
+            }
+            ["cpunode", c, n] => {
+                if let (Ok(c), Ok(n)) = (c.parse(), n.parse()) {
+                    l.cpu_node.insert(c, n);
+                }
+            }
+            _ => {}
+        }
+    }
+    l
 }
 
 /// A shell script that prints the pools and the mount types, one `key value...` line each.
@@ -60,6 +128,11 @@ pub fn probe_script(mounts: &[&str]) -> String {
          k=${d##*hugepages-}; printf 'pool %s %s %s %s %s %s\\n' \"${k%kB}\" \"$(cat $d/nr_hugepages)\" \
          \"$(cat $d/free_hugepages)\" \"$(cat $d/resv_hugepages)\" \"$(cat $d/surplus_hugepages)\" \
          \"$(cat $d/nr_overcommit_hugepages)\"; done\n",
+    );
+    s.push_str(
+        "for d in /sys/devices/system/node/node[0-9]*/hugepages/hugepages-*kB; do [ -d \"$d\" ] || continue; \
+         n=${d#/sys/devices/system/node/node}; n=${n%%/*}; k=${d##*hugepages-}; printf 'numa %s %s %s %s %s\\n' \"$n\" \"${k%kB}\" \
+         \"$(cat $d/nr_hugepages)\" \"$(cat $d/free_hugepages)\" \"$(cat $d/surplus_hugepages)\"; done\n",
     );
     for m in mounts {
         s.push_str(&format!(
@@ -86,6 +159,13 @@ pub fn parse_probe(out: &str) -> Result<HugepageState, String> {
                     Pool { size_kb: n[0], nr: n[1], free: n[2], resv: n[3], surplus: n[4], overcommit: n[5] },
                 );
             }
+            ["numa", nums @ ..] if nums.len() == 5 => {
+                let n: Vec<u64> = nums
+                    .iter()
+                    .map(|x| x.parse::<u64>().map_err(|_| format!("bad hugepage line: {line}")))
+                    .collect::<Result<_, _>>()?;
+                st.numa.insert((n[0] as u32, n[1]), NumaPool { nr: n[2], free: n[3], surplus: n[4] });
+            }
             ["mount", path, fstype] => {
                 st.mounts.insert(path.to_string(), fstype.to_string());
             }
@@ -104,6 +184,9 @@ pub fn shortfall(st: &HugepageState, size: PageSize, need: u64) -> Option<u64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HugepageChange {
     pub size_kb: u64,
+    /// The NUMA node whose pool was raised (`None`: the global pool).
+    #[serde(default)]
+    pub numa: Option<u32>,
     /// Persistent pages added to `nr_hugepages`.
     pub added: u64,
     /// The hugetlbfs mount this run created, if any.
@@ -112,50 +195,74 @@ pub struct HugepageChange {
     pub max_map_count_was: Option<u64>,
 }
 
-/// Script (run as root, under [`HOST_LOCK`]) that raises the pool of `size` by the shortfall for
-/// `need` pages, mounts hugetlbfs at `mount` if it is not one, and raises `vm.max_map_count` to
-/// at least 4× the pool (CSIT's rule). Prints `added=N mounted=0|1 map_was=N|-`; exits 4 with a
-/// message when the kernel could not provide the pages (the pool is put back first).
-pub fn allocate_script(size: PageSize, need: u64, mount: &str) -> String {
+/// Script fragment raising the pool of `size` (on NUMA node `numa`, or globally) by the
+/// shortfall for `need` pages; sets `added`, or exits 4 with a message (pool put back first).
+/// `sys` is the sysfs root (`/sys`; tests use a fake tree).
+pub fn raise_pool_script(sys: &str, size: PageSize, need: u64, numa: Option<u32>) -> String {
     let kb = size.kib();
+    let (dir, avail, where_) = match numa {
+        None => (
+            format!("{sys}/kernel/mm/hugepages/hugepages-{kb}kB"),
+            "free=$(cat $d/free_hugepages); resv=$(cat $d/resv_hugepages); surp=$(cat $d/surplus_hugepages); \
+             over=$(cat $d/nr_overcommit_hugepages); h=$(( over > surp ? over - surp : 0 )); \
+             f=$(( free > resv ? free - resv : 0 )); avail=$(( f + h ))"
+                .to_string(),
+            String::new(),
+        ),
+        Some(n) => (
+            format!("{sys}/devices/system/node/node{n}/hugepages/hugepages-{kb}kB"),
+            "avail=$(cat $d/free_hugepages)".to_string(),
+            format!(" on NUMA node {n}"),
+        ),
+    };
     format!(
-        r#"set -e
-d=/sys/kernel/mm/hugepages/hugepages-{kb}kB
-[ -d "$d" ] || {{ echo "no {ps} hugepage pool on this host ($d missing)" >&2; exit 4; }}
-nr=$(cat $d/nr_hugepages); free=$(cat $d/free_hugepages); resv=$(cat $d/resv_hugepages)
-surp=$(cat $d/surplus_hugepages); over=$(cat $d/nr_overcommit_hugepages)
-h=$(( over > surp ? over - surp : 0 )); f=$(( free > resv ? free - resv : 0 ))
-avail=$(( f + h )); added=0
+        r#"d={dir}
+[ -d "$d" ] || {{ echo "no {ps} hugepage pool{where_} on this host ($d missing)" >&2; exit 4; }}
+nr=$(cat $d/nr_hugepages); {avail}; added=0
 if [ "$avail" -lt {need} ]; then
   want=$(( nr + {need} - avail ))
   echo "$want" > $d/nr_hugepages
   got=$(cat $d/nr_hugepages)
   if [ "$got" -lt "$want" ]; then
     echo "$nr" > $d/nr_hugepages
-    echo "the kernel gave only $(( got - nr )) of $(( want - nr )) more {ps} pages (memory fragmented or too small)" >&2
+    echo "the kernel gave only $(( got - nr )) of $(( want - nr )) more {ps} pages{where_} (memory fragmented or too small)" >&2
     exit 4
   fi
   added=$(( got - nr ))
 fi
-mounted=0
+"#,
+        dir = quote(&dir),
+        ps = size.as_str(),
+    )
+}
+
+/// Script (run as root, under [`HOST_LOCK`]) that raises the pool of `size` (of NUMA node `numa`
+/// when the VMs are bound there) by the shortfall for `need` pages, mounts hugetlbfs at `mount`
+/// if it is not one, and raises `vm.max_map_count` to at least 4× the pool (CSIT's rule).
+/// Prints `added=N mounted=0|1 map_was=N|-`; exits 4 with a message when the kernel could not
+/// provide the pages.
+pub fn allocate_script(size: PageSize, need: u64, mount: &str, numa: Option<u32>) -> String {
+    let kb = size.kib();
+    format!(
+        r#"set -e
+{raise}mounted=0
 if [ "$(stat -f -c %T {mnt} 2>/dev/null)" != hugetlbfs ]; then
   mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; mounted=1
 fi
-map=$(cat /proc/sys/vm/max_map_count); total=$(cat $d/nr_hugepages); mapwas=-
+map=$(cat /proc/sys/vm/max_map_count); total=$(cat /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages); mapwas=-
 if [ "$map" -lt $(( total * 4 )) ]; then echo $(( total * 4 )) > /proc/sys/vm/max_map_count; mapwas=$map; fi
 echo "added=$added mounted=$mounted map_was=$mapwas"
 "#,
-        ps = size.as_str(),
-        need = need,
+        raise = raise_pool_script("/sys", size, need, numa),
         mnt = quote(mount),
     )
 }
 
 /// Parse the last line of [`allocate_script`].
-pub fn parse_allocation(size: PageSize, mount: &str, out: &str) -> Result<HugepageChange, String> {
+pub fn parse_allocation(size: PageSize, mount: &str, numa: Option<u32>, out: &str) -> Result<HugepageChange, String> {
     let line =
         out.lines().rev().find(|l| l.starts_with("added=")).ok_or_else(|| format!("unexpected output: {out}"))?;
-    let mut ch = HugepageChange { size_kb: size.kib(), ..Default::default() };
+    let mut ch = HugepageChange { size_kb: size.kib(), numa, ..Default::default() };
     for kv in line.split_whitespace() {
         match kv.split_once('=') {
             Some(("added", v)) => ch.added = v.parse().map_err(|_| format!("bad added: {line}"))?,
@@ -173,11 +280,15 @@ pub fn parse_allocation(size: PageSize, mount: &str, out: &str) -> Result<Hugepa
 /// we added (pages still in use by others become surplus and are freed when released); the
 /// mount and max_map_count are restored only when no other run remains under `run_root`.
 pub fn restore_script(ch: &HugepageChange, run_root: &str) -> String {
+    let dir = match ch.numa {
+        None => format!("/sys/kernel/mm/hugepages/hugepages-{}kB", ch.size_kb),
+        Some(n) => format!("/sys/devices/system/node/node{n}/hugepages/hugepages-{}kB", ch.size_kb),
+    };
     let mut s = format!(
-        "d=/sys/kernel/mm/hugepages/hugepages-{kb}kB\nif [ -d $d ] && [ {added} -gt 0 ]; then nr=$(cat $d/nr_hugepages); \
+        "d={dir}\nif [ -d $d ] && [ {added} -gt 0 ]; then nr=$(cat $d/nr_hugepages); \
          n=$(( nr > {added} ? nr - {added} : 0 )); echo $n > $d/nr_hugepages; fi\n\
          others=$(find {root} -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)\n",
-        kb = ch.size_kb,
+        dir = quote(&dir),
         added = ch.added,
         root = quote(run_root),
     );
@@ -230,12 +341,16 @@ mod tests {
 
     #[test]
     fn allocation_result_round_trips() {
-        let ch = parse_allocation(PageSize::M2, "/dev/hugepages", "noise\nadded=12 mounted=1 map_was=65530\n").unwrap();
+        let ch = parse_allocation(PageSize::M2, "/dev/hugepages", None, "noise\nadded=12 mounted=1 map_was=65530\n")
+            .unwrap();
         assert_eq!(ch.added, 12);
         assert_eq!(ch.mounted.as_deref(), Some("/dev/hugepages"));
         assert_eq!(ch.max_map_count_was, Some(65530));
-        let ch = parse_allocation(PageSize::G1, "/dev/hugepages1G", "added=0 mounted=0 map_was=-").unwrap();
-        assert_eq!((ch.size_kb, ch.added, ch.mounted, ch.max_map_count_was), (1048576, 0, None, None));
+        let ch = parse_allocation(PageSize::G1, "/dev/hugepages1G", Some(1), "added=0 mounted=0 map_was=-").unwrap();
+        assert_eq!(
+            (ch.size_kb, ch.added, ch.mounted, ch.max_map_count_was, ch.numa),
+            (1048576, 0, None, None, Some(1))
+        );
     }
 
     /// The scripts are real shell: run them against a fake sysfs? They need root and sysfs, so
@@ -244,10 +359,13 @@ mod tests {
     fn scripts_are_valid_shell() {
         for script in [
             probe_script(&["/dev/hugepages", "/mnt/it's"]),
-            allocate_script(PageSize::M2, 10, "/dev/hugepages"),
+            allocate_script(PageSize::M2, 10, "/dev/hugepages", None),
+            allocate_script(PageSize::G1, 2, "/dev/hugepages1G", Some(1)),
+            layout_script("/sys"),
             restore_script(
                 &HugepageChange {
                     size_kb: 2048,
+                    numa: Some(0),
                     added: 3,
                     mounted: Some("/dev/hugepages".into()),
                     max_map_count_was: Some(1),
@@ -258,5 +376,74 @@ mod tests {
             let st = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).status().unwrap();
             assert!(st.success(), "not valid sh:\n{script}");
         }
+    }
+
+    #[test]
+    fn numa_pools_parse_and_bound_availability_uses_the_nodes_free_pages() {
+        let st = parse_probe(&format!("{SAMPLE}numa 0 2048 256 40 0\nnuma 1 2048 256 60 0\n")).unwrap();
+        assert_eq!(st.numa[&(1, 2048)], NumaPool { nr: 256, free: 60, surplus: 0 });
+        assert_eq!(st.available_on(PageSize::M2, None), Some(87));
+        assert_eq!(st.available_on(PageSize::M2, Some(0)), Some(40));
+        assert_eq!(st.available_on(PageSize::M2, Some(7)), None);
+    }
+
+    /// Binding matters only on multi-node hosts, and only when all pinned CPUs share a node.
+    #[test]
+    fn numa_binding_rule() {
+        let one = parse_layout("numanode 0\ncpunode 0 0\ncpunode 1 0\n");
+        assert_eq!(one.binding(&[0, 1]), None);
+        let two = parse_layout("numanode 0\nnumanode 1\ncpunode 0 0\ncpunode 1 0\ncpunode 2 1\ncpunode 3 1\n");
+        assert_eq!(two.binding(&[2, 3]), Some(1));
+        assert_eq!(two.binding(&[0, 1]), Some(0));
+        assert_eq!(two.binding(&[1, 2]), None, "spans nodes");
+        assert_eq!(two.binding(&[9]), None, "unknown CPU");
+        assert_eq!(two.binding(&[]), None);
+    }
+
+    /// The layout script against a fake sysfs tree.
+    #[test]
+    fn layout_script_reads_nodes_and_cpu_links() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path();
+        for n in [0, 1] {
+            std::fs::create_dir_all(sys.join(format!("devices/system/node/node{n}"))).unwrap();
+        }
+        for (c, n) in [(0, 0), (1, 1)] {
+            let cpu = sys.join(format!("devices/system/cpu/cpu{c}"));
+            std::fs::create_dir_all(&cpu).unwrap();
+            std::os::unix::fs::symlink(sys.join(format!("devices/system/node/node{n}")), cpu.join(format!("node{n}")))
+                .unwrap();
+        }
+        let out =
+            std::process::Command::new("sh").arg("-c").arg(layout_script(sys.to_str().unwrap())).output().unwrap();
+        let l = parse_layout(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(l.nodes.len(), 2);
+        assert_eq!(l.cpu_node.get(&1), Some(&1));
+    }
+
+    /// Raising a NUMA node's pool against a fake sysfs: exactly the shortfall, on that node only.
+    #[test]
+    fn raise_pool_on_a_numa_node_adds_exactly_the_shortfall() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().to_str().unwrap();
+        let pool = d.path().join("devices/system/node/node1/hugepages/hugepages-2048kB");
+        std::fs::create_dir_all(&pool).unwrap();
+        std::fs::write(pool.join("nr_hugepages"), "100\n").unwrap();
+        std::fs::write(pool.join("free_hugepages"), "30\n").unwrap();
+        let script = format!("{}echo added=$added", raise_pool_script(sys, PageSize::M2, 50, Some(1)));
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added=20");
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "120");
+        // Enough free pages: nothing changes.
+        std::fs::write(pool.join("free_hugepages"), "60\n").unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added=0");
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "120");
+        // A missing node pool is a clear error.
+        let bad = raise_pool_script(sys, PageSize::M2, 1, Some(3));
+        let out = std::process::Command::new("sh").arg("-c").arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("on NUMA node 3"));
     }
 }

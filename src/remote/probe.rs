@@ -182,7 +182,7 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
 
 /// Parse the output of [`probe_script`].
 pub fn parse_facts(out: &str) -> Result<HostFacts, String> {
-    let HugepageState { pools, mounts } = hugepages::parse_probe(out)?;
+    let HugepageState { pools, mounts, .. } = hugepages::parse_probe(out)?;
     let mut f = HostFacts { pools, mounts, ..HostFacts::default() };
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
     for line in out.lines() {

@@ -28,7 +28,7 @@ use crate::remote::hugepages::{self, HugepageChange};
 use crate::remote::process::{self, PinnedThread};
 use crate::report::{EventSink, Phase};
 use crate::ssh::{ConnectOptions, RemoteCommand, Session, SshError, SshTarget};
-use crate::topology::{Accel, Sched, Topology};
+use crate::topology::{Accel, PageSize, Sched, Topology};
 
 /// Host-wide lock serialising hugepage check/allocation and QEMU preallocation between runs and
 /// between nodes that share a kernel.
@@ -341,6 +341,7 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     }
     script.push_str("set +e\n");
     script.push_str(&process::lookup_script(&prefixes.iter().map(String::as_str).collect::<Vec<_>>()));
+    script.push_str(&hugepages::layout_script("/sys"));
     if np.accel == Accel::Auto {
         script.push_str(&crate::remote::kvm::probe_script(np.arch.as_str(), &qemu_bin(&vms)));
     }
@@ -382,6 +383,16 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
         }
     }
     ctx.tracker.node(&np.name, |n| n.accel = Some(accel.to_string()));
+    // Where NUMA matters (several nodes), guest RAM follows the pinned CPUs' node.
+    let layout = hugepages::parse_layout(&stdout);
+    let mut numa_of: BTreeMap<String, u32> = BTreeMap::new();
+    for v in vms.iter_mut() {
+        if let Some(n) = v.pinning.as_ref().and_then(|p| layout.binding(&p.cpus)) {
+            bind_memory(v, n);
+            numa_of.insert(v.name.clone(), n);
+            ev.for_vm(&v.name).info(format!("guest memory bound to NUMA node {n}, the node of its CPUs"));
+        }
+    }
 
     // Files first (outside the host lock: they can be slow on big templates).
     ev.phase(Phase::Uploading);
@@ -408,7 +419,7 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     ev.phase(Phase::Hugepages);
     let lock = HostLock::acquire(&session).await?;
     let result = async {
-        let changes = ensure_hugepages(&session, np).await?;
+        let changes = ensure_hugepages(&session, np, &vms, &numa_of).await?;
         ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
         let tn = ctx.tracker.with(|t| t.nodes.get(&np.name).cloned()).expect("tracked");
         let m = manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path);
@@ -604,42 +615,48 @@ impl HostLock {
     }
 }
 
-/// Check every page size the node's VMs use; allocate the shortfall where allowed.
-async fn ensure_hugepages(session: &Session, np: &NodePlan) -> Result<Vec<HugepageChange>, UpError> {
+/// Check every page size (and, for VMs bound to a NUMA node, that node's pool) the node's VMs
+/// use; allocate the shortfall where allowed.
+async fn ensure_hugepages(
+    session: &Session,
+    np: &NodePlan,
+    vms: &[VmPlan],
+    numa_of: &BTreeMap<String, u32>,
+) -> Result<Vec<HugepageChange>, UpError> {
     let mounts: Vec<&str> = np.hugepages.iter().map(|h| h.mount.as_str()).collect();
     let out = session.run_ok(&RemoteCommand::sh(hugepages::probe_script(&mounts))).await?;
     let st = hugepages::parse_probe(&out.stdout_str()).map_err(fail)?;
+    let mut needs: BTreeMap<(PageSize, Option<u32>), u64> = BTreeMap::new();
+    for v in vms {
+        *needs.entry((v.page_size, numa_of.get(&v.name).copied())).or_default() += v.mem_mib / v.page_size.mib();
+    }
     let mut changes = Vec::new();
     let mut problems = Vec::new();
-    for need in &np.hugepages {
-        let short = hugepages::shortfall(&st, need.size, need.pages);
-        let mounted = st.mounts.get(&need.mount).map(String::as_str) == Some("hugetlbfs");
+    for ((size, numa), pages) in needs {
+        let mount = np.hugepages.iter().find(|h| h.size == size).map(|h| h.mount.clone()).unwrap_or_default();
+        let short = st.available_on(size, numa).map(|a| pages.saturating_sub(a));
+        let mounted = st.mounts.get(&mount).map(String::as_str) == Some("hugetlbfs");
         if short == Some(0) && mounted {
             continue;
         }
+        let on = numa.map(|n| format!(" on NUMA node {n}")).unwrap_or_default();
         if !np.allocate_hugepages {
             let what = match short {
-                None => format!("the host has no {} hugepage pool", need.size.as_str()),
+                None => format!("the host has no {} hugepage pool{on}", size.as_str()),
                 Some(0) => String::new(),
-                Some(n) => format!(
-                    "{} more {} hugepages needed ({} needed, {} available)",
-                    n,
-                    need.size.as_str(),
-                    need.pages,
-                    need.pages - n
-                ),
+                Some(n) => {
+                    format!("{n} more {} hugepages needed{on} ({pages} needed, {} available)", size.as_str(), pages - n)
+                }
             };
-            let mnt = if mounted { String::new() } else { format!("{} is not a hugetlbfs mount", need.mount) };
+            let mnt = if mounted { String::new() } else { format!("{mount} is not a hugetlbfs mount") };
             problems.push([what, mnt].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; "));
             continue;
         }
-        let out = session
-            .run(&RemoteCommand::sh(hugepages::allocate_script(need.size, need.pages, &need.mount)).sudo())
-            .await?;
+        let out = session.run(&RemoteCommand::sh(hugepages::allocate_script(size, pages, &mount, numa)).sudo()).await?;
         if !out.success() {
             return Err(fail(format!("hugepage allocation failed: {}", out.stderr_str().trim())));
         }
-        changes.push(hugepages::parse_allocation(need.size, &need.mount, &out.stdout_str()).map_err(fail)?);
+        changes.push(hugepages::parse_allocation(size, &mount, numa, &out.stdout_str()).map_err(fail)?);
     }
     if !problems.is_empty() {
         return Err(fail(format!(
@@ -648,6 +665,13 @@ async fn ensure_hugepages(session: &Session, np: &NodePlan) -> Result<Vec<Hugepa
         )));
     }
     Ok(changes)
+}
+
+/// Bind a VM's guest RAM to NUMA node `node` (the node of its pinned CPUs).
+pub fn bind_memory(v: &mut VmPlan, node: u32) {
+    if let Some(a) = v.argv.iter_mut().find(|a| a.starts_with("memory-backend-file,")) {
+        a.push_str(&format!(",host-nodes={node},policy=bind"));
+    }
 }
 
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
@@ -929,4 +953,52 @@ pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) {
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixture::{dut, topology, vm};
+    use crate::plan::{self, PlanOptions};
+    use crate::templates::Templates;
+
+    fn planned(accel: Accel) -> VmPlan {
+        let mut node = dut("DUT1");
+        node.qemu.accel = accel;
+        let mut v = vm("DUT1", 1);
+        v.cpus = Some(vec![2, 3]);
+        let t = Templates::embedded();
+        let p =
+            plan::build(&topology(vec![node], vec![v]), &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+        p.nodes[0].vms[0].clone()
+    }
+
+    #[test]
+    fn switch_to_tcg_rewrites_exactly_the_kvm_arguments() {
+        let mut v = planned(Accel::Auto);
+        assert!(v.argv.contains(&"-enable-kvm".to_string()));
+        let kernel_before = v.argv[v.host_lookups[0].argv_index].clone();
+        switch_to_tcg(&mut v);
+        assert!(!v.argv.contains(&"-enable-kvm".to_string()));
+        let cpu = v.argv.iter().position(|a| a == "-cpu").unwrap();
+        assert_eq!(v.argv[cpu + 1], "max");
+        let machine = v.argv.iter().position(|a| a == "-machine").unwrap();
+        assert!(v.argv[machine + 1].starts_with("pc,accel=tcg,"), "{}", v.argv[machine + 1]);
+        // Indexes recorded in the plan still point at the same values after the removal.
+        assert_eq!(v.argv[v.host_lookups[0].argv_index], kernel_before);
+        assert_eq!(v.argv[v.accel_args.cpu_value.unwrap()], "max");
+        // A TCG plan is left as it is.
+        let mut t = planned(Accel::Tcg);
+        let before = t.argv.clone();
+        switch_to_tcg(&mut t);
+        assert_eq!(t.argv, before);
+    }
+
+    #[test]
+    fn bind_memory_pins_guest_ram_to_the_node() {
+        let mut v = planned(Accel::Tcg);
+        bind_memory(&mut v, 1);
+        let mem = v.argv.iter().find(|a| a.starts_with("memory-backend-file,")).unwrap();
+        assert!(mem.ends_with(",share=on,prealloc=on,host-nodes=1,policy=bind"), "{mem}");
+    }
 }
