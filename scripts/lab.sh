@@ -3,7 +3,7 @@
 #
 #   scripts/lab.sh up [N]   start N key-only nodes (default 2, max 32) on ports 2201..2200+N,
 #                           a password-only node DUTPW on 2290 and a node on 2291 whose sudo
-#                           wants a password; write topologies/lab.yaml, $LAB/fanout.yaml, $LAB/lab.env
+#                           wants a password, a keyboard-interactive-only (PAM) node DUTKBD on 2292; write topologies/lab.yaml, $LAB/fanout.yaml, $LAB/lab.env
 #   scripts/lab.sh down     stop the sshd processes started by `up` (by the pids in its pidfiles)
 #   scripts/lab.sh status   show which nodes are listening
 #
@@ -16,6 +16,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BASE_PORT=2200
 PW_PORT=2290
 SUDOPW_PORT=2291
+KBD_PORT=2292
+KBD_USER=hlabkbd
 PW_USER=hlabpw
 PW_PASS=hlab-pass
 SUDOPW_USER=hlabsudo
@@ -81,8 +83,9 @@ ensure_sudoers() { # user nopasswd|password
     mv -f "$f.tmp" "$f"
 }
 
-start_node() { # name port user pubkey(yes|no) password(yes|no)
-    local name=$1 port=$2 user=$3 pubkey=$4 pw=$5 d=$LAB/nodes/$1
+start_node() { # name port user pubkey(yes|no) password(yes|no) [kbdint: PAM keyboard-interactive only]
+    local name=$1 port=$2 user=$3 pubkey=$4 pw=$5 kbd=no pam=no d=$LAB/nodes/$1
+    [ "${6:-}" = kbdint ] && { kbd=yes; pam=yes; }
     mkdir -p "$d"
     [ -f "$d/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -C "harness-lab-$name" -f "$d/ssh_host_ed25519_key"
     cat >"$d/sshd_config.new" <<CFG
@@ -93,8 +96,8 @@ AllowUsers $user
 PermitRootLogin no
 PubkeyAuthentication $pubkey
 PasswordAuthentication $pw
-KbdInteractiveAuthentication no
-UsePAM no
+KbdInteractiveAuthentication $kbd
+UsePAM $pam
 StrictModes yes
 MaxStartups 100:30:200
 MaxSessions 20
@@ -170,6 +173,10 @@ cmd_up() {
     ensure_user $SUDOPW_USER -
     ensure_sudoers $SUDOPW_USER password
     start_node DUTSUDOPW $SUDOPW_PORT $SUDOPW_USER yes no
+    # A server that offers only keyboard-interactive (through PAM), as many password-only DUTs do.
+    ensure_user $KBD_USER $PW_PASS
+    ensure_sudoers $KBD_USER nopasswd
+    start_node DUTKBD $KBD_PORT $KBD_USER no no kbdint
     # Nodes from a larger earlier `up` that still run stay part of the lab (known_hosts, fanout.yaml,
     # lab.env): a concurrent `up 2` must not shrink the view of a 32-node benchmark.
     local keys=$(seq 1 "$n")
@@ -227,6 +234,8 @@ LAB_PW_USER=$PW_USER
 LAB_PW_PASS=$PW_PASS
 LAB_SUDOPW_PORT=$SUDOPW_PORT
 LAB_SUDOPW_USER=$SUDOPW_USER
+LAB_KBD_PORT=$KBD_PORT
+LAB_KBD_USER=$KBD_USER
 LAB_TOPOLOGY=$REPO/topologies/lab.yaml
 LAB_FANOUT=$LAB/fanout.yaml
 ENV

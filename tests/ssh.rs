@@ -622,3 +622,26 @@ fn csit_priv_key_pem_text_authenticates() {
         }
     });
 }
+
+/// A password-only server that offers keyboard-interactive and not "password" (PAM-style): the
+/// password is answered at the prompt; a wrong one is an auth error naming the node.
+#[test]
+fn keyboard_interactive_password_server() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.kbd_node()).await;
+        let out = s.run(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.kbd_user);
+        s.close().await;
+        let mut bad = lab.kbd_node();
+        bad.auth = vec![Auth::Password("wrong".into())];
+        match Session::connect(&bad, &opts()).await {
+            Err(SshError::Auth { node, message, .. }) => {
+                assert_eq!(node, "DUTKBD");
+                assert!(message.contains("keyboard-interactive"), "{message}");
+            }
+            Ok(_) => panic!("a wrong password must not log in"),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+}

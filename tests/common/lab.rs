@@ -22,6 +22,8 @@ pub struct Lab {
     pub pw_pass: String,
     pub sudopw_port: u16,
     pub sudopw_user: String,
+    pub kbd_port: u16,
+    pub kbd_user: String,
 }
 
 pub fn repo() -> PathBuf {
@@ -65,6 +67,8 @@ fn read_lab() -> Option<Lab> {
         pw_pass: env.get("LAB_PW_PASS")?.clone(),
         sudopw_port: env.get("LAB_SUDOPW_PORT")?.parse().ok()?,
         sudopw_user: env.get("LAB_SUDOPW_USER")?.clone(),
+        kbd_port: env.get("LAB_KBD_PORT")?.parse().ok()?,
+        kbd_user: env.get("LAB_KBD_USER")?.clone(),
     })
 }
 
@@ -73,7 +77,7 @@ pub fn lab() -> &'static Lab {
     static LAB: OnceLock<Lab> = OnceLock::new();
     LAB.get_or_init(|| {
         let up = read_lab().is_some_and(|l| {
-            l.ports.len() >= 2 && l.ports.iter().chain([&l.pw_port, &l.sudopw_port]).all(|p| listening(*p))
+            l.ports.len() >= 2 && l.ports.iter().chain([&l.pw_port, &l.sudopw_port, &l.kbd_port]).all(|p| listening(*p))
         });
         if !up {
             let st = std::process::Command::new(repo().join("scripts/lab.sh"))
@@ -112,6 +116,15 @@ impl Lab {
             proxy_jump: None,
             known_hosts: Some(self.known_hosts.clone()),
             accept_new_host_key: false,
+        }
+    }
+    /// A password user on a server that offers only keyboard-interactive (PAM).
+    pub fn kbd_node(&self) -> SshTarget {
+        SshTarget {
+            name: "DUTKBD".into(),
+            port: Some(self.kbd_port),
+            user: Some(self.kbd_user.clone()),
+            ..self.pw_node()
         }
     }
     pub fn sudopw_node(&self) -> SshTarget {
