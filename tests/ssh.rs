@@ -332,9 +332,11 @@ fn timed_out_command_is_killed_remotely() {
             let pids: Vec<&str> = pids.split_whitespace().collect();
             assert_eq!(pids.len(), 2);
             for pid in &pids {
-                // A just-killed child may briefly linger as a zombie until init reaps it.
+                // A killed orphan stays a zombie until init reaps it, which can take seconds under
+                // load; a zombie has exited (kill -0 would still succeed on it).
                 let gone = RemoteCommand::sh(format!(
-                    "for i in $(seq 20); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1"
+                    "for i in $(seq 50); do s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/{pid}/status 2>/dev/null); \
+                     [ -z \"$s\" ] || [ \"$s\" = Z ] && exit 0; sleep 0.1; done; exit 1"
                 ));
                 let out = s.run(&gone.sudo()).await.unwrap();
                 assert!(out.success(), "pid {pid} still alive (sudo={sudo})");
