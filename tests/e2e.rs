@@ -104,6 +104,14 @@ fn processes_of_run(run_id: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Running (not exited, not a zombie waiting to be reaped).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("State:")).map(|l| !l.contains("Z (zombie)")))
+        .unwrap_or(false)
+}
+
 fn nr_hugepages() -> u64 {
     std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
 }
@@ -139,7 +147,7 @@ fn up_status_logs_down_two_nodes_two_vms() {
     for vm in vms {
         assert_eq!(vm["state"], "ready", "{vm}");
         let pid = vm["pid"].as_u64().unwrap();
-        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        assert!(alive(pid));
         // The guest agent answered: it listed the guest's loopback interface.
         assert!(vm["guest_interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{vm}");
         // Pinned as asked, read back from the host.
@@ -335,11 +343,11 @@ fn decoy_qemu_survives_down() {
     let topo = env.topology("decoy.yaml", |vms| only(vms, "DUT1_1"));
     let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "e2e-decoy"]);
     let down = env.run(&["down", topo.to_str().unwrap()]);
-    let alive = Path::new(&format!("/proc/{decoy}")).exists();
+    let survived = alive(decoy as u64);
     unsafe { libc::kill(decoy, libc::SIGKILL) };
     assert_eq!(up.status.code(), Some(0));
     assert_eq!(down.status.code(), Some(0));
-    assert!(alive, "the decoy QEMU was killed by down");
+    assert!(survived, "the decoy QEMU was killed by down");
     assert_nothing_left("e2e-decoy");
 }
 
@@ -371,7 +379,7 @@ fn two_concurrent_runs_do_not_collide() {
     let down_a = env.run(&["down", t, "--run", "e2e-two-a"]);
     assert_eq!(down_a.status.code(), Some(0));
     assert_nothing_left("e2e-two-a");
-    assert!(Path::new(&format!("/proc/{pb}")).exists(), "run b survives down of run a");
+    assert!(alive(pb), "run b survives down of run a");
     let down_b = env.run(&["down", t, "--run", "e2e-two-b"]);
     assert_eq!(down_b.status.code(), Some(0));
     assert_nothing_left("e2e-two-b");
