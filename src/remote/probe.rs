@@ -482,7 +482,7 @@ mod tests {
     /// The whole probe path (script, firmware, parsing) under TCG (no KVM needed) says usable.
     #[test]
     fn probe_firmware_runs_under_tcg() {
-        let node = crate::remote::probe::tests_support::node();
+        let node = crate::plan::fixture::dut("DUT1");
         let script = probe_script(&node)
             .replace("-accel kvm -cpu host", "-accel tcg -cpu max")
             .replace("[ -e /dev/kvm ] &&", "true &&")
@@ -495,9 +495,10 @@ mod tests {
 
     #[test]
     fn fit_against_topology() {
-        let mut node = crate::remote::probe::tests_support::node();
+        let mut node = crate::plan::fixture::dut("DUT1");
+        node.qemu.accel = Accel::Auto;
         let f = parse_facts(SAMPLE).unwrap();
-        let mut vm = crate::remote::probe::tests_support::vm(&node.name);
+        let mut vm = crate::plan::fixture::vm(&node.name, 1);
         vm.mem = 512; // 256 pages of 2M: more than the 120 available
         vm.cpus = Some(vec![0, 4]);
         let (items, accel) = evaluate(&node, &[&vm], &f);
@@ -515,64 +516,5 @@ mod tests {
         let get = |n: &str| items.iter().find(|i| i.name == n).unwrap().clone();
         assert_eq!(get("hugepages").status, Status::Warn);
         assert_eq!(get("kvm").status, Status::Fail, "accel kvm needs a usable KVM");
-    }
-}
-
-/// Hand-built topology values for unit tests (the YAML loader is tested elsewhere).
-#[cfg(test)]
-pub(crate) mod tests_support {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use crate::topology::*;
-
-    pub fn node() -> Node {
-        Node {
-            name: "DUT1".into(),
-            node_type: NodeType::Dut,
-            host: "127.0.0.1".into(),
-            port: Some(2201),
-            username: Some("hlab1".into()),
-            auth: vec![],
-            proxy_jump: None,
-            known_hosts: None,
-            accept_new_host_key: false,
-            arch: Arch::X86_64,
-            hugepages: HugepagesConfig { size: PageSize::M2, allocate: false, mounts: BTreeMap::new() },
-            qemu: QemuConfig { bin_dir: "/usr/bin".into(), accel: Accel::Auto },
-            run_root: "/run/harness".into(),
-            interfaces: BTreeMap::new(),
-        }
-    }
-
-    pub fn vm(node: &str) -> Vm {
-        Vm {
-            node: node.into(),
-            qemu_id: 1,
-            name: format!("{node}_1"),
-            kind: VmKind::Kernel,
-            kernel: None,
-            initrd: None,
-            image: None,
-            image_format: "raw".into(),
-            smp: 1,
-            mem: 256,
-            page_size: PageSize::M2,
-            guest_hugepages: 16,
-            vnf: Vnf::None,
-            vars: BTreeMap::new(),
-            queues: 1,
-            jumbo: false,
-            interfaces: vec![],
-            drives: vec![],
-            cpus: None,
-            sched: Sched::None,
-            boot_timeout: Duration::from_secs(120),
-            ready_markers: vec![],
-            fail_markers: vec![],
-            qga: false,
-            init_command: None,
-            extra_args: vec![],
-        }
     }
 }
