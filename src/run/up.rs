@@ -345,6 +345,8 @@ async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     if np.accel == Accel::Auto {
         script.push_str(&crate::remote::kvm::probe_script(np.arch.as_str(), &qemu_bin(&vms)));
     }
+    // Lookups and probes report through their output; only the mkdirs above may fail the step.
+    script.push_str("true\n");
     ctx.tracker.node(&np.name, |n| n.dir_created = true);
     let out = session.run_ok(&RemoteCommand::sh(script).sudo()).await?;
     let stdout = out.stdout_str();
