@@ -351,15 +351,7 @@ async fn guest_boots_ready_and_answers_qga_and_qmp() {
     drop(qga);
 
     // QGA over `socat - UNIX-CONNECT:` stdio, the path the harness uses inside an SSH channel.
-    let mut socat = tokio::process::Command::new("socat")
-        .arg("-")
-        .arg(format!("UNIX-CONNECT:{}", vm.path("qga.sock").display()))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn socat");
-    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    let (mut socat, io) = socat_stdio(&vm.path("qga.sock"));
     let mut qga = Qga::new(io);
     qga.sync(QGA_TIMEOUT).await.unwrap();
     let ifs = qga.network_interfaces(QGA_TIMEOUT).await.unwrap();
@@ -435,19 +427,28 @@ async fn lab_vnf_falls_back_to_virtio_serial_and_mounts_what_init_did_not() {
     eprintln!("QGA guest-ping RTT over virtio-serial, median of 50: {rtt:.2?}");
     drop(qga);
     // QMP through `socat - UNIX-CONNECT:` stdio as well: quit closes the channel under us.
-    let mut socat = tokio::process::Command::new("socat")
-        .arg("-")
-        .arg(format!("UNIX-CONNECT:{}", vm.path("qmp.sock").display()))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn socat");
-    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    let (mut socat, io) = socat_stdio(&vm.path("qmp.sock"));
     let mut qmp = Qmp::connect(io, Duration::from_secs(10)).await.unwrap();
     assert_eq!(qmp.vcpu_threads().await.unwrap().len(), 1);
     qmp.quit().await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), socat.wait()).await;
     assert!(status.is_ok(), "socat did not exit after qemu quit");
     assert!(vm.wait_exit(Duration::from_secs(10)).await, "qemu {} still running after quit", vm.pid);
+}
+
+/// `socat - UNIX-CONNECT:<sock>` as a child whose stdio is one async stream: the bridge the
+/// harness runs inside an SSH channel, here locally. The child dies with its handle.
+fn socat_stdio(
+    sock: &Path,
+) -> (tokio::process::Child, impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + use<>) {
+    let mut socat = tokio::process::Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn socat");
+    let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
+    (socat, io)
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use harness::plan::fixture::{dut, topology, vhost, vm};
+use harness::plan::fixture::{dut, image_vm, topology, vhost, vm};
 use harness::plan::{self, Plan, PlanOptions, VmPlan};
 use harness::templates::Templates;
 use harness::topology::{Accel, Arch, Drive, Node, PageSize, Sched, Topology, VhostUser, Vm, VmInterface, VmKind, Vnf};
@@ -192,15 +192,7 @@ fn cases() -> Vec<(&'static str, Topology)> {
     c.push(("two_duts_unique_macs", t));
 
     // Image VM: disk image + cdrom + user networking with a loopback ssh forward + extra args.
-    let mut v = vm("DUT1", 5);
-    v.kind = VmKind::Image;
-    v.kernel = None;
-    v.initrd = None;
-    v.image = Some("/var/lib/vm/image.qcow2".into());
-    v.image_format = "qcow2".into();
-    v.vnf = Vnf::None;
-    v.qga = true;
-    v.vars.clear();
+    let mut v = image_vm("DUT1", 5);
     v.interfaces = vec![
         VmInterface::NetUser { net: "10.0.2.0/24".into(), host_port: Some(10026) },
         vhost("/run/vpp/sock-5-1"),

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use harness::plan::fixture::vhost;
+
 use harness::topology::{
     self, Accel, Arch, Auth, Diagnostic, NodeType, PageSize, Sched, Topology, TopologyError, VhostUser, VmInterface,
     VmKind, Vnf,
@@ -138,18 +140,8 @@ fn csit_2n_vpp_example_matches_csits_golden_vm() {
     assert_eq!(vm.vars["vif2_mac"], "3c:fd:fe:aa:bb:02");
     assert_eq!(vm.cpus, Some(vec![3, 4]));
     assert_eq!(vm.sched, Sched::Rr);
-    let sock = |s: &str| {
-        VmInterface::VhostUser(VhostUser {
-            socket: s.into(),
-            server: true,
-            queue_size: Some(1024),
-            queues: 1,
-            csum: false,
-            gso: false,
-            vectors: None,
-        })
-    };
-    assert_eq!(vm.interfaces, vec![sock("/run/vpp/sock-1-1"), sock("/run/vpp/sock-1-2")]);
+    // The same vhost-user NICs CSIT's `_c_default` adds (server, queue size 1024, csum/gso off).
+    assert_eq!(vm.interfaces, vec![vhost("/run/vpp/sock-1-1"), vhost("/run/vpp/sock-1-2")]);
     let dut = t.node("DUT1").unwrap();
     match &dut.auth[..] {
         [Auth::IdentityFile { path, passphrase_env: None }] => assert!(path.ends_with(".ssh/id_ed25519")),

@@ -83,6 +83,22 @@ pub fn vm(node: &str, qemu_id: u32) -> Vm {
     }
 }
 
+/// An image VM `{node}_{id}` (`/var/lib/vm/image.qcow2`, qcow2, guest agent on, no VNF, no NICs
+/// or drives yet): [`vm`] turned into CSIT's nested-VM successor.
+pub fn image_vm(node: &str, qemu_id: u32) -> Vm {
+    let mut v = vm(node, qemu_id);
+    v.kind = VmKind::Image;
+    v.kernel = None;
+    v.initrd = None;
+    v.image = Some("/var/lib/vm/image.qcow2".to_string());
+    v.image_format = "qcow2".to_string();
+    v.vnf = Vnf::None;
+    v.qga = true;
+    v.vars.clear();
+    v.interfaces.clear();
+    v
+}
+
 /// A topology from nodes and VMs (no unique MACs).
 pub fn topology(nodes: Vec<Node>, vms: Vec<Vm>) -> Topology {
     Topology { path: PathBuf::from("fixture.yaml"), nodes, vms, unique_macs: false }

@@ -1,6 +1,6 @@
 //! Unit tests of the plan builder on exact values (golden files live in tests/golden/).
 
-use super::fixture::{dut, topology, vhost, vm};
+use super::fixture::{dut, image_vm, topology, vhost, vm};
 use super::*;
 use crate::topology::{Drive, Sched, VhostUser};
 
@@ -134,14 +134,7 @@ fn commas_in_paths_are_escaped_for_qemu() {
 
 #[test]
 fn image_vm_has_no_kernel_and_boots_from_its_drive() {
-    let mut v = vm("DUT1", 3);
-    v.kind = VmKind::Image;
-    v.kernel = None;
-    v.initrd = None;
-    v.image = Some("/var/lib/vm/image.qcow2".into());
-    v.image_format = "qcow2".into();
-    v.vnf = Vnf::None;
-    v.qga = true;
+    let mut v = image_vm("DUT1", 3);
     v.interfaces = vec![VmInterface::NetUser { net: "10.0.2.0/24".into(), host_port: Some(10024) }];
     v.drives = vec![Drive { file: "/tmp/seed.iso".into(), format: "raw".into(), cdrom: true, index: Some(1) }];
     let p = build_one(dut("DUT1"), v).unwrap();

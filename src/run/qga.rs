@@ -268,6 +268,16 @@ mod tests {
         (sentinel, serde_json::from_slice(body).unwrap())
     }
 
+    /// Read the client's `guest-sync-delimited` (0xFF first) and answer it as the agent does.
+    async fn answer_sync(r: &mut BufReader<DuplexStream>) {
+        let (sentinel, req) = next_request(r).await;
+        assert!(sentinel, "sync must start with the 0xFF flush byte");
+        assert_eq!(req["execute"], "guest-sync-delimited");
+        let id = req["arguments"]["id"].as_u64().unwrap();
+        r.get_mut().write_all(&[SENTINEL]).await.unwrap();
+        r.get_mut().write_all(format!("{{\"return\": {id}}}\n").as_bytes()).await.unwrap();
+    }
+
     #[tokio::test]
     async fn sync_skips_parse_error_and_stale_replies() {
         let (client, agent) = duplex(4096);
@@ -308,10 +318,7 @@ mod tests {
         let (client, agent) = duplex(4096);
         let peer = tokio::spawn(async move {
             let mut r = BufReader::new(agent);
-            let (_, req) = next_request(&mut r).await;
-            let id = req["arguments"]["id"].as_u64().unwrap();
-            r.get_mut().write_all(&[SENTINEL]).await.unwrap();
-            r.get_mut().write_all(format!("{{\"return\": {id}}}\n").as_bytes()).await.unwrap();
+            answer_sync(&mut r).await;
             let (_, req) = next_request(&mut r).await;
             assert_eq!(req["execute"], "guest-shutdown");
             r.get_mut()
@@ -346,21 +353,14 @@ mod tests {
         let (late_tx, late_rx) = tokio::sync::oneshot::channel::<()>();
         let peer = tokio::spawn(async move {
             let mut r = BufReader::new(agent);
-            let (_, req) = next_request(&mut r).await;
-            let id = req["arguments"]["id"].as_u64().unwrap();
-            r.get_mut().write_all(&[SENTINEL]).await.unwrap();
-            r.get_mut().write_all(format!("{{\"return\": {id}}}\n").as_bytes()).await.unwrap();
+            answer_sync(&mut r).await;
             // A slow command: answered only after the client gave up.
             let (_, req) = next_request(&mut r).await;
             assert_eq!(req["execute"], "guest-get-time");
             late_rx.await.unwrap();
             r.get_mut().write_all(b"{\"return\": 1234}\n").await.unwrap();
             // The client re-syncs before its next command.
-            let (sentinel, req) = next_request(&mut r).await;
-            assert!(sentinel);
-            let id = req["arguments"]["id"].as_u64().unwrap();
-            r.get_mut().write_all(&[SENTINEL]).await.unwrap();
-            r.get_mut().write_all(format!("{{\"return\": {id}}}\n").as_bytes()).await.unwrap();
+            answer_sync(&mut r).await;
             let (_, req) = next_request(&mut r).await;
             assert_eq!(req["execute"], "guest-get-host-name");
             r.get_mut().write_all(b"{\"return\": {\"host-name\": \"vm1\"}}\n").await.unwrap();
