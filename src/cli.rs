@@ -100,6 +100,11 @@ pub struct RenderArgs {
     /// Run id used in the rendered remote paths.
     #[arg(long, default_value = "RUN_ID")]
     pub run_id: String,
+    /// Host facts (`<node>.json` / `<node>.lscpu`, as `check --save-facts` writes them): plan
+    /// exactly as `up` would on those hosts. Without it, host-dependent decisions are listed as
+    /// unresolved.
+    #[arg(long, value_name = "DIR")]
+    pub facts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +112,10 @@ pub struct CheckArgs {
     pub topology: PathBuf,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write each node's facts to DIR/<node>.json and its raw `lscpu -p` to DIR/<node>.lscpu
+    /// (for `render --facts DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub save_facts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod facts;
 pub mod plan;
 pub mod quote;
 pub mod remote;

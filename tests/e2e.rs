@@ -126,6 +126,42 @@ fn only(vms: &mut Vec<Value>, name: &str) {
     vms.retain(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"]) == name);
 }
 
+/// `render --facts DIR` of the run must be byte-identical to what `up` ran: every VM's argv and
+/// every file (path, mode, bytes), as the node manifests record them.
+fn assert_render_matches_manifests(env: &Env, topo: &str, run_id: &str, facts: &Path) {
+    let out = env.run(&["render", topo, "--run-id", run_id, "--facts", facts.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "render --facts failed");
+    let plan = json(&out);
+    let mut compared = 0;
+    for node in plan["nodes"].as_array().unwrap() {
+        assert!(node["unresolved"].as_array().unwrap().is_empty(), "facts left decisions open: {node}");
+        let name = node["name"].as_str().unwrap();
+        let manifest = std::fs::read(format!("/run/harness/{run_id}/manifest-{name}.json")).expect("manifest");
+        let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+        for vm in node["vms"].as_array().unwrap() {
+            let ran =
+                manifest["vms"].as_array().unwrap().iter().find(|v| v["name"] == vm["name"]).expect("vm in manifest");
+            assert_eq!(vm["argv"], ran["argv"], "argv of {} differs from what up ran", vm["name"]);
+            let files = vm["files"].as_array().unwrap();
+            let ran_files = ran["files"].as_array().unwrap();
+            assert_eq!(files.len(), ran_files.len());
+            for (f, r) in files.iter().zip(ran_files) {
+                assert_eq!(f["path"], r["path"]);
+                assert_eq!(
+                    u32::from_str_radix(f["mode"].as_str().unwrap(), 8).unwrap() as u64,
+                    r["mode"].as_u64().unwrap()
+                );
+                assert_eq!(f["content"], r["content"], "bytes of {} differ", f["path"]);
+                // And the bytes on the host are those bytes.
+                let on_host = std::fs::read_to_string(f["path"].as_str().unwrap()).unwrap();
+                assert_eq!(on_host, f["content"].as_str().unwrap());
+            }
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 4);
+}
+
 /// The main job: 2 nodes × 2 VMs up, ready, agent answered, pinned; status; logs; down leaves
 /// nothing behind and gives the hugepages back.
 #[test]
@@ -135,10 +171,18 @@ fn up_status_logs_down_two_nodes_two_vms() {
     let topo = repo().join("topologies/lab.yaml");
     let topo = topo.to_str().unwrap();
     let hp_before = nr_hugepages();
+    let saved = env.dir.path().join("facts");
+    let out = env.run(&["check", topo, "--save-facts", saved.to_str().unwrap()]);
+    assert!(saved.join("DUT1.json").exists() && saved.join("DUT1.lscpu").exists(), "{out:?}");
+    let lscpu = std::process::Command::new("lscpu").arg("-p").output().unwrap().stdout;
+    assert_eq!(std::fs::read(saved.join("DUT2.lscpu")).unwrap(), lscpu, "the .lscpu file is raw lscpu -p");
 
     let out = env.run(&["up", topo, "--format", "json", "--run-id", "e2e-main"]);
     let res = json(&out);
     assert_eq!(out.status.code(), Some(0), "up failed");
+    // What ran is what render shows, with the facts that run kept and with check's facts.
+    assert_render_matches_manifests(&env, topo, "e2e-main", &env.state.path().join("runs/e2e-main/facts"));
+    assert_render_matches_manifests(&env, topo, "e2e-main", &saved);
     assert_eq!(res["ok"], true);
     let vms = res["vms"].as_array().unwrap();
     assert_eq!(vms.len(), 4);

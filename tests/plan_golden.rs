@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use harness::facts::{FactsByNode, HostFacts};
 use harness::plan::fixture::{dut, image_vm, topology, vhost, vm};
 use harness::plan::{self, Plan, PlanOptions, VmPlan};
 use harness::templates::Templates;
@@ -20,8 +21,13 @@ use harness::topology::{Accel, Arch, Drive, Node, PageSize, Sched, Topology, Vho
 const RUN_ID: &str = "RUN_ID";
 
 fn build(topo: &Topology) -> Plan {
+    build_with(topo, &FactsByNode::new())
+}
+
+fn build_with(topo: &Topology, facts: &FactsByNode) -> Plan {
     let t = Templates::embedded();
-    plan::build(topo, &PlanOptions { run_id: RUN_ID.into(), templates: &t }).unwrap_or_else(|e| panic!("{e}"))
+    plan::build(topo, facts, &PlanOptions { run_id: RUN_ID.into(), templates: &t, only_vms: &[] })
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn one(node: Node, v: Vm) -> Topology {
@@ -306,17 +312,17 @@ const CSIT_TESTPMD_MAC_HEAD: &str = "/opt/dpdk/build/app/dpdk-testpmd -v --lcore
 
 /// Our plan for CSIT's golden setup, with the kernel/initrd lookups resolved as in CSIT's run.
 fn csit_setup_plan(node: Node, v: Vm) -> VmPlan {
-    let mut vmp = build(&one(node, v)).nodes.remove(0).vms.remove(0);
-    for l in &vmp.host_lookups {
-        let resolved = match l.what.as_str() {
-            "kernel" => "/opt/boot/vmlinuz-6.8.0-generic",
-            "initrd" => "/opt/boot/initrd.img-6.8.0-generic",
-            other => panic!("unexpected lookup {other}"),
-        };
-        assert!(resolved.starts_with(&l.prefix));
-        vmp.argv[l.argv_index] = format!("{}{resolved}{}", l.before, l.after);
+    let (kernel, initrd) = (v.kernel.clone().unwrap(), v.initrd.clone().unwrap());
+    let lookups = [
+        (kernel, Some("/opt/boot/vmlinuz-6.8.0-generic".to_string())),
+        (initrd, Some("/opt/boot/initrd.img-6.8.0-generic".to_string())),
+    ];
+    for (prefix, found) in &lookups {
+        assert!(found.as_deref().unwrap().starts_with(prefix.as_str()));
     }
-    vmp
+    let facts = HostFacts { lookups: Some(lookups.into()), ..HostFacts::default() };
+    let facts = FactsByNode::from([(node.name.clone(), facts)]);
+    build_with(&one(node, v), &facts).nodes.remove(0).vms.remove(0)
 }
 
 fn replace_value(tokens: &mut [String], flag: &str, from: &str, to: &str) {
@@ -569,8 +575,12 @@ fn every_example_topology_validates_and_renders() {
     assert!(files.len() >= 5, "examples missing: {files:?}");
     for f in files {
         let topo = harness::topology::load(&f, &t).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let p = plan::build(&topo, &PlanOptions { run_id: RUN_ID.into(), templates: &t })
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let p = plan::build(
+            &topo,
+            &FactsByNode::new(),
+            &PlanOptions { run_id: RUN_ID.into(), templates: &t, only_vms: &[] },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let planned: usize = p.nodes.iter().map(|n| n.vms.len()).sum();
         assert_eq!(planned, topo.vms.len(), "{}", f.display());
         let text = plan::render::text(&p);

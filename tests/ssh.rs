@@ -477,39 +477,49 @@ fn dropped_connection_is_reported_and_idempotent_commands_reconnect() {
 /// (the lab's sshd runs on this machine), and the fit verdicts follow the VMs asked for.
 #[test]
 fn check_probe_against_lab_node() {
-    use harness::remote::probe::{self, Kvm, Status};
+    use harness::facts::Kvm;
+    use harness::plan::{AccelChoice, PlanOptions};
+    use harness::remote::check::{self as probe, Status};
+    use harness::remote::facts::parse_cpu_list;
     let lab = lab();
     let node = common::lab::topo_node(lab, 1);
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    let online = probe::parse_cpu_list(&online).unwrap();
+    let online = parse_cpu_list(&online).unwrap();
+    let t = harness::templates::Templates::embedded();
+    let po = PlanOptions { run_id: "r".into(), templates: &t, only_vms: &[] };
     let last = *online.last().unwrap();
     rt().block_on(async {
         let fits = common::lab::vm("DUT1", 1, 256, vec![0]);
         let offline = common::lab::vm("DUT1", 2, 256, vec![last + 1]);
-        let r = probe::check_node(&lab.node(1), &opts(), &node, &[&fits, &offline]).await;
+        let both = harness::plan::fixture::topology(vec![node.clone()], vec![fits.clone(), offline]);
+        let r = probe::check_node(&lab.node(1), &opts(), &both, &node, &po).await;
         assert!(r.reachable, "{:?}", r.error);
         let f = r.facts.as_ref().unwrap();
-        assert!(f.sudo);
-        assert_eq!(f.cpus_online, online);
-        assert!(f.qemu_version.as_deref().unwrap_or("").starts_with("QEMU emulator version"), "{f:?}");
+        assert!(f.sudo.as_ref().unwrap().ok);
+        assert_eq!(f.cpus_online.as_ref(), Some(&online));
+        let version = f.qemu.as_ref().and_then(|q| q.version.as_deref()).unwrap_or("");
+        assert!(version.starts_with("QEMU emulator version"), "{f:?}");
         let dev = std::path::Path::new("/dev/kvm").exists();
         match &f.kvm {
             Some(Kvm::Absent) => assert!(!dev),
             Some(Kvm::Usable | Kvm::Broken(_)) => assert!(dev),
             k => panic!("with sudo and qemu the KVM probe must run: {k:?}"),
         }
-        assert_eq!(r.accel.as_deref(), Some(if f.kvm == Some(Kvm::Usable) { "kvm" } else { "tcg" }));
-        assert!(f.pools.contains_key(&2048), "{f:?}");
+        let want = if f.kvm == Some(Kvm::Usable) { AccelChoice::Kvm } else { AccelChoice::Tcg };
+        assert_eq!(r.accel, Some(want));
+        assert!(f.hugepages.as_ref().unwrap().pools.contains_key(&2048), "{f:?}");
         let item = |n: &str| r.items.iter().find(|i| i.name == n).unwrap_or_else(|| panic!("no item {n}"));
         assert_eq!(item("cpus").status, Status::Fail, "CPU {} is not online", last + 1);
         assert_eq!(item("socat").status, Status::Ok);
         assert!(r.failed());
-        let r = probe::check_node(&lab.node(1), &opts(), &node, &[&fits]).await;
+        let one = harness::plan::fixture::topology(vec![node.clone()], vec![fits]);
+        let r = probe::check_node(&lab.node(1), &opts(), &one, &node, &po).await;
         assert_eq!(r.items.iter().find(|i| i.name == "cpus").unwrap().status, Status::Ok);
+
         // Unreachable: reported, not an error.
         let mut t = lab.node(1);
         t.port = Some(2299);
-        let r = probe::check_node(&t, &opts(), &node, &[]).await;
+        let r = probe::check_node(&t, &opts(), &one, &node, &po).await;
         assert!(!r.reachable && r.error.as_deref().unwrap_or("").contains("connect failed"), "{:?}", r.error);
     });
 }

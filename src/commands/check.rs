@@ -1,33 +1,48 @@
 //! `harness check`: pre-flight every DUT in parallel (one SSH round trip per node), print one
 //! line per node (✓/✗ on a terminal, `ok`/`FAIL` otherwise) or JSON, and exit 0 (all required
-//! items pass), 1 (a requirement fails) or 3 (a node is unreachable).
+//! items pass), 1 (a requirement fails) or 3 (a node is unreachable). `--save-facts DIR` keeps
+//! each node's facts for `render --facts DIR`.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context;
 
 use crate::cli::{CheckArgs, Format, GlobalArgs};
 use crate::exit;
-use crate::remote::probe::{self, Kvm, NodeReport, Status};
+use crate::facts::Kvm;
+use crate::plan::PlanOptions;
+use crate::remote::check::{self, NodeReport, Status};
 use crate::ssh::SshTarget;
 
 pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
-    let (topo, _templates) = super::load_topology(g, &a.topology)?;
+    let (topo, templates) = super::load_topology(g, &a.topology)?;
+    let (topo, templates) = (Arc::new(topo), Arc::new(templates));
     let opts = super::connect_options(g);
     let tasks: Vec<_> = topo
         .duts()
         .map(|node| {
-            let node = node.clone();
+            let (node, topo, templates) = (node.clone(), topo.clone(), templates.clone());
             let target = SshTarget::for_node(&topo, &node);
-            let vms: Vec<_> = topo.vms_on(&node.name).cloned().collect();
             let opts = opts.clone();
             tokio::spawn(async move {
-                let vms: Vec<&_> = vms.iter().collect();
-                probe::check_node(&target, &opts, &node, &vms).await
+                // Checked with the run id `render` shows by default: paths do not affect the checks.
+                let po = PlanOptions { run_id: "RUN_ID".into(), templates: &templates, only_vms: &[] };
+                check::check_node(&target, &opts, &topo, &node, &po).await
             })
         })
         .collect();
     let mut reports = Vec::new();
     for t in tasks {
         reports.push(t.await?);
+    }
+    if let Some(dir) = &a.save_facts {
+        for r in &reports {
+            if let Some(f) = &r.facts {
+                crate::facts::store::save(dir, &r.node, f)
+                    .with_context(|| format!("saving the facts of {}", r.node))?;
+            }
+        }
     }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
@@ -67,7 +82,7 @@ fn print_text(reports: &[NodeReport], tty: bool) {
             line.push_str(&format!(" {}{sep}{}", mark(it.status, tty), it.name));
         }
         if let Some(accel) = &r.accel {
-            line.push_str(&format!("  accel={accel}"));
+            line.push_str(&format!("  accel={}", accel.as_str()));
         }
         if let Some(kvm) = r.facts.as_ref().and_then(|f| f.kvm.as_ref()) {
             let state = match kvm {

@@ -35,7 +35,7 @@ pub fn resolve(
     let (topo, _) = super::load_topology(g, &topo_path)?;
     let sel = Selector {
         run_id: run.map(str::to_string),
-        topology: if run.is_none() { Some(super::up::absolute(&topo_path)) } else { None },
+        topology: if run.is_none() { Some(super::absolute(&topo_path)) } else { None },
     };
     Ok((topo, sel))
 }
@@ -43,7 +43,7 @@ pub fn resolve(
 pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let (topo, sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
     let opts = Arc::new(super::connect_options(g));
-    let (reporter, root) = Reporter::start(super::up::style(g));
+    let (reporter, root) = Reporter::start(super::style(g));
     let mut set = JoinSet::new();
     for node in topo.duts() {
         let target = SshTarget::for_node(&topo, node);

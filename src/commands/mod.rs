@@ -12,8 +12,9 @@ pub mod validate;
 
 use std::path::Path;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, Progress};
 use crate::exit;
+use crate::report::Style;
 use crate::run::manifest::VmRecord;
 use crate::ssh::{ConnectOptions, Session, SshError, SshTarget};
 use crate::templates::{TemplateError, Templates};
@@ -38,6 +39,21 @@ pub fn load_topology(g: &GlobalArgs, path: &Path) -> anyhow::Result<(Topology, T
     Ok((topo, templates))
 }
 
+/// Progress style from `--progress`.
+pub fn style(g: &GlobalArgs) -> Style {
+    match g.progress {
+        Progress::Auto => Style::auto(),
+        Progress::Bars => Style::Bars,
+        Progress::Plain => Style::Plain,
+        Progress::Never => Style::Never,
+    }
+}
+
+/// A topology path as recorded in manifests: absolute, symlinks resolved where possible.
+pub fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
 /// SSH options from the global flags.
 pub fn connect_options(g: &GlobalArgs) -> ConnectOptions {
     let mut o = ConnectOptions {
@@ -58,7 +74,11 @@ pub fn connect_options(g: &GlobalArgs) -> ConnectOptions {
 /// Map an error that reached the CLI edge to its exit code.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<TopologyError>() || cause.is::<TemplateError>() || cause.is::<crate::plan::PlanError>() {
+        if cause.is::<TopologyError>()
+            || cause.is::<TemplateError>()
+            || cause.is::<crate::plan::PlanError>()
+            || cause.is::<crate::facts::store::FactsError>()
+        {
             return exit::INVALID_INPUT;
         }
         if let Some(e) = cause.downcast_ref::<SshError>() {

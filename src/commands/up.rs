@@ -1,51 +1,38 @@
-//! `harness up`: plan, then execute on every node; print the run result.
+//! `harness up`: validate the plan (nothing touches a host if it cannot be made), execute it on
+//! every node, print the run result, and keep the facts and the executed plan in the local run
+//! record (`<state>/runs/<id>/facts/`, `<state>/runs/<id>/plan.json`).
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{Format, GlobalArgs, Progress, UpArgs};
+use crate::cli::{Format, GlobalArgs, UpArgs};
 use crate::exit;
-use crate::plan::{self, PlanOptions};
-use crate::report::{Reporter, Style};
+use crate::facts::FactsByNode;
+use crate::plan::{self, Plan, PlanOptions};
+use crate::report::Reporter;
 use crate::run::record::{self, RunRecord};
 use crate::run::up::{self, RunResult, UpOptions};
-
-pub fn style(g: &GlobalArgs) -> Style {
-    match g.progress {
-        Progress::Auto => Style::auto(),
-        Progress::Bars => Style::Bars,
-        Progress::Plain => Style::Plain,
-        Progress::Never => Style::Never,
-    }
-}
-
-pub fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
-}
 
 pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     let (topo, templates) = super::load_topology(g, &a.topology)?;
     let run_id = a.run_id.clone().unwrap_or_else(crate::run::new_run_id);
-    let mut plan = plan::build(&topo, &PlanOptions { run_id: run_id.clone(), templates: &templates })?;
-    plan::select_vms(&mut plan, &a.vms)?;
-    for n in plan.nodes.iter_mut() {
-        // Only the selected VMs' pages are needed.
-        for need in n.hugepages.iter_mut() {
-            need.pages = n.vms.iter().filter(|v| v.page_size == need.size).map(|v| v.mem_mib / need.size.mib()).sum();
-        }
-        n.hugepages.retain(|h| h.pages > 0);
-    }
-    if plan.nodes.is_empty() {
+    // Planned once without facts first: every input error surfaces before any host is touched.
+    let draft = plan::build(
+        &topo,
+        &FactsByNode::new(),
+        &PlanOptions { run_id: run_id.clone(), templates: &templates, only_vms: &a.vms },
+    )?;
+    if draft.nodes.is_empty() {
         bail!("{}: no VMs to start", a.topology.display());
     }
     let state = record::state_dir(g.state_dir.as_deref());
-    let topology_path = absolute(&a.topology);
+    let topology_path = super::absolute(&a.topology);
     let mut rec = RunRecord {
         run_id: run_id.clone(),
         topology: topology_path.clone().into(),
-        nodes: plan.nodes.iter().map(|n| n.name.clone()).collect(),
+        nodes: draft.nodes.iter().map(|n| n.name.clone()).collect(),
         created_unix: crate::run::now_unix(),
         state: "starting".into(),
     };
@@ -55,17 +42,22 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     let opts = UpOptions {
         run_id: run_id.clone(),
         topology_path: topology_path.into(),
+        topology: Arc::new(topo),
+        templates: Arc::new(templates),
+        only_vms: a.vms.clone(),
         connect: super::connect_options(g),
         stop_grace: Duration::from_secs(10),
     };
-    let (reporter, root) = Reporter::start(style(g));
-    let res = up::up(&topo, &plan, &opts, root.clone()).await;
+    let (reporter, root) = Reporter::start(super::style(g));
+    let res = up::up(&opts, root.clone()).await;
     drop(root);
     reporter.finish().await;
 
     if res.ok {
         rec.state = "ready".into();
         record::save(&state, &rec)?;
+        save_facts_and_plan(&state, &res)
+            .with_context(|| format!("writing the run's facts under {}", state.display()))?;
     } else {
         // Everything was stopped again: nothing left to record.
         record::remove(&state, &run_id);
@@ -85,6 +77,20 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// The facts each node was planned with (in `check --save-facts` form, so `render --facts`
+/// reads them) and the plan that ran.
+fn save_facts_and_plan(state: &std::path::Path, res: &RunResult) -> anyhow::Result<()> {
+    let dir = record::run_dir(state, &res.run_id);
+    for n in &res.nodes {
+        if let Some(f) = &n.facts {
+            crate::facts::store::save(&dir.join("facts"), &n.name, f)?;
+        }
+    }
+    let plan = Plan { run_id: res.run_id.clone(), nodes: res.nodes.iter().filter_map(|n| n.plan.clone()).collect() };
+    std::fs::write(dir.join("plan.json"), plan::render::json(&plan)?)?;
+    Ok(())
+}
+
 fn print_text(res: &RunResult) {
     for v in &res.vms {
         let t = |k: &str| v.timings.get(k).map(|s| format!("{k} {s:.1}s")).unwrap_or_default();
@@ -100,7 +106,7 @@ fn print_text(res: &RunResult) {
             "{:<8} {:<12} {:<8} pid {:<8} {} {} {} {}  {}  {}",
             v.node,
             v.name,
-            v.state,
+            v.state.as_str(),
             v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             t("start"),
             t("boot"),

@@ -15,23 +15,70 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
 }
 
+impl Plan {
+    /// Everything the facts left open, over all nodes.
+    pub fn unresolved(&self) -> impl Iterator<Item = &Unresolved> {
+        self.nodes.iter().flat_map(|n| n.unresolved.iter())
+    }
+}
+
+/// The accelerator a node's VMs run under: decided by the plan from the topology's `accel` and,
+/// for `auto`, the host's KVM probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccelChoice {
+    Kvm,
+    Tcg,
+}
+
+impl AccelChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelChoice::Kvm => "kvm",
+            AccelChoice::Tcg => "tcg",
+        }
+    }
+}
+
+/// A decision the plan could not make from the facts it had: what it shows instead, and how
+/// `up` decides on the host. `render` lists these; a plan made by `up` has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unresolved {
+    pub node: String,
+    /// The VM it concerns, if not the whole node.
+    pub vm: Option<String>,
+    /// `accel`, `kernel`, `initrd`, `numa`.
+    pub what: String,
+    /// What the rendered plan shows in its place.
+    pub shown: String,
+    /// How `up` decides it.
+    pub up_decides: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePlan {
     pub name: String,
     pub host: String,
     pub arch: Arch,
-    pub accel: Accel,
+    /// As written in the topology (`auto` stays visible next to the choice).
+    pub accel_requested: Accel,
+    pub accel: AccelChoice,
     /// `<run_root>/<run_id>`: everything this run creates on the node lives below it.
     pub run_dir: String,
-    /// Pages needed per size (summed over the node's VMs), with the mount each size uses.
+    /// Pages needed per size and NUMA node (summed over the node's VMs), with the mount each
+    /// size uses. The one place hugepage needs are computed.
     pub hugepages: Vec<HugepageNeed>,
     pub allocate_hugepages: bool,
     pub vms: Vec<VmPlan>,
+    /// Decisions left open because facts were missing (empty for a plan made with full facts).
+    pub unresolved: Vec<Unresolved>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HugepageNeed {
     pub size: PageSize,
+    /// The NUMA node whose pool must hold them (VMs bound there), or `None` for the global pool.
+    pub numa: Option<u32>,
     pub pages: u64,
     pub mount: String,
 }
@@ -42,12 +89,6 @@ pub struct VmPlan {
     pub qemu_id: u32,
     /// Full argv, `argv[0]` = `<bin_dir>/qemu-system-<arch>`. Never joined into a shell string here.
     pub argv: Vec<String>,
-    /// argv entries whose value is a path *prefix* to resolve on the host (newest match), as CSIT's
-    /// `ls -1 /opt/boot/vmlinuz* | tail -1`, but failing loudly when nothing matches.
-    pub host_lookups: Vec<HostLookup>,
-    /// Index in `argv` of the accelerator-dependent arguments, rewritten by `run` when
-    /// `accel: auto` resolves to TCG (see [`AccelArgs`]).
-    pub accel_args: AccelArgs,
     pub files: Vec<PlannedFile>,
     pub paths: VmPaths,
     pub readiness: Readiness,
@@ -56,29 +97,8 @@ pub struct VmPlan {
     pub nics: Vec<PlannedNic>,
     pub mem_mib: u64,
     pub page_size: PageSize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct HostLookup {
-    pub argv_index: usize,
-    /// What the value is, for messages (`kernel`, `initrd`).
-    pub what: String,
-    /// Prefix: an exact path wins; otherwise the newest (version-sorted) `prefix*` match.
-    pub prefix: String,
-    /// Text around the value inside the argv element (e.g. `-kernel` takes it whole: both empty).
-    pub before: String,
-    pub after: String,
-}
-
-/// Where in argv the accelerator shows, so `run` can switch a KVM plan to TCG after probing.
-#[derive(Debug, Clone, Serialize)]
-pub struct AccelArgs {
-    /// Index of `-enable-kvm` if present.
-    pub enable_kvm: Option<usize>,
-    /// Index of the `-cpu` value (`host` under KVM).
-    pub cpu_value: Option<usize>,
-    /// Index of the `-machine` value (contains `accel=kvm` or `accel=tcg`).
-    pub machine_value: Option<usize>,
+    /// NUMA node the guest RAM is bound to (`host-nodes=N,policy=bind`), if any.
+    pub numa: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

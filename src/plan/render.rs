@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{FileRole, Marker, Plan, VmPlan};
+use super::{FileRole, Marker, Plan, Unresolved, VmPlan};
 use crate::topology::Sched;
 
 /// The command `run` executes for a VM, as one shell line.
@@ -50,26 +50,35 @@ pub fn text(plan: &Plan) -> String {
         for h in &node.hugepages {
             let _ = writeln!(
                 o,
-                "hugepages needed: {} x {} on {}{}",
+                "hugepages needed: {} x {} on {}{}{}",
                 h.pages,
                 h.size.as_str(),
                 h.mount,
+                h.numa.map(|n| format!(" from NUMA node {n}")).unwrap_or_default(),
                 if node.allocate_hugepages { " (allocated if short)" } else { "" }
             );
         }
+        for u in node.unresolved.iter().filter(|u| u.vm.is_none()) {
+            unresolved_text(&mut o, u);
+        }
         for vm in &node.vms {
-            vm_text(&mut o, vm);
+            vm_text(&mut o, vm, &node.unresolved);
         }
     }
     o
 }
 
-fn vm_text(o: &mut String, vm: &VmPlan) {
+/// One line per open decision: what the plan shows and how `up` will decide it.
+fn unresolved_text(o: &mut String, u: &Unresolved) {
+    let _ = writeln!(o, "unresolved: {}: shown as {}; up {} (give --facts to resolve)", u.what, u.shown, u.up_decides);
+}
+
+fn vm_text(o: &mut String, vm: &VmPlan, unresolved: &[Unresolved]) {
     let _ = writeln!(o);
     let _ = writeln!(o, "--- vm {} (qemu_id {}), run dir {}", vm.name, vm.qemu_id, vm.paths.run_dir);
     let _ = writeln!(o, "{}", command_line(vm));
-    for l in &vm.host_lookups {
-        let _ = writeln!(o, "note: {}: newest match of {}* on the host", l.what, l.prefix);
+    for u in unresolved.iter().filter(|u| u.vm.as_deref() == Some(&vm.name)) {
+        unresolved_text(o, u);
     }
     for n in &vm.nics {
         let _ = writeln!(
@@ -124,7 +133,12 @@ mod tests {
     fn plan() -> Plan {
         let t = Templates::embedded();
         let topo = fixture::topology(vec![fixture::dut("DUT1")], vec![fixture::vm("DUT1", 1)]);
-        build(&topo, &PlanOptions { run_id: "r1".into(), templates: &t }).unwrap()
+        build(
+            &topo,
+            &crate::facts::FactsByNode::new(),
+            &PlanOptions { run_id: "r1".into(), templates: &t, only_vms: &[] },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -135,8 +149,8 @@ mod tests {
         assert_eq!(line, command_line(&p.nodes[0].vms[0]));
         // The -append value is one argv element: quoted once, no embedded quotes.
         assert!(line.contains(" -append 'ro rootfstype=9p "), "{line}");
-        assert!(t.contains("note: kernel: newest match of /opt/boot/vmlinuz* on the host\n"));
-        assert!(t.contains("note: initrd: newest match of /opt/boot/initrd.img* on the host\n"));
+        assert!(t.contains("unresolved: kernel: shown as /opt/boot/vmlinuz; up uses the file itself if it exists, else the newest (version-sorted) match of the prefix (give --facts to resolve)\n"), "{t}");
+        assert!(t.contains("unresolved: initrd: shown as /opt/boot/initrd.img; "));
         assert!(t.contains("hugepages needed: 2048 x 2M on /dev/hugepages\n"));
         assert!(t.contains("nic: vhost2 (vhost_user) mac 52:54:00:00:01:02 guest 0000:00:07.0\n"));
         assert!(t.contains("--- file init /run/harness/r1/DUT1_1/init.sh (mode 0755, "));

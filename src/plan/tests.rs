@@ -2,12 +2,14 @@
 
 use super::fixture::{dut, image_vm, topology, vhost, vm};
 use super::*;
+use crate::facts::{FactsByNode, HostFacts};
+use crate::topology::{Accel, Arch, PageSize, VmInterface, Vnf};
 use crate::topology::{Drive, Sched, VhostUser};
 
 fn build_one(node: Node, v: Vm) -> Result<VmPlan, PlanError> {
     let t = Templates::embedded();
     let topo = topology(vec![node], vec![v]);
-    let plan = build(&topo, &PlanOptions { run_id: "r1".into(), templates: &t })?;
+    let plan = build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r1".into(), templates: &t, only_vms: &[] })?;
     Ok(plan.nodes[0].vms[0].clone())
 }
 
@@ -35,40 +37,105 @@ fn paths_live_in_the_vm_run_dir() {
 }
 
 #[test]
-fn accel_args_point_at_the_right_elements() {
+fn accel_arguments_follow_the_decided_accelerator() {
     let p = build_one(dut("DUT1"), vm("DUT1", 1)).unwrap();
-    assert_eq!(p.argv[p.accel_args.enable_kvm.unwrap()], "-enable-kvm");
-    assert_eq!(p.argv[p.accel_args.cpu_value.unwrap()], "host");
-    assert_eq!(p.argv[p.accel_args.machine_value.unwrap()], "pc,accel=kvm,usb=off,mem-merge=off");
+    assert!(p.argv.contains(&"-enable-kvm".to_string()));
+    assert_eq!(value_after(&p.argv, "-cpu"), ["host"]);
+    assert_eq!(value_after(&p.argv, "-machine"), ["pc,accel=kvm,usb=off,mem-merge=off"]);
     let mut n = dut("DUT1");
     n.qemu.accel = Accel::Tcg;
     n.arch = Arch::Aarch64;
     let p = build_one(n, vm("DUT1", 1)).unwrap();
-    assert!(p.accel_args.enable_kvm.is_none() && !p.argv.contains(&"-enable-kvm".to_string()));
-    assert_eq!(p.argv[p.accel_args.cpu_value.unwrap()], "max");
-    assert_eq!(p.argv[p.accel_args.machine_value.unwrap()], "virt,accel=tcg,usb=off,mem-merge=off,gic-version=3");
+    assert!(!p.argv.contains(&"-enable-kvm".to_string()));
+    assert_eq!(value_after(&p.argv, "-cpu"), ["max"]);
+    assert_eq!(value_after(&p.argv, "-machine"), ["virt,accel=tcg,usb=off,mem-merge=off,gic-version=3"]);
     assert_eq!(p.argv[0], "/usr/bin/qemu-system-aarch64");
 }
 
+fn build_with_facts(node: Node, v: Vm, facts: HostFacts) -> Result<NodePlan, PlanError> {
+    let t = Templates::embedded();
+    let topo = topology(vec![node], vec![v]);
+    let facts = FactsByNode::from([("DUT1".to_string(), facts)]);
+    let plan = build(&topo, &facts, &PlanOptions { run_id: "r1".into(), templates: &t, only_vms: &[] })?;
+    Ok(plan.nodes[0].clone())
+}
+
+/// `auto` is KVM only when the probe guest ran; without the fact it stays open and says so.
 #[test]
-fn host_lookups_index_kernel_and_initrd() {
+fn auto_accel_is_decided_by_the_kvm_fact() {
+    use crate::facts::Kvm;
+    let mut n = dut("DUT1");
+    n.qemu.accel = Accel::Auto;
+    let broken = HostFacts { kvm: Some(Kvm::Broken("MSR".into())), ..HostFacts::default() };
+    let np = build_with_facts(n.clone(), vm("DUT1", 1), broken).unwrap();
+    assert_eq!(np.accel, AccelChoice::Tcg);
+    assert!(!np.vms[0].argv.contains(&"-enable-kvm".to_string()));
+    assert_eq!(value_after(&np.vms[0].argv, "-cpu"), ["max"]);
+    assert!(np.unresolved.iter().all(|u| u.what != "accel"));
+    let usable = HostFacts { kvm: Some(Kvm::Usable), ..HostFacts::default() };
+    assert_eq!(build_with_facts(n.clone(), vm("DUT1", 1), usable).unwrap().accel, AccelChoice::Kvm);
+    let unknown = build_with_facts(n, vm("DUT1", 1), HostFacts::default()).unwrap();
+    let u = unknown.unresolved.iter().find(|u| u.what == "accel").expect("accel unresolved");
+    assert!(u.up_decides.contains("probe guest"), "{u:?}");
+}
+
+/// Kernel prefixes: the looked-up file goes into argv; no lookup leaves the prefix (unresolved);
+/// a lookup that found nothing is an error naming the prefix.
+#[test]
+fn kernel_and_initrd_prefixes_are_resolved_from_facts() {
     let p = build_one(dut("DUT1"), vm("DUT1", 1)).unwrap();
-    assert_eq!(p.host_lookups.len(), 2);
-    for (l, flag) in p.host_lookups.iter().zip(["-kernel", "-initrd"]) {
-        assert_eq!(p.argv[l.argv_index - 1], flag);
-        assert_eq!(p.argv[l.argv_index], l.prefix);
-    }
-    assert_eq!(p.host_lookups[0].prefix, "/opt/boot/vmlinuz");
+    assert_eq!(value_after(&p.argv, "-kernel"), ["/opt/boot/vmlinuz"]);
+    let lookups = [
+        ("/opt/boot/vmlinuz".to_string(), Some("/opt/boot/vmlinuz-6.1.0-amd64".to_string())),
+        ("/opt/boot/initrd.img".to_string(), Some("/opt/boot/initrd.img-6.1.0-amd64".to_string())),
+    ];
+    let f = HostFacts { lookups: Some(lookups.clone().into()), ..HostFacts::default() };
+    let np = build_with_facts(dut("DUT1"), vm("DUT1", 1), f).unwrap();
+    assert_eq!(value_after(&np.vms[0].argv, "-kernel"), ["/opt/boot/vmlinuz-6.1.0-amd64"]);
+    assert_eq!(value_after(&np.vms[0].argv, "-initrd"), ["/opt/boot/initrd.img-6.1.0-amd64"]);
+    assert!(np.unresolved.is_empty(), "{:?}", np.unresolved);
+    let unknown = build_with_facts(dut("DUT1"), vm("DUT1", 1), HostFacts::default()).unwrap();
+    assert_eq!(unknown.unresolved.iter().filter(|u| u.what == "kernel" || u.what == "initrd").count(), 2);
+    let mut none = lookups;
+    none[0].1 = None;
+    let f = HostFacts { lookups: Some(none.into()), ..HostFacts::default() };
+    let e = build_with_facts(dut("DUT1"), vm("DUT1", 1), f).unwrap_err().to_string();
+    assert!(e.contains("no file matches /opt/boot/vmlinuz*"), "{e}");
+}
+
+/// On a host with two NUMA nodes, guest RAM and its hugepage need follow the pinned CPUs' node.
+#[test]
+fn numa_binding_and_hugepage_needs_from_the_cpu_layout() {
+    let lscpu = "# CPU,Core,Socket,Node,,L1d,L1i,L2,L3\n0,0,0,0,,0,0,0,0\n1,1,0,0,,1,1,1,0\n2,2,1,1,,2,2,2,1\n3,3,1,1,,3,3,3,1\n";
+    let mut v = vm("DUT1", 1);
+    v.cpus = Some(vec![2, 3]);
+    let np = build_with_facts(dut("DUT1"), v.clone(), HostFacts::from_lscpu(lscpu.into())).unwrap();
+    assert_eq!(np.vms[0].numa, Some(1));
+    let mem = np.vms[0].argv.iter().find(|a| a.starts_with("memory-backend-file,")).unwrap();
+    assert!(mem.ends_with(",share=on,prealloc=on,host-nodes=1,policy=bind"), "{mem}");
+    assert_eq!(
+        np.hugepages,
+        [HugepageNeed { size: PageSize::M2, numa: Some(1), pages: 2048, mount: "/dev/hugepages".into() }]
+    );
+    // Without a layout the binding is open; a CPU the host lacks is an error.
+    let unknown = build_with_facts(dut("DUT1"), v.clone(), HostFacts::default()).unwrap();
+    assert!(unknown.unresolved.iter().any(|u| u.what == "numa"));
+    assert_eq!(unknown.hugepages[0].numa, None);
+    v.cpus = Some(vec![2, 9]);
+    let e = build_with_facts(dut("DUT1"), v, HostFacts::from_lscpu(lscpu.into())).unwrap_err().to_string();
+    assert!(e.contains("CPU 9 is not a CPU of node DUT1"), "{e}");
 }
 
 #[test]
 fn unique_macs_carry_the_dut_index() {
     let t = Templates::embedded();
     let mut topo = topology(vec![dut("DUT1"), dut("DUT2")], vec![vm("DUT1", 1), vm("DUT2", 1)]);
-    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    let plan =
+        build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r".into(), templates: &t, only_vms: &[] }).unwrap();
     assert_eq!(plan.nodes[1].vms[0].nics[1].mac.as_deref(), Some("52:54:00:00:01:02"));
     topo.unique_macs = true;
-    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    let plan =
+        build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r".into(), templates: &t, only_vms: &[] }).unwrap();
     assert_eq!(plan.nodes[0].vms[0].nics[0].mac.as_deref(), Some("52:54:00:01:01:01"));
     assert_eq!(plan.nodes[1].vms[0].nics[1].mac.as_deref(), Some("52:54:00:02:01:02"));
     assert!(plan.nodes[1].vms[0].files[2].content.contains(" 52:54:00:02:01:02\n"));
@@ -83,7 +150,8 @@ fn hugepages_are_summed_per_size() {
     let mut n = dut("DUT1");
     n.hugepages.mounts.insert(PageSize::G1, "/mnt/huge1g".into());
     let topo = topology(vec![n, dut("DUT2")], vec![vm("DUT1", 1), big, vm("DUT1", 3)]);
-    let plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
+    let plan =
+        build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r".into(), templates: &t, only_vms: &[] }).unwrap();
     assert_eq!(plan.nodes.len(), 1, "DUT2 has no VMs");
     let h: Vec<(PageSize, u64, &str)> =
         plan.nodes[0].hugepages.iter().map(|h| (h.size, h.pages, h.mount.as_str())).collect();
@@ -242,7 +310,7 @@ fn invalid_inputs_are_refused() {
     let t = Templates::embedded();
     let topo = topology(vec![dut("DUT1")], vec![vm("DUT1", 1)]);
     for bad in ["", "a b", "../x", "a/b"] {
-        let r = build(&topo, &PlanOptions { run_id: bad.into(), templates: &t });
+        let r = build(&topo, &FactsByNode::new(), &PlanOptions { run_id: bad.into(), templates: &t, only_vms: &[] });
         assert!(matches!(r, Err(PlanError::RunId { .. })), "{bad:?}");
     }
 }
@@ -267,11 +335,14 @@ fn pinning_and_readiness() {
 fn select_vms_filters_and_rejects_unknown() {
     let t = Templates::embedded();
     let topo = topology(vec![dut("DUT1"), dut("DUT2")], vec![vm("DUT1", 1), vm("DUT2", 1)]);
-    let mut plan = build(&topo, &PlanOptions { run_id: "r".into(), templates: &t }).unwrap();
-    select_vms(&mut plan, &["DUT2_1".into()]).unwrap();
+    let only = ["DUT2_1".to_string()];
+    let plan =
+        build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r".into(), templates: &t, only_vms: &only }).unwrap();
     assert_eq!(plan.nodes.len(), 1);
     assert_eq!(plan.nodes[0].name, "DUT2");
-    let e = select_vms(&mut plan, &["DUT9_1".into()]).unwrap_err();
+    let bad = ["DUT9_1".to_string()];
+    let e = build(&topo, &FactsByNode::new(), &PlanOptions { run_id: "r".into(), templates: &t, only_vms: &bad })
+        .unwrap_err();
     assert!(matches!(e, PlanError::UnknownVm { .. }));
     assert!(e.to_string().contains("DUT9_1"));
     // `harness render --vm DUT9_1` exits with "invalid input".

@@ -7,8 +7,8 @@
 //! count, and the mount must really be hugetlbfs (QEMU silently falls back to plain memory).
 //!
 //! Several nodes of a topology may share one kernel (the loopback lab does), so check, allocate
-//! and QEMU's preallocation must not interleave between runs: callers hold [`HOST_LOCK`] (a
-//! `flock` held by a remote process for as long as a channel stays open) across them.
+//! and QEMU's preallocation must not interleave between runs: callers hold the host lock
+//! ([`crate::remote::lock`]) across them.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::quote::quote;
 use crate::topology::PageSize;
-
-/// Host-wide lock file serialising hugepage check/allocate + QEMU start between runs.
-pub const HOST_LOCK: &str = "/run/harness/.hugepages.lock";
 
 /// One hugepage pool (`/sys/kernel/mm/hugepages/hugepages-<kb>kB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,56 +66,6 @@ impl HugepageState {
             Some(n) => self.numa.get(&(n, size.kib())).map(|p| p.free),
         }
     }
-}
-
-/// The host's NUMA layout: which node each CPU belongs to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NumaLayout {
-    pub nodes: std::collections::BTreeSet<u32>,
-    pub cpu_node: BTreeMap<u32, u32>,
-}
-
-impl NumaLayout {
-    /// The node to bind a VM's memory to: only where it matters (more than one node) and only
-    /// when all of its pinned CPUs sit on the same node.
-    pub fn binding(&self, cpus: &[u32]) -> Option<u32> {
-        if self.nodes.len() < 2 || cpus.is_empty() {
-            return None;
-        }
-        let first = *self.cpu_node.get(&cpus[0])?;
-        cpus.iter().all(|c| self.cpu_node.get(c) == Some(&first)).then_some(first)
-    }
-}
-
-/// Script printing `numanode N` per NUMA node and `cpunode CPU N` per CPU (under `sys`).
-pub fn layout_script(sys: &str) -> String {
-    format!(
-        "for n in {sys}/devices/system/node/node[0-9]*; do [ -d \"$n\" ] && echo \"numanode ${{n##*/node}}\"; done\n\
-         for c in {sys}/devices/system/cpu/cpu[0-9]*/node[0-9]*; do [ -e \"$c\" ] || continue; x=${{c#{sys}/devices/system/cpu/cpu}}; \
-         echo \"cpunode ${{x%%/*}} ${{c##*/node}}\"; done\n",
-        sys = quote(sys)
-    )
-}
-
-pub fn parse_layout(out: &str) -> NumaLayout {
-    let mut l = NumaLayout::default();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["numanode", n] => {
-                if let Ok(n) = n.parse() {
-                    l.nodes.insert(n);
-                }
-            }
-            ["cpunode", c, n] => {
-                if let (Ok(c), Ok(n)) = (c.parse(), n.parse()) {
-                    l.cpu_node.insert(c, n);
-                }
-            }
-            _ => {}
-        }
-    }
-    l
 }
 
 /// A shell script that prints the pools and the mount types, one `key value...` line each.
@@ -236,7 +183,7 @@ fi
     )
 }
 
-/// Script (run as root, under [`HOST_LOCK`]) that raises the pool of `size` (of NUMA node `numa`
+/// Script (run as root, under the host lock) that raises the pool of `size` (of NUMA node `numa`
 /// when the VMs are bound there) by the shortfall for `need` pages, mounts hugetlbfs at `mount`
 /// if it is not one, and raises `vm.max_map_count` to at least 4× the pool (CSIT's rule).
 /// Prints `added=N mounted=0|1 map_was=N|-`; exits 4 with a message when the kernel could not
@@ -276,7 +223,7 @@ pub fn parse_allocation(size: PageSize, mount: &str, numa: Option<u32>, out: &st
     Ok(ch)
 }
 
-/// Script undoing a [`HugepageChange`] (run as root under [`HOST_LOCK`]). The pool shrinks by what
+/// Script undoing a [`HugepageChange`] (run as root under the host lock). The pool shrinks by what
 /// we added (pages still in use by others become surplus and are freed when released); the
 /// mount and max_map_count are restored only when no other run remains under `run_root`.
 pub fn restore_script(ch: &HugepageChange, run_root: &str) -> String {
@@ -361,7 +308,6 @@ mod tests {
             probe_script(&["/dev/hugepages", "/mnt/it's"]),
             allocate_script(PageSize::M2, 10, "/dev/hugepages", None),
             allocate_script(PageSize::G1, 2, "/dev/hugepages1G", Some(1)),
-            layout_script("/sys"),
             restore_script(
                 &HugepageChange {
                     size_kb: 2048,
@@ -385,40 +331,6 @@ mod tests {
         assert_eq!(st.available_on(PageSize::M2, None), Some(87));
         assert_eq!(st.available_on(PageSize::M2, Some(0)), Some(40));
         assert_eq!(st.available_on(PageSize::M2, Some(7)), None);
-    }
-
-    /// Binding matters only on multi-node hosts, and only when all pinned CPUs share a node.
-    #[test]
-    fn numa_binding_rule() {
-        let one = parse_layout("numanode 0\ncpunode 0 0\ncpunode 1 0\n");
-        assert_eq!(one.binding(&[0, 1]), None);
-        let two = parse_layout("numanode 0\nnumanode 1\ncpunode 0 0\ncpunode 1 0\ncpunode 2 1\ncpunode 3 1\n");
-        assert_eq!(two.binding(&[2, 3]), Some(1));
-        assert_eq!(two.binding(&[0, 1]), Some(0));
-        assert_eq!(two.binding(&[1, 2]), None, "spans nodes");
-        assert_eq!(two.binding(&[9]), None, "unknown CPU");
-        assert_eq!(two.binding(&[]), None);
-    }
-
-    /// The layout script against a fake sysfs tree.
-    #[test]
-    fn layout_script_reads_nodes_and_cpu_links() {
-        let d = tempfile::tempdir().unwrap();
-        let sys = d.path();
-        for n in [0, 1] {
-            std::fs::create_dir_all(sys.join(format!("devices/system/node/node{n}"))).unwrap();
-        }
-        for (c, n) in [(0, 0), (1, 1)] {
-            let cpu = sys.join(format!("devices/system/cpu/cpu{c}"));
-            std::fs::create_dir_all(&cpu).unwrap();
-            std::os::unix::fs::symlink(sys.join(format!("devices/system/node/node{n}")), cpu.join(format!("node{n}")))
-                .unwrap();
-        }
-        let out =
-            std::process::Command::new("sh").arg("-c").arg(layout_script(sys.to_str().unwrap())).output().unwrap();
-        let l = parse_layout(&String::from_utf8_lossy(&out.stdout));
-        assert_eq!(l.nodes.len(), 2);
-        assert_eq!(l.cpu_node.get(&1), Some(&1));
     }
 
     /// Raising a NUMA node's pool against a fake sysfs: exactly the shortfall, on that node only.

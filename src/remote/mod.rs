@@ -1,5 +1,8 @@
-//! Node operations built on [`crate::ssh::Session`]: probes, hugepages, process control.
+//! Node operations built on [`crate::ssh::Session`]: facts, checks, hugepages, process control,
+//! the host-wide lock.
+pub mod check;
+pub mod facts;
 pub mod hugepages;
 pub mod kvm;
-pub mod probe;
+pub mod lock;
 pub mod process;

@@ -10,9 +10,9 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::manifest::{self, Manifest};
-use super::up::HOST_LOCK;
 use crate::quote::quote;
 use crate::remote::hugepages::{self, HugepageChange};
+use crate::remote::lock;
 use crate::remote::process::{self, StopReport};
 use crate::report::{EventSink, Phase};
 use crate::ssh::{RemoteCommand, Session, SshError};
@@ -155,8 +155,9 @@ pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink
         script.push_str(&hugepages::restore_script(ch, r.run_root));
     }
     script.push_str("true\n");
-    let cmd = format!("mkdir -p /run/lock && flock {} sh -c {}", quote(HOST_LOCK), quote(&script));
-    match session.run(&RemoteCommand::sh(cmd).sudo()).await {
+    let holder = format!("cleanup of {} ({})", r.run_dir, super::started_by());
+    let cmd = lock::locked_script(&script, &holder, Duration::from_secs(60));
+    match session.run(&RemoteCommand::sh(cmd).sudo().timeout(Duration::from_secs(90))).await {
         Ok(o) if o.success() => {}
         Ok(o) => ev.warn(format!("cleanup of {}: {}", r.run_dir, o.stderr_str().trim())),
         Err(e) => ev.warn(format!("cleanup of {}: {e}", r.run_dir)),
@@ -255,6 +256,7 @@ mod tests {
             run_dir: "/run/harness/r1".into(),
             vms: vec![],
             hugepages: vec![],
+            facts: None,
         };
         assert!(Selector::default().matches(&m));
         assert!(Selector { run_id: Some("r1".into()), topology: None }.matches(&m));

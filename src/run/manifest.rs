@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::facts::HostFacts;
+use crate::plan::{PlannedFile, VmPlan};
 use crate::quote::quote;
 use crate::remote::hugepages::HugepageChange;
 use crate::remote::process::PinnedThread;
@@ -24,6 +26,9 @@ pub struct Manifest {
     pub vms: Vec<VmRecord>,
     /// What `up` changed in the hugepage pools, undone by `down`.
     pub hugepages: Vec<HugepageChange>,
+    /// The facts the node was planned with (`render --facts` reproduces the plan from them).
+    #[serde(default)]
+    pub facts: Option<HostFacts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +45,47 @@ pub struct VmRecord {
     pub pid: Option<u32>,
     pub pinned: Vec<PinnedThread>,
     pub guest_interfaces: Vec<GuestInterfaceRecord>,
+    /// The exact qemu argv `up` ran.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// The exact files `up` uploaded.
+    #[serde(default)]
+    pub files: Vec<FileRecord>,
+}
+
+/// A file as uploaded: path, mode and bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileRecord {
+    pub path: String,
+    pub mode: u32,
+    pub content: String,
+}
+
+impl From<&PlannedFile> for FileRecord {
+    fn from(f: &PlannedFile) -> Self {
+        FileRecord { path: f.path.clone(), mode: f.mode, content: f.content.clone() }
+    }
+}
+
+impl VmRecord {
+    /// The record of a planned VM before it runs (state, pid and the rest filled in by `up`).
+    pub fn planned(v: &VmPlan) -> Self {
+        VmRecord {
+            name: v.name.clone(),
+            qemu_id: v.qemu_id,
+            run_dir: v.paths.run_dir.clone(),
+            pidfile: v.paths.pidfile.clone(),
+            serial_log: v.paths.serial_log.clone(),
+            qmp: v.paths.qmp.clone(),
+            qga: v.paths.qga.clone(),
+            state: "starting".into(),
+            pid: None,
+            pinned: vec![],
+            guest_interfaces: vec![],
+            argv: v.argv.clone(),
+            files: v.files.iter().map(FileRecord::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,8 +161,11 @@ mod tests {
                 pid: Some(5),
                 pinned: vec![],
                 guest_interfaces: vec![],
+                argv: vec!["qemu".into()],
+                files: vec![FileRecord { path: "/x".into(), mode: 0o644, content: "y".into() }],
             }],
             hugepages: vec![],
+            facts: None,
         }
     }
 

@@ -26,6 +26,11 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
     dirs::home_dir().unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/state/harness")
 }
 
+/// `<state>/runs/<run_id>/`: the run's kept facts and plan.
+pub fn run_dir(dir: &Path, run_id: &str) -> PathBuf {
+    dir.join("runs").join(run_id)
+}
+
 pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
     let runs = dir.join("runs");
     std::fs::create_dir_all(&runs)?;
@@ -41,6 +46,7 @@ pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
 
 pub fn remove(dir: &Path, run_id: &str) {
     let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
+    let _ = std::fs::remove_dir_all(run_dir(dir, run_id));
 }
 
 /// All records, newest first.

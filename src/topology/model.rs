@@ -135,6 +135,21 @@ pub struct Node {
     pub interfaces: BTreeMap<String, CsitInterface>,
 }
 
+impl Node {
+    /// `<bin_dir>/qemu-system-<arch>`: the one place the QEMU binary path is made.
+    pub fn qemu_binary(&self) -> String {
+        format!("{}/qemu-system-{}", self.qemu.bin_dir.trim_end_matches('/'), self.arch.as_str())
+    }
+
+    /// hugetlbfs mount for a page size on this node: the configured one, else CSIT's defaults.
+    pub fn hugepage_mount(&self, size: PageSize) -> String {
+        self.hugepages.mounts.get(&size).cloned().unwrap_or_else(|| match size {
+            PageSize::M2 => "/dev/hugepages".to_string(),
+            PageSize::G1 => "/dev/hugepages1G".to_string(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CsitInterface {
     pub mac_address: Option<String>,

@@ -1,0 +1,120 @@
+//! The host-wide lock that serialises hugepage check/allocation, QEMU preallocation and their
+//! undoing between runs (and between nodes that share one kernel, as the loopback lab's do).
+//!
+//! One lock file, in a directory only root can create (`/run` is root-owned, unlike the
+//! world-writable `/run/lock`, where any user could hold the lock and stall every run). Every
+//! wait is bounded; whoever takes the lock writes who they are next to it, so a timeout can say
+//! who holds it. Two ways to hold it: [`HostLock`] keeps a remote `flock` alive for as long as a
+//! channel stays open (for work spanning several round trips), and [`locked_script`] wraps one
+//! script in it (one round trip).
+
+use std::time::Duration;
+
+use crate::quote::quote;
+use crate::ssh::{ChildEvent, RemoteChild, RemoteCommand, Session, SshError};
+
+/// The lock file.
+pub const LOCK_DIR: &str = "/run/harness-locks";
+pub const LOCK_FILE: &str = "/run/harness-locks/hugepages.lock";
+const HOLDER_FILE: &str = "/run/harness-locks/hugepages.holder";
+
+/// Exit status of [`locked_script`] when the lock was not had in time.
+pub const LOCK_TIMEOUT_STATUS: u32 = 75;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("waited {waited:?} for the hugepage lock {LOCK_FILE}; it is held by {holder}")]
+    Timeout { waited: Duration, holder: String },
+    #[error("could not take the hugepage lock {LOCK_FILE}: {0}")]
+    Failed(String),
+}
+
+/// Shell (run as root) that makes the lock directory root-only and refuses one we do not own.
+fn prepare() -> String {
+    format!(
+        "mkdir -p -m 0700 {d} && [ \"$(stat -c %u {d})\" = 0 ] || {{ echo \"{d} is not owned by root\" >&2; exit 1; }}\n",
+        d = quote(LOCK_DIR)
+    )
+}
+
+/// `script` run under the lock (as root), waiting at most `wait`. On timeout it prints the
+/// holder on stderr and exits [`LOCK_TIMEOUT_STATUS`].
+pub fn locked_script(script: &str, holder: &str, wait: Duration) -> String {
+    format!(
+        "{prep}exec 9>{f}\nif ! flock -w {w} 9; then echo \"held by $(cat {h} 2>/dev/null || echo unknown)\" >&2; exit {rc}; fi\n\
+         printf '%s\\n' {me} > {h}\n{script}",
+        prep = prepare(),
+        f = quote(LOCK_FILE),
+        h = quote(HOLDER_FILE),
+        w = wait.as_secs().max(1),
+        rc = LOCK_TIMEOUT_STATUS,
+        me = quote(holder),
+    )
+}
+
+/// The lock, held by a remote `flock` for as long as our channel stays open.
+pub struct HostLock {
+    child: RemoteChild,
+}
+
+impl HostLock {
+    /// Take the lock on the node behind `session`, waiting at most `wait`.
+    pub async fn acquire(session: &Session, holder: &str, wait: Duration) -> Result<HostLock, LockError> {
+        let script = locked_script("echo locked; exec cat >/dev/null\n", holder, wait);
+        let mut child =
+            session.spawn(&RemoteCommand::sh(script).sudo().timeout(wait + Duration::from_secs(86_400))).await?;
+        let mut seen = Vec::new();
+        while let Some(ev) = child.next().await {
+            match ev {
+                ChildEvent::Stdout(b) => {
+                    seen.extend_from_slice(&b);
+                    if seen.windows(6).any(|w| w == b"locked") {
+                        return Ok(HostLock { child });
+                    }
+                }
+                ChildEvent::Stderr(b) => seen.extend_from_slice(&b),
+                ChildEvent::Exit(status) => {
+                    let text = String::from_utf8_lossy(&seen).trim().to_string();
+                    if status == Some(LOCK_TIMEOUT_STATUS) {
+                        let holder = text.strip_prefix("held by ").unwrap_or(&text).to_string();
+                        return Err(LockError::Timeout { waited: wait, holder });
+                    }
+                    return Err(LockError::Failed(text));
+                }
+            }
+        }
+        Err(LockError::Failed("the lock channel closed".into()))
+    }
+
+    /// Let go (closing the channel ends the remote `flock`).
+    pub async fn release(mut self) {
+        let _ = self.child.close_stdin().await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while self.child.next().await.is_some() {} }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wrapper against a scratch lock: a second taker times out and names the holder.
+    #[test]
+    fn second_taker_times_out_naming_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        let fix = |s: String| s.replace(LOCK_DIR, dir).replace("[ \"$(stat -c %u", "[ 0 = 0 ] || [ \"$(stat -c %u");
+        let first = fix(locked_script("sleep 3\n", "run-A pid 1", Duration::from_secs(1)));
+        let mut holder = std::process::Command::new("sh").arg("-c").arg(&first).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let second = fix(locked_script("echo got it\n", "run-B", Duration::from_secs(1)));
+        let out = std::process::Command::new("sh").arg("-c").arg(&second).output().unwrap();
+        assert_eq!(out.status.code(), Some(LOCK_TIMEOUT_STATUS as i32), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("held by run-A pid 1"), "{out:?}");
+        holder.wait().unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&second).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got it");
+    }
+}

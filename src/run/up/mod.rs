@@ -1,0 +1,288 @@
+//! `harness up`: on every node concurrently, gather the host's facts, plan the node with them,
+//! and execute exactly that plan; prove every VM is ready.
+//!
+//! The stages of one node ([`node::node_up`]), each in its own module:
+//!
+//! 1. [`prepare`]: connect, gather [`crate::facts::HostFacts`] (one round trip), plan the node
+//!    ([`crate::plan::plan_node`], the same function `render` uses), create the run directories;
+//! 2. [`upload`]: the rendered files;
+//! 3. [`hugepages`]: under the host lock, check (and if allowed allocate) the plan's hugepage needs;
+//! 4. [`start`]: launch each QEMU (still under the lock: their preallocation must not race);
+//! 5. [`readiness`]: per VM, follow the serial log until a ready marker, then the guest agent;
+//! 6. [`pin`]: vCPU threads to their CPUs, read back (concurrently with the agent);
+//! 7. [`cleanup`]: on any failure or interrupt, stop what the [`Tracker`] recorded, on every node.
+//!
+//! The plan is never patched after planning: what `up` runs is what `render --facts` shows, and
+//! both the facts and the plan are written to the node manifest ([`record`]).
+
+mod cleanup;
+mod hugepages;
+mod node;
+mod pin;
+mod prepare;
+mod readiness;
+mod record;
+mod start;
+mod tracker;
+mod upload;
+
+pub use cleanup::cleanup;
+pub use tracker::{Launched, TrackedNode, Tracker};
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::manifest::GuestInterfaceRecord;
+use crate::facts::HostFacts;
+use crate::plan::{AccelChoice, NodePlan, PlanError};
+use crate::remote::hugepages::HugepageChange;
+use crate::remote::lock::LockError;
+use crate::remote::process::PinnedThread;
+use crate::report::EventSink;
+use crate::ssh::{ConnectOptions, SshError};
+use crate::templates::Templates;
+use crate::topology::Topology;
+
+pub struct UpOptions {
+    pub run_id: String,
+    /// Absolute path of the topology (recorded in manifests).
+    pub topology_path: PathBuf,
+    pub topology: Arc<Topology>,
+    pub templates: Arc<Templates>,
+    /// Start only these VMs (by name); empty = all.
+    pub only_vms: Vec<String>,
+    pub connect: ConnectOptions,
+    /// How long `down`/cleanup waits for QMP `quit` before SIGTERM.
+    pub stop_grace: Duration,
+}
+
+/// Where a VM is. Serialised in snake_case (`pending`, `starting`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Not started (yet, or ever: another node failed first).
+    Pending,
+    Starting,
+    Booting,
+    Ready,
+    Failed,
+    Stopped,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Pending => "pending",
+            VmState::Starting => "starting",
+            VmState::Booting => "booting",
+            VmState::Ready => "ready",
+            VmState::Failed => "failed",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub ok: bool,
+    pub interrupted: bool,
+    pub duration_s: f64,
+    pub nodes: Vec<NodeResult>,
+    pub vms: Vec<VmResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    pub name: String,
+    pub host: String,
+    /// Accelerator the plan chose.
+    pub accel: Option<AccelChoice>,
+    pub hugepages: Vec<HugepageChange>,
+    pub error: Option<String>,
+    /// The node could not be reached or refused us (connect, host key, auth).
+    pub unreachable: bool,
+    /// The facts gathered and the plan executed (kept for the run record, not printed).
+    #[serde(skip)]
+    pub facts: Option<HostFacts>,
+    #[serde(skip)]
+    pub plan: Option<NodePlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmResult {
+    pub node: String,
+    pub name: String,
+    pub state: VmState,
+    pub pid: Option<u32>,
+    pub guest_interfaces: Vec<GuestInterfaceRecord>,
+    pub pinned: Vec<PinnedThread>,
+    /// Seconds per phase (`upload`, `start`, `boot`, `agent`, `pin`, `total`).
+    pub timings: BTreeMap<String, f64>,
+    pub error: Option<String>,
+    /// Last serial lines, on failure.
+    pub serial_tail: Vec<String>,
+}
+
+impl VmResult {
+    fn pending(node: &str, name: &str) -> Self {
+        VmResult {
+            node: node.into(),
+            name: name.into(),
+            state: VmState::Pending,
+            pid: None,
+            guest_interfaces: vec![],
+            pinned: vec![],
+            timings: BTreeMap::new(),
+            error: None,
+            serial_tail: vec![],
+        }
+    }
+}
+
+/// Errors of one node or VM, already phrased for a person (node and VM named by the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{message}")]
+    Guest { message: String, tail: Vec<String> },
+}
+
+impl UpError {
+    /// Connect, handshake, host key or authentication failures: the node was never usable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, UpError::Ssh(e) if e.is_unreachable())
+    }
+}
+
+pub(crate) fn fail(msg: impl Into<String>) -> UpError {
+    UpError::Failed(msg.into())
+}
+
+/// Bring up every selected VM of the topology. Never returns with VMs of a failed run running.
+pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
+    let started = Instant::now();
+    let tracker = Arc::new(Tracker::default());
+    let topo = opts.topology.clone();
+    let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
+    let order: Vec<(String, String)> =
+        topo.vms.iter().filter(|v| selected(&v.name)).map(|v| (v.node.clone(), v.name.clone())).collect();
+    tracker.with(|t| {
+        for (n, v) in &order {
+            t.vms.insert((n.clone(), v.clone()), VmResult::pending(n, v));
+        }
+    });
+    let mut node_results: BTreeMap<String, NodeResult> = BTreeMap::new();
+    let mut set = JoinSet::new();
+    for node in topo.duts().filter(|n| order.iter().any(|(vn, _)| vn == &n.name)) {
+        node_results.insert(
+            node.name.clone(),
+            NodeResult {
+                name: node.name.clone(),
+                host: node.host.clone(),
+                accel: None,
+                hugepages: vec![],
+                error: None,
+                unreachable: false,
+                facts: None,
+                plan: None,
+            },
+        );
+        let ctx = node::NodeCtx::new(opts, node, tracker.clone(), events.for_node(&node.name));
+        set.spawn(async move {
+            let res = node::node_up(&ctx).await;
+            (ctx.node.name.clone(), res)
+        });
+    }
+    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events).await;
+    if failed || interrupted {
+        cleanup(&tracker, opts.stop_grace, &events).await;
+    } else {
+        record::write_final_manifests(&tracker, opts, &events).await;
+    }
+    for (name, tn) in tracker.nodes() {
+        if let Some(nr) = node_results.get_mut(&name) {
+            nr.accel = tn.plan.as_ref().map(|p| p.accel);
+            nr.hugepages = tn.hugepages.clone();
+            nr.facts = tn.facts.clone();
+            nr.plan = tn.plan.clone();
+        }
+        tn.session.close().await;
+    }
+    let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
+    let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
+    RunResult {
+        run_id: opts.run_id.clone(),
+        ok,
+        interrupted,
+        duration_s: started.elapsed().as_secs_f64(),
+        nodes: node_results.into_values().collect(),
+        vms,
+    }
+}
+
+/// Wait for the node tasks; the first failure or a signal aborts the rest. Returns
+/// `(failed, interrupted)`.
+async fn supervise(
+    set: &mut JoinSet<(String, Result<(), UpError>)>,
+    node_results: &mut BTreeMap<String, NodeResult>,
+    events: &EventSink,
+) -> (bool, bool) {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut interrupted = false;
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                None => break,
+                Some(Ok((name, Err(e)))) => {
+                    failed = true;
+                    events.for_node(&name).warn(format!("{e}"));
+                    if let Some(nr) = node_results.get_mut(&name) {
+                        nr.error = Some(e.to_string());
+                        nr.unreachable = e.is_unreachable();
+                    }
+                    set.abort_all();
+                }
+                Some(Ok((_, Ok(())))) => {}
+                Some(Err(e)) if e.is_cancelled() => {}
+                Some(Err(e)) => {
+                    failed = true;
+                    events.warn(format!("internal error: {e}"));
+                    set.abort_all();
+                }
+            },
+            _ = &mut signal, if !interrupted => {
+                interrupted = true;
+                events.warn("interrupted: stopping everything this run started");
+                set.abort_all();
+            }
+        }
+    }
+    (failed, interrupted)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

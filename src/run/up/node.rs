@@ -1,0 +1,167 @@
+//! One node's `up`: the stages in order, over one SSH connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::tracker::Tracker;
+use super::{UpError, UpOptions, VmState, fail, hugepages, pin, prepare, readiness, record, start, upload};
+use crate::plan::{NodePlan, PlanOptions, VmPlan};
+use crate::remote::lock::HostLock;
+use crate::report::{EventSink, Phase};
+use crate::ssh::{ConnectOptions, Session};
+use crate::templates::Templates;
+use crate::topology::{Node, Topology};
+
+/// How long a node waits for another run's hold on the host lock.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Everything a node task needs, owned (node tasks are spawned).
+pub(super) struct NodeCtx {
+    pub node: Node,
+    pub topology: Arc<Topology>,
+    pub templates: Arc<Templates>,
+    pub only_vms: Vec<String>,
+    pub run_id: String,
+    pub topology_path: String,
+    pub connect: ConnectOptions,
+    pub tracker: Arc<Tracker>,
+    pub events: EventSink,
+}
+
+impl NodeCtx {
+    pub fn new(opts: &UpOptions, node: &Node, tracker: Arc<Tracker>, events: EventSink) -> Self {
+        NodeCtx {
+            node: node.clone(),
+            topology: opts.topology.clone(),
+            templates: opts.templates.clone(),
+            only_vms: opts.only_vms.clone(),
+            run_id: opts.run_id.clone(),
+            topology_path: opts.topology_path.display().to_string(),
+            connect: opts.connect.clone(),
+            tracker,
+            events,
+        }
+    }
+
+    pub fn plan_options(&self) -> PlanOptions<'_> {
+        PlanOptions { run_id: self.run_id.clone(), templates: &self.templates, only_vms: &self.only_vms }
+    }
+}
+
+pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
+    let (session, np) = prepare::prepare(ctx).await?;
+    let ev = &ctx.events;
+
+    ev.phase(Phase::Uploading);
+    let t = Instant::now();
+    upload::files(&session, &np).await?;
+    let upload_s = t.elapsed().as_secs_f64();
+
+    // Hugepages and QEMU starts under the host lock: preallocation must not race another run.
+    ev.phase(Phase::Hugepages);
+    let holder = format!("run {} node {} ({})", ctx.run_id, ctx.node.name, crate::run::started_by());
+    let lock = HostLock::acquire(&session, &holder, LOCK_WAIT).await?;
+    let started = async {
+        let changes = hugepages::ensure(&session, &np).await?;
+        ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
+        record::write_manifest(ctx, &session, &np).await?;
+        start::all(ctx, &session, &np).await
+    }
+    .await;
+    lock.release().await;
+    let pids = started?;
+    ev.phase(Phase::Booting);
+    wait_all(ctx, &session, &np, &pids, upload_s).await
+}
+
+/// Readiness and pinning, every VM concurrently; the first failure stops the wait for the rest.
+async fn wait_all(
+    ctx: &NodeCtx,
+    session: &Session,
+    np: &NodePlan,
+    pids: &BTreeMap<String, u32>,
+    upload_s: f64,
+) -> Result<(), UpError> {
+    let mut waits = JoinSet::new();
+    for v in np.vms.iter().cloned() {
+        let (s, tracker, node) = (session.clone(), ctx.tracker.clone(), np.name.clone());
+        let ev = ctx.events.for_vm(&v.name);
+        let pid = pids[&v.name];
+        tracker.vm(&node, &v.name, |r| r.pid = Some(pid));
+        tracker.timing(&node, &v.name, "upload", upload_s);
+        tracker.set_state(&node, &v.name, VmState::Booting);
+        waits.spawn(async move {
+            let res = vm_ready(&s, &v, pid, &tracker, &node, &ev).await;
+            (v.name.clone(), res)
+        });
+    }
+    let mut first_err = None;
+    while let Some(r) = waits.join_next().await {
+        match r {
+            Ok((vm, Ok(()))) => ctx.tracker.set_state(&np.name, &vm, VmState::Ready),
+            Ok((vm, Err(e))) => {
+                first_err.get_or_insert(record::vm_failed(ctx, &np.name, &vm, e));
+                // Fail fast: the run is lost, stop waiting for the others.
+                waits.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                first_err.get_or_insert(fail(format!("wait task: {e}")));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            ctx.events.phase(Phase::Ready);
+            Ok(())
+        }
+    }
+}
+
+/// One VM: serial readiness, then the guest agent and pinning at once (independent sockets).
+async fn vm_ready(
+    session: &Session,
+    v: &VmPlan,
+    pid: u32,
+    tracker: &Tracker,
+    node: &str,
+    ev: &EventSink,
+) -> Result<(), UpError> {
+    let deadline = tokio::time::Instant::now() + v.readiness.timeout;
+    let t0 = Instant::now();
+    ev.phase(Phase::Booting);
+    if !v.readiness.ready_markers.is_empty() {
+        readiness::wait_serial(session, v, pid, deadline).await?;
+    }
+    tracker.timing(node, &v.name, "boot", t0.elapsed().as_secs_f64());
+    let agent = async {
+        if !v.readiness.qga {
+            return Ok(());
+        }
+        ev.phase(Phase::Agent);
+        let t = Instant::now();
+        let ifaces = readiness::qga_ready(session, v, deadline).await?;
+        tracker.timing(node, &v.name, "agent", t.elapsed().as_secs_f64());
+        tracker.vm(node, &v.name, |r| r.guest_interfaces = ifaces);
+        Ok::<(), UpError>(())
+    };
+    let pinning = async {
+        let Some(p) = &v.pinning else { return Ok(()) };
+        ev.phase(Phase::Pinning);
+        let t = Instant::now();
+        let pinned = pin::pin_vcpus(session, v, pid, p).await?;
+        tracker.timing(node, &v.name, "pin", t.elapsed().as_secs_f64());
+        tracker.vm(node, &v.name, |r| r.pinned = pinned);
+        Ok::<(), UpError>(())
+    };
+    let (a, p) = tokio::join!(agent, pinning);
+    a?;
+    p?;
+    tracker.timing(node, &v.name, "total", t0.elapsed().as_secs_f64());
+    ev.phase(Phase::Ready);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Stage 5: is the guest ready? Follow the serial log as a stream until a ready marker (a
+//! failure marker or QEMU exiting ends the wait at once), then sync with the guest agent.
+
+use std::time::Duration;
+
+use super::super::bridge::Bridge;
+use super::super::manifest::GuestInterfaceRecord;
+use super::super::qga::Qga;
+use super::super::serial::{SerialWatch, Verdict};
+use super::{UpError, fail};
+use crate::plan::VmPlan;
+use crate::ssh::{RemoteCommand, Session};
+
+/// Follow the serial log as a stream (`tail -F` from byte 0, ending when QEMU exits) until a
+/// ready or failure marker appears anywhere in it.
+pub(super) async fn wait_serial(
+    session: &Session,
+    v: &VmPlan,
+    pid: u32,
+    deadline: tokio::time::Instant,
+) -> Result<(), UpError> {
+    let cmd = RemoteCommand::new(["tail", "-c", "+0", "-F", "-s", "0.2", &format!("--pid={pid}"), &v.paths.serial_log])
+        .sudo()
+        .timeout(v.readiness.timeout + Duration::from_secs(30));
+    let mut child = session.spawn(&cmd).await?;
+    let mut watch = SerialWatch::new(v.readiness.ready_markers.clone(), v.readiness.fail_markers.clone());
+    let result = loop {
+        let ev = match tokio::time::timeout_at(deadline, child.next()).await {
+            Ok(ev) => ev,
+            Err(_) => {
+                break Err(UpError::Guest {
+                    message: format!("not ready after {:?} (boot_timeout)", v.readiness.timeout),
+                    tail: watch.tail(),
+                });
+            }
+        };
+        match ev {
+            Some(crate::ssh::ChildEvent::Stdout(b)) => match watch.feed(&b) {
+                Some(Verdict::Ready { .. }) => break Ok(()),
+                Some(Verdict::Failed { line, .. }) => {
+                    break Err(UpError::Guest {
+                        message: format!("guest failed: {}", line.trim()),
+                        tail: watch.tail(),
+                    });
+                }
+                None => {}
+            },
+            Some(crate::ssh::ChildEvent::Stderr(_)) => {}
+            Some(crate::ssh::ChildEvent::Exit(_)) | None => {
+                break Err(UpError::Guest { message: "qemu exited during boot".into(), tail: watch.tail() });
+            }
+        }
+    };
+    let _ = child.kill().await;
+    result
+}
+
+/// Sync with the guest agent over one socat bridge (re-opened after each timed-out attempt, as
+/// the QGA protocol requires), then map guest interfaces to our NICs by MAC.
+pub(super) async fn qga_ready(
+    session: &Session,
+    v: &VmPlan,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<GuestInterfaceRecord>, UpError> {
+    let path = v.paths.qga.clone().ok_or_else(|| fail("qga requested but no qga socket planned"))?;
+    let mut last_err = String::new();
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail(format!("guest agent did not answer before boot_timeout: {last_err}")));
+        }
+        let mut bridge = Bridge::unix_socket(session, &path).await?;
+        let mut qga = Qga::new(bridge.stream());
+        match qga.sync(Duration::from_secs(3)).await {
+            Ok(()) => {
+                let ifaces = qga
+                    .network_interfaces(Duration::from_secs(10))
+                    .await
+                    .map_err(|e| fail(format!("guest-network-get-interfaces: {e}")))?;
+                drop(qga);
+                bridge.close().await;
+                return Ok(ifaces
+                    .into_iter()
+                    .map(|i| {
+                        let nic = v
+                            .nics
+                            .iter()
+                            .find(|n| {
+                                n.mac.is_some()
+                                    && n.mac.as_deref().map(str::to_ascii_lowercase)
+                                        == i.mac.as_deref().map(str::to_ascii_lowercase)
+                            })
+                            .map(|n| n.id.clone());
+                        GuestInterfaceRecord { name: i.name, mac: i.mac, ips: i.ips, nic }
+                    })
+                    .collect());
+            }
+            Err(e) => {
+                last_err = e.to_string();
+                drop(qga);
+                bridge.close().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The node manifest `up` writes: before the first QEMU starts (so `down` finds a half-started
+//! run), and once more at the end with pids, pinning and guest interfaces. It carries the facts
+//! the node was planned with and the exact argv and files that ran.
+
+use super::node::NodeCtx;
+use super::tracker::{TrackedNode, Tracker};
+use super::{UpError, UpOptions, VmState, fail};
+use crate::plan::NodePlan;
+use crate::report::{EventSink, Phase};
+use crate::run::manifest::{self, Manifest, VmRecord};
+use crate::ssh::{Session, SshError};
+
+fn manifest_for(tracker: &Tracker, np: &NodePlan, tn: &TrackedNode, run_id: &str, topology: &str) -> Manifest {
+    let vms = np
+        .vms
+        .iter()
+        .map(|v| {
+            let mut rec = VmRecord::planned(v);
+            if let Some(r) = tracker.vm_result(&np.name, &v.name) {
+                rec.state = match r.state {
+                    VmState::Pending => VmState::Starting,
+                    s => s,
+                }
+                .as_str()
+                .to_string();
+                rec.pid = r.pid;
+                rec.pinned = r.pinned;
+                rec.guest_interfaces = r.guest_interfaces;
+            }
+            rec
+        })
+        .collect();
+    Manifest {
+        format: manifest::FORMAT,
+        run_id: run_id.into(),
+        node: np.name.clone(),
+        host: np.host.clone(),
+        topology: topology.into(),
+        started_by: crate::run::started_by(),
+        created_unix: crate::run::now_unix(),
+        run_dir: np.run_dir.clone(),
+        vms,
+        hugepages: tn.hugepages.clone(),
+        facts: tn.facts.clone(),
+    }
+}
+
+async fn upload(session: &Session, run_dir: &str, m: &Manifest) -> Result<(), SshError> {
+    let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
+    session.upload(&bytes, &manifest::path(run_dir, &m.node), 0o644, true).await
+}
+
+/// The manifest as the node stands now.
+pub(super) async fn write_manifest(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    let tn = ctx.tracker.get_node(&np.name).ok_or_else(|| fail("node not tracked"))?;
+    let m = manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path);
+    Ok(upload(session, &np.run_dir, &m).await?)
+}
+
+/// After a successful run: every node's manifest with pids, pinning and guest interfaces.
+pub(super) async fn write_final_manifests(tracker: &Tracker, opts: &UpOptions, events: &EventSink) {
+    for (name, tn) in tracker.nodes() {
+        let Some(np) = &tn.plan else { continue };
+        let m = manifest_for(tracker, np, &tn, &opts.run_id, &opts.topology_path.display().to_string());
+        if let Err(e) = upload(&tn.session, &tn.run_dir, &m).await {
+            events.for_node(&name).warn(format!("could not update the manifest: {e}"));
+        }
+    }
+}
+
+/// Record a VM's failure and phrase it, with the serial tail, for the node's error.
+pub(super) fn vm_failed(ctx: &NodeCtx, node: &str, vm: &str, e: UpError) -> UpError {
+    let tail = match &e {
+        UpError::Guest { tail, .. } => tail.clone(),
+        _ => vec![],
+    };
+    ctx.tracker.vm(node, vm, |r| {
+        r.state = VmState::Failed;
+        r.error = Some(e.to_string());
+        r.serial_tail = tail.clone();
+    });
+    ctx.events.for_vm(vm).phase(Phase::Failed);
+    let mut msg = format!("{vm}: {e}");
+    if !tail.is_empty() {
+        msg.push_str("\n    last serial lines:\n");
+        for l in &tail {
+            msg.push_str(&format!("    | {l}\n"));
+        }
+    }
+    fail(msg)
+}

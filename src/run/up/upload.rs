@@ -1,0 +1,28 @@
+//! Stage 2: upload every rendered file of the node's VMs, concurrently over the one connection
+//! (outside the host lock: big templates can be slow).
+
+use tokio::task::JoinSet;
+
+use super::{UpError, fail};
+use crate::plan::NodePlan;
+use crate::ssh::Session;
+
+pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    let mut uploads = JoinSet::new();
+    for v in &np.vms {
+        for f in &v.files {
+            let s = session.clone();
+            let (content, path, mode) = (f.content.clone().into_bytes(), f.path.clone(), f.mode);
+            let vm = v.name.clone();
+            uploads.spawn(async move { s.upload(&content, &path, mode, true).await.map_err(|e| (vm, e)) });
+        }
+    }
+    while let Some(r) = uploads.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err((vm, e))) => return Err(fail(format!("{vm}: upload failed: {e}"))),
+            Err(e) => return Err(fail(format!("upload task: {e}"))),
+        }
+    }
+    Ok(())
+}
