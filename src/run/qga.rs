@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::jsonlines::{LineError, LineReader, classify};
 
 /// The flush byte / reply delimiter of `guest-sync-delimited`. Never valid inside UTF-8 JSON.
 const SENTINEL: u8 = 0xFF;
@@ -71,14 +73,14 @@ pub struct GuestCommand {
 /// QGA client; see the module docs for the synchronisation rules.
 pub struct Qga<S> {
     stream: S,
-    buf: Vec<u8>,
+    lines: LineReader,
     synced: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Qga<S> {
     /// Wrap a connected stream. Nothing is sent yet; the first command syncs first.
     pub fn new(stream: S) -> Self {
-        Qga { stream, buf: Vec::with_capacity(4096), synced: false }
+        Qga { stream, lines: LineReader::new(MAX_REPLY), synced: false }
     }
 
     /// True after a successful [`Qga::sync`] and no timeout or protocol error since.
@@ -191,35 +193,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qga<S> {
         self.stream.flush().await.map_err(closed_or_io)
     }
 
-    /// Next `\n`-terminated line (without the `\n`); bytes of an unfinished line stay buffered,
-    /// so a cancelled read (timeout) loses nothing.
+    /// Next `\n`-terminated line (without the `\n`); cancel-safe (see [`LineReader`]).
     async fn read_line(&mut self) -> Result<Vec<u8>, QgaError> {
-        let mut scanned = 0;
-        loop {
-            if let Some(nl) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..scanned + nl + 1).collect();
-                line.pop();
-                return Ok(line);
-            }
-            scanned = self.buf.len();
-            if scanned > MAX_REPLY {
-                self.buf.clear();
-                return Err(QgaError::Protocol(format!("reply longer than {MAX_REPLY} bytes")));
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
-            if n == 0 {
-                return Err(QgaError::Closed);
-            }
+        self.lines.read_line(&mut self.stream).await.map_err(QgaError::from)
+    }
+}
+
+impl From<LineError> for QgaError {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::Closed => QgaError::Closed,
+            LineError::TooLong(max) => QgaError::Protocol(format!("reply longer than {max} bytes")),
+            LineError::Io(e) => QgaError::Io(e),
         }
     }
 }
 
 fn closed_or_io(e: std::io::Error) -> QgaError {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => QgaError::Closed,
-        _ => QgaError::Io(e),
-    }
+    classify(e).into()
 }
 
 fn trim(b: &[u8]) -> &[u8] {
