@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the lab, the test guest and the tests need (idempotent; apt only when missing).
 set -euo pipefail
-need=(openssh-server openssh-client sudo socat qemu-system-x86 qemu-guest-agent busybox-static
+need=(openssh-server openssh-client sudo socat qemu-system-x86 qemu-guest-agent busybox-static libxml2-utils python3-junitparser
       kmod xz-utils cpio iproute2 procps util-linux ca-certificates)
 missing=()
 for p in "${need[@]}"; do

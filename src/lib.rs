@@ -12,10 +12,12 @@
 //! * [`ssh`] is the transport: one connection per node, many channels.
 //! * [`remote`] holds node operations built on it (probes, hugepages, process control).
 //! * [`run`] executes plans: `up`, `down`, `status`, `logs`.
+//! * [`collect`] parses what runs collect (VPP `show errors`, `/proc/net/snmp6`).
 //! * [`report`] renders progress events from node tasks (TTY bars, plain lines, JSON).
 //! * [`cli`] is the command-line edge; `main.rs` only calls it.
 
 pub mod cli;
+pub mod collect;
 pub mod commands;
 pub mod exit;
 pub mod facts;

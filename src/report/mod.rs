@@ -5,6 +5,8 @@
 //! time) on a TTY, plain timestamped lines otherwise (with a heartbeat so CI logs never look
 //! hung), or nothing. Rendering never blocks the senders (unbounded channel, no shared locks).
 
+pub mod junit;
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod down;
+pub mod jsonlines;
 pub mod manifest;
 pub mod qga;
 pub mod qmp;

@@ -13,14 +13,20 @@
 //! itself unsynchronised and [`Qga::execute`] re-syncs first (callers may also call
 //! [`Qga::sync`] explicitly, and should reconnect the stream if a re-sync times out too).
 //!
+//! [`Qga::exec`] runs a program in the guest with `guest-exec` and polls `guest-exec-status`
+//! until it exits: the agent sends no event when a process ends, so polling is the only way.
+//!
 //! Commands that answer nothing on success (`guest-shutdown`, `guest-suspend-*`) are not
 //! supported by [`Qga::execute`]: they would end in a timeout. Stop guests through QMP instead.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::jsonlines::{LineError, LineReader, classify};
 
 /// The flush byte / reply delimiter of `guest-sync-delimited`. Never valid inside UTF-8 JSON.
 const SENTINEL: u8 = 0xFF;
@@ -41,6 +47,54 @@ pub enum QgaError {
     Command { cmd: String, class: String, desc: String },
     #[error("guest agent: I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The agent answers but refuses to run programs: guest-exec is blocked in its
+    /// configuration. Retrying cannot help, so this is not a [`QgaError::Command`].
+    #[error(
+        "guest agent: {cmd} is disabled in the guest ({desc}); start qemu-ga without \
+         `--block-rpcs {cmd}` (or add it to `--allow-rpcs`, or the `block-rpcs`/`allow-rpcs` keys \
+         of /etc/qemu/qemu-ga.conf) to run commands in the guest"
+    )]
+    ExecDisabled { cmd: String, desc: String },
+}
+
+/// First and last wait between two `guest-exec-status` polls: short at first so quick
+/// commands return quickly, growing so a long one does not flood the agent.
+const EXEC_POLL_FIRST: Duration = Duration::from_millis(10);
+const EXEC_POLL_MAX: Duration = Duration::from_millis(200);
+
+/// How a guest process ended, as `guest-exec-status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// Normal exit with this code.
+    Code(i64),
+    /// Killed by this signal (on Windows guests: the unhandled exception code).
+    Signal(i64),
+    /// The agent reported neither (allowed by the schema).
+    Unknown,
+}
+
+/// Result of [`Qga::exec`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExecOutput {
+    /// Guest pid the agent assigned.
+    pub pid: i64,
+    pub status: ExitStatus,
+    /// Captured stdout, decoded from base64.
+    pub stdout: Vec<u8>,
+    /// Captured stderr, decoded from base64.
+    pub stderr: Vec<u8>,
+    /// The agent dropped stdout beyond its capture limit (16 MiB in qemu-ga 7.2).
+    pub stdout_truncated: bool,
+    /// The agent dropped stderr beyond its capture limit.
+    pub stderr_truncated: bool,
+}
+
+impl ExecOutput {
+    /// Exited normally with code 0.
+    pub fn success(&self) -> bool {
+        self.status == ExitStatus::Code(0)
+    }
 }
 
 /// One guest network interface as `guest-network-get-interfaces` reports it.
@@ -71,14 +125,14 @@ pub struct GuestCommand {
 /// QGA client; see the module docs for the synchronisation rules.
 pub struct Qga<S> {
     stream: S,
-    buf: Vec<u8>,
+    lines: LineReader,
     synced: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Qga<S> {
     /// Wrap a connected stream. Nothing is sent yet; the first command syncs first.
     pub fn new(stream: S) -> Self {
-        Qga { stream, buf: Vec::with_capacity(4096), synced: false }
+        Qga { stream, lines: LineReader::new(MAX_REPLY), synced: false }
     }
 
     /// True after a successful [`Qga::sync`] and no timeout or protocol error since.
@@ -186,40 +240,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qga<S> {
         parse_interfaces(&v)
     }
 
+    /// Run `path args...` in the guest with output captured and wait for it to exit.
+    ///
+    /// `timeout` bounds the whole call (sync, start, every poll). On timeout the guest process
+    /// keeps running: QGA has no way to kill it. A blocked `guest-exec` or `guest-exec-status`
+    /// gives [`QgaError::ExecDisabled`]; a program that cannot be started (no such file)
+    /// gives the agent's [`QgaError::Command`].
+    pub async fn exec(&mut self, path: &str, args: &[String], timeout: Duration) -> Result<ExecOutput, QgaError> {
+        let deadline = Instant::now() + timeout;
+        // Each step gets what is left of the budget; the outer timeout also covers the re-sync
+        // that `execute` may do first with that same per-step budget.
+        let left = |what: &str| {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| QgaError::Timeout { what: what.to_owned(), timeout })
+        };
+        let run = async {
+            let start = json!({"path": path, "arg": args, "capture-output": true});
+            let ret = self.execute("guest-exec", Some(start), left("guest-exec")?).await.map_err(exec_disabled)?;
+            let pid = ret
+                .get("pid")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| QgaError::Protocol(format!("guest-exec: reply without pid: {ret}")))?;
+            let waiting = format!("guest-exec of {path} (guest pid {pid}) to exit");
+            let mut pause = EXEC_POLL_FIRST;
+            loop {
+                let st = self
+                    .execute("guest-exec-status", Some(json!({"pid": pid})), left(&waiting)?)
+                    .await
+                    .map_err(exec_disabled)?;
+                let exited = st
+                    .get("exited")
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| QgaError::Protocol(format!("guest-exec-status: reply without exited: {st}")))?;
+                if exited {
+                    return parse_exec_status(pid, &st);
+                }
+                tokio::time::sleep(pause.min(left(&waiting)?)).await;
+                pause = (pause * 2).min(EXEC_POLL_MAX);
+            }
+        };
+        // Cancelling `run` mid-command is safe: `execute` marks the client unsynchronised
+        // before it sends, so the next command re-syncs past any late reply.
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| QgaError::Timeout { what: format!("guest-exec of {path}"), timeout })?
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> Result<(), QgaError> {
         self.stream.write_all(bytes).await.map_err(closed_or_io)?;
         self.stream.flush().await.map_err(closed_or_io)
     }
 
-    /// Next `\n`-terminated line (without the `\n`); bytes of an unfinished line stay buffered,
-    /// so a cancelled read (timeout) loses nothing.
+    /// Next `\n`-terminated line (without the `\n`); cancel-safe (see [`LineReader`]).
     async fn read_line(&mut self) -> Result<Vec<u8>, QgaError> {
-        let mut scanned = 0;
-        loop {
-            if let Some(nl) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..scanned + nl + 1).collect();
-                line.pop();
-                return Ok(line);
-            }
-            scanned = self.buf.len();
-            if scanned > MAX_REPLY {
-                self.buf.clear();
-                return Err(QgaError::Protocol(format!("reply longer than {MAX_REPLY} bytes")));
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
-            if n == 0 {
-                return Err(QgaError::Closed);
-            }
+        self.lines.read_line(&mut self.stream).await.map_err(QgaError::from)
+    }
+}
+
+impl From<LineError> for QgaError {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::Closed => QgaError::Closed,
+            LineError::TooLong(max) => QgaError::Protocol(format!("reply longer than {max} bytes")),
+            LineError::Io(e) => QgaError::Io(e),
         }
     }
 }
 
 fn closed_or_io(e: std::io::Error) -> QgaError {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => QgaError::Closed,
-        _ => QgaError::Io(e),
+    classify(e).into()
+}
+
+/// qemu-ga answers a blocked command with class `CommandNotFound` and "Command X has been
+/// disabled"; an agent too old to know guest-exec says "The command X has not been found",
+/// which equally means "this agent will not run programs".
+fn exec_disabled(e: QgaError) -> QgaError {
+    match e {
+        QgaError::Command { cmd, class, desc } if class == "CommandNotFound" || desc.contains("has been disabled") => {
+            QgaError::ExecDisabled { cmd, desc }
+        }
+        other => other,
     }
+}
+
+fn parse_exec_status(pid: i64, st: &Value) -> Result<ExecOutput, QgaError> {
+    let status = match (st.get("exitcode").and_then(Value::as_i64), st.get("signal").and_then(Value::as_i64)) {
+        // The agent reports one or the other; a signal is the more specific news.
+        (_, Some(sig)) => ExitStatus::Signal(sig),
+        (Some(code), None) => ExitStatus::Code(code),
+        (None, None) => ExitStatus::Unknown,
+    };
+    let data = |key: &str| -> Result<Vec<u8>, QgaError> {
+        match st.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| QgaError::Protocol(format!("guest-exec-status: {key} is not base64: {e}"))),
+            Some(other) => Err(QgaError::Protocol(format!("guest-exec-status: {key} is not a string: {other}"))),
+        }
+    };
+    let flag = |key: &str| st.get(key).and_then(Value::as_bool).unwrap_or(false);
+    Ok(ExecOutput {
+        pid,
+        status,
+        stdout: data("out-data")?,
+        stderr: data("err-data")?,
+        stdout_truncated: flag("out-truncated"),
+        stderr_truncated: flag("err-truncated"),
+    })
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -390,6 +520,195 @@ mod tests {
         let mut q = Qga::new(client);
         let err = q.sync(Duration::from_millis(100)).await.unwrap_err();
         assert!(matches!(err, QgaError::Timeout { .. }), "{err:?}");
+    }
+
+    /// An in-process agent speaking the QGA wire protocol: answers `guest-sync-delimited`
+    /// itself and every other request with `reply(request)` (a full `{"return"|"error": ...}`).
+    /// Returns the requests it saw, in order, when the client hangs up.
+    fn fake_agent(
+        agent: DuplexStream,
+        mut reply: impl FnMut(&Value) -> Value + Send + 'static,
+    ) -> tokio::task::JoinHandle<Vec<Value>> {
+        tokio::spawn(async move {
+            let mut r = BufReader::new(agent);
+            let mut seen = Vec::new();
+            loop {
+                let mut line = Vec::new();
+                if r.read_until(b'\n', &mut line).await.unwrap() == 0 {
+                    return seen;
+                }
+                let body = line.strip_prefix(&[SENTINEL]).unwrap_or(&line);
+                let req: Value = serde_json::from_slice(body).unwrap();
+                let w = r.get_mut();
+                if req["execute"] == "guest-sync-delimited" {
+                    w.write_all(&[SENTINEL]).await.unwrap();
+                    w.write_all(format!("{{\"return\": {}}}\n", req["arguments"]["id"]).as_bytes()).await.unwrap();
+                    continue;
+                }
+                let answer = reply(&req);
+                seen.push(req);
+                w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+            }
+        })
+    }
+
+    fn b64(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[tokio::test]
+    async fn exec_polls_until_exited_and_decodes_output() {
+        let (client, agent) = duplex(4096);
+        let mut polls = 0;
+        let peer = fake_agent(agent, move |req| match req["execute"].as_str().unwrap() {
+            "guest-exec" => json!({"return": {"pid": 4242}}),
+            "guest-exec-status" => {
+                assert_eq!(req["arguments"], json!({"pid": 4242}));
+                polls += 1;
+                if polls < 3 {
+                    json!({"return": {"exited": false}})
+                } else {
+                    // Exactly what qemu-ga 7.2 sends for `sh -c 'echo hi; echo err >&2; exit 3'`.
+                    json!({"return": {"exitcode": 3, "err-data": "ZXJyCg==", "out-data": "aGkK",
+                                      "err-truncated": false, "out-truncated": false, "exited": true}})
+                }
+            }
+            other => panic!("unexpected {other}"),
+        });
+        let mut q = Qga::new(client);
+        let args = vec!["-c".to_string(), "echo hi; echo err >&2; exit 3".to_string()];
+        let t0 = Instant::now();
+        let out = q.exec("/bin/sh", &args, Duration::from_secs(5)).await.unwrap();
+        // Two waits (10 ms, 20 ms) between three polls: quick but not a busy loop.
+        assert!(t0.elapsed() >= Duration::from_millis(30), "{:?}", t0.elapsed());
+        assert_eq!(
+            out,
+            ExecOutput {
+                pid: 4242,
+                status: ExitStatus::Code(3),
+                stdout: b"hi\n".to_vec(),
+                stderr: b"err\n".to_vec(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+            }
+        );
+        assert!(!out.success());
+        drop(q);
+        let seen = peer.await.unwrap();
+        assert_eq!(
+            seen[0],
+            json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": args, "capture-output": true}})
+        );
+        assert_eq!(seen.len(), 4, "one guest-exec and three polls: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn exec_reports_signal_truncation_and_missing_output() {
+        let (client, agent) = duplex(4096);
+        let big = vec![b'x'; 3000];
+        let big_b64 = b64(&big);
+        let peer = fake_agent(agent, move |req| match req["execute"].as_str().unwrap() {
+            "guest-exec" => json!({"return": {"pid": 7}}),
+            // Killed: qemu-ga sends `signal` and no `exitcode`; no err-data at all.
+            "guest-exec-status" => json!({"return": {"exited": true, "signal": 9, "out-data": big_b64,
+                                                     "out-truncated": true, "err-truncated": true}}),
+            other => panic!("unexpected {other}"),
+        });
+        let mut q = Qga::new(client);
+        let out = q.exec("yes", &[], Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out.status, ExitStatus::Signal(9));
+        assert_eq!(out.stdout, big);
+        assert!(out.stderr.is_empty());
+        assert!(out.stdout_truncated && out.stderr_truncated);
+        assert!(!out.success());
+        drop(q);
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exec_blocked_by_the_agent_is_a_typed_error() {
+        for (cmd_blocked, class, desc) in [
+            ("guest-exec", "CommandNotFound", "Command guest-exec has been disabled"),
+            ("guest-exec-status", "CommandNotFound", "Command guest-exec-status has been disabled"),
+            ("guest-exec", "CommandNotFound", "The command guest-exec has not been found"),
+        ] {
+            let (client, agent) = duplex(4096);
+            let peer = fake_agent(agent, move |req| {
+                if req["execute"] == cmd_blocked {
+                    json!({"error": {"class": class, "desc": desc}})
+                } else if req["execute"] == "guest-exec" {
+                    json!({"return": {"pid": 1}})
+                } else {
+                    json!({"return": {}})
+                }
+            });
+            let mut q = Qga::new(client);
+            let err = q.exec("/bin/true", &[], Duration::from_secs(5)).await.unwrap_err();
+            match &err {
+                QgaError::ExecDisabled { cmd, desc: d } => {
+                    assert_eq!(cmd, cmd_blocked);
+                    assert_eq!(d, desc);
+                }
+                other => panic!("{desc}: unexpected {other:?}"),
+            }
+            let msg = err.to_string();
+            assert!(msg.contains("disabled in the guest") && msg.contains("--block-rpcs"), "{msg}");
+            // The refusal is a normal reply: the channel stays usable without a re-sync.
+            assert!(q.is_synced());
+            q.ping(Duration::from_secs(5)).await.unwrap();
+            drop(q);
+            peer.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_start_failure_stays_a_command_error() {
+        let (client, agent) = duplex(4096);
+        let peer = fake_agent(agent, |_| {
+            json!({"error": {"class": "GenericError", "desc": "Guest agent command failed, error was \
+                   'Failed to execute child process \u{201c}/nope\u{201d} (No such file or directory)'"}})
+        });
+        let mut q = Qga::new(client);
+        let err = q.exec("/nope", &[], Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, QgaError::Command { ref class, .. } if class == "GenericError"), "{err:?}");
+        drop(q);
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exec_of_a_process_that_never_exits_times_out() {
+        let (client, agent) = duplex(4096);
+        let peer = fake_agent(agent, |req| match req["execute"].as_str().unwrap() {
+            "guest-exec" => json!({"return": {"pid": 99}}),
+            _ => json!({"return": {"exited": false}}),
+        });
+        let mut q = Qga::new(client);
+        let t0 = Instant::now();
+        let err = q.exec("sleep", &["1000".to_string()], Duration::from_millis(400)).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "the budget bounds the whole call: {:?}", t0.elapsed());
+        match &err {
+            QgaError::Timeout { what, .. } => assert!(what.contains("guest-exec of sleep"), "{what}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(q);
+        let seen = peer.await.unwrap();
+        // 400 ms with waits growing 10, 20, 40, 80, 160, 200 ms: a handful of polls, not hundreds.
+        let polls = seen.iter().filter(|r| r["execute"] == "guest-exec-status").count();
+        assert!((3..=10).contains(&polls), "{polls} polls");
+    }
+
+    #[tokio::test]
+    async fn exec_with_bad_base64_is_a_protocol_error() {
+        let (client, agent) = duplex(4096);
+        let peer = fake_agent(agent, |req| match req["execute"].as_str().unwrap() {
+            "guest-exec" => json!({"return": {"pid": 5}}),
+            _ => json!({"return": {"exited": true, "exitcode": 0, "out-data": "not base64!"}}),
+        });
+        let mut q = Qga::new(client);
+        let err = q.exec("true", &[], Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, QgaError::Protocol(ref m) if m.contains("out-data")), "{err:?}");
+        drop(q);
+        peer.await.unwrap();
     }
 
     #[test]

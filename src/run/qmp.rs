@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::jsonlines::{LineError, LineReader, classify};
 
 /// How many events are kept.
 pub const EVENT_BUFFER: usize = 64;
@@ -50,7 +52,7 @@ pub struct VmStatus {
 /// QMP client in command mode (after `qmp_capabilities`).
 pub struct Qmp<S> {
     stream: S,
-    buf: Vec<u8>,
+    lines: LineReader,
     greeting: Value,
     events: VecDeque<Value>,
     next_id: u64,
@@ -63,7 +65,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
     pub async fn connect(stream: S, timeout: Duration) -> Result<Self, QmpError> {
         let mut qmp = Qmp {
             stream,
-            buf: Vec::with_capacity(4096),
+            lines: LineReader::new(MAX_MESSAGE),
             greeting: Value::Null,
             events: VecDeque::new(),
             next_id: 1,
@@ -183,40 +185,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Qmp<S> {
         self.stream
     }
 
-    /// Next JSON message (QMP sends one per line, `\r\n`-terminated).
+    /// Next JSON message (QMP sends one per line, `\r\n`-terminated); blank lines are skipped.
     async fn read_message(&mut self) -> Result<Value, QmpError> {
-        let mut scanned = 0;
         loop {
-            if let Some(nl) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..scanned + nl + 1).collect();
-                scanned = 0;
-                let body = line.trim_ascii();
-                if body.is_empty() {
-                    continue;
-                }
-                return serde_json::from_slice(body).map_err(|e| {
-                    QmpError::Protocol(format!("unparsable message {:?}: {e}", String::from_utf8_lossy(body)))
-                });
+            let line = self.lines.read_line(&mut self.stream).await?;
+            let body = line.trim_ascii();
+            if body.is_empty() {
+                continue;
             }
-            scanned = self.buf.len();
-            if scanned > MAX_MESSAGE {
-                self.buf.clear();
-                return Err(QmpError::Protocol(format!("message longer than {MAX_MESSAGE} bytes")));
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.map_err(closed_or_io)?;
-            if n == 0 {
-                return Err(QmpError::Closed);
-            }
+            return serde_json::from_slice(body).map_err(|e| {
+                QmpError::Protocol(format!("unparsable message {:?}: {e}", String::from_utf8_lossy(body)))
+            });
+        }
+    }
+}
+
+impl From<LineError> for QmpError {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::Closed => QmpError::Closed,
+            LineError::TooLong(max) => QmpError::Protocol(format!("message longer than {max} bytes")),
+            LineError::Io(e) => QmpError::Io(e),
         }
     }
 }
 
 fn closed_or_io(e: std::io::Error) -> QmpError {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected => QmpError::Closed,
-        _ => QmpError::Io(e),
-    }
+    classify(e).into()
 }
 
 #[cfg(test)]
