@@ -829,3 +829,43 @@ mod tests {
         );
     }
 }
+
+/// CSIT's own `CpuUtils.cpu_slice_of_list_for_nf` run on generated Intel-numbered layouts
+/// (`tests/fixtures/chains/csit-placements.json`, see the README there): every placement
+/// must be CSIT's; where CSIT's slices overflow ("overflow"), we refuse instead.
+#[cfg(test)]
+mod csit_golden {
+    use super::*;
+
+    #[test]
+    fn chains_match_csit_on_generated_layouts() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/chains/csit-placements.json")).unwrap();
+        let hosts: BTreeMap<String, Vec<LscpuRow>> = golden["hosts"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), lscpu::parse(v.as_str().unwrap()).unwrap()))
+            .collect();
+        let cases = golden["cases"].as_array().unwrap();
+        assert!(cases.len() > 1000);
+        for case in cases {
+            let u = |k: &str| case[k].as_u64().unwrap() as u32;
+            let nf_dtc = if case["nf_dtc"].as_f64() == Some(0.5) { NfDtc::Half } else { NfDtc::Cores(u("nf_dtc")) };
+            let mut s = ChainSpec::new("DUT1", u("c"), u("n"), "testpmd_io", u("vs_dtc"), nf_dtc, ["T1", "T2"]);
+            s.nf_dtcr = u("nf_dtcr");
+            s.smt = case["smt"].as_bool();
+            let got = expand(&s, &hosts[case["host"].as_str().unwrap()], Some(u("numa")));
+            match (case.get("cpus"), case.get("error").and_then(|e| e.as_str()), &got) {
+                (Some(want), _, Ok(vms)) => {
+                    let want: Vec<Vec<u32>> = serde_json::from_value(want.clone()).unwrap();
+                    let got: Vec<Vec<u32>> = vms.iter().map(|v| v.cpus.clone()).collect();
+                    assert_eq!(got, want, "{case}");
+                }
+                (None, Some("not_enough" | "overflow"), Err(ChainError::NotEnoughCpus { .. })) => {}
+                (None, Some("half"), Err(ChainError::HalfCoreWithoutSmt { .. })) => {}
+                _ => panic!("{case}: got {got:?}"),
+            }
+        }
+    }
+}
