@@ -2,7 +2,9 @@
 # Build the lab's test guest from Debian packages only:
 #   DIR/vmlinux     uncompressed Debian kernel with its PVH entry (QEMU boots it directly with
 #                   -kernel: ~4 s to userspace under TCG vs ~8 s for the bzImage, lab-notes §2)
-#   DIR/initrd.img  busybox-static initramfs with the virtio/9p/virtio_net/virtio_console modules;
+#   DIR/initrd.img  busybox-static initramfs with the virtio/9p/virtio_net/virtio_console modules
+#                   and bridge (+ stp, llc: lab-vnf.sh --bridge forwards a chain hop with it; the
+#                   host's /lib/modules is another kernel's, so it must be loaded here);
 #                   its /init mounts the host's / over 9p and switch_roots to the `init=` path
 #   DIR/lab-vnf.sh  the lab "VNF": starts the host's qemu-ga, prints HARNESS-LAB-READY once
 #                   qemu-ga holds its port
@@ -120,7 +122,7 @@ done
 install -m 0755 "$SRC/initramfs-init.sh" "$IR/init"
 # Load order from modprobe itself (dependencies first), de-duplicated.
 modprobe -d "${MODDIR%/lib/modules}" -S "$KV" --show-depends -a \
-    virtio_pci 9pnet_virtio 9p virtio_net virtio_console \
+    virtio_pci 9pnet_virtio 9p virtio_net virtio_console bridge \
     | awk '$1 == "insmod" && !seen[$2]++ {print $2}' >"$WORK/modules.list"
 : >"$IR/lib/modules/load.order"
 while read -r ko; do

@@ -6,6 +6,15 @@
 #                           wants a password, a keyboard-interactive-only (PAM) node DUTKBD on 2292; write topologies/lab.yaml, $LAB/fanout.yaml, $LAB/lab.env
 #   scripts/lab.sh down     stop the sshd processes started by `up` (by the pids in its pidfiles)
 #   scripts/lab.sh status   show which nodes are listening
+#   scripts/lab.sh vswitch up [SOCKET_DIR] [CHAINS]
+#                           a host vswitch for NF chains: dpdk-testpmd (io forwarding) with one
+#                           net_vhost client port per VM NIC socket SOCKET_DIR/sock-{q}-{1,2}
+#                           (default $LAB/vhost) and a kernel tap per chain end; CHAINS is CxN
+#                           (C chains of N VMs, qemu ids as CSIT: q = (c-1)*N + n; default 1x1)
+#   scripts/lab.sh vswitch down|status
+#   scripts/lab.sh vswitch stats [--json]   packet counters of every vswitch port and tap
+#   scripts/lab.sh vswitch send C [COUNT]   inject COUNT frames (default 10) into chain C's ingress
+#                           (see "vswitch" below for the wiring)
 #
 # Lab dir: ${HARNESS_LAB_DIR:-/var/tmp/harness-lab}. Idempotent: `up` twice gives the same state
 # and restarts dead nodes. Needs root (users, sudoers.d, sshd privilege separation).
@@ -275,6 +284,205 @@ cmd_status() {
     return $rc
 }
 
+# ---- vswitch: dpdk-testpmd between NF-chain VMs (lab-notes §7) ------------------------------
+#
+# Wiring of chain c with VMs q1..qN (QEMU is the vhost-user server on sock-{q}-{1,2}; testpmd
+# connects as client and reconnects until the socket exists, so start order does not matter).
+# testpmd's io forwarding pairs ports 0<->1, 2<->3, ... (port topology "paired", both ways), so
+# the ports are created in this order, two per hop:
+#     vsw{c}in  <-> sock-{q1}-1           ingress: the chain's TG side -> VM q1's first NIC
+#     sock-{qk}-2 <-> sock-{qk+1}-1       VM qk's last NIC -> VM qk+1's first NIC
+#     sock-{qN}-2 <-> vsw{c}out           egress: VM qN's last NIC -> the chain's TG side
+# vsw{c}in / vsw{c}out are kernel tap interfaces on the host (net_tap attached to taps this script
+# creates first, with IPv6 off, so the host puts nothing on them by itself). They are the traffic
+# generator: `vswitch send c N` writes N frames to vsw{c}in (through an AF_PACKET socket), and
+# what leaves the chain is received on vsw{c}out (its rx_packets); frames a VM sends out of its
+# first NIC toward the TG land on vsw{c}in (rx_packets there). With the lab guest bridging its
+# NICs (lab-vnf.sh --bridge) a frame from vsw{c}in crosses every VM and arrives on vsw{c}out.
+#
+# Counters: DPDK telemetry (testpmd's /var/run/dpdk/<prefix>/dpdk_telemetry.v2, /ethdev/stats)
+# per port, on demand, plus the taps' kernel counters: `vswitch stats` prints one line per port
+#     <port> <name> rx=<ipackets> tx=<opackets> [rx_missed=..] [rx_errors=..] [tx_errors=..] peer=<port>
+# (`--json`: a list of objects). In io mode what a port receives is sent on its peer; frames the
+# peer cannot take (a vhost port whose VM is not up) are dropped by testpmd and only show as rx
+# on one side without tx on the other.
+#
+# Files in $LAB/vswitch: testpmd.pid (the only process `down` stops), testpmd.log, ports (one line
+# per port: id name peer), taps, prefix; testpmd's stdin is a FIFO there, and a newline written
+# to it makes testpmd stop its ports and exit cleanly. Memory: --no-huge (no hugepages needed or
+# taken); the VMs' RAM must be shared (hugetlbfs, or memory-backend-memfd,share=on).
+# Env: VSWITCH_LCORES (default 0-1: main lcore + one forwarding lcore), VSWITCH_QUEUES (1),
+# VSWITCH_MEM_MB (256), VSWITCH_TAP_PREFIX (vsw).
+
+VS=$LAB/vswitch
+
+vswitch_alive() {
+    local pid
+    [ -s "$VS/testpmd.pid" ] || return 1
+    pid=$(cat "$VS/testpmd.pid")
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "
+}
+
+vswitch_install() {
+    command -v dpdk-testpmd >/dev/null && return 0
+    "$REPO/scripts/install-deps.sh" vswitch >&2
+    command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd missing after installing dpdk-dev"
+}
+
+cmd_vswitch_up() {
+    local sockdir=${1:-$LAB/vhost} chains=${2:-1x1}
+    local lcores=${VSWITCH_LCORES:-0-1} queues=${VSWITCH_QUEUES:-1} mem=${VSWITCH_MEM_MB:-256}
+    local tp=${VSWITCH_TAP_PREFIX:-vsw}
+    [[ "$chains" =~ ^([0-9]+)x([0-9]+)$ ]] || die "CHAINS must be CxN, e.g. 1x2 (got $chains)"
+    local C=${BASH_REMATCH[1]} N=${BASH_REMATCH[2]}
+    [ "$C" -ge 1 ] && [ "$N" -ge 1 ] && [ $((C * N)) -le 255 ] || die "CHAINS: 1 <= C*N <= 255"
+    [[ "$sockdir" = /* ]] || die "SOCKET_DIR must be absolute"
+    if vswitch_alive; then
+        die "vswitch already running (pid $(cat "$VS/testpmd.pid")); 'vswitch down' first"
+    fi
+    vswitch_install
+    mkdir -p "$VS" "$sockdir"
+    local prefix="hlab-vsw-$(echo "$VS" | md5sum | cut -c1-8)"
+    echo "$prefix" >"$VS/prefix"
+    # Port list in pairing order: name|vdev args.
+    local -a names=() vdevs=() taps=()
+    local c n q v=0 t=0 tin tout
+    for c in $(seq 1 "$C"); do
+        tin="$tp${c}in" tout="$tp${c}out"
+        taps+=("$tin" "$tout")
+        names+=("$tin"); vdevs+=("net_tap$t,iface=$tin"); t=$((t + 1))
+        for n in $(seq 1 "$N"); do
+            q=$(((c - 1) * N + n))
+            names+=("sock-$q-1"); vdevs+=("net_vhost$v,iface=$sockdir/sock-$q-1,client=1,queues=$queues"); v=$((v + 1))
+            names+=("sock-$q-2"); vdevs+=("net_vhost$v,iface=$sockdir/sock-$q-2,client=1,queues=$queues"); v=$((v + 1))
+        done
+        names+=("$tout"); vdevs+=("net_tap$t,iface=$tout"); t=$((t + 1))
+    done
+    # Taps first, quiet (no IPv6 autoconf, no ARP), so the host sends nothing into the chains.
+    local tap
+    for tap in "${taps[@]}"; do
+        ip link del "$tap" 2>/dev/null || true
+        ip tuntap add dev "$tap" mode tap multi_queue
+        echo 1 >"/proc/sys/net/ipv6/conf/$tap/disable_ipv6"
+        ip link set "$tap" arp off
+    done
+    printf '%s\n' "${taps[@]}" >"$VS/taps"
+    : >"$VS/ports"
+    local i
+    for i in "${!names[@]}"; do
+        echo "$i ${names[$i]} $((i ^ 1))" >>"$VS/ports"
+    done
+    # --no-huge (ordinary memory; implies legacy mem, which --in-memory refuses): nothing is left
+    # in /dev/hugepages; the runtime dir /var/run/dpdk/<prefix> (telemetry socket) goes on `down`.
+    local -a args=(-l "$lcores" -n 1 --no-pci --no-huge -m "$mem" --file-prefix "$prefix")
+    for i in "${!vdevs[@]}"; do args+=(--vdev "${vdevs[$i]}"); done
+    args+=(-- --forward-mode=io --port-topology=paired --auto-start --nb-cores=1 --disable-link-check
+           --rxq="$queues" --txq="$queues" --total-num-mbufs=8192)
+    rm -f "$VS/stdin"
+    mkfifo "$VS/stdin"
+    echo "dpdk-testpmd ${args[*]}" >"$VS/testpmd.log"
+    # stdin is the FIFO opened read-write: testpmd's "Press enter to exit" read blocks until
+    # `down` writes a newline. fd 9 (lab.sh's lock) must not be inherited. stdbuf: line-buffered
+    # stdout (to a file it would be block-buffered and the log would lag behind).
+    setsid stdbuf -oL -eL dpdk-testpmd "${args[@]}" <>"$VS/stdin" >>"$VS/testpmd.log" 2>&1 9>&- &
+    echo $! >"$VS/testpmd.pid"
+    for i in $(seq 1 100); do
+        grep -q "Press enter to exit" "$VS/testpmd.log" && break
+        vswitch_alive || { grep -E 'EAL:|Fail|fail|rror' "$VS/testpmd.log" | tail -8 >&2; cmd_vswitch_down; die "testpmd exited (log: $VS/testpmd.log)"; }
+        sleep 0.1
+    done
+    grep -q "Press enter to exit" "$VS/testpmd.log" || { cmd_vswitch_down; die "testpmd did not start forwarding in 10 s ($VS/testpmd.log)"; }
+    for tap in "${taps[@]}"; do ip link set "$tap" up; done
+    log "vswitch up: testpmd pid $(cat "$VS/testpmd.pid"), $C chain(s) x $N VM(s), ${#names[@]} ports, sockets in $sockdir, taps ${taps[*]}"
+}
+
+cmd_vswitch_down() {
+    local pid i tap
+    if vswitch_alive; then
+        pid=$(cat "$VS/testpmd.pid")
+        # Clean exit first (closes the vhost connections), then SIGTERM, then SIGKILL.
+        timeout 2 sh -c "echo > '$VS/stdin'" 2>/dev/null || true
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+        for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        log "vswitch down: stopped testpmd pid $pid"
+    else
+        log "vswitch down: not running"
+    fi
+    rm -f "$VS/testpmd.pid" "$VS/stdin"
+    [ -s "$VS/prefix" ] && rm -rf "/var/run/dpdk/$(cat "$VS/prefix")"
+    if [ -f "$VS/taps" ]; then
+        while read -r tap; do ip link del "$tap" 2>/dev/null || true; done <"$VS/taps"
+        rm -f "$VS/taps"
+    fi
+}
+
+# Telemetry query + tap counters; prints text or JSON.
+vswitch_stats() {
+    local json=${1:-}
+    vswitch_alive || die "vswitch not running"
+    python3 - "/var/run/dpdk/$(cat "$VS/prefix")/dpdk_telemetry.v2" "$VS/ports" "$VS/taps" "$json" <<'PY'
+import json, socket, sys
+sock_path, ports_file, taps_file, as_json = sys.argv[1:5]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sock_path)
+s.recv(65536)  # greeting
+def q(cmd):
+    s.send(cmd.encode())
+    return json.loads(s.recv(1 << 20))
+out = []
+for line in open(ports_file):
+    pid, name, peer = line.split()
+    st = q(f"/ethdev/stats,{pid}")["/ethdev/stats"]
+    out.append({"port": int(pid), "name": name, "peer": int(peer), "rx": st["ipackets"], "tx": st["opackets"],
+                "rx_missed": st["imissed"], "rx_errors": st["ierrors"], "tx_errors": st["oerrors"]})
+taps = []
+for tap in open(taps_file).read().split():
+    d = f"/sys/class/net/{tap}/statistics/"
+    taps.append({"tap": tap, "kernel_rx": int(open(d + "rx_packets").read()), "kernel_tx": int(open(d + "tx_packets").read())})
+if as_json == "--json":
+    print(json.dumps({"ports": out, "taps": taps}, indent=1))
+else:
+    for p in out:
+        extra = "".join(f" {k}={p[k]}" for k in ("rx_missed", "rx_errors", "tx_errors") if p[k])
+        print(f"{p['port']:3} {p['name']:14} rx={p['rx']:<8} tx={p['tx']:<8}{extra} peer={p['peer']}")
+    for t in taps:
+        print(f"tap {t['tap']:14} kernel rx={t['kernel_rx']:<8} tx={t['kernel_tx']}")
+PY
+}
+
+# COUNT frames into chain C's ingress tap: dst 02:00:00:00:00:02 (unknown unicast: a bridge
+# floods it on), src 02:00:00:00:00:01, EtherType 0x88b5 (local experimental), 60 bytes.
+vswitch_send() {
+    local c=${1:?chain number} count=${2:-10} tap=${VSWITCH_TAP_PREFIX:-vsw}${1}in
+    vswitch_alive || die "vswitch not running"
+    [ -e "/sys/class/net/$tap" ] || die "no tap $tap (chains: $(tr '\n' ' ' <"$VS/taps"))"
+    python3 - "$tap" "$count" <<'PY'
+import socket, sys
+tap, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((tap, 0))
+for i in range(count):
+    payload = b"harness-chain " + str(i).encode()
+    s.send((bytes.fromhex("020000000002020000000001") + b"\x88\xb5" + payload).ljust(60, b"\0"))
+print(f"sent {count} frames into {tap}")
+PY
+}
+
+cmd_vswitch() {
+    case "${1:-}" in
+        up) shift; cmd_vswitch_up "$@" ;;
+        down) cmd_vswitch_down ;;
+        status)
+            if vswitch_alive; then echo "vswitch up (testpmd pid $(cat "$VS/testpmd.pid"))"; cat "$VS/ports"; else echo "vswitch down"; return 1; fi ;;
+        stats) shift; vswitch_stats "${1:-}" ;;
+        send) shift; vswitch_send "$@" ;;
+        *) echo "usage: $0 vswitch up [SOCKET_DIR] [CxN] | down | status | stats [--json] | send C [COUNT]" >&2; exit 2 ;;
+    esac
+}
+
 mkdir -p "$LAB"
 exec 9>"$LAB/.lock"
 flock 9          # concurrent `up`/`down` (parallel test runs, other worktrees) take turns
@@ -283,5 +491,6 @@ case "${1:-}" in
     up) shift; cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) echo "usage: $0 up [N] | down | status" >&2; exit 2 ;;
+    vswitch) shift; cmd_vswitch "$@" ;;
+    *) echo "usage: $0 up [N] | down | status | vswitch up|down|status|stats|send ..." >&2; exit 2 ;;
 esac

@@ -5,8 +5,26 @@
 # agent's port, waits until qemu-ga really holds that port (bytes sent earlier arrive mangled,
 # lab-notes §3), prints HARNESS-LAB-READY on the console (our stdout) and then waits on qemu-ga:
 # when qemu-ga dies this script exits and the init powers the guest off.
+#
+# Chain hop (opt-in): `lab-vnf.sh --bridge` (as the VM's `init_command`), LAB_VNF_BRIDGE=1 in the
+# environment, or `lab.bridge=1` on the kernel command line bridges every virtio-net NIC (eth*)
+# into br0, so a frame entering the VM's first NIC leaves through its last (and the other way).
+# `--bridge=eth0,eth1` names the NICs instead. The bridge runs without STP (a chain has no loops)
+# or multicast snooping, and with IPv6 off on br0 and its ports, so the guest itself puts no frame
+# on the data path and per-hop packet counts are exact. Needs the bridge module from the initramfs (build-guest.sh).
+# Before the ready marker it prints `HARNESS-LAB-BRIDGE br0: eth0 eth1` (or -FAILED: why).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
+
+BRIDGE=${LAB_VNF_BRIDGE:-}
+[ "$BRIDGE" = 0 ] && BRIDGE=
+for arg in "$@"; do
+    case "$arg" in
+        --bridge) BRIDGE=1 ;;
+        --bridge=*) BRIDGE=${arg#--bridge=} ;;
+        *) echo "harness-lab-vnf: unknown argument $arg (expected --bridge[=eth0,eth1])" ;;
+    esac
+done
 
 # Defensive: through the 9p export of the host's /, /proc and /run are the *host's* directories
 # until the init mounts its own; neither `mountpoint` (multidevs=remap gives every host mount its
@@ -82,6 +100,57 @@ if [ "$MODE" = isa-serial ]; then
 fi
 
 wait "$IPPID"
+
+if [ -z "$BRIDGE" ]; then
+    # The kernel command line; read once, builtins only.
+    read -r cmdline </proc/cmdline
+    for w in $cmdline; do
+        case "$w" in
+            lab.bridge=1) BRIDGE=1 ;;
+            lab.bridge=*,*) BRIDGE=${w#lab.bridge=} ;;
+        esac
+    done
+fi
+if [ -n "$BRIDGE" ]; then
+    if [ "$BRIDGE" = 1 ]; then
+        # Every virtio-net NIC, in name order (eth0 = the VM's first NIC).
+        nics=
+        for d in /sys/class/net/eth*; do
+            [ -e "$d/device/driver" ] || continue
+            case "$(ls -l "$d/device/driver")" in
+                */virtio_net) nics="$nics ${d##*/}" ;;
+            esac
+        done
+    else
+        nics=$(echo "$BRIDGE" | tr ',' ' ')
+    fi
+    why=
+    set -- $nics
+    [ "$#" -ge 2 ] || why="needs at least two NICs (found:${nics:- none})"
+    if [ -z "$why" ] && [ ! -d /sys/module/bridge ]; then
+        why="no bridge module (rebuild the guest with scripts/build-guest.sh)"
+    fi
+    if [ -z "$why" ]; then
+        echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 2>/dev/null
+        # mcast_snooping 0: with snooping on, br0 joins 224.0.0.106 (multicast router discovery)
+        # and sends IGMP reports of its own into the chain.
+        ip link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0 || why="ip link add br0 failed"
+    fi
+    if [ -z "$why" ]; then
+        echo 1 >/proc/sys/net/ipv6/conf/br0/disable_ipv6 2>/dev/null
+        for nic in $nics; do
+            echo 1 >"/proc/sys/net/ipv6/conf/$nic/disable_ipv6" 2>/dev/null
+            ip link set "$nic" master br0 && ip link set "$nic" up || why="cannot add $nic to br0"
+        done
+        ip link set br0 up || why="cannot bring br0 up"
+    fi
+    if [ -n "$why" ]; then
+        echo "HARNESS-LAB-BRIDGE-FAILED: $why"
+    else
+        echo "HARNESS-LAB-BRIDGE br0:$nics"
+    fi
+fi
+
 read -r up _ </proc/uptime
 echo "HARNESS-LAB-READY qga=$MODE:$PORT uptime=$up"
 wait "$QPID"

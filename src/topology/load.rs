@@ -32,7 +32,7 @@ impl Cx<'_> {
     }
 
     /// Any scalar, as text (`username: 123` is the string "123").
-    fn string(&mut self, n: &YNode, path: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, n: &YNode, path: &str) -> Option<String> {
         match &n.value {
             Value::Scalar { text, .. } if !n.is_null() => Some(text.clone()),
             _ => {
@@ -42,7 +42,7 @@ impl Cx<'_> {
         }
     }
 
-    fn boolean(&mut self, n: &YNode, path: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, n: &YNode, path: &str) -> Option<bool> {
         // YAML 1.2 core schema booleans only: `yes`/`on` are strings there, so refuse them.
         if let Value::Scalar { text, plain: true } = &n.value {
             match text.as_str() {
@@ -56,7 +56,7 @@ impl Cx<'_> {
     }
 
     /// An unsigned integer in `min..=max`; `what` names the expectation in messages.
-    fn int(&mut self, n: &YNode, path: &str, min: u64, max: u64, what: &str) -> Option<u64> {
+    pub(crate) fn int(&mut self, n: &YNode, path: &str, min: u64, max: u64, what: &str) -> Option<u64> {
         let parsed = match &n.value {
             Value::Scalar { text, plain: true } => text.parse::<u64>().ok(),
             _ => None,
@@ -75,7 +75,7 @@ impl Cx<'_> {
     }
 
     /// A queue count: virtio-net allows at most 256 queue pairs per NIC here.
-    fn queues(&mut self, n: &YNode, path: &str) -> Option<u32> {
+    pub(crate) fn queues(&mut self, n: &YNode, path: &str) -> Option<u32> {
         self.int(n, path, 1, 256, "a positive integer").map(|v| v as u32)
     }
 
@@ -93,7 +93,7 @@ impl Cx<'_> {
         None
     }
 
-    fn abs_path(&mut self, n: &YNode, path: &str) -> Option<String> {
+    pub(crate) fn abs_path(&mut self, n: &YNode, path: &str) -> Option<String> {
         let s = self.string(n, path)?;
         if s.starts_with('/') {
             Some(s)
@@ -103,7 +103,7 @@ impl Cx<'_> {
         }
     }
 
-    fn seq<'n>(&mut self, n: &'n YNode, path: &str) -> Option<&'n [YNode]> {
+    pub(crate) fn seq<'n>(&mut self, n: &'n YNode, path: &str) -> Option<&'n [YNode]> {
         match &n.value {
             Value::Seq(items) => Some(items),
             _ => {
@@ -139,7 +139,7 @@ impl Cx<'_> {
 
     /// Open a map, reporting a non-map value and every key not in `known`.
     /// `pos` is where "missing key" errors point (the key naming this map, or the list item).
-    fn fields<'n>(&mut self, n: &'n YNode, path: &str, pos: Pos, known: &[&'static str]) -> Option<Fields<'n>> {
+    pub(crate) fn fields<'n>(&mut self, n: &'n YNode, path: &str, pos: Pos, known: &[&'static str]) -> Option<Fields<'n>> {
         let Value::Map(entries) = &n.value else {
             self.err(n.pos, path, format!("expected a map, found {}", n.kind_name()));
             return None;
@@ -180,7 +180,7 @@ impl<'n> Fields<'n> {
     pub fn path(&self, key: &str) -> String {
         join(&self.path, key)
     }
-    fn required(&self, cx: &mut Cx, key: &str) -> Option<&'n YNode> {
+    pub(crate) fn required(&self, cx: &mut Cx, key: &str) -> Option<&'n YNode> {
         let v = self.get(key);
         if v.is_none() {
             if self.raw(key).is_some() {

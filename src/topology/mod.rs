@@ -4,7 +4,9 @@
 //! (VM on an existing DUT, unique ids and names, CPU lists, PCI addresses, ...). All problems are
 //! reported at once as [`Diagnostic`]s naming `file:line:column` and the key path.
 
+pub mod chains;
 mod load;
+pub mod lscpu;
 mod model;
 mod validate;
 mod yaml;
