@@ -12,15 +12,25 @@
 # outputs exist and were built from the same inputs (this script and scripts/guest/*), it exits at
 # once. `--force` rebuilds (e.g. to pick up a newer kernel package).
 #
-# Usage: scripts/build-guest.sh [--force] [DIR]
+# `--tiny` builds instead the scale-test guest (binutils only, no kernel package):
+#   DIR/tiny/vmlinux-tiny  a PVH ELF from scripts/guest/tiny.S + tiny.ld: prints HARNESS-TINY-READY
+#                          on COM1 and halts forever (~0.25 s from QEMU start to the marker, TCG)
+#   DIR/tiny/initrd-tiny   an empty newc cpio (harness kernel VMs always pass -initrd)
+#
+# Usage: scripts/build-guest.sh [--force] [--tiny] [DIR]
 #        DIR defaults to ${HARNESS_LAB_DIR:-/var/tmp/harness-lab}/guest
 set -euo pipefail
 
-FORCE=0
-if [ "${1:-}" = --force ]; then
-    FORCE=1
+FORCE=0 TINY=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --force) FORCE=1 ;;
+        --tiny) TINY=1 ;;
+        -*) echo "usage: $0 [--force] [--tiny] [DIR]" >&2; exit 2 ;;
+        *) break ;;
+    esac
     shift
-fi
+done
 DIR=${1:-${HARNESS_LAB_DIR:-/var/tmp/harness-lab}/guest}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=$HERE/guest
@@ -31,6 +41,46 @@ T0=$(date +%s%N)
 
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+
+# --- tiny guest (--tiny) ------------------------------------------------------------------------
+build_tiny() {
+    local out=$DIR/tiny stamp
+    mkdir -p "$out"
+    exec 8>"$out/.build.lock"
+    flock 8
+    # Inputs: the assembly, the linker script and the assembler/linker version.
+    if ! command -v as >/dev/null || ! command -v ld >/dev/null; then
+        log "installing binutils"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends --no-upgrade binutils >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends --no-upgrade binutils >/dev/null; }
+    fi
+    stamp=$({ cat "$SRC/tiny.S" "$SRC/tiny.ld"; as --version | head -1; ld --version | head -1; } | sha256sum | cut -d' ' -f1)
+    if [ "$FORCE" = 0 ] && [ -s "$out/vmlinux-tiny" ] && [ -s "$out/initrd-tiny" ] \
+        && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
+        log "tiny guest up to date in $out"
+        return 0
+    fi
+    as --64 -o "$out/tiny.o" "$SRC/tiny.S"
+    ld -m elf_x86_64 -T "$SRC/tiny.ld" --build-id=none -z noexecstack -o "$out/vmlinux-tiny.tmp" "$out/tiny.o"
+    rm -f "$out/tiny.o"
+    # QEMU takes the PVH entry from this note; without it, -kernel would reject the ELF.
+    LC_ALL=C readelf -n "$out/vmlinux-tiny.tmp" | grep -q 'Xen .*0x00000012' \
+        || { echo "build-guest: no XEN_ELFNOTE_PHYS32_ENTRY note in $out/vmlinux-tiny.tmp" >&2; exit 1; }
+    # Empty newc cpio: only the TRAILER!!! entry (110-byte header + 11-byte name), padded to 512.
+    printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%s\0' \
+        0 0 0 0 1 0 0 0 0 0 0 11 0 'TRAILER!!!' >"$out/initrd-tiny.tmp"
+    truncate -s 512 "$out/initrd-tiny.tmp"
+    mv -f "$out/vmlinux-tiny.tmp" "$out/vmlinux-tiny"
+    mv -f "$out/initrd-tiny.tmp" "$out/initrd-tiny"
+    echo "$stamp" >"$out/.stamp"
+    log "built $out/{vmlinux-tiny,initrd-tiny}"
+}
+if [ "$TINY" = 1 ]; then
+    build_tiny
+    exit 0
+fi
+
 # Concurrent callers (several test binaries) wait for one build instead of racing on the files.
 exec 9>"$DIR/.build.lock"
 flock 9

@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Loopback SSH lab: real OpenSSH sshd instances on 127.0.0.1 acting as DUT nodes.
 #
-#   scripts/lab.sh up [N]   start N key-only nodes (default 2, max 32) on ports 2201..2200+N,
-#                           a password-only node DUTPW on 2290 and a node on 2291 whose sudo
-#                           wants a password, a keyboard-interactive-only (PAM) node DUTKBD on 2292; write topologies/lab.yaml, $LAB/fanout.yaml, $LAB/lab.env
+#   scripts/lab.sh up [N] [--vms M]
+#                           start N key-only nodes (default 2, max 32) on ports BASE+1..BASE+N,
+#                           a password-only node DUTPW on BASE+90, a node on BASE+91 whose sudo
+#                           wants a password, a keyboard-interactive-only (PAM) node DUTKBD on
+#                           BASE+92 and a jump host BASTION on BASE+95 (user hlabjump, TCP
+#                           forwarding only); write lab.yaml, $LAB/fanout.yaml, $LAB/lab.env.
+#                           With --vms M (1..64) also build the tiny guest (build-guest.sh --tiny)
+#                           and write lab-scale.yaml (N nodes x M tiny TCG VMs) and
+#                           lab-scale-jump.yaml (the same, every DUT reached through BASTION)
+#   scripts/lab.sh bastion-strict
+#                           start a second jump host BASTIONSTRICT on BASE+96 with MaxStartups 2
+#                           (for handshake-retry tests; `up` also starts it when
+#                           HARNESS_LAB_BASTION_STRICT=1); with a lab-scale.yaml present, write
+#                           lab-scale-jump-strict.yaml
 #   scripts/lab.sh down     stop the sshd processes started by `up` (by the pids in its pidfiles)
 #   scripts/lab.sh status   show which nodes are listening
 #   scripts/lab.sh vswitch up [SOCKET_DIR] [CHAINS]
@@ -16,21 +27,46 @@
 #   scripts/lab.sh vswitch send C [COUNT]   inject COUNT frames (default 10) into chain C's ingress
 #                           (see "vswitch" below for the wiring)
 #
-# Lab dir: ${HARNESS_LAB_DIR:-/var/tmp/harness-lab}. Idempotent: `up` twice gives the same state
-# and restarts dead nodes. Needs root (users, sudoers.d, sshd privilege separation).
+# Environment:
+#   HARNESS_LAB_DIR        lab dir (default /var/tmp/harness-lab)
+#   HARNESS_LAB_PORT_BASE  BASE above (default 2200); node i listens on BASE+i
+#   HARNESS_LAB_BASTION_MAXSTARTUPS  BASTION's sshd MaxStartups (default 10:30:100, sshd's own)
+#   HARNESS_LAB_BASTION_MAXSESSIONS  BASTION's sshd MaxSessions (default 10, sshd's own)
+#   HARNESS_LAB_BASTION_STRICT=1     `up` also starts BASTIONSTRICT
+# Generated topologies (lab.yaml, lab-scale*.yaml) go to the repo's topologies/ for the default
+# lab dir, else to $LAB/topologies/ (so a private lab never overwrites another one's files).
+# The hlab* users are shared by all labs on the machine; each lab's sshds accept only that lab's
+# client key ($LAB/ssh/id_ed25519, through AuthorizedKeysCommand), whatever the users' homes are.
+#
+# Idempotent: `up` twice gives the same state and restarts dead nodes. Needs root (users,
+# sudoers.d, sshd privilege separation).
 set -euo pipefail
 
-LAB=${HARNESS_LAB_DIR:-/var/tmp/harness-lab}
+DEFAULT_LAB=/var/tmp/harness-lab
+LAB=${HARNESS_LAB_DIR:-$DEFAULT_LAB}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BASE_PORT=2200
-PW_PORT=2290
-SUDOPW_PORT=2291
-KBD_PORT=2292
+BASE_PORT=${HARNESS_LAB_PORT_BASE:-2200}
+[[ "$BASE_PORT" =~ ^[0-9]+$ ]] && [ "$BASE_PORT" -ge 1 ] && [ "$BASE_PORT" -le 65400 ] \
+    || { echo "lab.sh: HARNESS_LAB_PORT_BASE must be 1..65400" >&2; exit 2; }
+PW_PORT=$((BASE_PORT + 90))
+SUDOPW_PORT=$((BASE_PORT + 91))
+KBD_PORT=$((BASE_PORT + 92))
+BASTION_PORT=$((BASE_PORT + 95))
+BASTION_STRICT_PORT=$((BASE_PORT + 96))
+BASTION_USER=hlabjump
+BASTION_MAXSTARTUPS=${HARNESS_LAB_BASTION_MAXSTARTUPS:-10:30:100}
+BASTION_MAXSESSIONS=${HARNESS_LAB_BASTION_MAXSESSIONS:-10}
 KBD_USER=hlabkbd
 PW_USER=hlabpw
 PW_PASS=hlab-pass
 SUDOPW_USER=hlabsudo
 MAX_NODES=32
+MAX_VMS=64
+if [ "$(cd "$(dirname "$LAB")" 2>/dev/null && pwd)/$(basename "$LAB")" = "$DEFAULT_LAB" ]; then
+    IS_DEFAULT_LAB=1 TOPO_DIR=$REPO/topologies
+else
+    IS_DEFAULT_LAB=0 TOPO_DIR=$LAB/topologies
+fi
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*" >&2; }
@@ -68,8 +104,11 @@ ensure_user() { # user password|-
     local user=$1 pass=$2 home=$LAB/home/$1
     if ! id "$user" >/dev/null 2>&1; then
         useradd -M -d "$home" -s /bin/bash "$user"
+    elif [ "$IS_DEFAULT_LAB" = 1 ]; then
+        # The users are shared by every lab on the machine: only the default lab moves their home.
+        # (Each lab's sshd takes the keys from its own $LAB/ssh, not from the home, see start_node.)
+        usermod -d "$home" "$user" >/dev/null 2>&1 || true
     fi
-    usermod -d "$home" "$user" >/dev/null 2>&1 || true
     if [ "$pass" = - ]; then
         usermod -p '*' "$user" >/dev/null 2>&1        # no password, but not locked (sshd with UsePAM no refuses locked accounts)
     else
@@ -92,9 +131,21 @@ ensure_sudoers() { # user nopasswd|password
     mv -f "$f.tmp" "$f"
 }
 
-start_node() { # name port user pubkey(yes|no) password(yes|no) [kbdint: PAM keyboard-interactive only]
+# Options after the fifth argument: kbdint (PAM keyboard-interactive only), maxstartups=S,
+# maxsessions=N, jumponly (a bastion: no tty, no shell use, TCP forwarding to 127.0.0.1 only).
+start_node() { # name port user pubkey(yes|no) password(yes|no) [option...]
     local name=$1 port=$2 user=$3 pubkey=$4 pw=$5 kbd=no pam=no d=$LAB/nodes/$1
-    [ "${6:-}" = kbdint ] && { kbd=yes; pam=yes; }
+    local maxstartups=100:30:200 maxsessions=20 extra='' opt
+    shift 5
+    for opt in "$@"; do
+        case "$opt" in
+            kbdint) kbd=yes; pam=yes ;;
+            maxstartups=*) maxstartups=${opt#*=} ;;
+            maxsessions=*) maxsessions=${opt#*=} ;;
+            jumponly) extra=$'PermitOpen 127.0.0.1:*\nPermitTTY no\nX11Forwarding no\nAllowAgentForwarding no' ;;
+            *) die "start_node: unknown option $opt" ;;
+        esac
+    done
     mkdir -p "$d"
     [ -f "$d/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -C "harness-lab-$name" -f "$d/ssh_host_ed25519_key"
     cat >"$d/sshd_config.new" <<CFG
@@ -104,18 +155,22 @@ PidFile $d/sshd.pid
 AllowUsers $user
 PermitRootLogin no
 PubkeyAuthentication $pubkey
+AuthorizedKeysFile none
+AuthorizedKeysCommand /usr/bin/cat $LAB/ssh/id_ed25519.pub
+AuthorizedKeysCommandUser nobody
 PasswordAuthentication $pw
 KbdInteractiveAuthentication $kbd
 UsePAM $pam
 StrictModes yes
-MaxStartups 100:30:200
-MaxSessions 20
+MaxStartups $maxstartups
+MaxSessions $maxsessions
 UseDNS no
 PrintMotd no
 PrintLastLog no
 AllowTcpForwarding yes
 Subsystem sftp internal-sftp
 CFG
+    [ -z "$extra" ] || printf '%s\n' "$extra" >>"$d/sshd_config.new"
     if ! cmp -s "$d/sshd_config.new" "$d/sshd_config" 2>/dev/null; then
         mv -f "$d/sshd_config.new" "$d/sshd_config"
         if pid_alive "$d/sshd.pid" "$d/sshd_config"; then
@@ -140,7 +195,7 @@ CFG
     printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$LAB/ssh/known_hosts.new"
 }
 
-node_yaml() { # name port user [password]
+node_yaml() { # name port user [password|-] [proxy_jump]
     cat <<YAML
   $1:
     type: DUT
@@ -148,7 +203,8 @@ node_yaml() { # name port user [password]
     port: $2
     username: $3
 YAML
-    if [ -n "${4:-}" ]; then
+    [ -z "${5:-}" ] || echo "    proxy_jump: $5"
+    if [ -n "${4:-}" ] && [ "$4" != - ]; then
         echo "    password: $4"
     else
         echo "    identity_file: $LAB/ssh/id_ed25519"
@@ -160,9 +216,74 @@ YAML
 YAML
 }
 
+# The scale topology: DUT1..DUT$1, $2 tiny TCG VMs each (32 MiB on 2M pages, no guest hugepages,
+# no SCHED_RR), every DUT reached through $3 when given. VM j's vCPU is pinned to CPU j-1 when
+# there are at least as many CPUs as VMs per node (harness refuses two VMs pinned to one CPU of a
+# node), else not pinned.
+scale_yaml() { # nodes vms [proxy_jump]
+    local n=$1 m=$2 jump=${3:-} i j g=$LAB/guest/tiny pin
+    echo "# Generated by scripts/lab.sh up $n --vms $m: $n loopback nodes x $m tiny guests${jump:+, through the jump host $jump}. Do not edit."
+    echo "metadata:"
+    echo "  version: 0.1"
+    echo "  schema: []"
+    echo "nodes:"
+    for i in $(seq 1 "$n"); do node_yaml "DUT$i" $((BASE_PORT + i)) "hlab$i" - "$jump"; done
+    echo "vms:"
+    for i in $(seq 1 "$n"); do
+        for j in $(seq 1 "$m"); do
+            pin=''
+            [ "$m" -gt "$(nproc)" ] || pin=" cpus: [$((j - 1))],"
+            echo "  - {node: DUT$i, qemu_id: $j, smp: 1, mem: 32, guest_hugepages: 0,$pin sched: none, vnf: none, qga: false, kernel: $g/vmlinux-tiny, initrd: $g/initrd-tiny, ready_markers: [HARNESS-TINY-READY], boot_timeout: 120s}"
+        done
+    done
+}
+
+write_file() { # path (content on stdin; replaced atomically)
+    cat >"$1.tmp"
+    mv -f "$1.tmp" "$1"
+}
+
+start_bastion() { # name port maxstartups maxsessions
+    ensure_user $BASTION_USER -      # no sudo: it only forwards
+    start_node "$1" "$2" $BASTION_USER yes no "maxstartups=$3" "maxsessions=$4" jumponly
+}
+
+# Writes lab-scale-jump-strict.yaml for the last `up N --vms M` when BASTIONSTRICT runs.
+write_strict_yaml() {
+    local d=$LAB/nodes/BASTIONSTRICT sn sm
+    pid_alive "$d/sshd.pid" "$d/sshd_config" || return 0
+    sn=$(sed -n 's/^LAB_SCALE_NODES=//p' "$LAB/lab.env" 2>/dev/null)
+    sm=$(sed -n 's/^LAB_SCALE_VMS=//p' "$LAB/lab.env" 2>/dev/null)
+    [ -n "$sn" ] && [ -n "$sm" ] || return 0
+    scale_yaml "$sn" "$sm" "$BASTION_USER@127.0.0.1:$BASTION_STRICT_PORT" | write_file "$TOPO_DIR/lab-scale-jump-strict.yaml"
+    log "wrote $TOPO_DIR/lab-scale-jump-strict.yaml"
+}
+
+cmd_bastion_strict() {
+    [ -f "$LAB/ssh/id_ed25519" ] && [ -f "$LAB/ssh/known_hosts" ] || die "no lab in $LAB: run \`$0 up\` first"
+    mkdir -p /run/sshd && chmod 0755 /run/sshd
+    : >"$LAB/ssh/known_hosts.new"
+    start_bastion BASTIONSTRICT $BASTION_STRICT_PORT 2 "$BASTION_MAXSESSIONS"
+    { grep -vF "[127.0.0.1]:$BASTION_STRICT_PORT " "$LAB/ssh/known_hosts" || true; cat "$LAB/ssh/known_hosts.new"; } \
+        | write_file "$LAB/ssh/known_hosts"
+    rm -f "$LAB/ssh/known_hosts.new"
+    write_strict_yaml
+    log "bastion-strict: BASTIONSTRICT $BASTION_USER@127.0.0.1:$BASTION_STRICT_PORT (MaxStartups 2)"
+}
+
 cmd_up() {
-    local n=${1:-2}
+    local n=2 vms=''
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --vms) [ $# -ge 2 ] || die "--vms needs a number"; vms=$2; shift ;;
+            --vms=*) vms=${1#--vms=} ;;
+            *) n=$1 ;;
+        esac
+        shift
+    done
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le $MAX_NODES ] || die "N must be 1..$MAX_NODES"
+    [ -z "$vms" ] || { [[ "$vms" =~ ^[0-9]+$ ]] && [ "$vms" -ge 1 ] && [ "$vms" -le $MAX_VMS ]; } \
+        || die "--vms M: M must be 1..$MAX_VMS"
     install_packages
     mkdir -p "$LAB/ssh" "$LAB/nodes" "$LAB/home"
     chmod 0755 "$LAB" "$LAB/home"
@@ -186,9 +307,20 @@ cmd_up() {
     ensure_user $KBD_USER $PW_PASS
     ensure_sudoers $KBD_USER nopasswd
     start_node DUTKBD $KBD_PORT $KBD_USER no no kbdint
+    # Jump hosts (key auth as $BASTION_USER, forwarding to 127.0.0.1 only).
+    start_bastion BASTION $BASTION_PORT "$BASTION_MAXSTARTUPS" "$BASTION_MAXSESSIONS"
+    if [ "${HARNESS_LAB_BASTION_STRICT:-0}" = 1 ]; then
+        start_bastion BASTIONSTRICT $BASTION_STRICT_PORT 2 "$BASTION_MAXSESSIONS"
+    else
+        d=$LAB/nodes/BASTIONSTRICT       # started earlier by `bastion-strict`: keep its host key known
+        if pid_alive "$d/sshd.pid" "$d/sshd_config"; then
+            printf '[127.0.0.1]:%s %s\n' $BASTION_STRICT_PORT "$(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$LAB/ssh/known_hosts.new"
+        fi
+    fi
     # Nodes from a larger earlier `up` that still run stay part of the lab (known_hosts, fanout.yaml,
     # lab.env): a concurrent `up 2` must not shrink the view of a 32-node benchmark.
-    local keys=$(seq 1 "$n")
+    local keys
+    keys=$(seq 1 "$n")
     for i in $(seq $((n + 1)) $MAX_NODES); do
         d=$LAB/nodes/DUT$i
         pid_alive "$d/sshd.pid" "$d/sshd_config" || continue
@@ -197,8 +329,19 @@ cmd_up() {
         users+=("hlab$i"); ports+=($((BASE_PORT + i)))
     done
     mv -f "$LAB/ssh/known_hosts.new" "$LAB/ssh/known_hosts"
+    # For plain ssh by hand: `ssh -F $LAB/ssh/config [-J hlabjump@127.0.0.1:PORT] -p PORT hlab1@127.0.0.1`
+    # (-J hands -F to the jump hop; -o options would not reach it).
+    write_file "$LAB/ssh/config" <<CFG
+# Generated by scripts/lab.sh up.
+Host 127.0.0.1
+    IdentityFile $LAB/ssh/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $LAB/ssh/known_hosts
+    StrictHostKeyChecking yes
+    BatchMode yes
+CFG
 
-    mkdir -p "$REPO/topologies"
+    mkdir -p "$TOPO_DIR"
     {
         echo "# Generated by scripts/lab.sh up: loopback sshd nodes. Do not edit."
         echo "metadata:"
@@ -217,8 +360,13 @@ vms:
   - {node: DUT2, qemu_id: 2, smp: 1, mem: 256, guest_hugepages: 16, cpus: [1], sched: rr, vnf: none, qga: true, kernel: $LAB/guest/vmlinux, initrd: $LAB/guest/initrd.img, init_command: $LAB/guest/lab-vnf.sh, ready_markers: [HARNESS-LAB-READY], boot_timeout: 120s}
 YAML
         fi
-    } >"$REPO/topologies/lab.yaml.tmp"
-    mv -f "$REPO/topologies/lab.yaml.tmp" "$REPO/topologies/lab.yaml"
+    } | write_file "$TOPO_DIR/lab.yaml"
+
+    if [ -n "$vms" ]; then
+        "$REPO/scripts/build-guest.sh" --tiny "$LAB/guest"
+        scale_yaml "$n" "$vms" | write_file "$TOPO_DIR/lab-scale.yaml"
+        scale_yaml "$n" "$vms" "$BASTION_USER@127.0.0.1:$BASTION_PORT" | write_file "$TOPO_DIR/lab-scale-jump.yaml"
+    fi
 
     {
         echo "# Generated by scripts/lab.sh up: ${#ports[@]} key-only loopback nodes for the fan-out benchmark."
@@ -238,6 +386,7 @@ LAB_PORTS="${ports[*]}"
 LAB_USERS="${users[*]}"
 LAB_KEY=$LAB/ssh/id_ed25519
 LAB_KNOWN_HOSTS=$LAB/ssh/known_hosts
+LAB_SSH_CONFIG=$LAB/ssh/config
 LAB_PW_PORT=$PW_PORT
 LAB_PW_USER=$PW_USER
 LAB_PW_PASS=$PW_PASS
@@ -245,10 +394,22 @@ LAB_SUDOPW_PORT=$SUDOPW_PORT
 LAB_SUDOPW_USER=$SUDOPW_USER
 LAB_KBD_PORT=$KBD_PORT
 LAB_KBD_USER=$KBD_USER
-LAB_TOPOLOGY=$REPO/topologies/lab.yaml
+LAB_TOPOLOGY=$TOPO_DIR/lab.yaml
 LAB_FANOUT=$LAB/fanout.yaml
+LAB_BASTION_PORT=$BASTION_PORT
+LAB_BASTION_STRICT_PORT=$BASTION_STRICT_PORT
+LAB_BASTION_USER=$BASTION_USER
 ENV
-    log "up: ${#ports[@]} key nodes (ports ${ports[0]}..${ports[-1]}), DUTPW :$PW_PORT, sudo-password node :$SUDOPW_PORT; lab dir $LAB"
+    if [ -n "$vms" ]; then
+        cat >>"$LAB/lab.env" <<ENV
+LAB_SCALE_NODES=$n
+LAB_SCALE_VMS=$vms
+LAB_SCALE_TOPOLOGY=$TOPO_DIR/lab-scale.yaml
+LAB_SCALE_JUMP_TOPOLOGY=$TOPO_DIR/lab-scale-jump.yaml
+ENV
+        write_strict_yaml
+    fi
+    log "up: ${#ports[@]} key nodes (ports ${ports[0]}..${ports[-1]}), DUTPW :$PW_PORT, sudo-password node :$SUDOPW_PORT, BASTION :$BASTION_PORT; lab dir $LAB, topologies in $TOPO_DIR${vms:+ (lab-scale*.yaml: $n x $vms tiny VMs)}"
 }
 
 cmd_down() {
@@ -492,5 +653,6 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     vswitch) shift; cmd_vswitch "$@" ;;
-    *) echo "usage: $0 up [N] | down | status | vswitch up|down|status|stats|send ..." >&2; exit 2 ;;
+    bastion-strict) cmd_bastion_strict ;;
+    *) echo "usage: $0 up [N] [--vms M] | bastion-strict | down | status | vswitch up|down|status|stats|send ..." >&2; exit 2 ;;
 esac
