@@ -45,8 +45,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::load::Cx;
-use super::lscpu::{self, LscpuRow};
 use super::yaml::{self, Value, join};
+use crate::facts::lscpu::{self, LscpuRow};
 
 /// Data-plane cores per VM: whole physical cores, or one SMT thread (CSIT's `nf_dtc: 0.5`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -298,7 +298,6 @@ pub fn expand(spec: &ChainSpec, rows: &[LscpuRow], interface_numa: Option<u32>) 
         });
     }
 
-    let sib = sib as usize;
     let (mt_req, dt_req, skip, d) = (mt_req as usize, dt_req as usize, skip as usize, d as usize);
     let n_nodes = spec.nf_nodes as usize;
     let mut out = Vec::with_capacity(count as usize);

@@ -139,7 +139,13 @@ impl Cx<'_> {
 
     /// Open a map, reporting a non-map value and every key not in `known`.
     /// `pos` is where "missing key" errors point (the key naming this map, or the list item).
-    pub(crate) fn fields<'n>(&mut self, n: &'n YNode, path: &str, pos: Pos, known: &[&'static str]) -> Option<Fields<'n>> {
+    pub(crate) fn fields<'n>(
+        &mut self,
+        n: &'n YNode,
+        path: &str,
+        pos: Pos,
+        known: &[&'static str],
+    ) -> Option<Fields<'n>> {
         let Value::Map(entries) = &n.value else {
             self.err(n.pos, path, format!("expected a map, found {}", n.kind_name()));
             return None;

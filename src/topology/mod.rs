@@ -6,7 +6,7 @@
 
 pub mod chains;
 mod load;
-pub mod lscpu;
+
 mod model;
 mod validate;
 mod yaml;
