@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod duration;
 pub mod exit;
 pub mod plan;
 pub mod quote;
