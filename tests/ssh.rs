@@ -181,6 +181,38 @@ fn changed_host_key_always_refused() {
     assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 2, "known_hosts must not be modified");
 }
 
+/// Regression: a host known only by a key of another type, and a host key marked `@revoked`,
+/// both counted as unknown, so `--accept-new-host-keys` recorded and trusted them.
+#[test]
+fn regression_host_key_type_change_and_revoked_key_accepted_as_new() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDXa2c0ubcSvcHGjH1R1bP3JisidmPov2FBb04SRvq+MAp2ARa8lFOM2FehwaSHHH5yfDbyAJRQRTV0ZHaGyrkhPH9kjwU9ezpIM8CFNelnKncEQgmnYi9CgD9SqNGG8tosaFk3dclsuHoH8utUP/Mh5BfLYXgvqjg8NAp9siAVZw==";
+    let mut t = lab.node(1);
+    t.known_hosts = Some(kh.clone());
+    let mut o = opts();
+    o.accept_new_host_keys = true;
+    rt().block_on(async {
+        // The lab's sshd has only an ed25519 host key; known_hosts says RSA.
+        std::fs::write(&kh, format!("[127.0.0.1]:{}\t{}\n", lab.ports[0], rsa.replace(' ', "\t"))).unwrap();
+        match Session::connect(&t, &o).await.err() {
+            Some(SshError::HostKeyTypeChanged { line: 1, .. }) => {}
+            r => panic!("expected HostKeyTypeChanged, got {r:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "known_hosts must not be modified");
+        // The real key, revoked.
+        let real = std::fs::read_to_string(&lab.known_hosts).unwrap();
+        let entry = real.lines().find(|l| l.starts_with(&format!("[127.0.0.1]:{} ", lab.ports[0]))).unwrap();
+        std::fs::write(&kh, format!("@revoked {entry}\n")).unwrap();
+        match Session::connect(&t, &o).await.err() {
+            Some(SshError::HostKeyRevoked { line: 1, .. }) => {}
+            r => panic!("expected HostKeyRevoked, got {r:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "known_hosts must not be modified");
+    });
+}
+
 #[test]
 fn unreachable_port_fails_fast_with_phase() {
     let lab = lab();

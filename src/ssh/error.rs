@@ -19,6 +19,23 @@ pub enum SshError {
          if you know why the key changed"
     )]
     HostKeyChanged { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
+    #[error(
+        "{node} ({addr}): HOST KEY CHANGED: the server offered a {algorithm} key {fingerprint}, but \
+         {known_hosts}:{line} records this host with a {known} key and no {algorithm} key. This may be \
+         an attack (a downgrade to a key type the attacker holds). Refusing to connect; add the new key \
+         by hand only if you know the host has it"
+    )]
+    HostKeyTypeChanged {
+        node: String,
+        addr: String,
+        fingerprint: String,
+        algorithm: String,
+        known: String,
+        known_hosts: String,
+        line: usize,
+    },
+    #[error("{node} ({addr}): host key {fingerprint} is marked @revoked in {known_hosts}:{line}; refusing to connect")]
+    HostKeyRevoked { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
     #[error("{node} ({addr}): auth failed: {message}")]
     Auth { node: String, addr: String, message: String },
     #[error("{node}: sudo requires a password (passwordless `sudo -n` is needed): {command}")]
@@ -44,6 +61,8 @@ impl SshError {
                 | SshError::Timeout { .. }
                 | SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyChanged { .. }
+                | SshError::HostKeyTypeChanged { .. }
+                | SshError::HostKeyRevoked { .. }
                 | SshError::Auth { .. }
         )
     }

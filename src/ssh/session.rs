@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth;
 use super::config::{self, Resolved};
-use super::hostkey::{Client, HandlerError, HostKeyPolicy};
+use super::hostkey::{self, Client, HandlerError, HostKeyPolicy};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
 
@@ -70,7 +70,12 @@ async fn open(target: &SshTarget, opts: &ConnectOptions) -> Result<(Conn, String
         },
         disconnect: disconnect.clone(),
     };
+    // Ask for a key of a type we already know first, as OpenSSH does: otherwise a host recorded
+    // with (say) only an RSA key would present ed25519 and be refused as changed.
+    let known = hostkey::read_known_keys(&r.known_hosts, &r.host, r.port).unwrap_or_default();
+    let preferred = russh::Preferred { key: hostkey::preferred_key_order(&known).into(), ..Default::default() };
     let cfg = Arc::new(russh::client::Config {
+        preferred,
         keepalive_interval: Some(opts.keepalive_interval),
         keepalive_max: 3,
         inactivity_timeout: None,
