@@ -605,6 +605,35 @@ fn ssh_config_alias_with_proxy_jump() {
     });
 }
 
+/// Regression: `Host *` + `ProxyJump X` made the connection to X jump through X again, until
+/// the stack overflowed (SIGABRT in every command). The jump host's own ProxyJump is ignored.
+#[test]
+fn regression_proxy_jump_host_star_recursion() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host *\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            lab.key.display(),
+            lab.known_hosts.display(),
+            lab.users[0],
+            lab.ports[0]
+        ),
+    )
+    .unwrap();
+    let mut t = lab.node(2);
+    t.known_hosts = None;
+    let mut o = opts();
+    o.ssh_config = Some(cfg);
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap();
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}
+
 /// Dropping a running child kills it remotely and frees its session: 25 dropped children (more
 /// than the lab sshd's MaxSessions 20) leave no process behind and the connection keeps working.
 #[test]
