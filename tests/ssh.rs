@@ -197,7 +197,7 @@ fn regression_host_key_type_change_and_revoked_key_accepted_as_new() {
         // The lab's sshd has only an ed25519 host key; known_hosts says RSA.
         std::fs::write(&kh, format!("[127.0.0.1]:{}\t{}\n", lab.ports[0], rsa.replace(' ', "\t"))).unwrap();
         match Session::connect(&t, &o).await.err() {
-            Some(SshError::HostKeyTypeChanged { line: 1, .. }) => {}
+            Some(SshError::HostKeyTypeChanged(c)) if c.line == 1 => {}
             r => panic!("expected HostKeyTypeChanged, got {r:?}"),
         }
         assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "known_hosts must not be modified");

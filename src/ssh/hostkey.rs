@@ -16,6 +16,7 @@ use data_encoding::BASE64;
 use russh::keys::{Algorithm, HashAlg, PublicKey, PublicKeyOrCertificate};
 
 use super::SshError;
+use super::error::KeyTypeChange;
 
 /// What to check the server's key against.
 #[derive(Debug, Clone)]
@@ -220,7 +221,7 @@ impl HostKeyPolicy {
                 line,
                 known_hosts: kh,
             }),
-            Verdict::TypeChanged { line, known } => Err(SshError::HostKeyTypeChanged {
+            Verdict::TypeChanged { line, known } => Err(SshError::HostKeyTypeChanged(Box::new(KeyTypeChange {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
@@ -228,7 +229,7 @@ impl HostKeyPolicy {
                 known,
                 line,
                 known_hosts: kh,
-            }),
+            }))),
             Verdict::Revoked { line } => Err(SshError::HostKeyRevoked {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
@@ -336,8 +337,8 @@ mod tests {
         let (_d, p) = policy(&format!("10.0.0.2 {E1}\n"));
         let err = p.verify(&key(R1)).unwrap_err();
         match &err {
-            SshError::HostKeyTypeChanged { line, known, algorithm, .. } => {
-                assert_eq!((*line, known.as_str(), algorithm.as_str()), (1, "ssh-ed25519", "ssh-rsa"))
+            SshError::HostKeyTypeChanged(c) => {
+                assert_eq!((c.line, c.known.as_str(), c.algorithm.as_str()), (1, "ssh-ed25519", "ssh-rsa"))
             }
             e => panic!("expected HostKeyTypeChanged, got {e}"),
         }
@@ -346,7 +347,7 @@ mod tests {
         // When that type is known too, its key is simply checked.
         let (_d, p) = policy(&format!("10.0.0.2 {E1}\n10.0.0.2 {R1}\n"));
         p.verify(&key(R1)).unwrap();
-        assert!(matches!(p.verify(&key(C1)), Err(SshError::HostKeyTypeChanged { .. })));
+        assert!(matches!(p.verify(&key(C1)), Err(SshError::HostKeyTypeChanged(_))));
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod auth;
 mod config;
 mod error;
 mod hostkey;
-pub use error::SshError;
+pub use error::{KeyTypeChange, SshError};
 
 /// How to reach one node. Built from a topology node (or a `--host` on the command line).
 #[derive(Debug, Clone)]
