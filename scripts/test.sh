@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Tests"): installs the Debian packages it needs,
 # builds, starts the loopback lab, builds the test guest and runs every test tier.
-#   tier 1  pure logic: topology, plan, templates, quoting (unit + golden tests)
+#   tier 1  pure logic: topology, plan, templates, quoting (unit + golden + property tests)
 #   tier 2  SSH: real OpenSSH sshd nodes on 127.0.0.1 (scripts/lab.sh)
 #   tier 3  end to end: real qemu guests (TCG here) with a real guest agent, driven over SSH
 set -euo pipefail
@@ -21,7 +21,7 @@ trap 'bash scripts/lab.sh down' EXIT
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
-cargo test --locked --lib --bins --test topology --test plan_golden
+cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent)"

@@ -199,24 +199,9 @@ pub struct PingArgs {
     pub format: Format,
 }
 
+/// Clap's value parser for duration flags: the crate's one syntax ([`crate::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 2m, 500ms)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("`{s}` is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn main() -> ExitCode {
@@ -258,6 +243,14 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn regression_connect_timeout_1e30s_panics() {
+        // `--connect-timeout 1e30s` used to panic in Duration::from_secs_f64 (exit 101).
+        let err = Cli::try_parse_from(["harness", "--connect-timeout", "1e30s", "validate", "t.yaml"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod duration;
 pub mod exit;
 pub mod facts;
 pub mod plan;

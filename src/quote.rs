@@ -3,6 +3,11 @@
 //! SSH carries a single command string that the remote user's shell parses, so each argv
 //! element must be quoted. Single quotes make everything literal except `'` itself, which is
 //! written as `'\''`. Safe words are left bare so rendered commands stay readable.
+//!
+//! socat addresses are a second language on top of the shell's: `UNIX-CONNECT:<path>` is split
+//! at `,` (options follow) and `:`, and `!!`, quotes and brackets mean something too. Rather
+//! than rely on an escaping syntax that differs between socat versions, [`socat_unix_address`]
+//! refuses paths with any such character; the topology loader refuses them earlier still.
 
 /// Quote one argument for a POSIX shell.
 pub fn quote(arg: &str) -> String {
@@ -30,6 +35,39 @@ pub fn quote(arg: &str) -> String {
 /// Quote and join an argv into one command line.
 pub fn join<S: AsRef<str>>(argv: &[S]) -> String {
     argv.iter().map(|a| quote(a.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+/// A path that cannot be written safely inside a socat address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("socket path `{}` contains {what}, which socat would parse; use letters, digits and `/._-+@=%~`", path.escape_debug())]
+pub struct SocatPathError {
+    pub path: String,
+    /// The first offending character, described (`` `,` ``, `a space`, `control character U+001B`).
+    pub what: String,
+}
+
+/// The first character of `path` that is not plain inside a socat address, described for
+/// messages; `None` when the whole path is safe. Shared with the topology loader.
+pub fn socat_unsafe_char(path: &str) -> Option<String> {
+    let bad = path.chars().find(|c| !(c.is_ascii_alphanumeric() || "/._-+@=%~".contains(*c)))?;
+    Some(match bad {
+        ' ' => "a space".to_string(),
+        c if c.is_control() || c.is_whitespace() => format!("control character U+{:04X}", c as u32),
+        c if !c.is_ascii() => format!("non-ASCII `{c}`"),
+        c => format!("`{c}`"),
+    })
+}
+
+/// `UNIX-CONNECT:<path>` for `socat`, refusing paths socat would read as options or a second
+/// address (`,`, `:`, `!`, quotes, brackets, whitespace, control characters, ...).
+pub fn socat_unix_address(path: &str) -> Result<String, SocatPathError> {
+    if path.is_empty() {
+        return Err(SocatPathError { path: String::new(), what: "nothing".into() });
+    }
+    match socat_unsafe_char(path) {
+        None => Ok(format!("UNIX-CONNECT:{path}")),
+        Some(what) => Err(SocatPathError { path: path.to_string(), what }),
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +101,39 @@ mod tests {
         let got = String::from_utf8(out.stdout).unwrap();
         let want: String = argv[2..].iter().map(|a| format!("{a}\n")).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn regression_socket_path_reaches_socat_unescaped() {
+        // `,fork` or `:...` in a path would have become socat options / address parts.
+        assert_eq!(
+            socat_unix_address("/run/harness/20250101-000000-abcd/DUT1_1/qmp.sock").unwrap(),
+            "UNIX-CONNECT:/run/harness/20250101-000000-abcd/DUT1_1/qmp.sock"
+        );
+        for bad in [
+            "/run/x,fork",
+            "/run/x:y",
+            "/run/x!!/y",
+            "/run/\"x\"",
+            "/run/'x'",
+            "/run/x y",
+            "/run/x\ty",
+            "/run/x\ny",
+            "/run/x\u{1b}[31m",
+            "/run/{x}",
+            "/run/[x]",
+            "/run/(x)",
+            "/run/x\\y",
+            "/run/x;y",
+            "/run/ü",
+            "",
+        ] {
+            let e = socat_unix_address(bad).unwrap_err();
+            assert!(!e.to_string().contains('\n') && !e.to_string().contains('\u{1b}'), "{e}");
+        }
+        assert_eq!(socat_unsafe_char("/a,b").as_deref(), Some("`,`"));
+        assert_eq!(socat_unsafe_char("/a b").as_deref(), Some("a space"));
+        assert_eq!(socat_unsafe_char("/a\u{1b}").as_deref(), Some("control character U+001B"));
+        assert_eq!(socat_unsafe_char("/var/run/vpp/sock-1-1"), None);
     }
 }

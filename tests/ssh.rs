@@ -181,6 +181,38 @@ fn changed_host_key_always_refused() {
     assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 2, "known_hosts must not be modified");
 }
 
+/// Regression: a host known only by a key of another type, and a host key marked `@revoked`,
+/// both counted as unknown, so `--accept-new-host-keys` recorded and trusted them.
+#[test]
+fn regression_host_key_type_change_and_revoked_key_accepted_as_new() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDXa2c0ubcSvcHGjH1R1bP3JisidmPov2FBb04SRvq+MAp2ARa8lFOM2FehwaSHHH5yfDbyAJRQRTV0ZHaGyrkhPH9kjwU9ezpIM8CFNelnKncEQgmnYi9CgD9SqNGG8tosaFk3dclsuHoH8utUP/Mh5BfLYXgvqjg8NAp9siAVZw==";
+    let mut t = lab.node(1);
+    t.known_hosts = Some(kh.clone());
+    let mut o = opts();
+    o.accept_new_host_keys = true;
+    rt().block_on(async {
+        // The lab's sshd has only an ed25519 host key; known_hosts says RSA.
+        std::fs::write(&kh, format!("[127.0.0.1]:{}\t{}\n", lab.ports[0], rsa.replace(' ', "\t"))).unwrap();
+        match Session::connect(&t, &o).await.err() {
+            Some(SshError::HostKeyTypeChanged(c)) if c.line == 1 => {}
+            r => panic!("expected HostKeyTypeChanged, got {r:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "known_hosts must not be modified");
+        // The real key, revoked.
+        let real = std::fs::read_to_string(&lab.known_hosts).unwrap();
+        let entry = real.lines().find(|l| l.starts_with(&format!("[127.0.0.1]:{} ", lab.ports[0]))).unwrap();
+        std::fs::write(&kh, format!("@revoked {entry}\n")).unwrap();
+        match Session::connect(&t, &o).await.err() {
+            Some(SshError::HostKeyRevoked { line: 1, .. }) => {}
+            r => panic!("expected HostKeyRevoked, got {r:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1, "known_hosts must not be modified");
+    });
+}
+
 #[test]
 fn unreachable_port_fails_fast_with_phase() {
     let lab = lab();
@@ -578,6 +610,35 @@ fn ssh_config_alias_with_proxy_jump() {
     rt().block_on(async {
         let s = Session::connect(&t, &o).await.unwrap();
         assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}
+
+/// Regression: `Host *` + `ProxyJump X` made the connection to X jump through X again, until
+/// the stack overflowed (SIGABRT in every command). The jump host's own ProxyJump is ignored.
+#[test]
+fn regression_proxy_jump_host_star_recursion() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host *\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            lab.key.display(),
+            lab.known_hosts.display(),
+            lab.users[0],
+            lab.ports[0]
+        ),
+    )
+    .unwrap();
+    let mut t = lab.node(2);
+    t.known_hosts = None;
+    let mut o = opts();
+    o.ssh_config = Some(cfg);
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap();
         let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
         assert_eq!(out.stdout_str().trim(), lab.users[1]);
     });

@@ -844,3 +844,138 @@ fn regression_unreadable_file_states_its_cause_once() {
     assert!(shown.starts_with("/nonexistent/topology.yaml: cannot read"), "{shown}");
     assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
 }
+
+// ---------------------------------------------------------------- security boundaries
+
+/// Regression: a node name became part of the default VM name and so of a remote path:
+/// `render` showed `/run/harness/RUN_ID/../../../etc/cron.d/x_1`.
+#[test]
+fn regression_node_name_path_traversal() {
+    one(
+        "nodes:\n  ../../../etc/cron.d/x: {type: DUT, host: h}\nvms:\n  - {node: ../../../etc/cron.d/x, qga: true}\n",
+        2,
+        3,
+        "nodes",
+        "node name `../../../etc/cron.d/x` may only contain letters, digits, `_`, `-` and `.`",
+    );
+    one("nodes:\n  .hidden: {type: DUT, host: h}\n", 2, 3, "nodes", "must not start with `.`");
+    one("nodes:\n  '': {type: DUT, host: h}\n", 2, 3, "nodes", "must not be empty");
+}
+
+/// Regression: a newline in a node name injected a line into the guest's init.sh, and an
+/// escape sequence in it reached the terminal through the diagnostic itself.
+#[test]
+fn regression_node_name_newline_injection() {
+    let d = errors("nodes:\n  \"DUT1\\nreboot\": {type: DUT, host: h}\n  \"D\\e[2J\": {type: DUT, host: h}\n");
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert!(d[0].message.contains("(found U+000A)"), "{}", d[0].message);
+    for d in &d {
+        let shown = d.to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown:?}");
+    }
+}
+
+#[test]
+fn regression_vm_name_leading_dot() {
+    one(&vm("    name: .hidden\n"), 14, 11, "vms[0].name", "must not start with `.`");
+    // CSIT-style names stay valid.
+    ok(&vm("    name: DUT1_vm-1.a\n"));
+}
+
+/// Regression: `run_root` took `..`, `/.`, `//` and world-writable directories.
+#[test]
+fn regression_run_root_not_normalised() {
+    let node = |root: &str| format!("nodes:\n  DUT1: {{type: DUT, host: h, run_root: '{root}'}}\n");
+    for (root, fragment) in [
+        ("/", "must not be `/`"),
+        ("/run/../etc", "`.` or `..` components"),
+        ("/run/./h", "`.` or `..` components"),
+        ("/run/h/..", "`.` or `..` components"),
+        ("/run//h", "normalised"),
+        ("/run/h/", "normalised"),
+        ("/tmp/h", "world-writable /tmp"),
+        ("/var/tmp", "world-writable /var/tmp"),
+        ("/dev/shm/x", "world-writable /dev/shm"),
+        ("/run/h,fork", "must not contain `,`"),
+        ("/run/h x", "must not contain a space"),
+    ] {
+        one(&node(root), 2, 40, "nodes.DUT1.run_root", fragment);
+    }
+    assert_eq!(ok(&node("/var/run/harness.d/x-1")).nodes[0].run_root, "/var/run/harness.d/x-1");
+    assert_eq!(ok(&node("/tmpfoo/h")).nodes[0].run_root, "/tmpfoo/h");
+}
+
+/// Regression: socket paths went to `socat - UNIX-CONNECT:<path>` (and QEMU's `-chardev
+/// socket,path=`) unescaped, where `,` and `:` start options.
+#[test]
+fn regression_socket_path_reaches_socat_unescaped() {
+    for (sock, fragment) in [
+        ("/run/vpp/s,fork", "`,`"),
+        ("/run/vpp/s:1", "`:`"),
+        ("/run/vpp/s!!x", "`!`"),
+        ("/run/vpp/s x", "a space"),
+        ("/run/vpp/s\\ty", "control character U+0009"),
+        ("/run/vpp/\\\"q\\\"", "`\"`"),
+    ] {
+        one(
+            &vm(&format!("    interfaces:\n      - vhost_user: {{socket: \"{sock}\"}}\n")),
+            15,
+            30,
+            "vms[0].interfaces[0].vhost_user.socket",
+            fragment,
+        );
+    }
+}
+
+/// Regression: a newline in a `vars` value added lines to startup.conf and the `.exec` file.
+#[test]
+fn regression_vars_newline_injection() {
+    one(
+        &vm("    vars: {vif1_mac: \"3c:fd:fe:aa:bb:01\\nexec /tmp/evil\"}\n"),
+        14,
+        22,
+        "vms[0].vars.vif1_mac",
+        "must not contain control characters (found U+000A)",
+    );
+    one(&vm("    vars: {x: \"a\\e[31m\"}\n"), 14, 15, "vms[0].vars.x", "U+001B");
+    assert_eq!(ok(&vm("    vars: {x: \"a\\tb\"}\n")).vms[0].vars["x"], "a\tb");
+}
+
+/// Regression: a bad enum value was not echoed ("expected one of ..." without what was read).
+#[test]
+fn regression_enum_errors_echo_the_value() {
+    one(&vm("    vnf: nosuchvnf\n"), 14, 10, "vms[0].vnf", "unknown vnf `nosuchvnf`");
+    one("nodes:\n  DUT1: {type: DUT, host: h, arch: arm64}\n", 2, 36, "nodes.DUT1.arch", "unknown arch `arm64`");
+    one(&vm("    sched: fifo\n"), 14, 12, "vms[0].sched", "unknown sched `fifo`");
+    one(&vm("    kind: kernal\n"), 14, 11, "vms[0].kind", "unknown kind `kernal`");
+    one(&vm("    page_size: 4K\n"), 14, 16, "vms[0].page_size", "unknown page_size `4K`");
+    one(
+        "nodes:\n  DUT1: {type: DUT, host: h, qemu: {accel: kwm}}\n",
+        2,
+        44,
+        "nodes.DUT1.qemu.accel",
+        "unknown accel `kwm`",
+    );
+}
+
+/// Regression: a UTF-8 byte order mark became part of the first key (`\u{feff}nodes`).
+#[test]
+fn regression_utf8_bom() {
+    let t = ok(&format!("\u{feff}{}", vm("")));
+    assert_eq!(t.nodes.len(), 3);
+}
+
+/// Regression: billion laughs (6 GB) and a 100k-deep list (SIGABRT) are clean errors.
+#[test]
+fn regression_yaml_bombs_are_clean_errors() {
+    let mut laughs = String::from("metadata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        laughs.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
+    }
+    laughs.push_str("nodes: {}\n");
+    let d = errors(&laughs);
+    assert!(d[0].message.contains("more than 100000 nodes"), "{d:?}");
+    let deep: String = (0..100_000).map(|i| format!("{}-\n", " ".repeat(i % 300))).collect();
+    let d = errors(&format!("metadata:\n{}", deep.lines().map(|l| format!("  {l}\n")).collect::<String>()));
+    assert!(d[0].message.contains("deeper than 256"), "{d:?}");
+}

@@ -4,6 +4,10 @@
 //! the reporter owns the terminal: indicatif bars (one line per VM with its phase and elapsed
 //! time) on a TTY, plain timestamped lines otherwise (with a heartbeat so CI logs never look
 //! hung), or nothing. Rendering never blocks the senders (unbounded channel, no shared locks).
+//! Names and messages may carry text from hosts and files; every human output path passes them
+//! through [`sanitize`] so control characters cannot drive the terminal.
+
+pub mod sanitize;
 
 pub mod junit;
 
@@ -130,6 +134,22 @@ impl Reporter {
     }
 }
 
+/// The event's `node/vm` key and its kind, with every control character made visible: the key
+/// is one field (newlines escaped), messages may span lines and keep their breaks.
+fn printable(ev: Event) -> (String, EventKind) {
+    let key = match &ev.vm {
+        Some(vm) => format!("{}/{vm}", ev.node),
+        None => ev.node.clone(),
+    };
+    let key = sanitize::escape_control(&key).into_owned();
+    let kind = match ev.kind {
+        EventKind::Info(m) => EventKind::Info(sanitize::escape_control_lines(&m).into_owned()),
+        EventKind::Warn(m) => EventKind::Warn(sanitize::escape_control_lines(&m).into_owned()),
+        k @ EventKind::Phase(_) => k,
+    };
+    (key, kind)
+}
+
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
 async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>) {
@@ -159,15 +179,12 @@ async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>) {
             rx.recv().await
         };
         let Some(ev) = ev else { break };
-        let key = match &ev.vm {
-            Some(vm) => format!("{}/{vm}", ev.node),
-            None => ev.node.clone(),
-        };
+        let (key, kind) = printable(ev);
         match style {
             Style::Never => {}
             Style::Plain => {
                 let t = start.elapsed().as_secs_f64();
-                match &ev.kind {
+                match &kind {
                     EventKind::Phase(p) => {
                         active.insert(key.clone(), *p);
                         eprintln!("[{t:>7.1}s] {key}: {}", p.as_str());
@@ -176,7 +193,7 @@ async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>) {
                     EventKind::Warn(m) => eprintln!("[{t:>7.1}s] {key}: warning: {m}"),
                 }
             }
-            Style::Bars => match &ev.kind {
+            Style::Bars => match &kind {
                 EventKind::Phase(p) => {
                     let (bar, _) = bars.entry(key.clone()).or_insert_with(|| {
                         let b = multi.add(ProgressBar::new_spinner());
@@ -219,5 +236,20 @@ mod tests {
         drop(vm);
         drop(root);
         tokio::time::timeout(Duration::from_secs(2), rep.finish()).await.expect("reporter must end");
+    }
+
+    #[test]
+    fn regression_terminal_escapes_in_events_are_printed_raw() {
+        let ev = Event {
+            node: "DUT\u{1b}[2J".into(),
+            vm: Some("vm\n1".into()),
+            kind: EventKind::Warn("guest says \u{1b}]0;owned\u{7}\nnext line".into()),
+        };
+        let (key, kind) = printable(ev);
+        assert_eq!(key, "DUT\\u{1b}[2J/vm\\n1");
+        match kind {
+            EventKind::Warn(m) => assert_eq!(m, "guest says \\u{1b}]0;owned\\u{7}\nnext line"),
+            k => panic!("{k:?}"),
+        }
     }
 }

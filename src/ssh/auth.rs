@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use russh::MethodKind;
-use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse};
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse, Prompt};
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
@@ -241,7 +241,7 @@ async fn try_kbd_interactive(
     label: &str,
 ) -> Result<bool, russh::Error> {
     let mut resp = handle.authenticate_keyboard_interactive_start(user, None).await?;
-    // Servers may send several rounds (including empty ones); answer every hidden prompt with the password.
+    // Servers may send several rounds (including empty ones); only hidden prompts get the password.
     for _ in 0..5 {
         match resp {
             KeyboardInteractiveAuthResponse::Success => return Ok(true),
@@ -251,11 +251,35 @@ async fn try_kbd_interactive(
                 return Ok(false);
             }
             KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
-                let answers = prompts.iter().map(|_| pw.to_string()).collect();
+                let answers = kbd_answers(&prompts, pw);
                 resp = handle.authenticate_keyboard_interactive_respond(answers).await?;
             }
         }
     }
     at.tried.push(format!("keyboard-interactive with {label} (too many rounds)"));
     Ok(false)
+}
+
+/// Answers to one keyboard-interactive round. The password goes only to hidden (no-echo)
+/// prompts, which is how servers ask for secrets; an echoed prompt ("Username:", "Token
+/// label:", a banner question) is shown on screen, logged by some PAM modules, and gets an
+/// empty answer instead of the password.
+fn kbd_answers(prompts: &[Prompt], pw: &str) -> Vec<String> {
+    prompts.iter().map(|p| if p.echo { String::new() } else { pw.to_string() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_keyboard_interactive_sends_password_to_echo_prompts() {
+        let prompts = vec![
+            Prompt { prompt: "Username: ".into(), echo: true },
+            Prompt { prompt: "Password: ".into(), echo: false },
+            Prompt { prompt: "Say anything: ".into(), echo: true },
+        ];
+        assert_eq!(kbd_answers(&prompts, "s3cret"), ["", "s3cret", ""]);
+        assert!(kbd_answers(&[], "s3cret").is_empty());
+    }
 }

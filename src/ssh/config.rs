@@ -39,7 +39,35 @@ fn expand_tilde(p: &Path) -> PathBuf {
     }
 }
 
+/// Most jump hosts in one chain: far more than any lab uses, and a bound on recursion whatever
+/// the config says.
+pub(crate) const MAX_JUMPS: usize = 8;
+
+#[cfg(test)]
 pub(crate) fn resolve(target: &SshTarget, opts: &ConnectOptions) -> Result<Resolved, SshError> {
+    resolve_in_chain(target, opts, &[])
+}
+
+/// Resolve `target`, reached through the hosts in `chain` (outermost first: host as written
+/// and port). A `ProxyJump` from the config file that names the target itself or a host already
+/// in the chain is ignored, as OpenSSH ignores a ProxyJump equal to the destination: with
+/// `Host *` + `ProxyJump X`, connecting to X must not jump through X again (that recursed until
+/// the stack overflowed). An explicit jump (topology, or the rest of an `a,b,c` list) is kept.
+pub(crate) fn resolve_in_chain(
+    target: &SshTarget,
+    opts: &ConnectOptions,
+    chain: &[(String, u16)],
+) -> Result<Resolved, SshError> {
+    if chain.len() > MAX_JUMPS {
+        return Err(SshError::Config {
+            node: target.name.clone(),
+            message: format!(
+                "ProxyJump chain longer than {MAX_JUMPS} hops: {} -> {}",
+                chain.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(" -> "),
+                target.host
+            ),
+        });
+    }
     let hc = match &opts.ssh_config {
         Some(path) if path.exists() => match russh_config::parse_path(path, &target.host) {
             Ok(c) => c.host_config,
@@ -63,7 +91,19 @@ pub(crate) fn resolve(target: &SshTarget, opts: &ConnectOptions) -> Result<Resol
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "root".to_string());
     let config_identities = hc.identity_file.clone().unwrap_or_default().iter().map(|p| expand_tilde(p)).collect();
-    let proxy_jump = target.proxy_jump.clone().or(hc.proxy_jump.clone()).filter(|j| !j.is_empty() && j != "none");
+    // A hop names a host of the chain (or the target) when the names match and, if the hop
+    // gives a port, the ports do too (one address may serve several sshd ports).
+    let own_port = target.port.or(hc.port).unwrap_or(22);
+    let loops = |spec: &str| {
+        spec.split(',').any(|hop| {
+            let (_, h, p) = parse_jump(hop.trim());
+            std::iter::once((&target.host, own_port))
+                .chain(chain.iter().map(|(h, p)| (h, *p)))
+                .any(|(ch, cp)| *ch == h && p.is_none_or(|p| p == cp))
+        })
+    };
+    let from_config = hc.proxy_jump.clone().filter(|j| !loops(j));
+    let proxy_jump = target.proxy_jump.clone().or(from_config).filter(|j| !j.is_empty() && j != "none");
     let known_hosts = target
         .known_hosts
         .as_deref()
@@ -148,5 +188,55 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!(r.host, "other");
         assert!(r.proxy_jump.is_none());
+    }
+
+    fn target(host: &str) -> SshTarget {
+        SshTarget {
+            name: "DUT1".into(),
+            host: host.into(),
+            port: None,
+            user: None,
+            auth: vec![],
+            proxy_jump: None,
+            known_hosts: Some("/tmp/kh".into()),
+            accept_new_host_key: false,
+        }
+    }
+
+    #[test]
+    fn regression_proxy_jump_host_star_recursion() {
+        // `Host *` + `ProxyJump X`: X's own connection took ProxyJump X again, forever (SIGABRT).
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(&cfg, "Host a\n  ProxyJump b\nHost b\n  ProxyJump a\nHost *\n  ProxyJump bastion\n").unwrap();
+        let opts = ConnectOptions { ssh_config: Some(cfg), ..ConnectOptions::default() };
+        let r = resolve_in_chain(&target("dut"), &opts, &[]).unwrap();
+        assert_eq!(r.proxy_jump.as_deref(), Some("bastion"));
+        // The jump host itself: its ProxyJump names itself, so it is ignored.
+        let r = resolve_in_chain(&target("bastion"), &opts, &[("dut".into(), 22)]).unwrap();
+        assert_eq!(r.proxy_jump, None);
+        // a -> b -> a: b's jump points back into the chain and is ignored.
+        assert_eq!(resolve_in_chain(&target("a"), &opts, &[]).unwrap().proxy_jump.as_deref(), Some("b"));
+        let r = resolve_in_chain(&target("b"), &opts, &[("a".into(), 22)]).unwrap();
+        assert_eq!(r.proxy_jump, None);
+        // Same name on another port is another sshd: kept.
+        let mut t = target("dut");
+        t.proxy_jump = None;
+        let r = resolve_in_chain(&target("bastion"), &opts, &[]).unwrap();
+        assert_eq!(r.proxy_jump, None);
+        std::fs::write(opts.ssh_config.as_ref().unwrap(), "Host *\n  ProxyJump h:2201\n").unwrap();
+        t.host = "h".into();
+        t.port = Some(2202);
+        assert_eq!(resolve_in_chain(&t, &opts, &[]).unwrap().proxy_jump.as_deref(), Some("h:2201"));
+        t.port = Some(2201);
+        assert_eq!(resolve_in_chain(&t, &opts, &[]).unwrap().proxy_jump, None);
+    }
+
+    #[test]
+    fn regression_proxy_jump_chain_depth_is_capped() {
+        let chain: Vec<(String, u16)> = (0..=MAX_JUMPS).map(|i| (format!("j{i}"), 22)).collect();
+        let opts = ConnectOptions { ssh_config: None, ..ConnectOptions::default() };
+        let err = resolve_in_chain(&target("dut"), &opts, &chain).unwrap_err().to_string();
+        assert!(err.contains("j0:22 -> j1:22") && err.ends_with("j8:22 -> dut"), "{err}");
     }
 }

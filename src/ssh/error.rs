@@ -19,6 +19,15 @@ pub enum SshError {
          if you know why the key changed"
     )]
     HostKeyChanged { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
+    #[error(
+        "{} ({}): HOST KEY CHANGED: the server offered a {} key {}, but {}:{} records this host with \
+         a {} key and no {} key. This may be an attack (a downgrade to a key type the attacker holds). \
+         Refusing to connect; add the new key by hand only if you know the host has it",
+        .0.node, .0.addr, .0.algorithm, .0.fingerprint, .0.known_hosts, .0.line, .0.known, .0.algorithm
+    )]
+    HostKeyTypeChanged(Box<KeyTypeChange>),
+    #[error("{node} ({addr}): host key {fingerprint} is marked @revoked in {known_hosts}:{line}; refusing to connect")]
+    HostKeyRevoked { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
     #[error("{node} ({addr}): auth failed: {message}")]
     Auth { node: String, addr: String, message: String },
     #[error("{node}: sudo requires a password (passwordless `sudo -n` is needed): {command}")]
@@ -35,6 +44,22 @@ pub enum SshError {
     Config { node: String, message: String },
 }
 
+/// [`SshError::HostKeyTypeChanged`]'s details (boxed: they would double the size of every
+/// `Result<_, SshError>`).
+#[derive(Debug)]
+pub struct KeyTypeChange {
+    pub node: String,
+    pub addr: String,
+    pub fingerprint: String,
+    /// Type of the offered key (`ssh-rsa`).
+    pub algorithm: String,
+    /// Types recorded for the host (`ssh-ed25519, ecdsa-sha2-nistp256`).
+    pub known: String,
+    pub known_hosts: String,
+    /// 1-based line of the first recorded key.
+    pub line: usize,
+}
+
 impl SshError {
     /// The node could not be reached or refused us: connect, handshake, host key or auth.
     pub fn is_unreachable(&self) -> bool {
@@ -44,6 +69,8 @@ impl SshError {
                 | SshError::Timeout { .. }
                 | SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyChanged { .. }
+                | SshError::HostKeyTypeChanged(_)
+                | SshError::HostKeyRevoked { .. }
                 | SshError::Auth { .. }
         )
     }

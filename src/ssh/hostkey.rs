@@ -2,13 +2,21 @@
 //!
 //! Unknown keys are refused with their SHA256 fingerprint unless accepting new keys was asked
 //! for (then they are recorded); a key that differs from the recorded one is always refused.
+//! The file is read here rather than by russh, whose reader splits on single spaces only (tabs
+//! are legal), ignores `@revoked` markers and only compares keys of the offered type: a host
+//! known by its ed25519 key that suddenly offers an RSA key counted as "unknown" and was
+//! recorded under `--accept-new-host-keys`, which is exactly the downgrade an attacker holding
+//! some RSA key wants. As in OpenSSH, such a host is "changed" unless the offered type is known
+//! too, and a revoked key is refused whatever the flags say.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate};
+use data_encoding::BASE64;
+use russh::keys::{Algorithm, HashAlg, PublicKey, PublicKeyOrCertificate};
 
 use super::SshError;
+use super::error::KeyTypeChange;
 
 /// What to check the server's key against.
 #[derive(Debug, Clone)]
@@ -22,13 +30,174 @@ pub(crate) struct HostKeyPolicy {
     pub accept_new: bool,
 }
 
+/// A known_hosts line that names the host we connect to.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownKey {
+    /// 1-based line in the file (comments counted).
+    pub line: usize,
+    pub revoked: bool,
+    pub key: PublicKey,
+}
+
+/// The verdict on an offered key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Known,
+    Unknown,
+    /// A key of the same type is recorded and differs.
+    Changed {
+        line: usize,
+    },
+    /// The host is known only by keys of other types.
+    TypeChanged {
+        line: usize,
+        known: String,
+    },
+    Revoked {
+        line: usize,
+    },
+}
+
+/// The name a host is recorded under: `host`, or `[host]:port` for a port other than 22.
+fn host_port(host: &str, port: u16) -> String {
+    if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
+}
+
+/// `*` and `?` glob of OpenSSH host patterns.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// Does a `|1|salt|hash` entry (HMAC-SHA1 of the name, `ssh-keygen -H`) name `name`?
+fn hashed_match(entry: &str, name: &str) -> bool {
+    let mut parts = entry.split('|').skip(2);
+    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else { return false };
+    let (Ok(salt), Ok(hash)) = (BASE64.decode(salt.as_bytes()), BASE64.decode(hash.as_bytes())) else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt);
+    ring::hmac::verify(&key, name.as_bytes(), &hash).is_ok()
+}
+
+/// OpenSSH's host list semantics: comma-separated patterns, `!pattern` vetoes the line.
+fn hosts_match(list: &str, name: &str) -> bool {
+    if list.starts_with("|1|") {
+        return hashed_match(list, name);
+    }
+    let mut matched = false;
+    for p in list.split(',') {
+        // Patterns are too short for the glob's backtracking to matter; guard against a
+        // pathological line anyway.
+        if p.len() > 1024 {
+            continue;
+        }
+        if let Some(neg) = p.strip_prefix('!') {
+            if glob(neg.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else if glob(p.as_bytes(), name.as_bytes()) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// Every key recorded for `host`:`port` in `text` (a known_hosts file), in file order.
+/// Lines that do not parse are skipped, as OpenSSH does; `@cert-authority` lines are ignored
+/// (not supported).
+pub(crate) fn known_keys(text: &str, host: &str, port: u16) -> Vec<KnownKey> {
+    let name = host_port(host, port);
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let mut fields = raw.split_ascii_whitespace();
+        let Some(mut first) = fields.next() else { continue };
+        if first.starts_with('#') {
+            continue;
+        }
+        let mut revoked = false;
+        if let Some(marker) = first.strip_prefix('@') {
+            match marker {
+                "revoked" => revoked = true,
+                _ => continue,
+            }
+            let Some(f) = fields.next() else { continue };
+            first = f;
+        }
+        let (Some(_kind), Some(b64)) = (fields.next(), fields.next()) else { continue };
+        if !hosts_match(first, &name) {
+            continue;
+        }
+        if let Ok(key) = russh::keys::parse_public_key_base64(b64) {
+            out.push(KnownKey { line: i + 1, revoked, key });
+        }
+    }
+    out
+}
+
+/// Same key type, for "is this type known": RSA keys are one type whatever signature hash.
+fn same_type(a: &Algorithm, b: &Algorithm) -> bool {
+    matches!((a, b), (Algorithm::Rsa { .. }, Algorithm::Rsa { .. })) || a == b
+}
+
+/// Judge `key` against the recorded keys of its host.
+pub(crate) fn judge(known: &[KnownKey], key: &PublicKey) -> Verdict {
+    let data = key.key_data();
+    if let Some(k) = known.iter().find(|k| k.revoked && k.key.key_data() == data) {
+        return Verdict::Revoked { line: k.line };
+    }
+    let plain: Vec<&KnownKey> = known.iter().filter(|k| !k.revoked).collect();
+    if plain.iter().any(|k| k.key.key_data() == data) {
+        return Verdict::Known;
+    }
+    let alg = key.algorithm();
+    if let Some(k) = plain.iter().find(|k| same_type(&k.key.algorithm(), &alg)) {
+        return Verdict::Changed { line: k.line };
+    }
+    match plain.first() {
+        Some(k) => {
+            let mut types: Vec<String> = plain.iter().map(|k| k.key.algorithm().as_str().to_string()).collect();
+            types.dedup();
+            Verdict::TypeChanged { line: k.line, known: types.join(", ") }
+        }
+        None => Verdict::Unknown,
+    }
+}
+
+/// The host-key algorithms to offer, known types first: a host recorded with an RSA key must
+/// not be asked for its ed25519 key first (it would look "changed"), as OpenSSH orders
+/// HostKeyAlgorithms by the known_hosts entries.
+pub(crate) fn preferred_key_order(known: &[KnownKey]) -> Vec<Algorithm> {
+    let defaults: &[Algorithm] = &russh::Preferred::DEFAULT.key;
+    let is_known = |a: &Algorithm| known.iter().any(|k| !k.revoked && same_type(&k.key.algorithm(), a));
+    let mut out: Vec<Algorithm> = defaults.iter().filter(|a| is_known(a)).cloned().collect();
+    out.extend(defaults.iter().filter(|a| !is_known(a)).cloned());
+    out
+}
+
+/// Read the recorded keys of `host`:`port` from `path`; a missing file knows nothing.
+pub(crate) fn read_known_keys(path: &Path, host: &str, port: u16) -> std::io::Result<Vec<KnownKey>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(known_keys(&String::from_utf8_lossy(&bytes), host, port)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 impl HostKeyPolicy {
     pub fn verify(&self, key: &PublicKey) -> Result<(), SshError> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let kh = self.known_hosts.display().to_string();
-        match russh::keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
-            Ok(true) => Ok(()),
-            Ok(false) if self.accept_new => {
+        let known = read_known_keys(&self.known_hosts, &self.host, self.port)
+            .map_err(|e| SshError::Config { node: self.node.clone(), message: format!("{kh}: {e}") })?;
+        match judge(&known, key) {
+            Verdict::Known => Ok(()),
+            Verdict::Unknown if self.accept_new => {
                 if let Some(dir) = self.known_hosts.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
@@ -39,38 +208,37 @@ impl HostKeyPolicy {
                     },
                 )
             }
-            Ok(false) => Err(SshError::HostKeyUnknown {
+            Verdict::Unknown => Err(SshError::HostKeyUnknown {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
                 known_hosts: kh,
             }),
-            Err(russh::keys::Error::KeyChanged { line }) => Err(SshError::HostKeyChanged {
+            Verdict::Changed { line } => Err(SshError::HostKeyChanged {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
-                line: file_line(&self.known_hosts, line),
+                line,
                 known_hosts: kh,
             }),
-            Err(e) => Err(SshError::Config { node: self.node.clone(), message: format!("{kh}: {e}") }),
+            Verdict::TypeChanged { line, known } => Err(SshError::HostKeyTypeChanged(Box::new(KeyTypeChange {
+                node: self.node.clone(),
+                addr: self.addr.clone(),
+                fingerprint,
+                algorithm: key.algorithm().as_str().to_string(),
+                known,
+                line,
+                known_hosts: kh,
+            }))),
+            Verdict::Revoked { line } => Err(SshError::HostKeyRevoked {
+                node: self.node.clone(),
+                addr: self.addr.clone(),
+                fingerprint,
+                line,
+                known_hosts: kh,
+            }),
         }
     }
-}
-
-/// russh numbers known_hosts entries without counting `#` comment lines; map its number back
-/// to the real line of the file so the message points at the right place.
-fn file_line(path: &std::path::Path, entry: usize) -> usize {
-    let Ok(text) = std::fs::read_to_string(path) else { return entry };
-    let mut n = 0;
-    for (i, l) in text.lines().enumerate() {
-        if !l.starts_with('#') {
-            n += 1;
-            if n == entry {
-                return i + 1;
-            }
-        }
-    }
-    entry
 }
 
 /// Error type of the russh handler: either russh's own or our host-key verdict.
@@ -120,5 +288,119 @@ impl russh::client::Handler for Client {
             russh::client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
             russh::client::DisconnectReason::Error(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICW27ihs5A2DK/ObKy2QG2aauyEkn4TjjUOfUkbtAEW9";
+    const E2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO9UrFM+7k+euIwYRLyrDKK2TiTZZ1w5GG8Y1hq7TZng";
+    const R1: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDXa2c0ubcSvcHGjH1R1bP3JisidmPov2FBb04SRvq+MAp2ARa8lFOM2FehwaSHHH5yfDbyAJRQRTV0ZHaGyrkhPH9kjwU9ezpIM8CFNelnKncEQgmnYi9CgD9SqNGG8tosaFk3dclsuHoH8utUP/Mh5BfLYXgvqjg8NAp9siAVZw==";
+    const C1: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOlMqR3JwU/mO1taJuyDP8TGGn7tFOUrqD0mrg7O+aO0qJnldbKxg/Cp9lONuuI7q1/cKFRf2cMH5pK0O+MwiFU=";
+
+    fn key(line: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(line.split(' ').nth(1).unwrap()).unwrap()
+    }
+
+    /// The policy against a temp known_hosts file with `text`, accepting new keys.
+    fn policy(text: &str) -> (tempfile::TempDir, HostKeyPolicy) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, text).unwrap();
+        let p = HostKeyPolicy {
+            node: "DUT1".into(),
+            addr: "10.0.0.2:22".into(),
+            host: "10.0.0.2".into(),
+            port: 22,
+            known_hosts: path,
+            accept_new: true,
+        };
+        (dir, p)
+    }
+
+    #[test]
+    fn known_unknown_and_changed() {
+        let text = format!("# c\n10.0.0.2 {E1}\n");
+        let known = known_keys(&text, "10.0.0.2", 22);
+        assert_eq!(judge(&known, &key(E1)), Verdict::Known);
+        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { line: 2 });
+        assert_eq!(judge(&known_keys(&text, "10.0.0.3", 22), &key(E2)), Verdict::Unknown);
+        // Non-22 ports are recorded as [host]:port and only match that way.
+        assert_eq!(judge(&known_keys(&text, "10.0.0.2", 2222), &key(E1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn regression_host_key_of_another_type_counts_as_unknown() {
+        // Known by ed25519; the server (or an attacker) now offers RSA: refused, never recorded.
+        let (_d, p) = policy(&format!("10.0.0.2 {E1}\n"));
+        let err = p.verify(&key(R1)).unwrap_err();
+        match &err {
+            SshError::HostKeyTypeChanged(c) => {
+                assert_eq!((c.line, c.known.as_str(), c.algorithm.as_str()), (1, "ssh-ed25519", "ssh-rsa"))
+            }
+            e => panic!("expected HostKeyTypeChanged, got {e}"),
+        }
+        assert!(err.is_unreachable());
+        assert_eq!(std::fs::read_to_string(&p.known_hosts).unwrap().lines().count(), 1, "must not record");
+        // When that type is known too, its key is simply checked.
+        let (_d, p) = policy(&format!("10.0.0.2 {E1}\n10.0.0.2 {R1}\n"));
+        p.verify(&key(R1)).unwrap();
+        assert!(matches!(p.verify(&key(C1)), Err(SshError::HostKeyTypeChanged(_))));
+    }
+
+    #[test]
+    fn regression_revoked_host_key_counts_as_unknown() {
+        let (_d, p) = policy(&format!("@revoked 10.0.0.2 {E2}\n"));
+        match p.verify(&key(E2)) {
+            Err(SshError::HostKeyRevoked { line: 1, .. }) => {}
+            r => panic!("expected HostKeyRevoked, got {r:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&p.known_hosts).unwrap().lines().count(), 1, "must not record");
+        // Revoked wins over a plain entry of the same key; wildcards apply to markers too.
+        let (_d, p) = policy(&format!("10.0.0.2 {E2}\n@revoked * {E2}\n"));
+        assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyRevoked { line: 2, .. })));
+        // A revoked key does not make other keys "known" or "changed".
+        let (_d, p) = policy(&format!("@revoked 10.0.0.2 {E2}\n"));
+        p.verify(&key(E1)).unwrap();
+        assert!(std::fs::read_to_string(&p.known_hosts).unwrap().contains(E1), "new key recorded");
+    }
+
+    #[test]
+    fn regression_tab_separated_known_hosts_lines_are_ignored() {
+        let text = format!("10.0.0.2\t{}\n", E1.replace(' ', "\t"));
+        let known = known_keys(&text, "10.0.0.2", 22);
+        assert_eq!(known.len(), 1);
+        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { line: 1 });
+        let (_d, p) = policy(&text);
+        assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyChanged { line: 1, .. })));
+    }
+
+    #[test]
+    fn patterns_negation_and_hashed_entries() {
+        let text = format!(
+            "*.lab,!bad.lab {E1}\n10.0.0.?,dut {R1}\n|1|8KYRheUGKI03cFL62GiD0KWpSPQ=|TgSSWz0M26AuqVcq/kICWmi7vqA= {E2}\nbroken-line\nh ssh-ed25519 !!notbase64\n@cert-authority * {C1}\n"
+        );
+        assert_eq!(known_keys(&text, "a.lab", 22).len(), 1);
+        assert_eq!(known_keys(&text, "bad.lab", 22).len(), 0);
+        assert_eq!(known_keys(&text, "10.0.0.7", 22)[0].line, 2);
+        assert_eq!(known_keys(&text, "DUT", 22).len(), 1, "host names are case-insensitive");
+        let hashed = known_keys(&text, "dut.example", 2222);
+        assert_eq!((hashed.len(), hashed[0].line), (1, 3));
+        assert!(known_keys(&text, "dut.example", 22).is_empty());
+        assert!(known_keys(&text, "h", 22).is_empty(), "bad lines and @cert-authority are skipped");
+    }
+
+    #[test]
+    fn known_key_types_are_offered_first() {
+        let default: Vec<Algorithm> = russh::Preferred::DEFAULT.key.to_vec();
+        assert_eq!(preferred_key_order(&[]), default);
+        let known = known_keys(&format!("h {R1}\n"), "h", 22);
+        let order = preferred_key_order(&known);
+        assert!(order[..3].iter().all(|a| matches!(a, Algorithm::Rsa { .. })), "{order:?}");
+        assert_eq!(order.len(), default.len());
+        let known = known_keys(&format!("h {C1}\n"), "h", 22);
+        assert_eq!(preferred_key_order(&known)[0], key(C1).algorithm());
     }
 }

@@ -15,7 +15,7 @@ mod auth;
 mod config;
 mod error;
 mod hostkey;
-pub use error::SshError;
+pub use error::{KeyTypeChange, SshError};
 
 /// How to reach one node. Built from a topology node (or a `--host` on the command line).
 #[derive(Debug, Clone)]
@@ -52,7 +52,9 @@ impl SshTarget {
         if let Some(jump) = t.proxy_jump.as_deref().and_then(|j| topo.node(j)).filter(|j| j.name != node.name) {
             let user = jump.username.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
             let port = jump.port.map(|p| format!(":{p}")).unwrap_or_default();
-            t.proxy_jump = Some(format!("{user}{}{port}", jump.host));
+            // An IPv6 address needs brackets, or its last group reads as the port (`::1:22`).
+            let host = if jump.host.contains(':') { format!("[{}]", jump.host) } else { jump.host.clone() };
+            t.proxy_jump = Some(format!("{user}{host}{port}"));
         }
         t
     }
@@ -169,3 +171,29 @@ impl Output {
 
 mod session;
 pub use session::{ChildEvent, RemoteChild, Session};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixture::{dut, topology};
+
+    #[test]
+    fn regression_ipv6_jump_host_by_node_name_unbracketed() {
+        let mut jump = dut("JUMP");
+        jump.host = "::1".into();
+        jump.username = Some("lab".into());
+        jump.port = Some(22);
+        let mut d = dut("DUT1");
+        d.proxy_jump = Some("JUMP".into());
+        let topo = topology(vec![jump.clone(), d.clone()], vec![]);
+        let t = SshTarget::for_node(&topo, &d);
+        assert_eq!(t.proxy_jump.as_deref(), Some("lab@[::1]:22"));
+        assert_eq!(config::parse_jump(t.proxy_jump.as_deref().unwrap()), (Some("lab".into()), "::1".into(), Some(22)));
+        // Without a port: still bracketed, and read back as the whole address.
+        jump.port = None;
+        let topo = topology(vec![jump, d.clone()], vec![]);
+        let t = SshTarget::for_node(&topo, &d);
+        assert_eq!(t.proxy_jump.as_deref(), Some("lab@[::1]"));
+        assert_eq!(config::parse_jump("lab@[::1]"), (Some("lab".into()), "::1".into(), None));
+    }
+}

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth;
 use super::config::{self, Resolved};
-use super::hostkey::{Client, HandlerError, HostKeyPolicy};
+use super::hostkey::{self, Client, HandlerError, HostKeyPolicy};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
 
@@ -32,6 +32,8 @@ struct Inner {
     addr: String,
     target: SshTarget,
     opts: ConnectOptions,
+    /// Hosts this session is reached through (outermost first), for reconnects.
+    chain: Vec<(String, u16)>,
     conn: RwLock<Arc<Conn>>,
     reconnect: tokio::sync::Mutex<()>,
     /// Bounds concurrent channels below sshd's MaxSessions.
@@ -50,12 +52,13 @@ fn addr_of(r: &Resolved) -> String {
 }
 
 /// Open a connection: TCP (or a tunnel through the jump host), handshake, host key, auth.
-async fn open(target: &SshTarget, opts: &ConnectOptions) -> Result<(Conn, String), SshError> {
-    let r = config::resolve(target, opts)?;
+/// `chain`: the hosts (as written, with their ports) this one is reached through, outermost first.
+async fn open(target: &SshTarget, opts: &ConnectOptions, chain: &[(String, u16)]) -> Result<(Conn, String), SshError> {
+    let r = config::resolve_in_chain(target, opts, chain)?;
     let addr = addr_of(&r);
     let node = target.name.clone();
     let jump = match &r.proxy_jump {
-        Some(spec) => Some(connect_jump(target, opts, &r, spec).await?),
+        Some(spec) => Some(connect_jump(target, opts, &r, spec, chain).await?),
         None => None,
     };
     let disconnect = Arc::new(Mutex::new(None));
@@ -70,7 +73,12 @@ async fn open(target: &SshTarget, opts: &ConnectOptions) -> Result<(Conn, String
         },
         disconnect: disconnect.clone(),
     };
+    // Ask for a key of a type we already know first, as OpenSSH does: otherwise a host recorded
+    // with (say) only an RSA key would present ed25519 and be refused as changed.
+    let known = hostkey::read_known_keys(&r.known_hosts, &r.host, r.port).unwrap_or_default();
+    let preferred = russh::Preferred { key: hostkey::preferred_key_order(&known).into(), ..Default::default() };
     let cfg = Arc::new(russh::client::Config {
+        preferred,
         keepalive_interval: Some(opts.keepalive_interval),
         keepalive_max: 3,
         inactivity_timeout: None,
@@ -131,6 +139,7 @@ async fn connect_jump(
     opts: &ConnectOptions,
     r: &Resolved,
     spec: &str,
+    via: &[(String, u16)],
 ) -> Result<Session, SshError> {
     // `a,b,c`: reach c through b through a.
     let (chain, last) = match spec.rsplit_once(',') {
@@ -156,7 +165,11 @@ async fn connect_jump(
         known_hosts: Some(r.known_hosts.clone()),
         accept_new_host_key: r.accept_new,
     };
-    Box::pin(Session::connect(&jt, opts)).await
+    // The jump host is reached through the same chain; the target joins it so that the jump
+    // host's own config cannot lead back here.
+    let mut inner_chain = via.to_vec();
+    inner_chain.push((target.host.clone(), r.port));
+    Box::pin(Session::connect_in_chain(&jt, opts, inner_chain)).await
 }
 
 async fn handshake_auth<S>(
@@ -220,7 +233,15 @@ fn kill_script(pid: u32) -> String {
 
 impl Session {
     pub async fn connect(target: &SshTarget, opts: &ConnectOptions) -> Result<Session, SshError> {
-        let (conn, addr) = open(target, opts).await?;
+        Self::connect_in_chain(target, opts, Vec::new()).await
+    }
+
+    async fn connect_in_chain(
+        target: &SshTarget,
+        opts: &ConnectOptions,
+        chain: Vec<(String, u16)>,
+    ) -> Result<Session, SshError> {
+        let (conn, addr) = open(target, opts, &chain).await?;
         let max = opts.max_channels.max(1);
         Ok(Session {
             name: target.name.clone(),
@@ -228,6 +249,7 @@ impl Session {
                 addr,
                 target: target.clone(),
                 opts: opts.clone(),
+                chain,
                 conn: RwLock::new(Arc::new(conn)),
                 reconnect: tokio::sync::Mutex::new(()),
                 channels: Arc::new(Semaphore::new(max)),
@@ -258,7 +280,7 @@ impl Session {
         if !Arc::ptr_eq(&self.conn(), dead) {
             return Ok(()); // someone else already reconnected
         }
-        let (conn, _) = open(&self.inner.target, &self.inner.opts).await?;
+        let (conn, _) = open(&self.inner.target, &self.inner.opts, &self.inner.chain).await?;
         *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
         Ok(())
     }

@@ -89,7 +89,10 @@ impl Cx<'_> {
         }
         let list = options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ");
         let hint = text.and_then(|t| suggest(t, options)).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-        self.err(n.pos, path, format!("expected one of {list}{hint}"));
+        // Echo the value: "unknown accel `kmv`" says what was read, not only what is allowed.
+        let what = path.rsplit('.').next().unwrap_or(path);
+        let found = text.map(|t| format!("unknown {what} `{}`; ", t.escape_debug())).unwrap_or_default();
+        self.err(n.pos, path, format!("{found}expected one of {list}{hint}"));
         None
     }
 
@@ -225,22 +228,9 @@ pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-/// `120s`, `2m`, `500ms`, `1h` or a bare number of seconds.
+/// `120s`, `2m`, `500ms`, `1.5s`, `1h` or a bare number of seconds: the crate's one syntax.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (s, 1000)
-    };
-    let v: u64 = num.trim().parse().ok()?;
-    Some(Duration::from_millis(v.checked_mul(unit_ms)?))
+    crate::duration::parse(s).ok()
 }
 
 fn is_pci(s: &str) -> bool {
@@ -391,6 +381,10 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
                 cx.err(k.pos, "nodes", "node names must be plain strings");
                 continue;
             };
+            if let Some(m) = validate::name_problem(name) {
+                cx.err(k.pos, "nodes", format!("node name `{}` {m}", name.escape_debug()));
+                continue;
+            }
             if let Some(node) = convert_node(cx, name, k.pos, v) {
                 nodes.push(node);
             }
@@ -480,11 +474,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     let hugepages = hugepages(cx, &f);
     let qemu = qemu_config(cx, &f);
     let run_root = match f.get("run_root").and_then(|v| cx.abs_path(v, &f.path("run_root"))) {
-        Some(r) if r.trim_end_matches('/').is_empty() => {
-            cx.err(f.get("run_root").unwrap().pos, &f.path("run_root"), "must not be `/`");
-            "/run/harness".to_string()
-        }
-        Some(r) => r,
+        Some(r) => validate::check_run_root(cx, f.get("run_root").unwrap().pos, &f.path("run_root"), r),
         None => "/run/harness".to_string(),
     };
 
@@ -840,7 +830,10 @@ fn convert_vm(
                     cx.err(
                         v.pos,
                         &f.path("vnf"),
-                        format!("expected `vpp...`, `testpmd_io`, `testpmd_mac` or `none`{hint}"),
+                        format!(
+                            "unknown vnf `{}`; expected `vpp...`, `testpmd_io`, `testpmd_mac` or `none`{hint}",
+                            s.escape_debug()
+                        ),
                     );
                     None
                 }
@@ -873,6 +866,7 @@ fn convert_vm(
                     }
                     match &val.value {
                         Value::Scalar { text, .. } => {
+                            validate::check_template_value(cx, val.pos, &p, text);
                             vars.insert(key.to_string(), text.clone());
                         }
                         _ => cx.err(val.pos, &p, format!("expected a scalar value, found {}", val.kind_name())),

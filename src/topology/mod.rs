@@ -30,7 +30,16 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file.display(), self.line, self.column, self.key, self.message)
+        // Keys and messages quote the file's text; keep a hostile file from driving the terminal.
+        use crate::report::sanitize::escape_control;
+        let (key, message) = (escape_control(&self.key), escape_control(&self.message));
+        write!(
+            f,
+            "{}:{}:{}: {key}: {message}",
+            escape_control(&self.file.display().to_string()),
+            self.line,
+            self.column
+        )
     }
 }
 

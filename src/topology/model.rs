@@ -89,7 +89,9 @@ impl PageSize {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Debug is written by hand: a derived one would print the plaintext password and the PEM
+/// key of CSIT topologies into any `{:?}` (error contexts, test failures, logs).
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub enum Auth {
     /// Private key file (`identity_file`); passphrase read from the named env var if set.
     IdentityFile { path: PathBuf, passphrase_env: Option<String> },
@@ -105,6 +107,19 @@ pub enum Auth {
 
 fn redact<S: serde::Serializer>(_: &String, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("<redacted>")
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::IdentityFile { path, passphrase_env } => {
+                f.debug_struct("IdentityFile").field("path", path).field("passphrase_env", passphrase_env).finish()
+            }
+            Auth::PasswordEnv(var) => f.debug_tuple("PasswordEnv").field(var).finish(),
+            Auth::Password(_) => f.write_str("Password(<redacted>)"),
+            Auth::PrivateKeyPem(_) => f.write_str("PrivateKeyPem(<redacted>)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -294,4 +309,22 @@ pub struct Vm {
     pub init_command: Option<String>,
     /// Extra raw qemu arguments appended verbatim (an escape hatch, shown in render).
     pub extra_args: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_auth_debug_prints_secrets() {
+        let auth = vec![
+            Auth::Password("hunter2".into()),
+            Auth::PrivateKeyPem("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA".into()),
+            Auth::PasswordEnv("DUT1_PW".into()),
+            Auth::IdentityFile { path: "/k".into(), passphrase_env: Some("KP".into()) },
+        ];
+        let shown = format!("{auth:?} {auth:#?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("BEGIN") && !shown.contains("AAAA"), "{shown}");
+        assert!(shown.contains("Password(<redacted>)") && shown.contains("DUT1_PW") && shown.contains("\"/k\""));
+    }
 }

@@ -1,6 +1,11 @@
 //! Checks and defaults that span several VMs: `qemu_id` assignment and uniqueness per node,
 //! default and unique names, and host resources that two VMs on one node cannot share
 //! (CPUs, vfio-pci devices, vhost-user sockets, forwarded host ports).
+//!
+//! Also the checks at the security boundary: values that become remote paths, file lines or
+//! socat addresses ([`name_problem`], [`run_root_problem`], [`socket_path_problem`],
+//! [`template_value_problem`]). A topology file is input, not trusted configuration: a node
+//! name like `../../etc/cron.d/x` or a `vars` value with a newline must never reach a host.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +30,99 @@ pub(crate) struct VmSpans {
     pub vfio: Vec<(String, Pos, String)>,
     pub sockets: Vec<(String, Pos, String)>,
     pub host_ports: Vec<(u16, Pos, String)>,
+}
+
+/// Longest node or VM name: it becomes a directory name (at most 255 bytes) below the run
+/// directory, with room to spare for what is added to it.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why `s` cannot be a node or VM name, or `None`. Names become directories on the hosts, lines
+/// of the guest's init script and terminal output: letters, digits, `_`, `-` and `.`, not
+/// starting with `.` (no `..`, no hidden files).
+pub(crate) fn name_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-.".contains(*c))) {
+        return Some(format!("may only contain letters, digits, `_`, `-` and `.` (found {})", describe(c)));
+    }
+    if s.starts_with('.') {
+        return Some("must not start with `.`".into());
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Some(format!("is longer than {MAX_NAME_LEN} characters"));
+    }
+    None
+}
+
+/// A character as messages show it: control and space characters by code point, so that the
+/// message itself stays one printable line.
+fn describe(c: char) -> String {
+    if c.is_control() || c.is_whitespace() { format!("U+{:04X}", c as u32) } else { format!("`{c}`") }
+}
+
+/// Sticky world-writable directories: another user can create (or symlink) our run directory
+/// there before we do.
+const WORLD_WRITABLE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Why `s` cannot be a `run_root`, or `None`. It is the parent of every run directory that
+/// `down` later removes as root, and the QMP/QGA sockets below it are reached through socat:
+/// a normalised absolute path, not `/`, not in a world-writable directory, socat-safe.
+pub(crate) fn run_root_problem(s: &str) -> Option<String> {
+    if !s.starts_with('/') {
+        return Some(format!("must be an absolute path (found `{}`)", s.escape_debug()));
+    }
+    if s == "/" {
+        return Some("must not be `/`".into());
+    }
+    if let Some(what) = crate::quote::socat_unsafe_char(s) {
+        return Some(format!("must not contain {what}: the sockets below it are reached through socat"));
+    }
+    if s.contains("//") || s.ends_with('/') {
+        return Some(format!("must be a normalised path without `//` or a trailing `/` (found `{s}`)"));
+    }
+    if s.split('/').any(|c| c == "." || c == "..") {
+        return Some(format!("must not contain `.` or `..` components (found `{s}`)"));
+    }
+    if let Some(w) = WORLD_WRITABLE.iter().find(|w| s == **w || s.starts_with(&format!("{w}/"))) {
+        return Some(format!("must not be in the world-writable {w}: another user could plant the run directory"));
+    }
+    None
+}
+
+/// Why `s` cannot be a socket path the VM's QEMU or socat is given, or `None`.
+pub(crate) fn socket_path_problem(s: &str) -> Option<String> {
+    crate::quote::socat_unsafe_char(s).map(|what| {
+        format!("must not contain {what}: socket paths are parsed as socat and QEMU options (`,` `:` `!` quotes ...)")
+    })
+}
+
+/// Why `s` cannot be a template value (`vars`), or `None`: a newline would add lines to
+/// startup.conf or the `.exec` file, and other control characters have no business there.
+pub(crate) fn template_value_problem(s: &str) -> Option<String> {
+    let c = s.chars().find(|c| c.is_control() && *c != '\t')?;
+    Some(format!(
+        "must not contain control characters (found U+{:04X}); template values are written into config lines",
+        c as u32
+    ))
+}
+
+/// Report [`template_value_problem`] at `pos`.
+pub(crate) fn check_template_value(cx: &mut Cx, pos: Pos, key: &str, value: &str) {
+    if let Some(m) = template_value_problem(value) {
+        cx.err(pos, key, m);
+    }
+}
+
+/// `run_root` as written if it is acceptable; otherwise report at `pos` and use the default.
+pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) -> String {
+    match run_root_problem(&value) {
+        None => value,
+        Some(m) => {
+            cx.err(pos, key, m);
+            "/run/harness".to_string()
+        }
+    }
 }
 
 /// Assign ids and names, then check what VMs on one node (or in the file) must not share.
@@ -64,6 +162,22 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
         d.vm.qemu_id = id;
         if !d.explicit_name {
             d.vm.name = format!("{}_{}", d.vm.node, id);
+        }
+    }
+
+    // The loader checks the alphabet of explicit names; a default `<node>_<id>` is safe when the
+    // node name is (checked with the nodes). This adds what the alphabet allows but a name must
+    // not be (a leading `.`, too long).
+    for d in &drafts {
+        if d.explicit_name
+            && let Some(m) = name_problem(&d.vm.name)
+        {
+            cx.err(d.spans.name.unwrap_or(d.spans.pos), &format!("{}.name", d.spans.path), m);
+        }
+        for (sock, pos, key) in &d.spans.sockets {
+            if let Some(m) = socket_path_problem(sock) {
+                cx.err(*pos, key, m);
+            }
         }
     }
 

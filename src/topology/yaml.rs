@@ -5,10 +5,12 @@
 //! with yaml-rust2's event parser (which carries a mark per event) into this tree; the loader
 //! then converts it to the model by hand. Duplicate keys are reported here (YAML forbids them,
 //! most parsers silently keep the last one); aliases are expanded by copying the anchored node.
+//! Both expansion and nesting are bounded ([`MAX_NODES`], [`MAX_DEPTH`]) so that no input can
+//! exhaust memory or the stack: a file this tool reads is never trusted that far.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// 1-based line and column.
@@ -81,19 +83,47 @@ pub struct Parsed {
     pub errors: Vec<YamlError>,
 }
 
+/// Deepest nesting of lists and maps accepted. yaml-rust2's own loader recurses once per level
+/// and a 100k-deep list overflowed the stack (SIGABRT); topology files nest fewer than 10 deep.
+pub const MAX_DEPTH: usize = 256;
+
+/// Most nodes a document may hold once aliases are expanded. Aliases are expanded by copying,
+/// so a "billion laughs" file of a few lines used to grow to gigabytes; a real topology has a
+/// few thousand nodes at most.
+pub const MAX_NODES: usize = 100_000;
+
 /// Parse `text` (a single YAML document) into a marked tree.
 pub fn parse(text: &str) -> Parsed {
+    // Editors on Windows write a UTF-8 byte order mark; the scanner would make it part of the
+    // first key (`\u{feff}metadata: unknown key`).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, true) {
-        let path = b.current_path();
-        let mut message = format!("YAML syntax error: {}", e.info());
-        // yaml-rust2 (0.10 to 0.13) rejects the valid `[key: {a: 1}]`; say how to write it instead.
-        if b.stack.iter().any(|f| matches!(f, Frame::Seq { .. })) && e.info().contains("flow mapping") {
-            message.push_str(" (write `[{key: {...}}]` or a block list item `- key: {...}` instead of `[key: {...}]`)");
+    // Pull events one at a time instead of `Parser::load`, which recurses per nesting level:
+    // that way the depth is checked before anything deep happens.
+    loop {
+        let (ev, mark) = match parser.next_token() {
+            Ok(e) => e,
+            Err(e) => {
+                let path = b.current_path();
+                let mut message = format!("YAML syntax error: {}", e.info());
+                // yaml-rust2 (0.10 to 0.13) rejects the valid `[key: {a: 1}]`; say how to write it instead.
+                if b.stack.iter().any(|f| matches!(f, Frame::Seq { .. })) && e.info().contains("flow mapping") {
+                    message.push_str(
+                        " (write `[{key: {...}}]` or a block list item `- key: {...}` instead of `[key: {...}]`)",
+                    );
+                }
+                b.errors.push(YamlError { pos: Pos::from_marker(e.marker()), path, message });
+                return Parsed { root: None, errors: b.errors };
+            }
+        };
+        if ev == Event::StreamEnd {
+            break;
         }
-        b.errors.push(YamlError { pos: Pos::from_marker(e.marker()), path, message });
-        return Parsed { root: None, errors: b.errors };
+        if let Err(e) = b.on_event(ev, mark) {
+            b.errors.push(e);
+            return Parsed { root: None, errors: b.errors };
+        }
     }
     Parsed { root: b.root, errors: b.errors }
 }
@@ -103,15 +133,20 @@ pub fn join(path: &str, key: &str) -> String {
     if key.starts_with('[') || path.is_empty() { format!("{path}{key}") } else { format!("{path}.{key}") }
 }
 
+/// `start` in both variants is [`Builder::total`] when the collection began, so its expanded size
+/// is known when it ends (for anchors).
 enum Frame {
-    Seq { pos: Pos, path: String, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, path: String, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq { pos: Pos, path: String, anchor: usize, start: usize, items: Vec<Node> },
+    Map { pos: Pos, path: String, anchor: usize, start: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes and their size in nodes (aliases inside them expanded).
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes in the tree so far, aliases expanded: bounded by [`MAX_NODES`].
+    total: usize,
     root: Option<Node>,
     documents: usize,
     errors: Vec<YamlError>,
@@ -128,9 +163,24 @@ impl Builder {
         }
     }
 
-    fn complete(&mut self, node: Node, anchor: usize) {
+    /// Add `n` nodes to the running total, refusing to go past [`MAX_NODES`].
+    fn grow(&mut self, n: usize, pos: Pos) -> Result<(), YamlError> {
+        self.total = self.total.saturating_add(n);
+        if self.total > MAX_NODES {
+            return Err(YamlError {
+                pos,
+                path: self.current_path(),
+                message: format!(
+                    "the document expands to more than {MAX_NODES} nodes (aliases are copied); refusing to load it"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, node: Node, anchor: usize, size: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => {
@@ -164,8 +214,9 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+impl Builder {
+    /// Take one parser event. An error ends the parse (the tree would be unbounded otherwise).
+    fn on_event(&mut self, ev: Event, mark: Marker) -> Result<(), YamlError> {
         let pos = Pos::from_marker(&mark);
         match ev {
             Event::DocumentStart => {
@@ -179,24 +230,35 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                self.grow(1, pos)?;
                 let plain = style == TScalarStyle::Plain && tag.is_none();
-                self.complete(Node { pos, value: Value::Scalar { text, plain } }, anchor);
+                self.complete(Node { pos, value: Value::Scalar { text, plain } }, anchor, 1);
             }
-            Event::SequenceStart(anchor, _) => {
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        path: self.current_path(),
+                        message: format!("lists and maps nest deeper than {MAX_DEPTH} levels; refusing to load it"),
+                    });
+                }
+                self.grow(1, pos)?;
                 let path = self.current_path();
-                self.stack.push(Frame::Seq { pos, path, anchor, items: Vec::new() });
-            }
-            Event::MappingStart(anchor, _) => {
-                let path = self.current_path();
-                self.stack.push(Frame::Map { pos, path, anchor, entries: Vec::new(), key: None });
+                let start = self.total;
+                self.stack.push(if matches!(ev, Event::SequenceStart(..)) {
+                    Frame::Seq { pos, path, anchor, start, items: Vec::new() }
+                } else {
+                    Frame::Map { pos, path, anchor, start, entries: Vec::new(), key: None }
+                });
             }
             Event::SequenceEnd => {
-                if let Some(Frame::Seq { pos, anchor, items, .. }) = self.stack.pop() {
-                    self.complete(Node { pos, value: Value::Seq(items) }, anchor);
+                if let Some(Frame::Seq { pos, anchor, start, items, .. }) = self.stack.pop() {
+                    let size = self.total - start + 1;
+                    self.complete(Node { pos, value: Value::Seq(items) }, anchor, size);
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { mut pos, path, anchor, entries, .. }) = self.stack.pop() {
+                if let Some(Frame::Map { mut pos, path, anchor, start, entries, .. }) = self.stack.pop() {
                     // A block mapping's start mark comes after its first key: use the key's position.
                     if let Some((k, _)) = entries.first()
                         && (k.pos.line, k.pos.column) < (pos.line, pos.column)
@@ -204,19 +266,24 @@ impl MarkedEventReceiver for Builder {
                         pos = k.pos;
                     }
                     self.check_duplicates(&path, &entries);
-                    self.complete(Node { pos, value: Value::Map(entries) }, anchor);
+                    let size = self.total - start + 1;
+                    self.complete(Node { pos, value: Value::Map(entries) }, anchor, size);
                 }
             }
             Event::Alias(id) => {
                 // The parser already rejects unknown anchors; keep the alias' own position.
+                // Count the copy before making it, so a billion laughs never gets allocated.
+                let size = self.anchors.get(&id).map_or(1, |(_, size)| *size);
+                self.grow(size, pos)?;
                 let node = match self.anchors.get(&id) {
-                    Some(n) => Node { pos, value: n.value.clone() },
+                    Some((n, _)) => Node { pos, value: n.value.clone() },
                     None => Node { pos, value: Value::Scalar { text: String::new(), plain: true } },
                 };
-                self.complete(node, 0);
+                self.complete(node, 0, size);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
+        Ok(())
     }
 }
 
@@ -316,5 +383,69 @@ mod tests {
         let p = parse("a: 1\n---\nb: 2\n");
         assert_eq!(p.errors.len(), 1);
         assert_eq!(p.errors[0].pos.line, 2);
+    }
+
+    #[test]
+    fn regression_yaml_billion_laughs() {
+        // Nine levels of ten aliases each: 10^9 nodes when copied, once 6 GB of memory.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let start = std::time::Instant::now();
+        let p = parse(&text);
+        assert!(p.root.is_none());
+        let e = p.errors.last().unwrap();
+        assert!(e.message.contains("more than 100000 nodes"), "{e:?}");
+        assert!(e.pos.line > 1 && e.pos.line <= 10, "{e:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn regression_yaml_deep_nesting_overflows_the_stack() {
+        // A 100k-deep block list made yaml-rust2's recursive loader abort the process.
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&" ".repeat(i.min(300)));
+            text.push_str("-\n");
+        }
+        let deep_flow = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let p = parse(&text);
+        assert!(p.root.is_none());
+        let e = p.errors.last().unwrap();
+        assert!(e.message.contains("deeper than 256"), "{e:?}");
+        assert_eq!(e.pos.line, MAX_DEPTH + 1);
+        // yaml-rust2's scanner bounds flow nesting itself; either way it is an error, not a crash.
+        let p = parse(&deep_flow);
+        assert!(p.root.is_none() && !p.errors.is_empty());
+        // 256 levels are still fine.
+        let ok: String = (0..MAX_DEPTH).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+        let p = parse(&ok);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+    }
+
+    #[test]
+    fn anchors_within_the_bound_still_expand() {
+        let p = parse("a: &a [1, 2, 3]\nb: [*a, *a, *a]\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        match &map(&p.root.unwrap())[1].1.value {
+            Value::Seq(items) => assert_eq!(
+                items[2].value,
+                Value::Seq(vec![
+                    Node { pos: Pos { line: 1, column: 8 }, value: Value::Scalar { text: "1".into(), plain: true } },
+                    Node { pos: Pos { line: 1, column: 11 }, value: Value::Scalar { text: "2".into(), plain: true } },
+                    Node { pos: Pos { line: 1, column: 14 }, value: Value::Scalar { text: "3".into(), plain: true } },
+                ])
+            ),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn regression_utf8_bom_is_part_of_the_first_key() {
+        let p = parse("\u{feff}metadata: {}\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(map(&p.root.unwrap())[0].0.as_scalar(), Some("metadata"));
     }
 }
