@@ -18,6 +18,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A topology `scripts/lab.sh` generated (the repo's `topologies/` for the default lab,
+/// `$HARNESS_LAB_DIR/topologies/` for a private one).
+fn lab_topology(name: &str) -> PathBuf {
+    if std::env::var_os("HARNESS_LAB_DIR").is_some_and(|d| Path::new(&d) != Path::new("/var/tmp/harness-lab")) {
+        lab_dir().join("topologies").join(name)
+    } else {
+        repo().join("topologies").join(name)
+    }
+}
+
 fn lab_dir() -> PathBuf {
     std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
 }
@@ -66,7 +76,7 @@ impl Env {
 
     /// `topologies/lab.yaml` with `edit` applied to its `vms`, written to a temp file.
     fn topology(&self, name: &str, edit: impl Fn(&mut Vec<Value>)) -> PathBuf {
-        let text = std::fs::read_to_string(repo().join("topologies/lab.yaml"))
+        let text = std::fs::read_to_string(lab_topology("lab.yaml"))
             .expect("lab.yaml (scripts/lab.sh up writes it)");
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let vms: Vec<Value> =
@@ -168,7 +178,7 @@ fn assert_render_matches_manifests(env: &Env, topo: &str, run_id: &str, facts: &
 fn up_status_logs_down_two_nodes_two_vms() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
-    let topo = repo().join("topologies/lab.yaml");
+    let topo = lab_topology("lab.yaml");
     let topo = topo.to_str().unwrap();
     let hp_before = nr_hugepages();
     let saved = env.dir.path().join("facts");
@@ -324,7 +334,7 @@ fn qemu_that_fails_to_start_reports_its_stderr() {
 fn interrupt_during_up_stops_everything_started() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
-    let topo = repo().join("topologies/lab.yaml");
+    let topo = lab_topology("lab.yaml");
     let mut child = env
         .cmd(&["up", topo.to_str().unwrap(), "--run-id", "e2e-sigint"])
         .stderr(Stdio::piped())
@@ -435,7 +445,7 @@ fn two_concurrent_runs_do_not_collide() {
 fn unreachable_node_fails_the_run_and_stops_the_others() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
-    let text = std::fs::read_to_string(repo().join("topologies/lab.yaml")).unwrap();
+    let text = std::fs::read_to_string(lab_topology("lab.yaml")).unwrap();
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     // Nothing listens on 127.0.0.1:9 (discard) in the lab.
     doc["nodes"]["DUT2"]["port"] = serde_yaml::Value::from(9);

@@ -34,6 +34,16 @@ pub fn lab_dir() -> PathBuf {
     std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/harness-lab"))
 }
 
+/// A topology `scripts/lab.sh` generated: in the repo's `topologies/` for the default lab, in
+/// `$HARNESS_LAB_DIR/topologies/` for a private one (so private labs never clobber the repo's).
+pub fn lab_topology(name: &str) -> PathBuf {
+    if std::env::var_os("HARNESS_LAB_DIR").is_some_and(|d| Path::new(&d) != Path::new("/var/tmp/harness-lab")) {
+        lab_dir().join("topologies").join(name)
+    } else {
+        repo().join("topologies").join(name)
+    }
+}
+
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
 }
