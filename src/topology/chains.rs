@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::load::Cx;
+use super::cx::Cx;
 use super::yaml::{self, Value, join};
 use crate::facts::lscpu::{self, LscpuRow};
 

@@ -5,10 +5,12 @@
 //! reported at once as [`Diagnostic`]s naming `file:line:column` and the key path.
 
 pub mod chains;
+mod cx;
 mod load;
 
 mod model;
 mod validate;
+mod vm;
 mod yaml;
 
 pub use model::*;

@@ -9,28 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::load::{Cx, VmDraft};
+use super::cx::{Cx, VmDraft};
 use super::model::Vm;
 use super::yaml::Pos;
-
-/// Where a VM's cross-checked values were written, for messages.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct VmSpans {
-    /// `vms[i]`.
-    pub path: String,
-    /// The list item.
-    pub pos: Pos,
-    pub node: Pos,
-    pub qemu_id: Option<Pos>,
-    pub name: Option<Pos>,
-    pub cpus_key: Pos,
-    /// One per entry of `cpus`, same order.
-    pub cpus: Vec<Pos>,
-    /// (address lower-cased, position, key path)
-    pub vfio: Vec<(String, Pos, String)>,
-    pub sockets: Vec<(String, Pos, String)>,
-    pub host_ports: Vec<(u16, Pos, String)>,
-}
 
 /// Longest node or VM name: it becomes a directory name (at most 255 bytes) below the run
 /// directory, with room to spare for what is added to it.
