@@ -53,9 +53,16 @@ impl Bridge {
         Ok(Bridge { stream: Some(ours), pump })
     }
 
-    /// `sudo -n socat - UNIX-CONNECT:<path>`.
+    /// `sudo -n socat - UNIX-CONNECT:<path>`. A path socat would parse as options (`,`, `:`,
+    /// ...) is refused, never passed on.
     pub async fn unix_socket(session: &Session, path: &str) -> Result<Bridge, SshError> {
-        Self::open(session, RemoteCommand::new(["socat", "-", &format!("UNIX-CONNECT:{path}")]).sudo()).await
+        let addr = crate::quote::socat_unix_address(path).map_err(|e| SshError::CommandFailed {
+            node: session.name().to_string(),
+            command: "socat".into(),
+            status: "-".into(),
+            stderr: e.to_string(),
+        })?;
+        Self::open(session, RemoteCommand::new(["socat", "-", &addr]).sudo()).await
     }
 
     /// The local end. Taken once; the bridge keeps pumping until it is dropped or closed.

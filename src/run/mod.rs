@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod down;
+pub mod guest;
 pub mod jsonlines;
 pub mod manifest;
 pub mod qga;
