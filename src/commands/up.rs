@@ -47,6 +47,8 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         only_vms: a.vms.clone(),
         connect: super::connect_options(g),
         stop_grace: Duration::from_secs(10),
+        connector: None,
+        interrupt: None,
     };
     let (reporter, root) = Reporter::start(super::style(g));
     let res = up::up(&opts, root.clone()).await;

@@ -59,6 +59,18 @@ pub struct UpOptions {
     pub connect: ConnectOptions,
     /// How long `down`/cleanup waits for QMP `quit` before SIGTERM.
     pub stop_grace: Duration,
+    /// How to reach a node; `None` = SSH. Tests connect to in-process fake hosts.
+    pub connector: Option<Arc<dyn Connector>>,
+    /// Fires like Ctrl-C/SIGTERM (tests, and embedders with their own signal handling).
+    pub interrupt: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Opens the session to a node (the seam tests use to put a fake host behind a node).
+pub trait Connector: Send + Sync {
+    fn connect(
+        &self,
+        node: &crate::topology::Node,
+    ) -> futures::future::BoxFuture<'static, Result<crate::ssh::Session, SshError>>;
 }
 
 /// Where a VM is. Serialised in snake_case (`pending`, `starting`, ...).
@@ -206,7 +218,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
             (ctx.node.name.clone(), res)
         });
     }
-    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events).await;
+    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
     if failed || interrupted {
         cleanup(&tracker, opts.stop_grace, &events).await;
     } else {
@@ -239,8 +251,17 @@ async fn supervise(
     set: &mut JoinSet<(String, Result<(), UpError>)>,
     node_results: &mut BTreeMap<String, NodeResult>,
     events: &EventSink,
+    interrupt: Option<Arc<tokio::sync::Notify>>,
 ) -> (bool, bool) {
-    let signal = shutdown_signal();
+    let signal = async move {
+        match interrupt {
+            Some(n) => tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = n.notified() => {}
+            },
+            None => shutdown_signal().await,
+        }
+    };
     tokio::pin!(signal);
     let mut interrupted = false;
     let mut failed = false;
@@ -286,3 +307,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,6 +27,7 @@ pub(super) struct NodeCtx {
     pub run_id: String,
     pub topology_path: String,
     pub connect: ConnectOptions,
+    pub connector: Option<Arc<dyn super::Connector>>,
     pub tracker: Arc<Tracker>,
     pub events: EventSink,
 }
@@ -41,6 +42,7 @@ impl NodeCtx {
             run_id: opts.run_id.clone(),
             topology_path: opts.topology_path.display().to_string(),
             connect: opts.connect.clone(),
+            connector: opts.connector.clone(),
             tracker,
             events,
         }

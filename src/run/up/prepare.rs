@@ -16,8 +16,10 @@ use crate::topology::Accel;
 pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpError> {
     let ev = &ctx.events;
     ev.phase(Phase::Connecting);
-    let target = SshTarget::for_node(&ctx.topology, &ctx.node);
-    let session = Session::connect(&target, &ctx.connect).await?;
+    let session = match &ctx.connector {
+        Some(c) => c.connect(&ctx.node).await?,
+        None => Session::connect(&SshTarget::for_node(&ctx.topology, &ctx.node), &ctx.connect).await?,
+    };
     ctx.tracker.with(|t| {
         t.nodes.insert(
             ctx.node.name.clone(),
