@@ -8,7 +8,7 @@ pub mod chains;
 mod load;
 
 mod model;
-mod validate;
+pub(crate) mod validate;
 mod yaml;
 
 pub use model::*;

@@ -1,5 +1,11 @@
-//! Stage 1: connect, gather the host's facts, plan the node with them, create the run
-//! directories. After this stage the node's plan is final: nothing later changes it.
+//! Stage 1: connect, gather the host's facts, plan the node with them, claim the run directory,
+//! write the manifest (state `preparing`) and only then create the VM directories. After this
+//! stage the node's plan is final: nothing later changes it.
+//!
+//! The order is what makes every failure recoverable: the run directory is claimed atomically
+//! with its owner file (a run id already in use is refused before anything is written), the
+//! manifest exists before any VM directory, so `down` always finds what an `up` killed at any
+//! instant left behind.
 
 use std::time::Duration;
 
@@ -10,6 +16,7 @@ use crate::plan::{self, NodePlan};
 use crate::quote::quote;
 use crate::remote::{check, facts};
 use crate::report::Phase;
+use crate::run::layout;
 use crate::ssh::{RemoteCommand, Session, SshTarget};
 use crate::topology::Accel;
 
@@ -28,6 +35,8 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
                 run_dir: String::new(),
                 launched: vec![],
                 vm_dirs: vec![],
+                claimed: false,
+                hugepages_in_flight: false,
                 hugepages: vec![],
                 facts: None,
                 plan: None,
@@ -50,16 +59,55 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
         ev.for_vm(&v.name)
             .info(format!("guest memory bound to NUMA node {}, the node of its CPUs", v.numa.unwrap_or(0)));
     }
-    // Recorded before the directories exist, so cleanup removes them whatever happens next.
+    claim(ctx, &session, &np).await?;
+    Ok((session, np))
+}
+
+/// Claim `<run_root>/<run_id>`, write the `preparing` manifest, then create each VM directory
+/// with a plain `mkdir` (an existing one is an error, never reused).
+async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    // Recorded before the claim is sent, so cleanup asks the host whatever happens next.
     ctx.tracker.node(&np.name, |n| {
         n.run_dir = np.run_dir.clone();
         n.vm_dirs = np.vms.iter().map(|v| v.paths.run_dir.clone()).collect();
         n.plan = Some(np.clone());
+        n.claimed = true;
     });
-    let mut script = format!("set -e\nmkdir -p -m 0755 {}\n", quote(&np.run_dir));
-    for v in &np.vms {
-        script.push_str(&format!("mkdir -p -m 0755 {}\n", quote(&v.paths.run_dir)));
+    let by = crate::run::started_by();
+    let script = layout::claim_script(&ctx.node.run_root, &np.run_dir, &np.name, &ctx.tracker.nonce, &by);
+    let out = session.run(&RemoteCommand::sh(script).sudo()).await?;
+    if !out.success() {
+        let err = out.stderr_str();
+        return Err(match out.status {
+            Some(layout::CLAIM_TAKEN) => {
+                UpError::RunIdInUse(format!("{} (choose another --run-id, or stop that run first)", err.trim()))
+            }
+            _ => fail(full_hint(
+                &format!("creating the run directory {}: {}", np.run_dir, err.trim()),
+                &ctx.node.run_root,
+            )),
+        });
     }
-    session.run_ok(&RemoteCommand::sh(script).sudo()).await?;
-    Ok((session, np))
+    super::testpause::at("claimed", &np.name).await;
+    super::record::write_manifest(ctx, session, np)
+        .await
+        .map_err(|e| fail(full_hint(&e.to_string(), &ctx.node.run_root)))?;
+    let mut script = String::from("set -e\n");
+    for v in &np.vms {
+        script.push_str(&format!("mkdir -m 0755 -- {}\n", quote(&v.paths.run_dir)));
+    }
+    session
+        .run_ok(&RemoteCommand::sh(script).sudo())
+        .await
+        .map_err(|e| fail(full_hint(&e.to_string(), &ctx.node.run_root)))?;
+    Ok(())
+}
+
+/// A message about a failed write, with the likely cause when the disk is full.
+pub(super) fn full_hint(msg: &str, run_root: &str) -> String {
+    if msg.contains("No space left on device") {
+        format!("{msg}\n    hint: the file system holding run_root {run_root} is full (df {run_root})")
+    } else {
+        msg.to_string()
+    }
 }
