@@ -101,7 +101,8 @@ root={root}; rd={rd}; tmp={tmp}; nonce={nonce}
 {claimed}mkdir -p -m 0755 "$root"
 if [ ! -e "$rd" ] && [ ! -L "$rd" ]; then
   rm -rf -- "$tmp"; mkdir -m 0755 "$tmp"
-  printf '%s\n%s\n' "$nonce" {by} > "$tmp/{o}"
+  # A failed write (a full disk) must not leave the private directory behind.
+  printf '%s\n%s\n' "$nonce" {by} > "$tmp/{o}" || {{ rm -rf -- "$tmp"; exit 1; }}
   mv -T -- "$tmp" "$rd" 2>/dev/null || rm -rf -- "$tmp"
 fi
 claimed "$rd" "$nonce" || {{ echo "run id already in use on this host: $rd exists (another run; \`harness status\` shows it)" >&2; exit 17; }}

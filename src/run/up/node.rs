@@ -57,7 +57,9 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
 
     ev.phase(Phase::Uploading);
     let t = Instant::now();
-    upload::files(&session, &np).await.map_err(|e| fail(prepare::full_hint(&e.to_string(), &ctx.node.run_root)))?;
+    if let Err(e) = upload::files(&session, &np).await {
+        return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
+    }
     let upload_s = t.elapsed().as_secs_f64();
     super::testpause::at("uploaded", &np.name).await;
 

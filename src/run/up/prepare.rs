@@ -82,31 +82,37 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), Up
             Some(layout::CLAIM_TAKEN) => {
                 UpError::RunIdInUse(format!("{} (choose another --run-id, or stop that run first)", err.trim()))
             }
-            _ => fail(full_hint(
-                &format!("creating the run directory {}: {}", np.run_dir, err.trim()),
-                &ctx.node.run_root,
-            )),
+            _ => {
+                let msg = format!("creating the run directory {}: {}", np.run_dir, err.trim());
+                fail(full_hint(session, &msg, &ctx.node.run_root).await)
+            }
         });
     }
     super::testpause::at("claimed", &np.name).await;
-    super::record::write_manifest(ctx, session, np)
-        .await
-        .map_err(|e| fail(full_hint(&e.to_string(), &ctx.node.run_root)))?;
+    if let Err(e) = super::record::write_manifest(ctx, session, np).await {
+        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
+    }
     let mut script = String::from("set -e\n");
     for v in &np.vms {
         script.push_str(&format!("mkdir -m 0755 -- {}\n", quote(&v.paths.run_dir)));
     }
-    session
-        .run_ok(&RemoteCommand::sh(script).sudo())
-        .await
-        .map_err(|e| fail(full_hint(&e.to_string(), &ctx.node.run_root)))?;
+    if let Err(e) = session.run_ok(&RemoteCommand::sh(script).sudo()).await {
+        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
+    }
     Ok(())
 }
 
-/// A message about a failed write, with the likely cause when the disk is full.
-pub(super) fn full_hint(msg: &str, run_root: &str) -> String {
-    if msg.contains("No space left on device") {
-        format!("{msg}\n    hint: the file system holding run_root {run_root} is full (df {run_root})")
+/// A failed write under `run_root`, with the likely cause when its file system is full (the
+/// shell's own message may only say "I/O error"): asks the host how much room is left.
+pub(super) async fn full_hint(session: &Session, msg: &str, run_root: &str) -> String {
+    let df = RemoteCommand::new(["df", "-Pk", run_root]).timeout(Duration::from_secs(10));
+    let avail_kb = match session.run(&df).await {
+        Ok(o) => o.stdout_str().lines().nth(1).and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok()),
+        Err(_) => None,
+    };
+    if msg.contains("No space left on device") || avail_kb.is_some_and(|kb| kb < 64) {
+        let left = avail_kb.map(|kb| format!(" ({kb} KiB free)")).unwrap_or_default();
+        format!("{msg}\n    hint: the file system holding run_root {run_root} is full{left}")
     } else {
         msg.to_string()
     }
