@@ -28,6 +28,14 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         bail!("{}: no VMs to start", a.topology.display());
     }
     let state = record::state_dir(g.state_dir.as_deref());
+    if record::load(&state, &run_id).is_ok() {
+        // Reusing a live run id would overwrite (and on failure delete) that run's record.
+        eprintln!(
+            "error: run id {run_id} is already in use (local record in {}): choose another --run-id, or stop it with `harness down --run {run_id}`",
+            state.display()
+        );
+        return Ok(exit::INVALID_INPUT);
+    }
     let topology_path = super::absolute(&a.topology);
     let mut rec = RunRecord {
         run_id: run_id.clone(),
@@ -60,9 +68,13 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         record::save(&state, &rec)?;
         save_facts_and_plan(&state, &res)
             .with_context(|| format!("writing the run's facts under {}", state.display()))?;
-    } else {
+    } else if res.cleanup.as_ref().is_none_or(|c| c.complete) {
         // Everything was stopped again: nothing left to record.
         record::remove(&state, &run_id);
+    } else {
+        // Something may remain: keep the record so `harness down --run ID` finds the topology.
+        rec.state = if res.interrupted { "interrupted" } else { "failed" }.into();
+        record::save(&state, &rec)?;
     }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&res)?),
@@ -70,6 +82,8 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     }
     Ok(if res.ok {
         exit::OK
+    } else if res.run_id_in_use {
+        exit::INVALID_INPUT
     } else if res.interrupted {
         exit::INTERRUPTED
     } else if res.nodes.iter().any(|n| n.unreachable) {
@@ -129,11 +143,22 @@ fn print_text(res: &RunResult) {
             eprintln!("{}: {e}", n.name);
         }
     }
-    if res.ok {
-        println!("run {} is up ({:.1}s). Stop it with: harness down --run {}", res.run_id, res.duration_s, res.run_id);
-    } else if res.interrupted {
-        println!("run {} was interrupted; everything it started was stopped", res.run_id);
-    } else {
-        println!("run {} failed; everything it started was stopped", res.run_id);
+    let what = if res.interrupted { "was interrupted" } else { "failed" };
+    match &res.cleanup {
+        _ if res.ok => println!(
+            "run {} is up ({:.1}s). Stop it with: harness down --run {}",
+            res.run_id, res.duration_s, res.run_id
+        ),
+        Some(c) if !c.complete => {
+            println!("run {} {what}; NOT everything it started could be stopped:", res.run_id);
+            for l in &c.left {
+                println!("  {l}");
+            }
+            println!("Finish with: harness down --run {}", res.run_id);
+        }
+        _ if res.run_id_in_use => {
+            println!("run {} was refused: the run id is in use; nothing of that run was touched", res.run_id)
+        }
+        _ => println!("run {} {what}; everything it started was stopped", res.run_id),
     }
 }

@@ -23,10 +23,11 @@ mod prepare;
 mod readiness;
 mod record;
 mod start;
+mod testpause;
 mod tracker;
 mod upload;
 
-pub use cleanup::cleanup;
+pub use cleanup::{CleanupReport, cleanup};
 pub use tracker::{Launched, TrackedNode, Tracker};
 
 use std::collections::BTreeMap;
@@ -107,6 +108,10 @@ pub struct RunResult {
     pub duration_s: f64,
     pub nodes: Vec<NodeResult>,
     pub vms: Vec<VmResult>,
+    /// After a failure: whether cleanup undid everything, and what it could not.
+    pub cleanup: Option<CleanupReport>,
+    /// The run id was refused: it belongs to another run (nothing of that run was touched).
+    pub run_id_in_use: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,8 +122,11 @@ pub struct NodeResult {
     pub accel: Option<AccelChoice>,
     pub hugepages: Vec<HugepageChange>,
     pub error: Option<String>,
-    /// The node could not be reached or refused us (connect, host key, auth).
+    /// The node could not be reached or refused us (connect, host key, auth), or its
+    /// connection broke mid-run.
     pub unreachable: bool,
+    #[serde(skip)]
+    pub run_id_in_use: bool,
     /// The facts gathered and the plan executed (kept for the run record, not printed).
     #[serde(skip)]
     pub facts: Option<HostFacts>,
@@ -168,6 +176,12 @@ pub enum UpError {
     Lock(#[from] LockError),
     #[error("{0}")]
     Failed(String),
+    /// The run id's directory exists on the node: another run (or its leftovers) owns it.
+    #[error("{0}")]
+    RunIdInUse(String),
+    /// The connection to the node broke mid-run (message already names the node and VM).
+    #[error("{0}")]
+    Lost(String),
     #[error("{message}")]
     Guest { message: String, tail: Vec<String> },
 }
@@ -176,6 +190,14 @@ impl UpError {
     /// Connect, handshake, host key or authentication failures: the node was never usable.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, UpError::Ssh(e) if e.is_unreachable())
+    }
+    /// The connection broke while in use: the node is lost (exit 3), not the guest failed.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, UpError::Lost(_)) || matches!(self, UpError::Ssh(e) if e.is_connection_lost())
+    }
+    /// This error, prefixed with `what` (a VM name), keeping whether the node was lost.
+    pub fn context(self, what: &str) -> UpError {
+        if self.is_lost() { UpError::Lost(format!("{what}: {self}")) } else { fail(format!("{what}: {self}")) }
     }
 }
 
@@ -186,7 +208,7 @@ pub(crate) fn fail(msg: impl Into<String>) -> UpError {
 /// Bring up every selected VM of the topology. Never returns with VMs of a failed run running.
 pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let started = Instant::now();
-    let tracker = Arc::new(Tracker::default());
+    let tracker = Arc::new(Tracker::new());
     let topo = opts.topology.clone();
     let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
     let order: Vec<(String, String)> =
@@ -208,6 +230,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
                 hugepages: vec![],
                 error: None,
                 unreachable: false,
+                run_id_in_use: false,
                 facts: None,
                 plan: None,
             },
@@ -219,8 +242,9 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         });
     }
     let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
+    let mut report = None;
     if failed || interrupted {
-        cleanup(&tracker, opts.stop_grace, &events).await;
+        report = Some(cleanup(&tracker, opts.stop_grace, &events).await);
     } else {
         record::write_final_manifests(&tracker, opts, &events).await;
     }
@@ -240,8 +264,10 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         ok,
         interrupted,
         duration_s: started.elapsed().as_secs_f64(),
+        run_id_in_use: node_results.values().any(|n| n.run_id_in_use),
         nodes: node_results.into_values().collect(),
         vms,
+        cleanup: report,
     }
 }
 
@@ -274,7 +300,8 @@ async fn supervise(
                     events.for_node(&name).warn(format!("{e}"));
                     if let Some(nr) = node_results.get_mut(&name) {
                         nr.error = Some(e.to_string());
-                        nr.unreachable = e.is_unreachable();
+                        nr.unreachable = e.is_unreachable() || e.is_lost();
+                        nr.run_id_in_use = matches!(e, UpError::RunIdInUse(_));
                     }
                     set.abort_all();
                 }
