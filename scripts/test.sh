@@ -23,11 +23,11 @@ trap 'bash scripts/lab.sh down' EXIT
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
-cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz
+cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test junit_schema
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent)"
-cargo test --locked --test guest --test e2e -- --test-threads 2
+cargo test --locked --test qga_exec --test guest --test e2e -- --test-threads 2
 echo "== tier 3: fault suite (tiny guests; lab-scale.yaml from lab.sh up 2 --vms 2)"
 bash scripts/lab.sh up 2 --vms 2
 cargo test --locked --test faults -- --test-threads 1
