@@ -108,13 +108,15 @@ impl Drop for Hugepages {
 /// from its pidfile and only if its command line still names our directory.
 struct Vm {
     dir: tempfile::TempDir,
+    /// The VM's run directory as the plan lays it out (below `dir`).
+    run_dir: PathBuf,
     pid: i32,
     started: Instant,
 }
 
 impl Vm {
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.run_dir.join(name)
     }
 
     fn alive(&self) -> bool {
@@ -200,76 +202,72 @@ enum AgentPort {
     VirtioSerial,
 }
 
-/// Start qemu with the harness' argv shape; `init_body` becomes the guest's init script.
-fn start_vm(init_body: &str, port: AgentPort) -> Vm {
+/// The argv `harness up` would run for a small lab VM under TCG, from the planner itself (not a
+/// copy of it): run root `root`, the lab guest's kernel and initrd, 256 MiB on 2M pages, the
+/// guest agent on; facts say KVM is absent and resolve the boot files to themselves.
+fn planned_vm(root: &Path) -> harness::plan::VmPlan {
+    use harness::facts::{FactsByNode, HostFacts, Kvm};
+    use harness::plan::{PlanOptions, fixture};
+    use harness::topology::{Accel, Boot, Vnf};
     let guest = guest_dir();
+    let (kernel, initrd) =
+        (guest.join("vmlinux").display().to_string(), guest.join("initrd.img").display().to_string());
+    let mut node = fixture::dut("DUT1");
+    node.qemu.accel = Accel::Auto;
+    node.run_root = root.display().to_string();
+    let mut vm = fixture::vm("DUT1", 1);
+    vm.name = "guest".into();
+    vm.boot = Boot::Kernel { kernel: kernel.clone(), initrd: initrd.clone() };
+    vm.smp = 1;
+    vm.mem = GUEST_MEM_MB;
+    vm.guest_hugepages = 16;
+    vm.vnf = Vnf::None;
+    vm.vars.clear();
+    vm.interfaces.clear();
+    vm.ready_markers = vec!["HARNESS-LAB-READY".into()];
+    vm.qga = true;
+    let facts = HostFacts {
+        kvm: Some(Kvm::Absent),
+        lookups: Some([(kernel.clone(), Some(kernel)), (initrd.clone(), Some(initrd))].into()),
+        ..HostFacts::default()
+    };
+    let t = harness::templates::Templates::embedded();
+    let plan = harness::plan::build(
+        &fixture::topology(vec![node], vec![vm]),
+        &FactsByNode::from([("DUT1".to_string(), facts)]),
+        &PlanOptions { run_id: "t".into(), templates: &t, only_vms: &[] },
+    )
+    .expect("plan");
+    plan.nodes[0].vms[0].clone()
+}
+
+/// Start qemu with the planned argv; `init_body` becomes the guest's init script.
+fn start_vm(init_body: &str, port: AgentPort) -> Vm {
     // Not under /tmp: the guest init mounts a tmpfs there, hiding host paths below it.
     let dir = tempfile::Builder::new().prefix("harness-guest-test.").tempdir_in("/var/tmp").unwrap();
-    let init = dir.path().join("init.sh");
+    let planned = planned_vm(dir.path());
+    let run_dir = PathBuf::from(&planned.paths.run_dir);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // The test's own init script at the planned init path (the plan's file is the VNF's init).
+    let init = run_dir.join("init.sh");
+    assert!(planned.argv.iter().any(|a| a.contains(&format!("init={}", init.display()))));
     std::fs::write(&init, init_body).unwrap();
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-    let append = format!(
-        "ro rootfstype=9p rootflags=trans=virtio root=virtioroot console=ttyS0 tsc=reliable hugepages=16 \
-         hugepagesz=2M init={} fastboot",
-        init.display()
-    );
-    let mem = format!("{GUEST_MEM_MB}M");
-    let args: Vec<String> = vec![
-        "-daemonize".into(),
-        "-nodefaults".into(),
-        "-name".into(),
-        "harness-guest-test,debug-threads=on".into(),
-        "-no-user-config".into(),
-        "-nographic".into(),
-        "-pidfile".into(),
-        p("qemu.pid"),
-        "-cpu".into(),
-        "max".into(),
-        "-machine".into(),
-        "pc,accel=tcg,usb=off,mem-merge=off".into(),
-        "-smp".into(),
-        "1,sockets=1,cores=1,threads=1".into(),
-        "-object".into(),
-        format!("memory-backend-file,id=mem,size={mem},mem-path=/dev/hugepages,share=on,prealloc=on"),
-        "-m".into(),
-        mem.clone(),
-        "-numa".into(),
-        "node,memdev=mem".into(),
-        "-chardev".into(),
-        format!("file,id=serial0,path={},append=on", p("serial.log")),
-        "-serial".into(),
-        "chardev:serial0".into(),
-        "-fsdev".into(),
-        "local,id=root9p,path=/,security_model=none,multidevs=remap".into(),
-        "-device".into(),
-        "virtio-9p-pci,fsdev=root9p,mount_tag=virtioroot".into(),
-        "-kernel".into(),
-        guest.join("vmlinux").to_string_lossy().into_owned(),
-        "-initrd".into(),
-        guest.join("initrd.img").to_string_lossy().into_owned(),
-        "-append".into(),
-        append,
-        "-chardev".into(),
-        format!("socket,path={},server=on,wait=off,id=qga0", p("qga.sock")),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", p("qmp.sock")),
-    ];
-    let mut args = args;
-    match port {
-        AgentPort::IsaSerial => args.extend(["-device".into(), "isa-serial,chardev=qga0".into()]),
-        AgentPort::VirtioSerial => args.extend([
-            "-device".into(),
-            "virtio-serial".into(),
-            "-device".into(),
-            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
-        ]),
+    let mut args: Vec<String> = planned.argv[1..].to_vec();
+    if port == AgentPort::VirtioSerial {
+        // lab-vnf.sh's fallback (the aarch64 layout) on x86_64: swap the agent's device.
+        let i = args.iter().position(|a| a == "isa-serial,chardev=qga0").expect("the planned agent device");
+        args.splice(
+            i - 1..=i,
+            ["-device", "virtio-serial", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+                .map(String::from),
+        );
     }
     let started = Instant::now();
-    let out = Command::new("qemu-system-x86_64").args(&args).output().expect("run qemu-system-x86_64");
+    let out = Command::new(&planned.argv[0]).args(&args).output().expect("run qemu-system-x86_64");
     assert!(out.status.success(), "qemu failed to start: {}", String::from_utf8_lossy(&out.stderr));
-    let pid: i32 = std::fs::read_to_string(dir.path().join("qemu.pid")).unwrap().trim().parse().unwrap();
-    Vm { dir, pid, started }
+    let pid: i32 = std::fs::read_to_string(&planned.paths.pidfile).unwrap().trim().parse().unwrap();
+    Vm { dir, run_dir, pid, started }
 }
 
 /// What the harness' guest init template does before it runs the VNF (`init_command`).
