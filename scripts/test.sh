@@ -21,7 +21,7 @@ trap 'bash scripts/lab.sh down' EXIT
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
-cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz
+cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test chain_plan
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent)"

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::TopologyError;
+use super::chain_load;
 use super::cx::{Cx, Fields};
 use super::model::*;
 use super::validate;
@@ -28,7 +29,7 @@ fn local_path(s: &str, file: &Path) -> PathBuf {
     }
 }
 
-const TOP_KEYS: &[&str] = &["metadata", "nodes", "vms", "unique_macs"];
+const TOP_KEYS: &[&str] = &["metadata", "nodes", "vms", "chains", "unique_macs"];
 
 const NODE_KEYS: &[&str] = &[
     // CSIT
@@ -157,8 +158,11 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
             }
         }
     }
-    let vms = validate::finish_vms(cx, drafts);
-    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs })
+    let chains = top.get("chains").map(|v| chain_load::convert_chains(cx, v, &nodes, &node_types, has_vnf));
+    let chains = chains.unwrap_or_default();
+    let vms = validate::finish_vms(cx, drafts, &chains);
+    let chains = chains.into_iter().map(|c| c.def).collect();
+    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs, chains })
 }
 
 fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node> {
@@ -218,19 +222,23 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
             let Some(port) = k.as_scalar() else { continue };
             if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), port), k.pos, IFACE_KEYS) {
                 let mut s = |key: &str| fp.get(key).and_then(|v| cx.string(v, &fp.path(key)));
-                let iface = CsitInterface {
+                let mut iface = CsitInterface {
                     mac_address: s("mac_address"),
                     pci_address: s("pci_address"),
                     link: s("link"),
                     driver: s("driver"),
                     model: s("model"),
+                    numa_node: None,
                 };
                 for key in ["name", "ip4_address", "ip6_address"] {
                     s(key);
                 }
                 for key in ["vlan", "numa_node"] {
                     if let Some(v) = fp.get(key) {
-                        cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
+                        let n = cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
+                        if key == "numa_node" {
+                            iface.numa_node = n.map(|n| n as u32);
+                        }
                     }
                 }
                 interfaces.insert(port.to_string(), iface);

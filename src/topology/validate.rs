@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::chain_load::LoadedChain;
 use super::cx::{Cx, VmDraft};
 use super::model::Vm;
 use super::yaml::Pos;
@@ -107,9 +108,16 @@ pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) ->
 }
 
 /// Assign ids and names, then check what VMs on one node (or in the file) must not share.
-pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
+/// The chains' VMs come first: their ids (`1..=C×N` on the node), names and sockets are CSIT's
+/// and fixed, so a `vms:` entry must keep clear of them and an automatic id skips them.
+pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[LoadedChain]) -> Vec<Vm> {
     // Explicit ids first, so an automatic id never takes one written later in the file.
     let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for c in chains {
+        for (q, _) in c.def.vm_ids() {
+            used.insert((c.def.spec.node.clone(), q), c.owner());
+        }
+    }
     let mut duplicate_id = BTreeSet::new();
     for (i, d) in drafts.iter().enumerate() {
         if let Some(id) = d.explicit_id {
@@ -162,7 +170,13 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
         }
     }
 
+    let chain_owners: Vec<String> = chains.iter().map(LoadedChain::owner).collect();
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    let chain_names: Vec<(String, usize)> =
+        chains.iter().enumerate().flat_map(|(i, c)| c.def.vm_ids().into_iter().map(move |(_, n)| (n, i))).collect();
+    for (n, i) in &chain_names {
+        names.insert(n, &chain_owners[*i]);
+    }
     for (i, d) in drafts.iter().enumerate() {
         // A default name repeats a duplicate id: that is one problem, already reported.
         if duplicate_id.contains(&i) && !d.explicit_name {
@@ -184,6 +198,11 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
     let mut vfio: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut sockets: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut ports: BTreeMap<(&str, u16), &str> = BTreeMap::new();
+    for (c, owner) in chains.iter().zip(&chain_owners) {
+        for s in &c.sockets {
+            sockets.insert((&c.def.spec.node, s), owner);
+        }
+    }
     for d in &drafts {
         let node = d.vm.node.as_str();
         let owner = d.spans.path.as_str();

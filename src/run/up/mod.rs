@@ -177,8 +177,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let tracker = Arc::new(Tracker::default());
     let topo = opts.topology.clone();
     let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
-    let order: Vec<(String, String)> =
-        topo.vms.iter().filter(|v| selected(&v.name)).map(|v| (v.node.clone(), v.name.clone())).collect();
+    let order: Vec<(String, String)> = topo.vm_names().into_iter().filter(|(_, v)| selected(v)).collect();
     tracker.with(|t| {
         for (n, v) in &order {
             t.vms.insert((n.clone(), v.clone()), VmResult::pending(n, v));

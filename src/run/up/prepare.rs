@@ -61,5 +61,6 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
         script.push_str(&format!("mkdir -p -m 0755 {}\n", quote(&v.paths.run_dir)));
     }
     session.run_ok(&RemoteCommand::sh(script).sudo()).await?;
+    super::start::check_client_sockets(&session, &np).await?;
     Ok((session, np))
 }
