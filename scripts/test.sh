@@ -24,5 +24,6 @@ echo "== tier 1: pure logic"
 cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test chain_plan
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
-echo "== tier 3: end to end (qemu guests, guest agent)"
-cargo test --locked --test guest --test e2e -- --test-threads 2
+echo "== tier 3: end to end (qemu guests, guest agent, NF chain through a dpdk-testpmd vswitch)"
+bash scripts/install-deps.sh vswitch
+cargo test --locked --test guest --test e2e --test chain -- --test-threads 2

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod down;
 pub mod exec;
+pub mod guest_exec;
 pub mod logs;
 pub mod ping;
 pub mod render;

@@ -68,7 +68,10 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
     let cmd = RemoteCommand::new(v.argv.clone()).sudo().timeout(v.start_timeout);
     let out = match session.run(&cmd).await {
-        Err(SshError::CommandTimeout { after, .. }) => return Err(start_timed_out(v, after)),
+        Err(SshError::CommandTimeout { after, .. }) => {
+            kill_undaemonized(session, v).await;
+            return Err(start_timed_out(v, after));
+        }
         r => r?,
     };
     if !out.success() {
@@ -81,6 +84,24 @@ async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
     }
     let out = session.run_ok(&RemoteCommand::new(["cat", &v.paths.pidfile]).sudo()).await?;
     out.stdout_str().trim().parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}", v.paths.pidfile)))
+}
+
+/// The SSH layer's kill on timeout reaches sudo's process group, not QEMU: sudo runs it on its
+/// own pty (Debian's `use_pty`), and QEMU, blocked in the vhost-user accept before its main
+/// loop, does not act on the SIGTERM sudo relays. SIGKILL every process whose argv holds this
+/// VM's own pidfile path (QEMU and its sudo; nothing of anyone else's has it); it has no guest
+/// state yet that a graceful quit could save.
+async fn kill_undaemonized(session: &Session, v: &VmPlan) {
+    let script = format!(
+        r#"pf={pf}
+ours() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | grep -qxF -- "$pf"; }}
+pids=; for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; [ "$p" != $$ ] && ours "$p" && pids="$pids $p"; done
+[ -z "$pids" ] || kill -KILL $pids 2>/dev/null
+i=0; while [ $i -lt 40 ]; do left=; for p in $pids; do [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && left=1; done; [ -z "$left" ] && break; sleep 0.05; i=$((i+1)); done
+true"#,
+        pf = crate::quote::quote(&v.paths.pidfile)
+    );
+    let _ = session.run(&RemoteCommand::sh(script).sudo().timeout(Duration::from_secs(10))).await;
 }
 
 /// Why a start command outlived `start_timeout`: a vhost-user server socket nobody connected
