@@ -419,6 +419,44 @@ fn is_mac(s: &str) -> bool {
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// `nf_dtc`: whole cores, or `0.5` (one SMT thread).
+fn read_nf_dtc(cx: &mut Cx, v: &yaml::Node, path: &str) -> Option<NfDtc> {
+    let text = match &v.value {
+        Value::Scalar { text, plain: true } => Some(text.as_str()),
+        _ => None,
+    };
+    match text {
+        Some("0.5") | Some(".5") => Some(NfDtc::Half),
+        Some(t) if t.parse::<u32>().is_ok_and(|x| (1..=u32::from(u16::MAX)).contains(&x)) => {
+            Some(NfDtc::Cores(t.parse().unwrap()))
+        }
+        _ => {
+            cx.err(v.pos, path, "expected a positive whole number of cores, or 0.5 (one SMT thread)");
+            None
+        }
+    }
+}
+
+/// `tg_macs`: the TG's port-1 and port-2 MACs.
+fn read_tg_macs(cx: &mut Cx, v: &yaml::Node, p: &str) -> Option<[String; 2]> {
+    let items = cx.seq(v, p)?;
+    if items.len() != 2 {
+        cx.err(v.pos, p, format!("expected two MACs (TG port 1, TG port 2), found {}", items.len()));
+        return None;
+    }
+    let mut macs = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let ip = join(p, &format!("[{i}]"));
+        let s = cx.string(it, &ip)?;
+        if !is_mac(&s) {
+            cx.err(it.pos, &ip, format!("`{s}` is not a MAC address like `3c:fd:fe:aa:bb:01`"));
+            return None;
+        }
+        macs.push(s);
+    }
+    Some([macs[0].clone(), macs[1].clone()])
+}
+
 /// Read one `chains:` entry at `path` (e.g. `chains[0]`). Every problem goes to `cx`; `None`
 /// when any was found. The `vm:` template node (a map, if given) is returned unread: the caller
 /// applies it to every VM of the chain.
@@ -443,22 +481,7 @@ pub(crate) fn parse_chain<'n>(
         .required(cx, "vs_dtc")
         .and_then(|v| cx.int(v, &f.path("vs_dtc"), 0, u64::from(u16::MAX), "a whole number of cores (0 or more)"))
         .map(|v| v as u32);
-    let nf_dtc = f.required(cx, "nf_dtc").and_then(|v| {
-        let text = match &v.value {
-            Value::Scalar { text, plain: true } => Some(text.as_str()),
-            _ => None,
-        };
-        match text {
-            Some("0.5") | Some(".5") => Some(NfDtc::Half),
-            Some(t) if t.parse::<u32>().is_ok_and(|x| (1..=u32::from(u16::MAX)).contains(&x)) => {
-                Some(NfDtc::Cores(t.parse().unwrap()))
-            }
-            _ => {
-                cx.err(v.pos, &f.path("nf_dtc"), "expected a positive whole number of cores, or 0.5 (one SMT thread)");
-                None
-            }
-        }
-    });
+    let nf_dtc = f.required(cx, "nf_dtc").and_then(|v| read_nf_dtc(cx, v, &f.path("nf_dtc")));
     let nf_dtcr = match f.get("nf_dtcr") {
         Some(v) => cx
             .int(v, &f.path("nf_dtcr"), 1, MAX_CHAIN_VMS, "a positive integer (VMs per data-plane core)")
@@ -477,25 +500,7 @@ pub(crate) fn parse_chain<'n>(
         Some(v) => cx.queues(v, &f.path("queues")),
         None => Some(1),
     };
-    let tg_macs = f.required(cx, "tg_macs").and_then(|v| {
-        let p = f.path("tg_macs");
-        let items = cx.seq(v, &p)?;
-        if items.len() != 2 {
-            cx.err(v.pos, &p, format!("expected two MACs (TG port 1, TG port 2), found {}", items.len()));
-            return None;
-        }
-        let mut macs = Vec::new();
-        for (i, it) in items.iter().enumerate() {
-            let ip = join(&p, &format!("[{i}]"));
-            let s = cx.string(it, &ip)?;
-            if !is_mac(&s) {
-                cx.err(it.pos, &ip, format!("`{s}` is not a MAC address like `3c:fd:fe:aa:bb:01`"));
-                return None;
-            }
-            macs.push(s);
-        }
-        Some([macs[0].clone(), macs[1].clone()])
-    });
+    let tg_macs = f.required(cx, "tg_macs").and_then(|v| read_tg_macs(cx, v, &f.path("tg_macs")));
     let socket_dir = match f.get("socket_dir") {
         Some(v) => cx.abs_path(v, &f.path("socket_dir")),
         None => Some(DEFAULT_SOCKET_DIR.to_string()),

@@ -214,6 +214,39 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
         None => "/run/harness".to_string(),
     };
 
+    let interfaces = csit_interfaces(cx, &f);
+    // Scalars CSIT keeps at node level: only their shape is checked.
+    for key in ["subtype", "model", "uio_driver"] {
+        if let Some(v) = f.get(key) {
+            cx.string(v, &f.path(key));
+        }
+    }
+    for key in ["num_rx_queues", "num_tx_queues"] {
+        if let Some(v) = f.get(key) {
+            cx.int(v, &f.path(key), 0, u32::MAX as u64, "a non-negative integer");
+        }
+    }
+
+    Some(Node {
+        name: name.to_string(),
+        node_type: node_type?,
+        host: host?,
+        port: port.map(|p| p as u16),
+        username,
+        auth,
+        proxy_jump,
+        known_hosts,
+        accept_new_host_key,
+        arch,
+        hugepages,
+        qemu,
+        run_root,
+        interfaces,
+    })
+}
+
+/// CSIT's `interfaces:` of a node (port name → port); kept for reference (vif MACs, NUMA).
+fn csit_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
     let mut interfaces = BTreeMap::new();
     if let Some(v) = f.get("interfaces")
         && let Some(entries) = cx.map(v, &f.path("interfaces"))
@@ -245,34 +278,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
             }
         }
     }
-    // Scalars CSIT keeps at node level: only their shape is checked.
-    for key in ["subtype", "model", "uio_driver"] {
-        if let Some(v) = f.get(key) {
-            cx.string(v, &f.path(key));
-        }
-    }
-    for key in ["num_rx_queues", "num_tx_queues"] {
-        if let Some(v) = f.get(key) {
-            cx.int(v, &f.path(key), 0, u32::MAX as u64, "a non-negative integer");
-        }
-    }
-
-    Some(Node {
-        name: name.to_string(),
-        node_type: node_type?,
-        host: host?,
-        port: port.map(|p| p as u16),
-        username,
-        auth,
-        proxy_jump,
-        known_hosts,
-        accept_new_host_key,
-        arch,
-        hugepages,
-        qemu,
-        run_root,
-        interfaces,
-    })
+    interfaces
 }
 
 fn hugepages(cx: &mut Cx, f: &Fields) -> HugepagesConfig {

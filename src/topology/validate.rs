@@ -111,6 +111,15 @@ pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) ->
 /// The chains' VMs come first: their ids (`1..=C×N` on the node), names and sockets are CSIT's
 /// and fixed, so a `vms:` entry must keep clear of them and an automatic id skips them.
 pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[LoadedChain]) -> Vec<Vm> {
+    let duplicate_id = assign_ids(cx, &mut drafts, chains);
+    check_names(cx, &drafts, chains, &duplicate_id);
+    check_resources(cx, &drafts, chains);
+    drafts.into_iter().map(|d| d.vm).collect()
+}
+
+/// `qemu_id` per VM (explicit, else the node's next free one) and the default names. Returns
+/// the drafts whose explicit id is a duplicate (their default names repeat that problem).
+fn assign_ids(cx: &mut Cx, drafts: &mut [VmDraft], chains: &[LoadedChain]) -> BTreeSet<usize> {
     // Explicit ids first, so an automatic id never takes one written later in the file.
     let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
     for c in chains {
@@ -135,7 +144,7 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[Loaded
             }
         }
     }
-    for d in &mut drafts {
+    for d in drafts.iter_mut() {
         let id = match d.explicit_id {
             Some(id) => id,
             None => {
@@ -153,11 +162,15 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[Loaded
             d.vm.name = format!("{}_{}", d.vm.node, id);
         }
     }
+    duplicate_id
+}
 
+/// Name rules the alphabet check leaves, socket path characters, and unique names.
+fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicate_id: &BTreeSet<usize>) {
     // The loader checks the alphabet of explicit names; a default `<node>_<id>` is safe when the
     // node name is (checked with the nodes). This adds what the alphabet allows but a name must
     // not be (a leading `.`, too long).
-    for d in &drafts {
+    for d in drafts {
         if d.explicit_name
             && let Some(m) = name_problem(&d.vm.name)
         {
@@ -192,8 +205,11 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[Loaded
             names.insert(&d.vm.name, &d.spans.path);
         }
     }
+}
 
-    // Per node: CPUs, passthrough devices, sockets and host ports belong to one VM only.
+/// Per node: CPUs, passthrough devices, sockets and host ports belong to one VM only.
+fn check_resources(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain]) {
+    let chain_owners: Vec<String> = chains.iter().map(LoadedChain::owner).collect();
     let mut cpus: BTreeMap<(&str, u32), &str> = BTreeMap::new();
     let mut vfio: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut sockets: BTreeMap<(&str, &str), &str> = BTreeMap::new();
@@ -203,7 +219,7 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[Loaded
             sockets.insert((&c.def.spec.node, s), owner);
         }
     }
-    for d in &drafts {
+    for d in drafts {
         let node = d.vm.node.as_str();
         let owner = d.spans.path.as_str();
         let mut mine = BTreeSet::new();
@@ -236,6 +252,4 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[Loaded
             }
         }
     }
-
-    drafts.into_iter().map(|d| d.vm).collect()
 }
