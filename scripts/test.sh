@@ -23,11 +23,12 @@ trap 'bash scripts/lab.sh down' EXIT
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
-cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test junit_schema
+cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test junit_schema --test chain_plan
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
-echo "== tier 3: end to end (qemu guests, guest agent)"
-cargo test --locked --test qga_exec --test guest --test e2e -- --test-threads 2
+echo "== tier 3: end to end (qemu guests, guest agent, NF chain through a dpdk-testpmd vswitch)"
+bash scripts/install-deps.sh vswitch
+cargo test --locked --test qga_exec --test guest --test e2e --test chain -- --test-threads 2
 echo "== tier 3: fault suite (tiny guests; lab-scale.yaml from lab.sh up 2 --vms 2)"
 bash scripts/lab.sh up 2 --vms 2
 cargo test --locked --test faults -- --test-threads 1

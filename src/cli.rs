@@ -82,6 +82,8 @@ pub enum Command {
     Down(DownArgs),
     /// Ping a VM's guest agent over one persistent channel and print round-trip times.
     Ping(PingArgs),
+    /// Run a command inside a guest through its agent; its output and exit code are ours.
+    GuestExec(GuestExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +205,22 @@ pub struct PingArgs {
 }
 
 /// Clap's value parser for duration flags: the crate's one syntax ([`crate::duration`]).
+#[derive(Debug, Args)]
+pub struct GuestExecArgs {
+    /// VM name (e.g. DUT1_1).
+    pub vm: String,
+    /// Topology the VM belongs to (default: from the local run record).
+    pub topology: Option<PathBuf>,
+    #[arg(long = "run", value_name = "ID")]
+    pub run: Option<String>,
+    /// How long the command may run in the guest.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// The program and its arguments (after `--`); no shell unless you run one.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -231,6 +249,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => commands::runtime()?.block_on(commands::logs::run(g, a)),
         Command::Down(a) => commands::runtime()?.block_on(commands::down::run(g, a)),
         Command::Ping(a) => commands::runtime()?.block_on(commands::ping::run(g, a)),
+        Command::GuestExec(a) => commands::runtime()?.block_on(commands::guest_exec::run(g, a)),
     }
 }
 

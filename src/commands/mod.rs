@@ -3,6 +3,7 @@
 pub mod check;
 pub mod down;
 pub mod exec;
+pub mod guest_exec;
 pub mod logs;
 pub mod ping;
 pub mod render;
@@ -119,7 +120,7 @@ pub async fn locate_vm(
     let (topo, mut sel) = down::resolve(g, topology, run)?;
     sel.topology = None;
     let opts = connect_options(g);
-    let planned_on = topo.vms.iter().find(|v| v.name == name).map(|v| v.node.clone());
+    let planned_on = topo.vm_names().into_iter().find(|(_, v)| v == name).map(|(n, _)| n);
     for node in topo.duts() {
         if planned_on.as_ref().is_some_and(|n| n != &node.name) {
             continue;

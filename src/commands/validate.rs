@@ -49,7 +49,7 @@ pub fn report(path: &Path, topo: &Topology, out: &mut dyn Write, err: &mut dyn W
         path.display(),
         topo.nodes.len(),
         topo.duts().count(),
-        topo.vms.len()
+        topo.vm_names().len()
     )
 }
 

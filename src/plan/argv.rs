@@ -100,7 +100,7 @@ fn boot(argv: &mut Vec<String>, node: &Node, vm: &Vm, d: &Decided) -> Result<(),
                 Arch::X86_64 => "ttyS0",
                 Arch::Aarch64 => "ttyAMA0",
             };
-            push(argv, &["-fsdev", "local,id=root9p,path=/,security_model=none,multidevs=remap"]);
+            push(argv, &["-fsdev", "local,id=root9p,path=/,security_model=none,multidevs=remap,readonly=on"]);
             push(argv, &["-device", "virtio-9p-pci,fsdev=root9p,mount_tag=virtioroot"]);
             push(argv, &["-kernel", kernel, "-initrd", initrd, "-append"]);
             argv.push(format!(
@@ -165,6 +165,8 @@ fn nics(vm: &Vm, argv: &mut Vec<String>, mac: &dyn Fn(u32) -> String) -> Result<
                     kind: "vhost_user".into(),
                     mac: Some(mac),
                     guest_pci: Some(format!("0000:00:{slot:02x}.0")),
+                    socket: Some(v.socket.clone()),
+                    server: Some(v.server),
                 });
             }
             VmInterface::VfioPci(pci) => {
@@ -176,6 +178,8 @@ fn nics(vm: &Vm, argv: &mut Vec<String>, mac: &dyn Fn(u32) -> String) -> Result<
                     kind: "vfio_pci".into(),
                     mac: None,
                     guest_pci: Some(format!("0000:00:{slot:02x}.0")),
+                    socket: None,
+                    server: None,
                 });
             }
             VmInterface::NetUser { net, host_port } => {
@@ -193,7 +197,14 @@ fn nics(vm: &Vm, argv: &mut Vec<String>, mac: &dyn Fn(u32) -> String) -> Result<
                     netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
                 }
                 push(argv, &["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev={id},mac={mac}")]);
-                nics.push(PlannedNic { id, kind: "net_user".into(), mac: Some(mac), guest_pci: None });
+                nics.push(PlannedNic {
+                    id,
+                    kind: "net_user".into(),
+                    mac: Some(mac),
+                    guest_pci: None,
+                    socket: None,
+                    server: None,
+                });
             }
         }
     }

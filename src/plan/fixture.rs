@@ -71,6 +71,7 @@ pub fn vm(node: &str, qemu_id: u32) -> Vm {
         cpus: None,
         sched: Sched::None,
         boot_timeout: Duration::from_secs(120),
+        start_timeout: Duration::from_secs(30),
         ready_markers: vec![],
         fail_markers: vec![],
         qga: false,
@@ -93,5 +94,5 @@ pub fn image_vm(node: &str, qemu_id: u32) -> Vm {
 
 /// A topology from nodes and VMs (no unique MACs).
 pub fn topology(nodes: Vec<Node>, vms: Vec<Vm>) -> Topology {
-    Topology { path: PathBuf::from("fixture.yaml"), nodes, vms, unique_macs: false }
+    Topology { path: PathBuf::from("fixture.yaml"), nodes, vms, unique_macs: false, chains: vec![] }
 }

@@ -14,6 +14,7 @@
 //! * [`vnf`]: what runs inside the guest and the rendered files.
 
 mod argv;
+mod chains;
 pub mod fixture;
 pub mod host;
 mod model;
@@ -46,6 +47,10 @@ pub enum PlanError {
     RunId { run_id: String, message: String },
     #[error("facts of node {node}: {message}")]
     Facts { node: String, message: String },
+    /// A `chains:` entry that cannot be placed on this host, or clashes with `vms:`.
+    /// `at` is `file:line:col: chains[i]`.
+    #[error("{at}: {message}")]
+    Chain { at: String, message: String },
 }
 
 /// CSIT's testpmd `--max-pkt-len` (`Constants.get_mtu`, HEAD): jumbo and normal.
@@ -76,15 +81,24 @@ pub fn plan_node(
     opts: &PlanOptions,
 ) -> Result<Option<NodePlan>, PlanError> {
     check_run_id(&opts.run_id)?;
-    let selected = |v: &&Vm| opts.only_vms.is_empty() || opts.only_vms.contains(&v.name);
-    let vms: Vec<&Vm> = topology.vms_on(&node.name).filter(selected).collect();
-    if vms.is_empty() {
+    let selected = |v: &Vm| opts.only_vms.is_empty() || opts.only_vms.contains(&v.name);
+    let explicit: Vec<&Vm> = topology.vms_on(&node.name).collect();
+    let mut chain_notes = Vec::new();
+    let chained = chains::node_chain_vms(topology, node, facts, &explicit, &mut chain_notes)?;
+    let vms: Vec<&Vm> = explicit.into_iter().chain(&chained).filter(|v| selected(v)).collect();
+    let chain_selected = topology
+        .chain_on(&node.name)
+        .is_some_and(|c| opts.only_vms.is_empty() || c.vm_ids().iter().any(|(_, n)| opts.only_vms.contains(n)));
+    // A node whose only VMs are an unplaced chain still has a plan: the note saying why.
+    let chain_pending = chain_selected && !chain_notes.is_empty();
+    if vms.is_empty() && !chain_pending {
         return Ok(None);
     }
     // 1-based position among the DUTs (for unique MACs).
     let dut_index = topology.duts().position(|n| n.name == node.name).unwrap_or(0) + 1;
     let run_dir = format!("{}/{}", node.run_root.trim_end_matches('/'), opts.run_id);
     let mut decide = host::HostDecisions::new(node, facts)?;
+    decide.unresolved.extend(chain_notes);
     let mut vm_plans = Vec::new();
     for vm in vms {
         vm_plans.push(plan_vm(topology, node, dut_index, &run_dir, &mut decide, opts, vm)?);
@@ -106,7 +120,8 @@ pub fn plan_node(
 
 /// Every name in `only` must be a VM of the topology.
 fn check_selection(topology: &Topology, only: &[String]) -> Result<(), PlanError> {
-    let known: Vec<&str> = topology.vms.iter().map(|v| v.name.as_str()).collect();
+    let names = topology.vm_names();
+    let known: Vec<&str> = names.iter().map(|(_, v)| v.as_str()).collect();
     match only.iter().find(|n| !known.contains(&n.as_str())) {
         Some(bad) => Err(PlanError::UnknownVm { name: bad.clone(), known: known.join(", ") }),
         None => Ok(()),
@@ -195,6 +210,7 @@ fn plan_vm(
         mem_mib: vm.mem,
         page_size: vm.page_size,
         numa,
+        start_timeout: vm.start_timeout,
     })
 }
 

@@ -99,6 +99,10 @@ pub struct VmPlan {
     pub page_size: PageSize,
     /// NUMA node the guest RAM is bound to (`host-nodes=N,policy=bind`), if any.
     pub numa: Option<u32>,
+    /// How long the start command may take (QEMU blocks before daemonizing while a vhost-user
+    /// server socket waits for its client).
+    #[serde(with = "secs")]
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,4 +188,10 @@ pub struct PlannedNic {
     pub mac: Option<String>,
     /// Guest PCI address, e.g. `0000:00:06.0`.
     pub guest_pci: Option<String>,
+    /// vhost-user: the host socket, and whether QEMU is its server (then QEMU waits at start
+    /// until the vswitch connects) or the client (the socket must exist before QEMU starts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<bool>,
 }

@@ -235,8 +235,11 @@ fn cpus_item(pinned: &[u32], f: &HostFacts) -> Item {
 /// What to gather for a node: the KVM probe always (check reports it), and the boot-file
 /// prefixes of its VMs.
 pub fn wanted(topology: &Topology, node: &Node, kvm_probe: bool) -> Wanted {
+    // A chain's VMs boot what its template names.
+    let chain = topology.chain_on(&node.name).map(|c| &c.template);
     let lookups = topology
         .vms_on(&node.name)
+        .chain(chain)
         .flat_map(|v| match &v.boot {
             Boot::Kernel { kernel, initrd } => vec![kernel.clone(), initrd.clone()],
             Boot::Image { .. } => vec![],

@@ -56,7 +56,7 @@ pub enum NfDtc {
 }
 
 /// One `chains:` entry: CSIT's parameters of a chain test on one DUT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainSpec {
     /// The DUT.
     pub node: String,
@@ -230,6 +230,14 @@ fn cpu_ranges(cpus: &[u32]) -> String {
 /// of the DUT's first two (test) interfaces as CSIT's `get_interfaces_numa_node` gives it, if
 /// known; `spec.numa_node` overrides it; otherwise node 0.
 pub fn expand(spec: &ChainSpec, rows: &[LscpuRow], interface_numa: Option<u32>) -> Result<Vec<ChainVm>, ChainError> {
+    check_counts(spec)?;
+    let (list, smt_used) = cpu_list(spec, rows, interface_numa)?;
+    let cpus = place(spec, &list, smt_used);
+    wire(spec, cpus)
+}
+
+/// Zero counts and the 255-VM limit.
+fn check_counts(spec: &ChainSpec) -> Result<(), ChainError> {
     let node = spec.node.clone();
     for (what, v) in [("nf_chains", spec.nf_chains), ("nf_nodes", spec.nf_nodes), ("nf_dtcr", spec.nf_dtcr)] {
         if v == 0 {
@@ -243,8 +251,13 @@ pub fn expand(spec: &ChainSpec, rows: &[LscpuRow], interface_numa: Option<u32>) 
     if count > MAX_CHAIN_VMS {
         return Err(ChainError::TooManyVms { node, count });
     }
+    Ok(())
+}
 
-    // CpuUtils.cpu_list_per_node
+/// `CpuUtils.cpu_list_per_node` (on the core-ordered list, module docs) and the checks of
+/// `cpu_slice_of_list_for_nf` that precede the slicing: the list `L` and whether SMT is used.
+fn cpu_list(spec: &ChainSpec, rows: &[LscpuRow], interface_numa: Option<u32>) -> Result<(Vec<u32>, bool), ChainError> {
+    let node = spec.node.clone();
     let smt_enabled = host_smt(rows);
     let smt_used = spec.smt.unwrap_or(smt_enabled);
     if smt_used && !smt_enabled {
@@ -258,104 +271,128 @@ pub fn expand(spec: &ChainSpec, rows: &[LscpuRow], interface_numa: Option<u32>) 
     if smt_enabled && !smt_used {
         list.truncate(list.len() / 2);
     }
-
-    // CpuUtils.cpu_slice_of_list_for_nf
-    let sib = list.len() / 2;
-    let half = spec.nf_dtc == NfDtc::Half;
-    if half && !smt_used {
+    if spec.nf_dtc == NfDtc::Half && !smt_used {
         let why = if smt_enabled { "turned off (smt: false)" } else { "not present on this host" };
         return Err(ChainError::HalfCoreWithoutSmt { node, why });
     }
-    let d = match spec.nf_dtc {
+    check_capacity(spec, &list, smt_used, numa)?;
+    Ok((list, smt_used))
+}
+
+/// Data-plane CPUs per VM (`d`): `nf_dtc`, or 1 thread for `0.5`.
+fn data_width(spec: &ChainSpec) -> u64 {
+    match spec.nf_dtc {
         NfDtc::Cores(n) => u64::from(n),
         NfDtc::Half => 1,
-    };
+    }
+}
+
+/// `skip + mt_req + dt_req * d <= available` (module docs, difference 3).
+fn check_capacity(spec: &ChainSpec, list: &[u32], smt_used: bool, numa: u32) -> Result<(), ChainError> {
+    let count = spec.vm_count();
+    let d = data_width(spec);
     let mt_req = count.div_ceil(u64::from(NF_MTCR));
     let dt_req = count.div_ceil(u64::from(spec.nf_dtcr));
     let skip = u64::from(SKIP_SYSTEM_AND_MAIN) + u64::from(spec.vs_dtc);
-    let available = if smt_used { sib } else { list.len() } as u64;
+    let available = if smt_used { list.len() / 2 } else { list.len() } as u64;
     let needed = skip + mt_req + dt_req * d;
-    if needed > available {
-        let usable = &list[..available as usize];
-        let mut sorted = usable.to_vec();
-        sorted.sort_unstable();
-        let dtc = match spec.nf_dtc {
-            NfDtc::Cores(n) => format!("{n}"),
-            NfDtc::Half => "0.5".to_string(),
-        };
-        return Err(ChainError::NotEnoughCpus {
-            node,
-            numa,
-            vms: count,
-            needed,
-            breakdown: format!(
-                "1 system + 1 vswitch main + {} vswitch data + {mt_req} VM main (2 VMs per core) + {dt_req} × {d} VM data ({} VMs per core, nf_dtc {dtc})",
-                spec.vs_dtc, spec.nf_dtcr
-            ),
-            available,
-            cpus: cpu_ranges(&sorted),
-            smt: if smt_used { " (one thread per core; siblings are used too)" } else { "" },
-        });
+    if needed <= available {
+        return Ok(());
     }
+    let mut sorted = list[..available as usize].to_vec();
+    sorted.sort_unstable();
+    let dtc = match spec.nf_dtc {
+        NfDtc::Cores(n) => format!("{n}"),
+        NfDtc::Half => "0.5".to_string(),
+    };
+    Err(ChainError::NotEnoughCpus {
+        node: spec.node.clone(),
+        numa,
+        vms: count,
+        needed,
+        breakdown: format!(
+            "1 system + 1 vswitch main + {} vswitch data + {mt_req} VM main (2 VMs per core) + {dt_req} × {d} VM data ({} VMs per core, nf_dtc {dtc})",
+            spec.vs_dtc, spec.nf_dtcr
+        ),
+        available,
+        cpus: cpu_ranges(&sorted),
+        smt: if smt_used { " (one thread per core; siblings are used too)" } else { "" },
+    })
+}
 
-    let (mt_req, dt_req, skip, d) = (mt_req as usize, dt_req as usize, skip as usize, d as usize);
-    let n_nodes = spec.nf_nodes as usize;
-    let mut out = Vec::with_capacity(count as usize);
-    for c in 1..=spec.nf_chains as usize {
-        for n in 1..=n_nodes {
-            let q = (c - 1) * n_nodes + n;
-            let o = q - 1;
+/// `CpuUtils.cpu_slice_of_list_for_nf` for every VM in CSIT's order: host CPU per vCPU.
+fn place(spec: &ChainSpec, list: &[u32], smt_used: bool) -> Vec<Vec<u32>> {
+    let count = spec.vm_count() as usize;
+    let sib = list.len() / 2;
+    let half = spec.nf_dtc == NfDtc::Half;
+    let d = data_width(spec) as usize;
+    let mt_req = count.div_ceil(NF_MTCR as usize);
+    let dt_req = count.div_ceil(spec.nf_dtcr as usize);
+    let skip = SKIP_SYSTEM_AND_MAIN as usize + spec.vs_dtc as usize;
+    (0..count)
+        .map(|o| {
             let mut mt = skip + o % mt_req;
             let dt = skip + mt_req + (o % dt_req) * d;
-            let mut data = slice(&list, dt, dt + d);
+            let mut data = slice(list, dt, dt + d);
             if smt_used {
                 if (o / mt_req) % 2 == 1 {
                     mt += sib;
                 }
                 if !half {
-                    data.extend(slice(&list, dt + sib, dt + sib + d));
+                    data.extend(slice(list, dt + sib, dt + sib + d));
                 } else if (o / dt_req) % 2 == 1 {
-                    data = slice(&list, dt + sib, dt + sib + d);
+                    data = slice(list, dt + sib, dt + sib + d);
                 }
             }
-            let mut cpus = slice(&list, mt, mt + 1);
+            let mut cpus = slice(list, mt, mt + 1);
             cpus.extend(data);
+            cpus
+        })
+        .collect()
+}
 
-            let q64 = q as u64;
-            let macs = [mac(q64, 1), mac(q64, 2)];
-            let (vif1, vif2) = if spec.vnf == "testpmd_mac" {
-                let port = |i: usize| {
-                    let p = format!("vhost{i}");
-                    spec.host_port_macs
-                        .get(&p)
-                        .cloned()
-                        .ok_or_else(|| ChainError::HostPortMac { node: spec.node.clone(), port: p })
-                };
-                (port(2 * q - 1)?, port(2 * q)?)
-            } else {
-                let vif1 = if n == 1 { spec.tg_macs[0].clone() } else { mac(q64 - 1, 2) };
-                let vif2 = if n == n_nodes { spec.tg_macs[1].clone() } else { mac(q64 + 1, 1) };
-                (vif1, vif2)
+/// CSIT's `_c_default` wiring of VM `q = 1..` with host CPUs `cpus[q-1]`: name, sockets, MACs
+/// and next hops. Public so that a chain placed by hand (every VM on the same CPUs) is wired
+/// the same way.
+pub fn wire(spec: &ChainSpec, cpus: Vec<Vec<u32>>) -> Result<Vec<ChainVm>, ChainError> {
+    let n_nodes = spec.nf_nodes as usize;
+    let dir = spec.socket_dir.trim_end_matches('/');
+    let mut out = Vec::with_capacity(cpus.len());
+    for (o, cpus) in cpus.into_iter().enumerate() {
+        let q = o + 1;
+        let (c, n) = (o / n_nodes + 1, o % n_nodes + 1);
+        let q64 = q as u64;
+        let macs = [mac(q64, 1), mac(q64, 2)];
+        let (vif1, vif2) = if spec.vnf == "testpmd_mac" {
+            let port = |i: usize| {
+                let p = format!("vhost{i}");
+                spec.host_port_macs
+                    .get(&p)
+                    .cloned()
+                    .ok_or_else(|| ChainError::HostPortMac { node: spec.node.clone(), port: p })
             };
-            let vars = BTreeMap::from([
-                ("mac1".to_string(), macs[0].clone()),
-                ("mac2".to_string(), macs[1].clone()),
-                ("vif1_mac".to_string(), vif1),
-                ("vif2_mac".to_string(), vif2),
-            ]);
-            let dir = spec.socket_dir.trim_end_matches('/');
-            let dir = if dir.is_empty() { "" } else { dir };
-            out.push(ChainVm {
-                name: format!("{}_{q}", spec.node),
-                qemu_id: q as u32,
-                chain: c as u32,
-                position: n as u32,
-                cpus,
-                sockets: [format!("{dir}/sock-{q}-1"), format!("{dir}/sock-{q}-2")],
-                macs,
-                vars,
-            });
-        }
+            (port(2 * q - 1)?, port(2 * q)?)
+        } else {
+            let vif1 = if n == 1 { spec.tg_macs[0].clone() } else { mac(q64 - 1, 2) };
+            let vif2 = if n == n_nodes { spec.tg_macs[1].clone() } else { mac(q64 + 1, 1) };
+            (vif1, vif2)
+        };
+        let vars = BTreeMap::from([
+            ("mac1".to_string(), macs[0].clone()),
+            ("mac2".to_string(), macs[1].clone()),
+            ("vif1_mac".to_string(), vif1),
+            ("vif2_mac".to_string(), vif2),
+        ]);
+        out.push(ChainVm {
+            name: format!("{}_{q}", spec.node),
+            qemu_id: q as u32,
+            chain: c as u32,
+            position: n as u32,
+            cpus,
+            sockets: [format!("{dir}/sock-{q}-1"), format!("{dir}/sock-{q}-2")],
+            macs,
+            vars,
+        });
     }
     Ok(out)
 }
@@ -377,17 +414,52 @@ pub const CHAIN_KEYS: &[&str] = &[
     "vm",
 ];
 
-// Used by parse_chain only, which load.rs calls once `chains:` is a top-level key.
-#[cfg_attr(not(test), allow(dead_code))]
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// `nf_dtc`: whole cores, or `0.5` (one SMT thread).
+fn read_nf_dtc(cx: &mut Cx, v: &yaml::Node, path: &str) -> Option<NfDtc> {
+    let text = match &v.value {
+        Value::Scalar { text, plain: true } => Some(text.as_str()),
+        _ => None,
+    };
+    match text {
+        Some("0.5") | Some(".5") => Some(NfDtc::Half),
+        Some(t) if t.parse::<u32>().is_ok_and(|x| (1..=u32::from(u16::MAX)).contains(&x)) => {
+            Some(NfDtc::Cores(t.parse().unwrap()))
+        }
+        _ => {
+            cx.err(v.pos, path, "expected a positive whole number of cores, or 0.5 (one SMT thread)");
+            None
+        }
+    }
+}
+
+/// `tg_macs`: the TG's port-1 and port-2 MACs.
+fn read_tg_macs(cx: &mut Cx, v: &yaml::Node, p: &str) -> Option<[String; 2]> {
+    let items = cx.seq(v, p)?;
+    if items.len() != 2 {
+        cx.err(v.pos, p, format!("expected two MACs (TG port 1, TG port 2), found {}", items.len()));
+        return None;
+    }
+    let mut macs = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let ip = join(p, &format!("[{i}]"));
+        let s = cx.string(it, &ip)?;
+        if !is_mac(&s) {
+            cx.err(it.pos, &ip, format!("`{s}` is not a MAC address like `3c:fd:fe:aa:bb:01`"));
+            return None;
+        }
+        macs.push(s);
+    }
+    Some([macs[0].clone(), macs[1].clone()])
+}
+
 /// Read one `chains:` entry at `path` (e.g. `chains[0]`). Every problem goes to `cx`; `None`
 /// when any was found. The `vm:` template node (a map, if given) is returned unread: the caller
 /// applies it to every VM of the chain.
-#[cfg_attr(not(test), allow(dead_code))] // until load.rs reads `chains:`
 pub(crate) fn parse_chain<'n>(
     cx: &mut Cx,
     n: &'n yaml::Node,
@@ -409,22 +481,7 @@ pub(crate) fn parse_chain<'n>(
         .required(cx, "vs_dtc")
         .and_then(|v| cx.int(v, &f.path("vs_dtc"), 0, u64::from(u16::MAX), "a whole number of cores (0 or more)"))
         .map(|v| v as u32);
-    let nf_dtc = f.required(cx, "nf_dtc").and_then(|v| {
-        let text = match &v.value {
-            Value::Scalar { text, plain: true } => Some(text.as_str()),
-            _ => None,
-        };
-        match text {
-            Some("0.5") | Some(".5") => Some(NfDtc::Half),
-            Some(t) if t.parse::<u32>().is_ok_and(|x| (1..=u32::from(u16::MAX)).contains(&x)) => {
-                Some(NfDtc::Cores(t.parse().unwrap()))
-            }
-            _ => {
-                cx.err(v.pos, &f.path("nf_dtc"), "expected a positive whole number of cores, or 0.5 (one SMT thread)");
-                None
-            }
-        }
-    });
+    let nf_dtc = f.required(cx, "nf_dtc").and_then(|v| read_nf_dtc(cx, v, &f.path("nf_dtc")));
     let nf_dtcr = match f.get("nf_dtcr") {
         Some(v) => cx
             .int(v, &f.path("nf_dtcr"), 1, MAX_CHAIN_VMS, "a positive integer (VMs per data-plane core)")
@@ -443,25 +500,7 @@ pub(crate) fn parse_chain<'n>(
         Some(v) => cx.queues(v, &f.path("queues")),
         None => Some(1),
     };
-    let tg_macs = f.required(cx, "tg_macs").and_then(|v| {
-        let p = f.path("tg_macs");
-        let items = cx.seq(v, &p)?;
-        if items.len() != 2 {
-            cx.err(v.pos, &p, format!("expected two MACs (TG port 1, TG port 2), found {}", items.len()));
-            return None;
-        }
-        let mut macs = Vec::new();
-        for (i, it) in items.iter().enumerate() {
-            let ip = join(&p, &format!("[{i}]"));
-            let s = cx.string(it, &ip)?;
-            if !is_mac(&s) {
-                cx.err(it.pos, &ip, format!("`{s}` is not a MAC address like `3c:fd:fe:aa:bb:01`"));
-                return None;
-            }
-            macs.push(s);
-        }
-        Some([macs[0].clone(), macs[1].clone()])
-    });
+    let tg_macs = f.required(cx, "tg_macs").and_then(|v| read_tg_macs(cx, v, &f.path("tg_macs")));
     let socket_dir = match f.get("socket_dir") {
         Some(v) => cx.abs_path(v, &f.path("socket_dir")),
         None => Some(DEFAULT_SOCKET_DIR.to_string()),

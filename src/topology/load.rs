@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::TopologyError;
+use super::chain_load;
 use super::cx::{Cx, Fields};
 use super::model::*;
 use super::validate;
@@ -28,7 +29,7 @@ fn local_path(s: &str, file: &Path) -> PathBuf {
     }
 }
 
-const TOP_KEYS: &[&str] = &["metadata", "nodes", "vms", "unique_macs"];
+const TOP_KEYS: &[&str] = &["metadata", "nodes", "vms", "chains", "unique_macs"];
 
 const NODE_KEYS: &[&str] = &[
     // CSIT
@@ -157,8 +158,11 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
             }
         }
     }
-    let vms = validate::finish_vms(cx, drafts);
-    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs })
+    let chains = top.get("chains").map(|v| chain_load::convert_chains(cx, v, &nodes, &node_types, has_vnf));
+    let chains = chains.unwrap_or_default();
+    let vms = validate::finish_vms(cx, drafts, &chains);
+    let chains = chains.into_iter().map(|c| c.def).collect();
+    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs, chains })
 }
 
 fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node> {
@@ -174,7 +178,26 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     let port = f.get("port").and_then(|v| cx.int(v, &f.path("port"), 1, 65535, "a port number (1-65535)"));
     let username = f.get("username").and_then(|v| cx.string(v, &f.path("username")));
 
-    let auth = node_auth(cx, &f);
+    let mut auth = Vec::new();
+    let passphrase_env =
+        f.get("identity_passphrase_env").and_then(|v| cx.string(v, &f.path("identity_passphrase_env")));
+    if let Some(v) = f.get("identity_file") {
+        if let Some(s) = cx.string(v, &f.path("identity_file")) {
+            auth.push(Auth::IdentityFile { path: local_path(&s, cx.file), passphrase_env });
+        }
+    } else if passphrase_env.is_some() {
+        cx.err(f.key_pos("identity_passphrase_env"), &f.path("identity_passphrase_env"), "needs `identity_file`");
+    }
+    if let Some(s) = f.get("priv_key").and_then(|v| cx.string(v, &f.path("priv_key"))) {
+        auth.push(Auth::PrivateKeyPem(s));
+    }
+    if let Some(s) = f.get("password_env").and_then(|v| cx.string(v, &f.path("password_env"))) {
+        auth.push(Auth::PasswordEnv(s));
+    }
+    if let Some(s) = f.get("password").and_then(|v| cx.string(v, &f.path("password"))) {
+        auth.push(Auth::Password(s));
+    }
+
     let proxy_jump = f.get("proxy_jump").and_then(|v| cx.string(v, &f.path("proxy_jump")));
     let known_hosts =
         f.get("known_hosts").and_then(|v| cx.string(v, &f.path("known_hosts"))).map(|s| local_path(&s, cx.file));
@@ -191,7 +214,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
         None => "/run/harness".to_string(),
     };
 
-    let interfaces = node_interfaces(cx, &f);
+    let interfaces = csit_interfaces(cx, &f);
     // Scalars CSIT keeps at node level: only their shape is checked.
     for key in ["subtype", "model", "uio_driver"] {
         if let Some(v) = f.get(key) {
@@ -222,34 +245,8 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     })
 }
 
-/// Credentials in preference order: identity file, CSIT's inline `priv_key`, `password_env`,
-/// plaintext `password`.
-fn node_auth(cx: &mut Cx, f: &Fields) -> Vec<Auth> {
-    let mut auth = Vec::new();
-    let passphrase_env =
-        f.get("identity_passphrase_env").and_then(|v| cx.string(v, &f.path("identity_passphrase_env")));
-    if let Some(v) = f.get("identity_file") {
-        if let Some(s) = cx.string(v, &f.path("identity_file")) {
-            auth.push(Auth::IdentityFile { path: local_path(&s, cx.file), passphrase_env });
-        }
-    } else if passphrase_env.is_some() {
-        cx.err(f.key_pos("identity_passphrase_env"), &f.path("identity_passphrase_env"), "needs `identity_file`");
-    }
-    if let Some(s) = f.get("priv_key").and_then(|v| cx.string(v, &f.path("priv_key"))) {
-        auth.push(Auth::PrivateKeyPem(s));
-    }
-    if let Some(s) = f.get("password_env").and_then(|v| cx.string(v, &f.path("password_env"))) {
-        auth.push(Auth::PasswordEnv(s));
-    }
-    if let Some(s) = f.get("password").and_then(|v| cx.string(v, &f.path("password"))) {
-        auth.push(Auth::Password(s));
-    }
-
-    auth
-}
-
-/// CSIT `interfaces:` (port1..portN): kept for reference, only their shape is checked.
-fn node_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
+/// CSIT's `interfaces:` of a node (port name → port); kept for reference (vif MACs, NUMA).
+fn csit_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
     let mut interfaces = BTreeMap::new();
     if let Some(v) = f.get("interfaces")
         && let Some(entries) = cx.map(v, &f.path("interfaces"))
@@ -258,19 +255,23 @@ fn node_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
             let Some(port) = k.as_scalar() else { continue };
             if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), port), k.pos, IFACE_KEYS) {
                 let mut s = |key: &str| fp.get(key).and_then(|v| cx.string(v, &fp.path(key)));
-                let iface = CsitInterface {
+                let mut iface = CsitInterface {
                     mac_address: s("mac_address"),
                     pci_address: s("pci_address"),
                     link: s("link"),
                     driver: s("driver"),
                     model: s("model"),
+                    numa_node: None,
                 };
                 for key in ["name", "ip4_address", "ip6_address"] {
                     s(key);
                 }
                 for key in ["vlan", "numa_node"] {
                     if let Some(v) = fp.get(key) {
-                        cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
+                        let n = cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
+                        if key == "numa_node" {
+                            iface.numa_node = n.map(|n| n as u32);
+                        }
                     }
                 }
                 interfaces.insert(port.to_string(), iface);

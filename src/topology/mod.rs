@@ -4,6 +4,7 @@
 //! (VM on an existing DUT, unique ids and names, CPU lists, PCI addresses, ...). All problems are
 //! reported at once as [`Diagnostic`]s naming `file:line:column` and the key path.
 
+mod chain_load;
 pub mod chains;
 mod cx;
 mod load;

@@ -21,6 +21,31 @@ pub struct Topology {
     /// Give every VM NIC a MAC that is unique across nodes (`52:54:00:<node>:<id>:<nic>`)
     /// instead of CSIT's per-node `52:54:00:00:<id>:<nic>`. Top-level key `unique_macs`.
     pub unique_macs: bool,
+    /// `chains:` entries (CSIT's NF chains), at most one per node. Their VMs' names and ids are
+    /// fixed here; their CPUs come from the host's layout, so the plan expands them.
+    pub chains: Vec<ChainDef>,
+}
+
+/// One validated `chains:` entry: CSIT's parameters, the `vm:` template every VM of the chain
+/// starts from, and where the entry is written (for messages about it at plan time).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainDef {
+    pub spec: crate::topology::chains::ChainSpec,
+    /// The `vm:` keys as a VM: `node`, `vnf`, `queues` and the two vhost-user NICs come from the
+    /// chain; `qemu_id`, `name`, `cpus`/`smp`, sockets and the MAC variables are set per VM.
+    /// `cpus` here means "every VM of the chain pinned to these CPUs" (no CSIT placement).
+    pub template: Vm,
+    /// `chains[i]`.
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl ChainDef {
+    /// `(qemu_id, name)` of every VM of the chain, in CSIT's order (chains outer, nodes inner).
+    pub fn vm_ids(&self) -> Vec<(u32, String)> {
+        (1..=self.spec.vm_count() as u32).map(|q| (q, format!("{}_{q}", self.spec.node))).collect()
+    }
 }
 
 impl Topology {
@@ -33,6 +58,17 @@ impl Topology {
     }
     pub fn vms_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Vm> + 'a {
         self.vms.iter().filter(move |v| v.node == node)
+    }
+    /// `(node, name)` of every VM: the `vms:` entries, then the chains' VMs (their names do not
+    /// depend on the host, only their CPUs do).
+    pub fn vm_names(&self) -> Vec<(String, String)> {
+        let explicit = self.vms.iter().map(|v| (v.node.clone(), v.name.clone()));
+        let chained = self.chains.iter().flat_map(|c| c.vm_ids().into_iter().map(|(_, n)| (c.spec.node.clone(), n)));
+        explicit.chain(chained).collect()
+    }
+    /// The chain entry of a node, if any (at most one per node).
+    pub fn chain_on(&self, node: &str) -> Option<&ChainDef> {
+        self.chains.iter().find(|c| c.spec.node == node)
     }
 }
 
@@ -172,6 +208,8 @@ pub struct CsitInterface {
     pub link: Option<String>,
     pub driver: Option<String>,
     pub model: Option<String>,
+    /// CSIT's `numa_node` of the port: the default NUMA node of a chain on this DUT.
+    pub numa_node: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -320,6 +358,9 @@ pub struct Vm {
     pub cpus: Option<Vec<u32>>,
     pub sched: Sched,
     pub boot_timeout: Duration,
+    /// How long starting QEMU may take until it daemonizes (it blocks there while a vhost-user
+    /// `server: true` socket waits for the vswitch to connect). Default 30 s.
+    pub start_timeout: Duration,
     /// Extra serial substrings that mean "ready" (added to the VNF's defaults).
     pub ready_markers: Vec<String>,
     /// Extra serial substrings that mean "failed" (added to the defaults).

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::chain_load::LoadedChain;
 use super::cx::{Cx, VmDraft};
 use super::model::Vm;
 use super::yaml::Pos;
@@ -107,19 +108,25 @@ pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) ->
 }
 
 /// Assign ids and names, then check what VMs on one node (or in the file) must not share.
-pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
-    let duplicate_id = assign_ids_and_names(cx, &mut drafts);
-    check_names_and_sockets(cx, &drafts);
-    check_unique_names(cx, &drafts, &duplicate_id);
-    check_shared_resources(cx, &drafts);
+/// The chains' VMs come first: their ids (`1..=C×N` on the node), names and sockets are CSIT's
+/// and fixed, so a `vms:` entry must keep clear of them and an automatic id skips them.
+pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[LoadedChain]) -> Vec<Vm> {
+    let duplicate_id = assign_ids(cx, &mut drafts, chains);
+    check_names(cx, &drafts, chains, &duplicate_id);
+    check_resources(cx, &drafts, chains);
     drafts.into_iter().map(|d| d.vm).collect()
 }
 
-/// Explicit ids are reserved first, so an automatic id never takes one written later in the
-/// file; then defaults. Returns the drafts whose explicit id repeats an earlier one.
-fn assign_ids_and_names(cx: &mut Cx, drafts: &mut [VmDraft]) -> BTreeSet<usize> {
+/// `qemu_id` per VM (explicit, else the node's next free one) and the default names. Returns
+/// the drafts whose explicit id is a duplicate (their default names repeat that problem).
+fn assign_ids(cx: &mut Cx, drafts: &mut [VmDraft], chains: &[LoadedChain]) -> BTreeSet<usize> {
     // Explicit ids first, so an automatic id never takes one written later in the file.
     let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for c in chains {
+        for (q, _) in c.def.vm_ids() {
+            used.insert((c.def.spec.node.clone(), q), c.owner());
+        }
+    }
     let mut duplicate_id = BTreeSet::new();
     for (i, d) in drafts.iter().enumerate() {
         if let Some(id) = d.explicit_id {
@@ -158,7 +165,8 @@ fn assign_ids_and_names(cx: &mut Cx, drafts: &mut [VmDraft]) -> BTreeSet<usize> 
     duplicate_id
 }
 
-fn check_names_and_sockets(cx: &mut Cx, drafts: &[VmDraft]) {
+/// Name rules the alphabet check leaves, socket path characters, and unique names.
+fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicate_id: &BTreeSet<usize>) {
     // The loader checks the alphabet of explicit names; a default `<node>_<id>` is safe when the
     // node name is (checked with the nodes). This adds what the alphabet allows but a name must
     // not be (a leading `.`, too long).
@@ -174,11 +182,14 @@ fn check_names_and_sockets(cx: &mut Cx, drafts: &[VmDraft]) {
             }
         }
     }
-}
 
-/// VM names are unique in the file.
-fn check_unique_names(cx: &mut Cx, drafts: &[VmDraft], duplicate_id: &BTreeSet<usize>) {
+    let chain_owners: Vec<String> = chains.iter().map(LoadedChain::owner).collect();
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    let chain_names: Vec<(String, usize)> =
+        chains.iter().enumerate().flat_map(|(i, c)| c.def.vm_ids().into_iter().map(move |(_, n)| (n, i))).collect();
+    for (n, i) in &chain_names {
+        names.insert(n, &chain_owners[*i]);
+    }
     for (i, d) in drafts.iter().enumerate() {
         // A default name repeats a duplicate id: that is one problem, already reported.
         if duplicate_id.contains(&i) && !d.explicit_name {
@@ -197,11 +208,17 @@ fn check_unique_names(cx: &mut Cx, drafts: &[VmDraft], duplicate_id: &BTreeSet<u
 }
 
 /// Per node: CPUs, passthrough devices, sockets and host ports belong to one VM only.
-fn check_shared_resources(cx: &mut Cx, drafts: &[VmDraft]) {
+fn check_resources(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain]) {
+    let chain_owners: Vec<String> = chains.iter().map(LoadedChain::owner).collect();
     let mut cpus: BTreeMap<(&str, u32), &str> = BTreeMap::new();
     let mut vfio: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut sockets: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut ports: BTreeMap<(&str, u16), &str> = BTreeMap::new();
+    for (c, owner) in chains.iter().zip(&chain_owners) {
+        for s in &c.sockets {
+            sockets.insert((&c.def.spec.node, s), owner);
+        }
+    }
     for d in drafts {
         let node = d.vm.node.as_str();
         let owner = d.spans.path.as_str();

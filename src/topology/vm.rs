@@ -34,6 +34,7 @@ pub(super) const VM_KEYS: &[&str] = &[
     "cpus",
     "sched",
     "boot_timeout",
+    "start_timeout",
     "ready_markers",
     "fail_markers",
     "qga",
@@ -124,6 +125,7 @@ pub(super) fn convert_vm(
             cpus,
             sched: run.sched,
             boot_timeout: run.boot_timeout,
+            start_timeout: run.start_timeout,
             ready_markers: run.ready_markers,
             fail_markers: run.fail_markers,
             qga: run.qga,
@@ -519,6 +521,7 @@ fn vm_drives(cx: &mut Cx, f: &Fields) -> Vec<Drive> {
 struct Runtime {
     sched: Sched,
     boot_timeout: Duration,
+    start_timeout: Duration,
     ready_markers: Vec<String>,
     fail_markers: Vec<String>,
     qga: bool,
@@ -533,20 +536,8 @@ fn vm_runtime(cx: &mut Cx, f: &Fields, kind: VmKind) -> Runtime {
         Some("rr") => Sched::Rr,
         _ => Sched::None,
     };
-    let boot_timeout = match f.get("boot_timeout") {
-        Some(v) => match v.as_scalar().and_then(parse_duration) {
-            Some(d) if !d.is_zero() && d <= Duration::from_secs(86_400) => d,
-            _ => {
-                cx.err(
-                    v.pos,
-                    &f.path("boot_timeout"),
-                    "expected a duration from 1ms to 24h such as `120s`, `2m`, `500ms` or seconds",
-                );
-                Duration::from_secs(120)
-            }
-        },
-        None => Duration::from_secs(120),
-    };
+    let boot_timeout = timeout_key(cx, f, "boot_timeout", Duration::from_secs(120));
+    let start_timeout = timeout_key(cx, f, "start_timeout", Duration::from_secs(30));
     let ready_markers =
         f.get("ready_markers").and_then(|v| cx.strings(v, &f.path("ready_markers"))).unwrap_or_default();
     let fail_markers = f.get("fail_markers").and_then(|v| cx.strings(v, &f.path("fail_markers"))).unwrap_or_default();
@@ -560,7 +551,29 @@ fn vm_runtime(cx: &mut Cx, f: &Fields, kind: VmKind) -> Runtime {
     let init_command = f.get("init_command").and_then(|v| cx.string(v, &f.path("init_command")));
     let extra_args = f.get("extra_args").and_then(|v| cx.strings(v, &f.path("extra_args"))).unwrap_or_default();
 
-    Runtime { sched, boot_timeout, ready_markers, fail_markers, qga, qga_written, init_command, extra_args }
+    Runtime {
+        sched,
+        boot_timeout,
+        start_timeout,
+        ready_markers,
+        fail_markers,
+        qga,
+        qga_written,
+        init_command,
+        extra_args,
+    }
+}
+
+/// A duration key from 1ms to 24h, `default` when absent (or invalid: reported).
+fn timeout_key(cx: &mut Cx, f: &Fields, key: &str, default: Duration) -> Duration {
+    let Some(v) = f.get(key) else { return default };
+    match v.as_scalar().and_then(parse_duration) {
+        Some(d) if !d.is_zero() && d <= Duration::from_secs(86_400) => d,
+        _ => {
+            cx.err(v.pos, &f.path(key), "expected a duration from 1ms to 24h such as `120s`, `2m`, `500ms` or seconds");
+            default
+        }
+    }
 }
 
 /// The VNFs' configs address the guest's 0000:00:06.0 and 0000:00:07.0: two data NICs.

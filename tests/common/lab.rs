@@ -205,6 +205,7 @@ pub fn vm(node: &str, qemu_id: u32, mem: u64, cpus: Vec<u32>) -> harness::topolo
         cpus: Some(cpus),
         sched: Sched::Rr,
         boot_timeout: Duration::from_secs(120),
+        start_timeout: Duration::from_secs(30),
         ready_markers: vec![],
         fail_markers: vec![],
         qga: true,

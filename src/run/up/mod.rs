@@ -211,8 +211,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let tracker = Arc::new(Tracker::new());
     let topo = opts.topology.clone();
     let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
-    let order: Vec<(String, String)> =
-        topo.vms.iter().filter(|v| selected(&v.name)).map(|v| (v.node.clone(), v.name.clone())).collect();
+    let order: Vec<(String, String)> = topo.vm_names().into_iter().filter(|(_, v)| selected(v)).collect();
     tracker.with(|t| {
         for (n, v) in &order {
             t.vms.insert((n.clone(), v.clone()), VmResult::pending(n, v));
@@ -244,7 +243,9 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
     let mut report = None;
     if failed || interrupted {
-        report = Some(cleanup(&tracker, opts.stop_grace, &events).await);
+        let r = cleanup(&tracker, opts.stop_grace, &events).await;
+        mark_stopped(&tracker, &r);
+        report = Some(r);
     } else {
         record::write_final_manifests(&tracker, opts, &events).await;
     }
@@ -269,6 +270,19 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         vms,
         cleanup: report,
     }
+}
+
+/// After cleanup, a VM that was running (even ready) is stopped now, unless cleanup says it
+/// could not stop it: the result must not call a stopped VM `ready`.
+fn mark_stopped(tracker: &Tracker, report: &CleanupReport) {
+    tracker.with(|t| {
+        for ((node, vm), r) in t.vms.iter_mut() {
+            let left = report.left.iter().any(|l| l.starts_with(&format!("{node}: {vm} ")));
+            if matches!(r.state, VmState::Starting | VmState::Booting | VmState::Ready) && !left {
+                r.state = VmState::Stopped;
+            }
+        }
+    });
 }
 
 /// Wait for the node tasks; the first failure or a signal aborts the rest. Returns

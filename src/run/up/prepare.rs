@@ -61,6 +61,8 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
         ev.for_vm(&v.name)
             .info(format!("guest memory bound to NUMA node {}, the node of its CPUs", v.numa.unwrap_or(0)));
     }
+    // A vhost-user client socket that is not there fails now, before anything is created.
+    super::start::check_client_sockets(&session, &np).await?;
     claim(ctx, &session, &np).await?;
     Ok((session, np))
 }

@@ -13,7 +13,7 @@ use super::tracker::Launched;
 use super::{UpError, VmState, fail};
 use crate::plan::{NodePlan, VmPlan};
 use crate::report::Phase;
-use crate::ssh::{RemoteCommand, Session};
+use crate::ssh::{RemoteCommand, Session, SshError};
 
 pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<BTreeMap<String, u32>, UpError> {
     let mut starts = JoinSet::new();
@@ -66,9 +66,19 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
     }
 }
 
-/// `sudo -n qemu-system-… -daemonize -pidfile …`, then the pid from the pidfile.
+/// `sudo -n qemu-system-… -daemonize -pidfile …`, then the pid from the pidfile. QEMU does not
+/// daemonize while a vhost-user `server: true` socket waits for its client (the vswitch), so
+/// the command has the VM's `start_timeout`; on expiry the SSH layer kills the remote process
+/// group (sudo and the still undaemonized QEMU in it).
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
-    let out = session.run(&RemoteCommand::new(v.argv.clone()).sudo().timeout(Duration::from_secs(300))).await?;
+    let cmd = RemoteCommand::new(v.argv.clone()).sudo().timeout(v.start_timeout);
+    let out = match session.run(&cmd).await {
+        Err(SshError::CommandTimeout { after, .. }) => {
+            kill_undaemonized(session, v).await;
+            return Err(start_timed_out(v, after));
+        }
+        r => r?,
+    };
     if !out.success() {
         let err = out.stderr_str();
         return Err(fail(format!(
@@ -79,4 +89,65 @@ async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
     }
     let out = session.run_ok(&RemoteCommand::new(["cat", &v.paths.pidfile]).sudo()).await?;
     out.stdout_str().trim().parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}", v.paths.pidfile)))
+}
+
+/// The SSH layer's kill on timeout reaches sudo's process group, not QEMU: sudo runs it on its
+/// own pty (Debian's `use_pty`), and QEMU, blocked in the vhost-user accept before its main
+/// loop, does not act on the SIGTERM sudo relays. SIGKILL every process whose argv holds this
+/// VM's own pidfile path (QEMU and its sudo; nothing of anyone else's has it); it has no guest
+/// state yet that a graceful quit could save.
+async fn kill_undaemonized(session: &Session, v: &VmPlan) {
+    let script = format!(
+        r#"pf={pf}
+ours() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | grep -qxF -- "$pf"; }}
+pids=; for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; [ "$p" != $$ ] && ours "$p" && pids="$pids $p"; done
+[ -z "$pids" ] || kill -KILL $pids 2>/dev/null
+i=0; while [ $i -lt 40 ]; do left=; for p in $pids; do [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && left=1; done; [ -z "$left" ] && break; sleep 0.05; i=$((i+1)); done
+true"#,
+        pf = crate::quote::quote(&v.paths.pidfile)
+    );
+    let _ = session.run(&RemoteCommand::sh(script).sudo().timeout(Duration::from_secs(10))).await;
+}
+
+/// Why a start command outlived `start_timeout`: a vhost-user server socket nobody connected
+/// to is the usual reason, and the message says which.
+fn start_timed_out(v: &VmPlan, after: Duration) -> UpError {
+    let waiting: Vec<&str> =
+        v.nics.iter().filter(|n| n.server == Some(true)).filter_map(|n| n.socket.as_deref()).collect();
+    let secs = after.as_secs_f64();
+    match waiting.first() {
+        Some(sock) => fail(format!(
+            "QEMU is waiting for a vhost-user client on {sock}: is the vswitch configured? \
+             (not started after {secs}s, start_timeout; stopped)"
+        )),
+        None => fail(format!("QEMU did not start within {secs}s (start_timeout); stopped")),
+    }
+}
+
+/// vhost-user `server: false` NICs: QEMU connects to the vswitch's socket at start and fails
+/// late and obscurely if it is not there, so every such socket must exist beforehand.
+pub(super) async fn check_client_sockets(session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    let client: Vec<(&str, &str)> = np
+        .vms
+        .iter()
+        .flat_map(|v| v.nics.iter().map(move |n| (v.name.as_str(), n)))
+        .filter(|(_, n)| n.server == Some(false))
+        .filter_map(|(vm, n)| Some((vm, n.socket.as_deref()?)))
+        .collect();
+    if client.is_empty() {
+        return Ok(());
+    }
+    let mut script = String::new();
+    for (_, sock) in &client {
+        script.push_str(&format!("[ -S {0} ] || echo {0}\n", crate::quote::quote(sock)));
+    }
+    let out = session.run_ok(&RemoteCommand::sh(script).sudo()).await?;
+    let missing: Vec<String> = out.stdout_str().lines().map(str::to_string).collect();
+    match client.iter().find(|(_, s)| missing.iter().any(|m| m == s)) {
+        Some((vm, sock)) => Err(fail(format!(
+            "{vm}: vhost-user socket {sock} does not exist (server: false: QEMU connects to the vswitch's \
+             socket): start the vswitch first"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -1,0 +1,355 @@
+//! Tier 3: NF chains on the loopback lab with real QEMU guests and a real vswitch.
+//!
+//! `scripts/lab.sh up` writes `lab-chain.yaml` (1 chain × 2 lab guests on DUT1 that bridge their
+//! NICs); `scripts/lab.sh vswitch up $LAB/vhost 1x2` runs dpdk-testpmd (io forwarding) between
+//! the chain's vhost-user sockets and two host taps. Frames written into the ingress tap must
+//! cross VM 1, the vswitch, VM 2 and come out at the egress tap, and every hop's counters must
+//! show them. Also here, since each TCG boot costs seconds: `guest-exec` (exit code passthrough)
+//! and the read-only 9p root, in the chain's guests; and the failures that need no boot: a
+//! vhost-user server with no vswitch (start_timeout), a missing `server: false` socket, and a
+//! CSIT placement the lab host cannot fit (proving `up` places with the host's own lscpu).
+//!
+//! Honours `HARNESS_LAB_DIR` (a private lab) and `VSWITCH_TAP_PREFIX` (distinct taps).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Frames injected at the chain's ingress.
+const FRAMES: u64 = 200;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lab_dir() -> PathBuf {
+    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
+}
+
+fn lab_topology(name: &str) -> PathBuf {
+    if std::env::var_os("HARNESS_LAB_DIR").is_some_and(|d| Path::new(&d) != Path::new("/var/tmp/harness-lab")) {
+        lab_dir().join("topologies").join(name)
+    } else {
+        repo().join("topologies").join(name)
+    }
+}
+
+fn tap_prefix() -> String {
+    std::env::var("VSWITCH_TAP_PREFIX").unwrap_or_else(|_| "vsw".into())
+}
+
+fn ensure_lab() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let st = Command::new("bash").arg(repo().join("scripts/lab.sh")).arg("up").status().expect("lab.sh");
+        assert!(st.success(), "scripts/lab.sh up failed");
+        if !lab_dir().join("guest/vmlinux").exists() {
+            let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).status().expect("build-guest.sh");
+            assert!(st.success(), "scripts/build-guest.sh failed");
+        }
+    });
+}
+
+fn lab_sh(args: &[&str]) -> Output {
+    let out = Command::new("bash").arg(repo().join("scripts/lab.sh")).args(args).output().expect("lab.sh");
+    eprintln!(
+        "$ lab.sh {}\n--- exit {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+struct Env {
+    state: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        ensure_lab();
+        Env { state: tempfile::tempdir().unwrap(), dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        // Global options first: after `--` everything belongs to the guest's command.
+        let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--progress")
+            .arg("plain")
+            .args(args)
+            .output()
+            .expect("run harness");
+        eprintln!(
+            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `lab-chain.yaml` with `edit` applied to its text, written to a temp file.
+    fn topology(&self, edit: impl Fn(String) -> String) -> String {
+        let text = std::fs::read_to_string(lab_topology("lab-chain.yaml")).expect("lab-chain.yaml (lab.sh up)");
+        let path = self.dir.path().join("chain.yaml");
+        std::fs::write(&path, edit(text)).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// Live processes whose argv mentions this run's directory (QEMU, sudo, socat).
+fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let needle = format!("/run/harness/{run_id}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+        })
+        .collect()
+}
+
+fn assert_nothing_left(run_id: &str) {
+    let procs = processes_of_run(run_id);
+    assert!(procs.is_empty(), "processes of run {run_id} still alive: {procs:?}");
+    assert!(!Path::new(&format!("/run/harness/{run_id}")).exists(), "run dir of {run_id} still exists");
+}
+
+fn run_id(what: &str) -> String {
+    format!("chain-{what}-{}", std::process::id())
+}
+
+/// Stops the vswitch this test started, whatever happens.
+struct Vswitch;
+
+impl Vswitch {
+    fn up(sockets: &Path, chains: &str) -> Vswitch {
+        let out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
+        assert!(out.status.success(), "vswitch up failed");
+        Vswitch
+    }
+
+    /// Port counters by name (`vsw1in`, `sock-1-1`, ...) and tap kernel counters by tap name.
+    fn stats() -> (Value, Value) {
+        let out = lab_sh(&["vswitch", "stats", "--json"]);
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["ports"].clone(), v["taps"].clone())
+    }
+}
+
+impl Drop for Vswitch {
+    fn drop(&mut self) {
+        lab_sh(&["vswitch", "down"]);
+    }
+}
+
+fn port(ports: &Value, name: &str, key: &str) -> u64 {
+    ports.as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}"))[key]
+        .as_u64()
+        .unwrap()
+}
+
+fn tap(taps: &Value, name: &str, key: &str) -> u64 {
+    taps.as_array().unwrap().iter().find(|p| p["tap"] == name).unwrap_or_else(|| panic!("no tap {name}"))[key]
+        .as_u64()
+        .unwrap()
+}
+
+/// A guest interface counter through `harness guest-exec`.
+fn guest_counter(env: &Env, topo: &str, run: &str, vm: &str, iface: &str, what: &str) -> u64 {
+    let path = format!("/sys/class/net/{iface}/statistics/{what}");
+    let out = env.run(&["guest-exec", vm, topo, "--run", run, "--timeout", "20s", "--", "/bin/cat", &path]);
+    assert_eq!(out.status.code(), Some(0), "guest-exec cat {path} in {vm}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Every guest counter of the path: (VM, iface, rx/tx).
+const GUEST_HOPS: &[(&str, &str, &str)] = &[
+    ("DUT1_1", "eth0", "rx_packets"),
+    ("DUT1_1", "eth1", "tx_packets"),
+    ("DUT1_2", "eth0", "rx_packets"),
+    ("DUT1_2", "eth1", "tx_packets"),
+];
+
+#[test]
+fn chain_traffic_crosses_both_vms_and_leaves_at_the_egress() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let topo = lab_topology("lab-chain.yaml").display().to_string();
+    let t0 = Instant::now();
+    let _vswitch = Vswitch::up(&lab_dir().join("vhost"), "1x2");
+    let run = run_id("traffic");
+    let out = env.run(&["up", &topo, "--run-id", &run, "--format", "json"]);
+    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "up failed: {res}");
+    let names: Vec<&str> = res["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["DUT1_1", "DUT1_2"]);
+    let up_s = t0.elapsed().as_secs_f64();
+
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        chain_counts(&env, &topo, &run);
+        guest_exec_and_read_only_root(&env, &topo, &run);
+    }));
+    let out = env.run(&["down", &topo, "--run", &run]);
+    assert_eq!(out.status.code(), Some(0));
+    if let Err(e) = check {
+        std::panic::resume_unwind(e);
+    }
+    assert_nothing_left(&run);
+    eprintln!("chain test: vswitch+up {up_s:.1}s, total {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// Inject FRAMES at the ingress; every hop must count at least that many more.
+fn chain_counts(env: &Env, topo: &str, run: &str) {
+    let (tin, tout) = (format!("{}1in", tap_prefix()), format!("{}1out", tap_prefix()));
+    let guest_before: Vec<u64> = GUEST_HOPS.iter().map(|(vm, i, w)| guest_counter(env, topo, run, vm, i, w)).collect();
+    let (ports0, taps0) = Vswitch::stats();
+    let out = lab_sh(&["vswitch", "send", "1", &FRAMES.to_string()]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ports, taps) = loop {
+        let (p, t) = Vswitch::stats();
+        if tap(&t, &tout, "kernel_rx") >= tap(&taps0, &tout, "kernel_rx") + FRAMES || Instant::now() > deadline {
+            break (p, t);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let d = |name: &str, key: &str| port(&ports, name, key) - port(&ports0, name, key);
+    let hops = [
+        (tin.clone(), "rx"),
+        ("sock-1-1".into(), "tx"),
+        ("sock-1-2".into(), "rx"),
+        ("sock-2-1".into(), "tx"),
+        ("sock-2-2".into(), "rx"),
+        (tout.clone(), "tx"),
+    ];
+    let mut report = Vec::new();
+    for (name, key) in &hops {
+        report.push(format!("vswitch {name} {key} +{}", d(name, key)));
+    }
+    for ((vm, iface, what), before) in GUEST_HOPS.iter().zip(&guest_before) {
+        let now = guest_counter(env, topo, run, vm, iface, what);
+        report.push(format!("{vm} {iface} {what} +{}", now - before));
+    }
+    let egress = tap(&taps, &tout, "kernel_rx") - tap(&taps0, &tout, "kernel_rx");
+    report.push(format!("tap {tout} kernel rx +{egress}"));
+    eprintln!("chain hops after {FRAMES} frames:\n  {}", report.join("\n  "));
+    for line in &report {
+        let n: u64 = line.rsplit('+').next().unwrap().parse().unwrap();
+        assert!(n >= FRAMES, "hop below {FRAMES}: {line}\n{}", report.join("\n"));
+    }
+}
+
+/// `guest-exec` passes exit codes through; the guest's root (the host's `/` over 9p) is read-only.
+fn guest_exec_and_read_only_root(env: &Env, topo: &str, run: &str) {
+    let out =
+        env.run(&["guest-exec", "DUT1_1", topo, "--run", run, "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let probe = format!("/harness-ro-probe-{run}");
+    let out = env.run(&["guest-exec", "DUT1_2", topo, "--run", run, "--", "/bin/touch", &probe]);
+    assert_ne!(out.status.code(), Some(0), "touch {probe} succeeded in the guest");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
+    assert!(!Path::new(&probe).exists(), "the guest wrote to the host's /");
+    // What the guest writes goes to its own tmpfs.
+    let out = env.run(&["guest-exec", "DUT1_2", topo, "--run", run, "--", "/bin/touch", "/tmp/harness-probe"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn chain_vhost_user_server_without_vswitch_fails_within_start_timeout() {
+    let env = Env::new();
+    // A socket dir no vswitch serves, and a short start_timeout.
+    let sockets = env.dir.path().join("nobody");
+    std::fs::create_dir(&sockets).unwrap();
+    let topo = env.topology(|t| {
+        t.replace(
+            &format!("socket_dir: {}", lab_dir().join("vhost").display()),
+            &format!("socket_dir: {}", sockets.display()),
+        )
+        .replace("start_timeout: 30s", "start_timeout: 3s")
+    });
+    let run = run_id("nobody");
+    let t = Instant::now();
+    let out = env.run(&["up", &topo, "--run-id", &run]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Whichever VM's start gives up first is reported; each waits on its first NIC's socket.
+    let waiting = |q: u32| {
+        let sock = sockets.join(format!("sock-{q}-1"));
+        err.contains(&format!(
+            "QEMU is waiting for a vhost-user client on {}: is the vswitch configured?",
+            sock.display()
+        ))
+    };
+    assert!(waiting(1) || waiting(2), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // QEMU had not daemonized: the killed start command took it along.
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn chain_vhost_user_client_without_socket_fails_before_qemu_starts() {
+    let env = Env::new();
+    let sockets = env.dir.path().join("none");
+    let topo = env.topology(|t| {
+        t.replace(
+            &format!("socket_dir: {}", lab_dir().join("vhost").display()),
+            &format!("socket_dir: {}", sockets.display()),
+        )
+        .replace("{vhost_user: {vectors: 0}}", "{vhost_user: {vectors: 0, server: false}}")
+    });
+    let run = run_id("client");
+    let out = env.run(&["up", &topo, "--run-id", &run]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("DUT1_1: vhost-user socket {}/sock-1-1 does not exist", sockets.display()))
+            && err.contains("start the vswitch first"),
+        "{err}"
+    );
+    assert!(!err.contains("qemu failed"), "{err}");
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn chain_up_places_with_the_hosts_own_cpu_layout() {
+    let env = Env::new();
+    // CSIT placement (no `cpus:` in the template) needs 5 CPUs for 2 VMs; the lab host's lscpu decides.
+    let topo = env.topology(|t| t.replace("cpus: [0], ", ""));
+    let host_cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let run = run_id("place");
+    let out = env.run(&["up", &topo, "--run-id", &run, "--format", "json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if host_cpus < 5 {
+        assert_eq!(out.status.code(), Some(4));
+        assert!(
+            err.contains("chains[0]: DUT1: not enough CPU cores on NUMA node 0 for 2 chain VMs: need 5 cores"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{host_cpus} available")), "{err}");
+    } else {
+        // Enough CPUs: it places (nothing boots without a vswitch; start_timeout ends it).
+        assert!(!err.contains("not enough CPU cores"), "{err}");
+    }
+    assert_nothing_left(&run);
+}
