@@ -76,8 +76,7 @@ impl Env {
 
     /// `topologies/lab.yaml` with `edit` applied to its `vms`, written to a temp file.
     fn topology(&self, name: &str, edit: impl Fn(&mut Vec<Value>)) -> PathBuf {
-        let text = std::fs::read_to_string(lab_topology("lab.yaml"))
-            .expect("lab.yaml (scripts/lab.sh up writes it)");
+        let text = std::fs::read_to_string(lab_topology("lab.yaml")).expect("lab.yaml (scripts/lab.sh up writes it)");
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let vms: Vec<Value> =
             serde_json::to_value(doc.get("vms").expect("lab.yaml has vms")).unwrap().as_array().unwrap().clone();

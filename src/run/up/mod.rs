@@ -186,7 +186,12 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     });
     let mut node_results: BTreeMap<String, NodeResult> = BTreeMap::new();
     let mut set = JoinSet::new();
-    for node in topo.duts().filter(|n| order.iter().any(|(vn, _)| vn == &n.name)) {
+    let nodes: Vec<_> = topo.duts().filter(|n| order.iter().any(|(vn, _)| vn == &n.name)).collect();
+    let slots = crate::slots::NodeSlots::new(opts.connect.max_parallel);
+    if let Some(note) = slots.queued_note(nodes.len()) {
+        events.info(note);
+    }
+    for node in nodes {
         node_results.insert(
             node.name.clone(),
             NodeResult {
@@ -201,7 +206,12 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
             },
         );
         let ctx = node::NodeCtx::new(opts, node, tracker.clone(), events.for_node(&node.name));
+        let slots = slots.clone();
         set.spawn(async move {
+            if slots.full() {
+                ctx.events.info("queued: waiting for a slot (--max-parallel)");
+            }
+            let _slot = slots.acquire().await;
             let res = node::node_up(&ctx).await;
             (ctx.node.name.clone(), res)
         });
