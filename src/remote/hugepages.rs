@@ -224,7 +224,8 @@ pub fn parse_allocation(size: PageSize, mount: &str, numa: Option<u32>, out: &st
 }
 
 /// Script undoing a [`HugepageChange`] (run as root under the host lock). The pool shrinks by what
-/// we added (pages still in use by others become surplus and are freed when released); the
+/// we added, but only by free pages no other run has reserved ([`crate::remote::reserve`]: its
+/// QEMUs may be preallocating them outside the lock right now); the
 /// mount and max_map_count are restored only when no other run remains under `run_root`.
 pub fn restore_script(ch: &HugepageChange, run_root: &str) -> String {
     let dir = match ch.numa {
@@ -232,12 +233,16 @@ pub fn restore_script(ch: &HugepageChange, run_root: &str) -> String {
         Some(n) => format!("/sys/devices/system/node/node{n}/hugepages/hugepages-{}kB", ch.size_kb),
     };
     let mut s = format!(
-        "d={dir}\nif [ -d $d ] && [ {added} -gt 0 ]; then nr=$(cat $d/nr_hugepages); \
-         n=$(( nr > {added} ? nr - {added} : 0 )); echo $n > $d/nr_hugepages; fi\n\
+        "{held}d={dir}\nif [ -d $d ] && [ {added} -gt 0 ]; then nr=$(cat $d/nr_hugepages); \
+         f=$(( $(cat $d/free_hugepages) - $(cat $d/resv_hugepages 2>/dev/null || echo 0) - held )); \
+         g=$(( f < {added} ? f : {added} )); g=$(( g > 0 ? g : 0 )); \
+         n=$(( nr > g ? nr - g : 0 )); echo $n > $d/nr_hugepages; fi\n\
          others=$(find {root} -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)\n",
         dir = quote(&dir),
         added = ch.added,
         root = quote(run_root),
+        // Pages another run reserved (and whose QEMUs may be mapping them right now) stay.
+        held = crate::remote::reserve::held_fragment(ch.size_kb),
     );
     if let Some(m) = &ch.mounted {
         s.push_str(&format!("[ \"$others\" -eq 0 ] && umount {m} 2>/dev/null\n", m = quote(m)));

@@ -1,4 +1,4 @@
-//! Stage 4 (under the host lock): launch every QEMU of the node at once, each recorded as
+//! Stage 4 (outside the host lock, the node's hugepages reserved): launch every QEMU of the node at once, each recorded as
 //! launched *before* its start command is sent, and read back its pid.
 
 use std::collections::BTreeMap;
