@@ -42,7 +42,7 @@ hrun() {
   /usr/bin/time -f "%M %U %S" -o "$W/time" $H up "$topo" --run-id "$id" >/dev/null 2>"$W/up.err" || { cat "$W/up.err" >&2; $H down "$topo" --run "$id" >/dev/null 2>&1; exit 1; }
   t1=$(now); $H down "$topo" --run "$id" >/dev/null 2>&1; t2=$(now)
   read -r rss u s <"$W/time"
-  echo "$(echo "$t1 - $t0" | bc) $(echo "$t2 - $t1" | bc) $rss $(echo "$u + $s" | bc)"
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v r="$rss" -v u="$u" -v s="$s" 'BEGIN { printf "%.1f %.1f %d %.2f\n", b - a, c - b, r, u + s }'
 }
 direct() {
   target/release/harness render "$1" --format json --run-id "scale-direct-$RANDOM" >"$W/plan.json"
