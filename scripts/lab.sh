@@ -2,7 +2,8 @@
 # Loopback SSH lab: real OpenSSH sshd instances on 127.0.0.1 acting as DUT nodes.
 #
 #   scripts/lab.sh up [N] [--vms M]
-#                           start N key-only nodes (default 2, max 32) on ports BASE+1..BASE+N,
+#                           start N key-only nodes (default 2, max 128) on ports BASE+1..BASE+89,
+#                           then BASE+100.. (node 90 on BASE+100: BASE+90..99 are the special nodes),
 #                           a password-only node DUTPW on BASE+90, a node on BASE+91 whose sudo
 #                           wants a password, a keyboard-interactive-only (PAM) node DUTKBD on
 #                           BASE+92 and a jump host BASTION on BASE+95 (user hlabjump, TCP
@@ -61,13 +62,16 @@ KBD_USER=hlabkbd
 PW_USER=hlabpw
 PW_PASS=hlab-pass
 SUDOPW_USER=hlabsudo
-MAX_NODES=32
+MAX_NODES=128
 MAX_VMS=64
 if [ "$(cd "$(dirname "$LAB")" 2>/dev/null && pwd)/$(basename "$LAB")" = "$DEFAULT_LAB" ]; then
     IS_DEFAULT_LAB=1 TOPO_DIR=$REPO/topologies
 else
     IS_DEFAULT_LAB=0 TOPO_DIR=$LAB/topologies
 fi
+
+# Node i's port: BASE+i below 90, then BASE+i+10, past the special nodes on BASE+90..BASE+99.
+node_port() { if [ "$1" -lt 90 ]; then echo $((BASE_PORT + $1)); else echo $((BASE_PORT + $1 + 10)); fi; }
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*" >&2; }
@@ -254,7 +258,7 @@ scale_yaml() { # nodes vms [proxy_jump]
     echo "  version: 0.1"
     echo "  schema: []"
     echo "nodes:"
-    for i in $(seq 1 "$n"); do node_yaml "DUT$i" $((BASE_PORT + i)) "hlab$i" - "$jump"; done
+    for i in $(seq 1 "$n"); do node_yaml "DUT$i" $(node_port $i) "hlab$i" - "$jump"; done
     echo "vms:"
     for i in $(seq 1 "$n"); do
         for j in $(seq 1 "$m"); do
@@ -321,8 +325,8 @@ cmd_up() {
     for i in $(seq 1 "$n"); do
         ensure_user "hlab$i" -
         ensure_sudoers "hlab$i" nopasswd
-        start_node "DUT$i" $((BASE_PORT + i)) "hlab$i" yes no
-        users+=("hlab$i"); ports+=($((BASE_PORT + i)))
+        start_node "DUT$i" $(node_port $i) "hlab$i" yes no
+        users+=("hlab$i"); ports+=($(node_port $i))
     done
     ensure_user $PW_USER $PW_PASS
     ensure_sudoers $PW_USER nopasswd
@@ -351,9 +355,9 @@ cmd_up() {
     for i in $(seq $((n + 1)) $MAX_NODES); do
         d=$LAB/nodes/DUT$i
         pid_alive "$d/sshd.pid" "$d/sshd_config" || continue
-        printf '[127.0.0.1]:%s %s\n' $((BASE_PORT + i)) "$(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$LAB/ssh/known_hosts.new"
+        printf '[127.0.0.1]:%s %s\n' $(node_port $i) "$(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$LAB/ssh/known_hosts.new"
         keys="$keys $i"
-        users+=("hlab$i"); ports+=($((BASE_PORT + i)))
+        users+=("hlab$i"); ports+=($(node_port $i))
     done
     mv -f "$LAB/ssh/known_hosts.new" "$LAB/ssh/known_hosts"
     # For plain ssh by hand: `ssh -F $LAB/ssh/config [-J hlabjump@127.0.0.1:PORT] -p PORT hlab1@127.0.0.1`
@@ -402,7 +406,7 @@ YAML
         echo "  version: 0.1"
         echo "  schema: []"
         echo "nodes:"
-        for i in $keys; do node_yaml "DUT$i" $((BASE_PORT + i)) "hlab$i"; done
+        for i in $keys; do node_yaml "DUT$i" $(node_port $i) "hlab$i"; done
     } >"$LAB/fanout.yaml"
 
     cat >"$LAB/lab.env" <<ENV

@@ -18,8 +18,11 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "== lab"
-bash scripts/lab.sh up
+# 16 nodes with 4 tiny guests each for tests/scale.rs (nodes 1-2 and lab.yaml as with a plain
+# `up`), and the MaxStartups-2 bastion for its handshake-retry test.
+bash scripts/lab.sh up 16 --vms 4
 trap 'bash scripts/lab.sh down' EXIT
+bash scripts/lab.sh bastion-strict
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
@@ -29,6 +32,8 @@ cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent, NF chain through a dpdk-testpmd vswitch)"
 bash scripts/install-deps.sh vswitch
 cargo test --locked --test qga_exec --test guest --test e2e --test chain -- --test-threads 2
-echo "== tier 3: fault suite (tiny guests; lab-scale.yaml from lab.sh up 2 --vms 2)"
+echo "== tier 3: scale (16 nodes x 4 tiny guests through one bastion, handshake retries)"
+cargo test --locked --test scale
+echo "== tier 3: fault suite (tiny guests; lab-scale.yaml rewritten by lab.sh up 2 --vms 2)"
 bash scripts/lab.sh up 2 --vms 2
 cargo test --locked --test faults -- --test-threads 1

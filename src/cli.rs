@@ -40,6 +40,10 @@ pub struct GlobalArgs {
     /// Default timeout of one remote command.
     #[arg(long, global = true, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// Nodes in flight at once; the others wait for a slot (and the output says so).
+    #[arg(long, global = true, value_name = "N", default_value_t = crate::slots::DEFAULT_MAX_PARALLEL,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65535))]
+    pub max_parallel: usize,
     /// Progress display: bars on a terminal, plain timestamped lines otherwise.
     #[arg(long, global = true, value_enum, default_value_t = Progress::Auto)]
     pub progress: Progress,

@@ -27,6 +27,7 @@ pub mod quote;
 pub mod remote;
 pub mod report;
 pub mod run;
+pub mod slots;
 pub mod ssh;
 pub mod templates;
 pub mod topology;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cli::{ExecArgs, Format, GlobalArgs};
 use crate::exit;
+use crate::slots::NodeSlots;
 use crate::ssh::{ChildEvent, ConnectOptions, RemoteCommand, Session, SshError, SshTarget};
 
 #[derive(Debug, Serialize)]
@@ -24,6 +25,10 @@ struct NodeResult {
     stderr: Option<String>,
     runs: u32,
     connect_ms: u64,
+    /// Handshakes the node's sshd dropped (MaxStartups) and harness retried.
+    handshake_retries: u32,
+    /// The node waited for a slot (`--max-parallel`).
+    queued: bool,
     duration_ms: u64,
     unreachable: bool,
     error: Option<String>,
@@ -114,6 +119,7 @@ async fn run_streaming(
 }
 
 async fn exec_node(
+    slots: NodeSlots,
     target: SshTarget,
     opts: ConnectOptions,
     cmd: RemoteCommand,
@@ -130,10 +136,14 @@ async fn exec_node(
         stderr: None,
         runs: 0,
         connect_ms: 0,
+        handshake_retries: 0,
+        queued: false,
         duration_ms: 0,
         unreachable: false,
         error: None,
     };
+    let slot = slots.acquire().await;
+    r.queued = slot.queued;
     let t = Instant::now();
     let s = match Session::connect(&target, &opts).await {
         Ok(s) => s,
@@ -144,6 +154,7 @@ async fn exec_node(
         }
     };
     r.connect_ms = t.elapsed().as_millis() as u64;
+    r.handshake_retries = s.handshake_retries();
     let t = Instant::now();
     let mut out = Prefixer::new(format!("{node:width$} | "), false);
     let mut err = Prefixer::new(format!("{node:width$} | "), true);
@@ -208,11 +219,15 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
     let mut opts = super::connect_options(g);
     // Repeated runs are sequential; a single run per node needs only one channel anyway.
     opts.max_channels = opts.max_channels.max(1);
+    let slots = NodeSlots::new(opts.max_parallel);
+    if let Some(note) = slots.queued_note(nodes.len()) {
+        eprintln!("harness: {note}");
+    }
     let tasks: Vec<_> = nodes
         .iter()
         .map(|n| {
             let target = SshTarget::for_node(&topo, n);
-            tokio::spawn(exec_node(target, opts.clone(), cmd.clone(), a.repeat, json, width))
+            tokio::spawn(exec_node(slots.clone(), target, opts.clone(), cmd.clone(), a.repeat, json, width))
         })
         .collect();
     let mut results = Vec::new();
@@ -231,9 +246,19 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
                 (None, None, None) => "no exit status".to_string(),
             };
             let runs = if r.runs > 1 { format!(", {} runs", r.runs) } else { String::new() };
-            eprintln!("{:width$} : {what} ({} ms{runs}, connect {} ms)", r.node, r.duration_ms, r.connect_ms);
+            let retries = match r.handshake_retries {
+                0 => String::new(),
+                n => format!(", {n} handshake retr{}", if n == 1 { "y" } else { "ies" }),
+            };
+            let queued = if r.queued { ", queued" } else { "" };
+            eprintln!(
+                "{:width$} : {what} ({} ms{runs}, connect {} ms{retries}{queued})",
+                r.node, r.duration_ms, r.connect_ms
+            );
         }
     }
+    // Every retried handshake, the jump host's and failed nodes' included.
+    eprintln!("harness: {} SSH handshake(s) dropped by a server and retried", crate::ssh::handshake_retries_total());
     Ok(if results.iter().any(|r| r.unreachable) {
         exit::UNREACHABLE
     } else if results.iter().all(NodeResult::ok) {

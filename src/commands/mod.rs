@@ -62,6 +62,7 @@ pub fn connect_options(g: &GlobalArgs) -> ConnectOptions {
         auth_timeout: g.auth_timeout,
         command_timeout: g.command_timeout,
         accept_new_host_keys: g.accept_new_host_keys,
+        max_parallel: g.max_parallel,
         ..ConnectOptions::default()
     };
     match &g.ssh_config {

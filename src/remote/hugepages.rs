@@ -245,6 +245,8 @@ pub fn restore_script(journal: &str, run_root: &str, run_dir: &str, node: &str, 
     format!(
         r#"j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}
 if [ -f "$j" ] && [ ! -L "$j" ]; then
+{held2}h2=$held
+{held1g}h1g=$held
 exec 8>>"$j"; flock -w 60 8 || true
 echo closed >&8
 others=$(find "$root" -mindepth 1 -maxdepth 1 -type d ! -name '.*' ! -path "$rd" 2>/dev/null | wc -l)
@@ -256,7 +258,11 @@ while read -r k a b c; do
   case "$k" in
     added)
       if pool_ok "$a" && num "$b" && [ "$b" -gt 0 ] && [ "$b" -le {maxp} ]; then
-        nr=$(cat "$a/nr_hugepages"); echo $(( nr > b ? nr - b : 0 )) > "$a/nr_hugepages"
+        # Only free pages no other run has reserved go: its QEMUs may be mapping them now.
+        case "$a" in *-2048kB) held=$h2;; *-1048576kB) held=$h1g;; *) held=0;; esac
+        f=$(( $(cat "$a/free_hugepages") - $(cat "$a/resv_hugepages" 2>/dev/null || echo 0) - held ))
+        g=$(( f < b ? f : b )); g=$(( g > 0 ? g : 0 ))
+        nr=$(cat "$a/nr_hugepages"); echo $(( nr > g ? nr - g : 0 )) > "$a/nr_hugepages"
       fi ;;
     pool)
       if pool_ok "$a" && num "$b" && num "$c" && ! grep -q "^added $a " "$j" && [ "$(cat "$a/nr_hugepages")" = "$c" ]          && [ $(( c - b )) -le {maxp} ]; then echo "$b" > "$a/nr_hugepages"; fi ;;
@@ -278,6 +284,8 @@ true
         maxp = MAX_PAGES,
         mapmin = MAP_COUNT_BOUNDS.0,
         mapmax = MAP_COUNT_BOUNDS.1,
+        held2 = crate::remote::reserve::held_fragment(2048),
+        held1g = crate::remote::reserve::held_fragment(1024 * 1024),
     )
 }
 
@@ -410,6 +418,9 @@ mod tests {
         let pool = d.join("sys/kernel/mm/hugepages/hugepages-2048kB");
         std::fs::create_dir_all(&pool).unwrap();
         std::fs::write(pool.join("nr_hugepages"), format!("{nr}\n")).unwrap();
+        // All free, none reserved: restore may give every added page back.
+        std::fs::write(pool.join("free_hugepages"), format!("{nr}\n")).unwrap();
+        std::fs::write(pool.join("resv_hugepages"), "0\n").unwrap();
         std::fs::create_dir_all(d.join("proc/vm")).unwrap();
         std::fs::write(d.join("proc/vm/max_map_count"), "262144\n").unwrap();
         std::fs::create_dir_all(d.join("root/r1")).unwrap();
@@ -432,6 +443,19 @@ mod tests {
         let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         assert!(std::fs::read_to_string(&jpath).unwrap().ends_with("closed\n"), "journal closed");
+    }
+
+    /// Merging the journal restore with the reservation ledger: pages a QEMU still maps (not
+    /// free) are never taken from the pool, only what is free now, up to what the run added.
+    #[test]
+    fn regression_restore_never_frees_pages_in_use() {
+        // 256 added, but only 100 are free now (a QEMU still maps the rest): give back 100.
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 300);
+        std::fs::write(pool.join("free_hugepages"), "100\n").unwrap();
+        let p = pool.to_str().unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\nadded {p} 256\n"));
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "200");
     }
 
     /// Defect 5: an allocation whose result never reached harness (cancelled mid-flight) is

@@ -6,3 +6,4 @@ pub mod hugepages;
 pub mod kvm;
 pub mod lock;
 pub mod process;
+pub mod reserve;

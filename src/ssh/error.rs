@@ -6,6 +6,11 @@ use std::time::Duration;
 pub enum SshError {
     #[error("{node} ({addr}): connect failed: {message}")]
     Connect { node: String, addr: String, message: String },
+    #[error(
+        "{node} ({addr}): SSH handshake: {message}: the server kept dropping the connection during the \
+         key exchange (sshd's MaxStartups?), retried with backoff"
+    )]
+    HandshakeDropped { node: String, addr: String, message: String },
     #[error("{node} ({addr}): {phase} timed out after {after:?}")]
     Timeout { node: String, addr: String, phase: &'static str, after: Duration },
     #[error(
@@ -82,6 +87,7 @@ impl SshError {
         matches!(
             self,
             SshError::Connect { .. }
+                | SshError::HandshakeDropped { .. }
                 | SshError::Timeout { .. }
                 | SshError::HostKeyUnknown { .. }
                 | SshError::HostKeyChanged { .. }

@@ -76,6 +76,8 @@ pub struct ConnectOptions {
     pub max_channels: usize,
     /// ssh-agent socket (default `$SSH_AUTH_SOCK`); `None` = do not use an agent.
     pub agent_socket: Option<PathBuf>,
+    /// `--max-parallel`: nodes in flight at once (see [`crate::slots`]).
+    pub max_parallel: usize,
 }
 
 impl Default for ConnectOptions {
@@ -89,6 +91,7 @@ impl Default for ConnectOptions {
             ssh_config: dirs::home_dir().map(|h| h.join(".ssh/config")),
             max_channels: 8,
             agent_socket: std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
+            max_parallel: crate::slots::DEFAULT_MAX_PARALLEL,
         }
     }
 }
@@ -171,7 +174,7 @@ impl Output {
 
 mod session;
 pub mod transport;
-pub use session::{ChildEvent, RemoteChild, Session};
+pub use session::{ChildEvent, RemoteChild, Session, handshake_retries_total};
 pub use transport::{Channel, Transport};
 #[cfg(test)]
 pub mod fake;

@@ -5,8 +5,9 @@
 //! stripped from the output and used to kill the process remotely when a command outlives its
 //! timeout or a [`RemoteChild`] is killed. Closing an SSH channel does not kill anything.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +40,8 @@ struct Inner {
     reconnect: tokio::sync::Mutex<()>,
     /// Bounds concurrent channels below sshd's MaxSessions.
     channels: Arc<Semaphore>,
+    /// Dropped handshakes retried by this session's connects (first and reconnects).
+    retries: AtomicU32,
 }
 
 /// One authenticated connection to a node. Cheap to clone; channels are opened concurrently.
@@ -62,27 +65,39 @@ fn addr_of(r: &Resolved) -> String {
     r.addr()
 }
 
+/// How often a handshake the server dropped (sshd's `MaxStartups` refusing a connection past its
+/// limit of unauthenticated ones resets it during the version or key exchange) is tried again.
+const HANDSHAKE_RETRIES: u32 = 10;
+
+/// Handshakes dropped by a server and retried, by every session of this process.
+static HANDSHAKE_RETRIES_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Handshakes dropped by a server and retried so far, by every session of this process (for
+/// the commands' summaries).
+pub fn handshake_retries_total() -> u64 {
+    HANDSHAKE_RETRIES_SEEN.load(Ordering::Relaxed)
+}
+
+/// Backoff before retry `n` (1-based): 100 ms doubling up to 3.2 s, with ±50 % jitter so the
+/// clients sshd dropped together do not come back together.
+fn backoff(n: u32) -> Duration {
+    let base = 100u64 << (n.saturating_sub(1)).min(5);
+    Duration::from_millis(base / 2 + rand::random::<u64>() % base.max(1))
+}
+
 /// Open a connection: TCP (or a tunnel through the jump host), handshake, host key, auth.
 /// `chain`: the hosts (as written, with their ports) this one is reached through, outermost first.
-async fn open(target: &SshTarget, opts: &ConnectOptions, chain: &[(String, u16)]) -> Result<(Conn, String), SshError> {
+/// A handshake the server drops is retried with backoff; returns how many retries it took.
+async fn open(
+    target: &SshTarget,
+    opts: &ConnectOptions,
+    chain: &[(String, u16)],
+) -> Result<(Conn, String, u32), SshError> {
     let r = config::resolve_in_chain(target, opts, chain)?;
     let addr = addr_of(&r);
-    let node = target.name.clone();
     let jump = match &r.proxy_jump {
         Some(spec) => Some(connect_jump(target, opts, &r, spec, chain).await?),
         None => None,
-    };
-    let disconnect = Arc::new(Mutex::new(None));
-    let handler = Client {
-        policy: HostKeyPolicy {
-            node: node.clone(),
-            addr: addr.clone(),
-            host: r.host.clone(),
-            port: r.port,
-            known_hosts: r.known_hosts.clone(),
-            accept_new: r.accept_new,
-        },
-        disconnect: disconnect.clone(),
     };
     // Ask for a key of a type we already know first, as OpenSSH does: otherwise a host recorded
     // with (say) only an RSA key would present ed25519 and be refused as changed.
@@ -96,53 +111,109 @@ async fn open(target: &SshTarget, opts: &ConnectOptions, chain: &[(String, u16)]
         nodelay: true,
         ..Default::default()
     });
-
-    let handshake = async {
-        match &jump {
-            None => {
-                let tcp = tokio::time::timeout(
-                    opts.connect_timeout,
-                    tokio::net::TcpStream::connect((r.host.as_str(), r.port)),
-                )
-                .await
-                .map_err(|_| SshError::Timeout {
-                    node: node.clone(),
-                    addr: addr.clone(),
-                    phase: "TCP connect",
-                    after: opts.connect_timeout,
-                })?
-                .map_err(|e| SshError::Connect {
-                    node: node.clone(),
-                    addr: addr.clone(),
-                    message: e.to_string(),
-                })?;
-                let _ = tcp.set_nodelay(true);
-                handshake_auth(cfg, tcp, handler, &r, target, opts, &addr).await
+    let mut retries = 0;
+    loop {
+        let disconnect = Arc::new(Mutex::new(None));
+        match attempt(cfg.clone(), disconnect.clone(), &r, target, opts, &addr, jump.as_ref()).await {
+            Ok(handle) => return Ok((Conn { handle, _jump: jump, disconnect }, addr, retries)),
+            Err(SshError::HandshakeDropped { .. }) if retries < HANDSHAKE_RETRIES => {
+                retries += 1;
+                HANDSHAKE_RETRIES_SEEN.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff(retries)).await;
             }
-            Some(j) => {
-                let conn = j.conn();
-                let ch = tokio::time::timeout(
-                    opts.connect_timeout,
-                    conn.handle.channel_open_direct_tcpip(r.host.clone(), r.port as u32, "127.0.0.1", 0),
-                )
-                .await
-                .map_err(|_| SshError::Timeout {
-                    node: node.clone(),
-                    addr: addr.clone(),
-                    phase: "connect through jump host",
-                    after: opts.connect_timeout,
-                })?
-                .map_err(|e| SshError::Connect {
-                    node: node.clone(),
-                    addr: addr.clone(),
-                    message: format!("jump host {} cannot reach it: {e}", j.name()),
-                })?;
-                handshake_auth(cfg, ch.into_stream(), handler, &r, target, opts, &addr).await
-            }
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// One try: a TCP connection (or a direct-tcpip channel of the jump host's connection), then
+/// handshake and auth.
+async fn attempt(
+    cfg: Arc<russh::client::Config>,
+    disconnect: Arc<Mutex<Option<String>>>,
+    r: &Resolved,
+    target: &SshTarget,
+    opts: &ConnectOptions,
+    addr: &str,
+    jump: Option<&Session>,
+) -> Result<Handle<Client>, SshError> {
+    let node = target.name.clone();
+    let handler = Client {
+        policy: HostKeyPolicy {
+            node: node.clone(),
+            addr: addr.to_string(),
+            host: r.host.clone(),
+            port: r.port,
+            known_hosts: r.known_hosts.clone(),
+            accept_new: r.accept_new,
+        },
+        disconnect,
     };
-    let handle = handshake.await?;
-    Ok((Conn { handle, _jump: jump, disconnect }, addr))
+    let timeout =
+        |phase| SshError::Timeout { node: node.clone(), addr: addr.to_string(), phase, after: opts.connect_timeout };
+    match jump {
+        None => {
+            let tcp =
+                tokio::time::timeout(opts.connect_timeout, tokio::net::TcpStream::connect((r.host.as_str(), r.port)))
+                    .await
+                    .map_err(|_| timeout("TCP connect"))?
+                    .map_err(|e| SshError::Connect {
+                        node: node.clone(),
+                        addr: addr.to_string(),
+                        message: e.to_string(),
+                    })?;
+            let _ = tcp.set_nodelay(true);
+            handshake_auth(cfg, tcp, handler, r, target, opts, addr).await
+        }
+        Some(j) => {
+            let conn = j.conn();
+            let ch = tokio::time::timeout(
+                opts.connect_timeout,
+                conn.handle.channel_open_direct_tcpip(r.host.clone(), r.port as u32, "127.0.0.1", 0),
+            )
+            .await
+            .map_err(|_| timeout("connect through jump host"))?
+            .map_err(|e| SshError::Connect {
+                node: node.clone(),
+                addr: addr.to_string(),
+                message: format!("jump host {} cannot reach it: {e}", j.name()),
+            })?;
+            handshake_auth(cfg, ch.into_stream(), handler, r, target, opts, addr).await
+        }
+    }
+}
+
+/// One connection per jump host, shared by every node behind it (the nodes' connections are
+/// direct-tcpip channels of it, which sshd's `MaxSessions` does not count): 128 nodes behind
+/// one bastion cost it one handshake, not 128 against its `MaxStartups`. Weak: the jump
+/// connection closes with the last node session using it.
+type JumpSlot = Arc<tokio::sync::Mutex<Option<Weak<Inner>>>>;
+static JUMPS: OnceLock<Mutex<HashMap<String, JumpSlot>>> = OnceLock::new();
+
+/// The shared session to `jt`, connected on first use (or after it died).
+async fn shared_jump(jt: &SshTarget, opts: &ConnectOptions, chain: Vec<(String, u16)>) -> Result<Session, SshError> {
+    // A current-thread runtime (one per test) must not use a connection whose russh task runs on
+    // another runtime that may shut down first; the CLI's one multi-thread runtime shares freely.
+    let rt = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => String::new(),
+        _ => format!("{:?}", std::thread::current().id()),
+    };
+    let key = format!(
+        "{rt}|{:?}@{}:{:?}|via {:?}|{:?}|{:?}|{}",
+        jt.user, jt.host, jt.port, jt.proxy_jump, jt.auth, jt.known_hosts, jt.accept_new_host_key
+    );
+    let slot =
+        JUMPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+    let mut held = slot.lock().await;
+    if let Some(inner) = held.as_ref().and_then(Weak::upgrade) {
+        let s = Session { name: inner.target.name.clone(), backend: Backend::Ssh(inner) };
+        if !s.is_closed() {
+            return Ok(s);
+        }
+    }
+    let s = Box::pin(Session::connect_in_chain(jt, opts, chain)).await?;
+    *held = Some(Arc::downgrade(s.inner()));
+    Ok(s)
 }
 
 async fn connect_jump(
@@ -159,7 +230,8 @@ async fn connect_jump(
     };
     let (user, host, port) = config::parse_jump(last);
     let jt = SshTarget {
-        name: format!("{} (jump host {last})", target.name),
+        // Shared by every node behind it: named after itself, not the first node that used it.
+        name: format!("jump host {last}"),
         host,
         port,
         user,
@@ -180,7 +252,7 @@ async fn connect_jump(
     // host's own config cannot lead back here.
     let mut inner_chain = via.to_vec();
     inner_chain.push((target.host.clone(), r.port));
-    Box::pin(Session::connect_in_chain(&jt, opts, inner_chain)).await
+    shared_jump(&jt, opts, inner_chain).await
 }
 
 async fn handshake_auth<S>(
@@ -199,6 +271,9 @@ where
     let fut = async {
         let mut handle = russh::client::connect_stream(cfg, stream, handler).await.map_err(|e| match e {
             HandlerError::HostKey(e) => *e,
+            HandlerError::Russh(e) if dropped(&e) => {
+                SshError::HandshakeDropped { node: node.clone(), addr: addr.to_string(), message: e.to_string() }
+            }
             HandlerError::Russh(e) => {
                 SshError::Connect { node: node.clone(), addr: addr.to_string(), message: format!("SSH handshake: {e}") }
             }
@@ -223,6 +298,19 @@ where
         phase: "SSH handshake+auth",
         after: opts.auth_timeout,
     })?
+}
+
+/// The server hung up during the version or key exchange: what sshd does to a connection past
+/// its `MaxStartups` (reset, or EOF when the tunnel through a jump host carries it).
+fn dropped(e: &russh::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        russh::Error::IO(io) => {
+            matches!(io.kind(), K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe)
+        }
+        russh::Error::Disconnect | russh::Error::HUP => true,
+        _ => false,
+    }
 }
 
 /// Kill the process group of `pid`, TERM then KILL after 3 s. sshd starts each channel's
@@ -252,7 +340,7 @@ impl Session {
         opts: &ConnectOptions,
         chain: Vec<(String, u16)>,
     ) -> Result<Session, SshError> {
-        let (conn, addr) = open(target, opts, &chain).await?;
+        let (conn, addr, retries) = open(target, opts, &chain).await?;
         let max = opts.max_channels.max(1);
         Ok(Session {
             name: target.name.clone(),
@@ -264,6 +352,7 @@ impl Session {
                 conn: RwLock::new(Arc::new(conn)),
                 reconnect: tokio::sync::Mutex::new(()),
                 channels: Arc::new(Semaphore::new(max)),
+                retries: AtomicU32::new(retries),
             })),
         })
     }
@@ -284,6 +373,13 @@ impl Session {
     /// Node name (for messages).
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// Handshakes the server dropped and this session retried (sshd's `MaxStartups`).
+    pub fn handshake_retries(&self) -> u32 {
+        match &self.backend {
+            Backend::Ssh(i) => i.retries.load(Ordering::Relaxed),
+            Backend::Other(_) => 0,
+        }
     }
     /// `host:port` actually connected to.
     pub fn addr(&self) -> &str {
@@ -308,7 +404,8 @@ impl Session {
         if !Arc::ptr_eq(&self.conn(), dead) {
             return Ok(()); // someone else already reconnected
         }
-        let (conn, _) = open(&self.inner().target, &self.inner().opts, &self.inner().chain).await?;
+        let (conn, _, retries) = open(&self.inner().target, &self.inner().opts, &self.inner().chain).await?;
+        self.inner().retries.fetch_add(retries, Ordering::Relaxed);
         *self.inner().conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
         Ok(())
     }

@@ -6,8 +6,10 @@
 //! 1. [`prepare`]: connect, gather [`crate::facts::HostFacts`] (one round trip), plan the node
 //!    ([`crate::plan::plan_node`], the same function `render` uses), create the run directories;
 //! 2. [`upload`]: the rendered files;
-//! 3. [`hugepages`]: under the host lock, check (and if allowed allocate) the plan's hugepage needs;
-//! 4. [`start`]: launch each QEMU (still under the lock: their preallocation must not race);
+//! 3. [`hugepages`]: under the host lock, check (and if allowed allocate) the plan's hugepage
+//!    needs less other runs' reservations, and reserve them ([`crate::remote::reserve`]);
+//! 4. [`start`]: launch each QEMU, outside the lock (the reservation keeps other runs off the
+//!    pages until preallocation has them), concurrently with other nodes sharing the host;
 //! 5. [`readiness`]: per VM, follow the serial log until a ready marker, then the guest agent;
 //! 6. [`pin`]: vCPU threads to their CPUs, read back (concurrently with the agent);
 //! 7. [`cleanup`]: on any failure or interrupt, stop what the [`Tracker`] recorded, on every node.
@@ -219,7 +221,12 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     });
     let mut node_results: BTreeMap<String, NodeResult> = BTreeMap::new();
     let mut set = JoinSet::new();
-    for node in topo.duts().filter(|n| order.iter().any(|(vn, _)| vn == &n.name)) {
+    let nodes: Vec<_> = topo.duts().filter(|n| order.iter().any(|(vn, _)| vn == &n.name)).collect();
+    let slots = crate::slots::NodeSlots::new(opts.connect.max_parallel);
+    if let Some(note) = slots.queued_note(nodes.len()) {
+        events.info(note);
+    }
+    for node in nodes {
         node_results.insert(
             node.name.clone(),
             NodeResult {
@@ -235,7 +242,12 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
             },
         );
         let ctx = node::NodeCtx::new(opts, node, tracker.clone(), events.for_node(&node.name));
+        let slots = slots.clone();
         set.spawn(async move {
+            if slots.full() {
+                ctx.events.info("queued: waiting for a slot (--max-parallel)");
+            }
+            let _slot = slots.acquire().await;
             let res = node::node_up(&ctx).await;
             (ctx.node.name.clone(), res)
         });

@@ -65,18 +65,23 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     let upload_s = t.elapsed().as_secs_f64();
     super::testpause::at("uploaded", &np.name).await;
 
-    // Hugepages and QEMU starts under the host lock: preallocation must not race another run.
+    // Hugepages checked, allocated and reserved under the host lock; the QEMUs start outside it,
+    // concurrently with other nodes' (the reservation keeps other runs off these pages until
+    // QEMU's preallocation has them: see crate::remote::reserve).
     ev.phase(Phase::Hugepages);
     let holder = format!("run {} node {} ({})", ctx.run_id, ctx.node.name, crate::run::started_by());
+    let reservation = format!("{}/{}", ctx.run_id, ctx.node.name);
     let lock = HostLock::acquire(&session, &holder, LOCK_WAIT).await?;
+    let ensured = hugepages::ensure(ctx, &session, &np, &reservation).await;
+    lock.release().await;
+    let changes = ensured?;
+    ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
     let started = async {
-        let changes = hugepages::ensure(ctx, &session, &np).await?;
-        ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
         record::write_manifest(ctx, &session, &np).await?;
         start::all(ctx, &session, &np).await
     }
     .await;
-    lock.release().await;
+    hugepages::unreserve(&session, &reservation).await;
     let pids = started?;
     ev.phase(Phase::Booting);
     wait_all(ctx, &session, &np, &pids, upload_s).await

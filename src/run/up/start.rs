@@ -1,7 +1,7 @@
-//! Stage 4 (under the host lock): launch every QEMU of the node at once and read back its pid.
-//! A VM is recorded as launched once its QEMU has started; cleanup does not depend on that
-//! record (it stops every planned VM of a directory this run claimed), so a start cut short
-//! is still stopped.
+//! Stage 4 (outside the host lock, the node's hugepages reserved): launch every QEMU of the node
+//! at once and read back its pid. A VM is recorded as launched once its QEMU has started;
+//! cleanup does not depend on that record (it stops every planned VM of a directory this run
+//! claimed), so a start cut short is still stopped.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

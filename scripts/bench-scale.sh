@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Scale benchmark, every figure against its baseline in the same run (README "Benchmarks"):
+#   1. harness up+down of N nodes x M tiny VMs (default 32 x 4) vs the same QEMUs started
+#      directly on this host in parallel and waited for with a 10 ms loop (target <= 1.5x),
+#      with the absolute overhead per VM and harness's own peak RSS and CPU time (getrusage of
+#      the child, via GNU time);
+#   2. the same through the bastion vs direct ssh (target <= 1.3x);
+#   3. 8 tiny VMs on one node vs 1 VM on one node (target <= 2x: starts are not serialised).
+# Usage: scripts/bench-scale.sh [--markdown] [N [M]]. Honours HARNESS_LAB_DIR/HARNESS_LAB_PORT_BASE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+MD=0; [ "${1:-}" = --markdown ] && { MD=1; shift; }
+N=${1:-32}; M=${2:-4}
+bash scripts/install-deps.sh >/dev/null
+command -v /usr/bin/time >/dev/null || apt-get install -y --no-install-recommends time >/dev/null
+cargo build --release --locked -q
+bash scripts/lab.sh up "$N" --vms "$M" >/dev/null
+LAB=${HARNESS_LAB_DIR:-/var/tmp/harness-lab}
+TD=$( [ "$LAB" = /var/tmp/harness-lab ] && echo topologies || echo "$LAB/topologies")
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+H="target/release/harness -F none --state-dir $W/state --progress never"
+export BENCH_MARKER=HARNESS-TINY-READY
+# One node: 1 VM and 8 VMs (unpinned), cut from the scale topology.
+python3 - "$TD/lab-scale.yaml" "$W" <<'PY'
+import sys, re
+src, w = sys.argv[1], sys.argv[2]
+text = open(src).read()
+head, vms = text.split("\nvms:\n")
+node = re.search(r"(  DUT1:\n(?:    .*\n)+)", head + "\n").group(1)
+vm = [l for l in vms.splitlines() if "node: DUT1," in l][0]
+vm = re.sub(r" cpus: \[\d+\],", "", vm)
+for k in (1, 8):
+    lines = [re.sub(r"qemu_id: \d+", f"qemu_id: {i}", vm) for i in range(1, k + 1)]
+    open(f"{w}/one-{k}.yaml", "w").write("metadata: {version: 0.1, schema: []}\nnodes:\n" + node + "vms:\n" + "\n".join(lines) + "\n")
+PY
+now() { date +%s.%N; }
+# harness up (timed, GNU time for RSS/CPU) then down; prints "UP_S DOWN_S RSS_KB CPU_S".
+hrun() {
+  local topo=$1 id=scale-bench-$RANDOM t0 t1 t2
+  t0=$(now)
+  /usr/bin/time -f "%M %U %S" -o "$W/time" $H up "$topo" --run-id "$id" >/dev/null 2>"$W/up.err" || { cat "$W/up.err" >&2; $H down "$topo" --run "$id" >/dev/null 2>&1; exit 1; }
+  t1=$(now); $H down "$topo" --run "$id" >/dev/null 2>&1; t2=$(now)
+  read -r rss u s <"$W/time"
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v r="$rss" -v u="$u" -v s="$s" 'BEGIN { printf "%.1f %.1f %d %.2f\n", b - a, c - b, r, u + s }'
+}
+direct() {
+  target/release/harness render "$1" --format json --run-id "scale-direct-$RANDOM" >"$W/plan.json"
+  python3 scripts/bench_baselines.py direct "$W/plan.json"
+}
+r() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+v() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t) ? "PASS" : "MISS" }'; }
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+
+read -r hu hd rss cpu <<<"$(hrun "$TD/lab-scale.yaml")"
+d=$(direct "$TD/lab-scale.yaml")
+read -r ju jd _ _ <<<"$(hrun "$TD/lab-scale-jump.yaml")"
+read -r o1 _ _ _ <<<"$(hrun "$W/one-1.yaml")"
+read -r o8 _ _ _ <<<"$(hrun "$W/one-8.yaml")"
+vms=$((N * M))
+r1=$(r "$hu" "$d"); r2=$(r "$ju" "$hu"); r3=$(r "$o8" "$o1")
+per=$(awk -v h="$hu" -v d="$d" -v n="$vms" 'BEGIN { printf "%.0f", (h - d) * 1000 / n }')
+if [ "$MD" = 1 ]; then
+  cat <<OUT
+| benchmark ($(nproc) cores, load $load) | result |
+|---|---|
+| \`harness up\` $N nodes × $M tiny VMs vs the same $vms QEMUs started directly in parallel | ${hu} s vs ${d} s: ${r1}× (target ≤ 1.5×: $(v "$r1" 1.5)), ${per} ms overhead per VM; down ${hd} s |
+| harness peak RSS / CPU time, that run | $((rss / 1024)) MiB / ${cpu} s |
+| the same through one bastion vs direct ssh | ${ju} s vs ${hu} s: ${r2}× (target ≤ 1.3×: $(v "$r2" 1.3)); down ${jd} s |
+| 8 tiny VMs on one node vs 1 VM | ${o8} s vs ${o1} s: ${r3}× (target ≤ 2×: $(v "$r3" 2)) |
+OUT
+else
+  cat <<OUT
+bench-scale ($(nproc) cores, load $load):
+  harness up, $N x $M tiny VMs       ${hu} s   (down ${hd} s; peak RSS $((rss / 1024)) MiB, CPU ${cpu} s)
+  direct parallel QEMUs               ${d} s
+  ratio                               ${r1}x   (target <= 1.5x: $(v "$r1" 1.5)); overhead ${per} ms per VM
+  through the bastion                 ${ju} s   (down ${jd} s)
+  bastion vs direct ssh               ${r2}x   (target <= 1.3x: $(v "$r2" 1.3))
+  8 VMs on one node vs 1 VM           ${o8} s vs ${o1} s: ${r3}x   (target <= 2x: $(v "$r3" 2))
+OUT
+fi

@@ -1,0 +1,174 @@
+//! Hugepage reservations between runs, so QEMUs can start outside the host lock.
+//!
+//! QEMU's `prealloc=on` takes its pages while it starts, after our check. Two runs that checked
+//! "enough free pages" and then started QEMUs concurrently could both have counted the same free
+//! pages, so the check used to hold the host lock until every QEMU of the node had its memory:
+//! nodes sharing a host started one after another. Now, under the lock, a node subtracts the
+//! pages other nodes have reserved *and their QEMUs have not mapped yet* (a ledger next to the
+//! lock file), records its own reservation and lets go of the lock; its QEMUs start outside
+//! it, concurrently with other nodes'. A reservation's mapped pages are read from its QEMUs'
+//! `/proc/<pid>/smaps` (hugetlb mappings, counted at `mmap`, exactly when the kernel's
+//! free−reserved count drops), and read *before* the pools, so a QEMU mapping in between makes
+//! pages count twice (a check sees fewer than there are), never zero times. A reservation is
+//! dropped when its run removes it, when none of its VM directories exist any more (its run
+//! was stopped or cleaned up), or after [`TTL`].
+
+use std::time::Duration;
+
+use crate::quote::quote;
+
+/// The ledger: one `ID EXPIRES SIZE_KB NUMA|- PAGES PIDFILE,PIDFILE…` line per reservation
+/// (root-only directory).
+pub const LEDGER: &str = "/run/harness-locks/hugepages.reserved";
+
+/// Lifetime of a reservation whose run never removed it (crashed jumpbox, lost connection).
+pub const TTL: Duration = Duration::from_secs(600);
+
+/// One reservation read back from the ledger: pages reserved but not yet mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: String,
+    pub size_kb: u64,
+    pub numa: Option<u32>,
+    pub pages: u64,
+}
+
+/// Shell that prunes the ledger (expired, or no VM directory left) and prints each remaining
+/// reservation as `resv ID SIZE_KB NUMA|- UNMAPPED_PAGES`. Run as root under the host lock.
+fn scan() -> String {
+    format!(
+        r#"l={l}; now=$(date +%s)
+if [ -f "$l" ]; then
+  while read -r id exp kb numa pages files; do
+    [ -n "$files" ] && [ "$exp" -gt "$now" ] 2>/dev/null || continue
+    m=0; live=0
+    for p in $(echo "$files" | tr , ' '); do
+      [ -d "${{p%/*}}" ] && live=1
+      pid=$(cat "$p" 2>/dev/null) && [ -r "/proc/$pid/smaps" ] || continue
+      k=$(awk -v kb="$kb" '/^Size:/ {{ s = $2 }} /^KernelPageSize:/ && $2 == kb {{ t += s }} END {{ print t + 0 }}' "/proc/$pid/smaps")
+      m=$(( m + k / kb ))
+    done
+    [ "$live" = 1 ] || continue
+    echo "$id $exp $kb $numa $pages $files" >&3
+    echo "resv $id $kb $numa $(( pages > m ? pages - m : 0 ))"
+  done < "$l" 3> "$l.tmp"
+  mv -f "$l.tmp" "$l"
+fi
+"#,
+        l = quote(LEDGER)
+    )
+}
+
+/// Script (as root, under the host lock; run it *before* reading the pools): prune the ledger
+/// and print every reservation's unmapped pages (see [`parse`]).
+pub fn read_script() -> String {
+    scan()
+}
+
+/// Parse [`read_script`] output (other lines are ignored: it may share a command's stdout).
+pub fn parse(out: &str) -> Vec<Reservation> {
+    out.lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["resv", id, kb, numa, pages] => Some(Reservation {
+                id: id.to_string(),
+                size_kb: kb.parse().ok()?,
+                numa: if *numa == "-" { None } else { Some(numa.parse().ok()?) },
+                pages: pages.parse().ok()?,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pages of `size_kb` that others hold and a mapping on `numa` (or anywhere: `None`) must leave
+/// alone. Conservative: a reservation without a NUMA node may land on any node, and every
+/// reservation counts against the global pool.
+pub fn held_by_others(list: &[Reservation], me: &str, size_kb: u64, numa: Option<u32>) -> u64 {
+    list.iter()
+        .filter(|r| r.id != me && r.size_kb == size_kb)
+        .filter(|r| numa.is_none() || r.numa.is_none() || r.numa == numa)
+        .map(|r| r.pages)
+        .sum()
+}
+
+/// Script (as root, under the host lock) recording reservation `id` for `needs`
+/// (`(size_kb, numa, pages)`) of the QEMUs writing `pidfiles`, replacing one of the same id.
+/// Paths cannot hold `,` or whitespace (topology validation refuses them in `run_root`).
+pub fn add_script(id: &str, needs: &[(u64, Option<u32>, u64)], pidfiles: &[String]) -> String {
+    let mut s = format!(
+        "l={l}; id={id}; exp=$(( $(date +%s) + {ttl} )); f={f}\ntouch \"$l\"; awk -v id=\"$id\" '$1 != id' \"$l\" > \"$l.tmp\"\n",
+        l = quote(LEDGER),
+        id = quote(id),
+        ttl = TTL.as_secs(),
+        f = quote(&pidfiles.join(","))
+    );
+    for (kb, numa, pages) in needs.iter().filter(|n| n.2 > 0) {
+        let numa = numa.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "printf '%s %s %s %s %s %s\\n' \"$id\" \"$exp\" {kb} {numa} {pages} \"$f\" >> \"$l.tmp\"\n"
+        ));
+    }
+    s.push_str("mv -f \"$l.tmp\" \"$l\"\n");
+    s
+}
+
+/// Script (as root; wrap it in the host lock) removing reservation `id`.
+pub fn remove_script(id: &str) -> String {
+    format!(
+        "l={l}; [ -f \"$l\" ] || exit 0; awk -v id={id} '$1 != id' \"$l\" > \"$l.tmp\" && mv -f \"$l.tmp\" \"$l\"\n",
+        l = quote(LEDGER),
+        id = quote(id)
+    )
+}
+
+/// Shell fragment (as root, under the host lock) setting `$held` to the unmapped pages of
+/// `size_kb` that reservations hold: what giving pages back must leave in the pool.
+pub fn held_fragment(size_kb: u64) -> String {
+    format!(
+        "held=$( ( {scan} ) 2>/dev/null | awk -v kb={size_kb} '$1 == \"resv\" && $3 == kb {{ s += $5 }} END {{ print s + 0 }}')\n",
+        scan = scan().trim_end()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripts against a scratch ledger: add, read back, expire, remove, forget stopped runs.
+    /// (Mapped pages need a real QEMU: the scale e2e test covers them.)
+    #[test]
+    fn ledger_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let ledger = d.path().join("resv");
+        let fix = |s: String| s.replace(LEDGER, ledger.to_str().unwrap());
+        let sh = |s: String| {
+            let out = std::process::Command::new("sh").arg("-c").arg(fix(s)).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let vm = d.path().join("vm1");
+        std::fs::create_dir(&vm).unwrap();
+        let files =
+            vec![vm.join("qemu.pid").display().to_string(), d.path().join("gone/qemu.pid").display().to_string()];
+        sh(add_script("runA/DUT1", &[(2048, None, 16), (1048576, Some(1), 2), (2048, Some(0), 0)], &files));
+        sh(add_script("runB/DUT2", &[(2048, Some(0), 8)], &files));
+        sh(add_script("runA/DUT1", &[(2048, None, 4)], &files)); // replaces runA's older lines
+        sh(add_script("runC/DUT3", &[(2048, None, 50)], &files[1..])); // no VM directory: dropped
+        let list = parse(&sh(read_script()));
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!(held_by_others(&list, "me", 2048, None), 12);
+        assert_eq!(held_by_others(&list, "runB/DUT2", 2048, Some(1)), 4);
+        assert_eq!(held_by_others(&list, "me", 1048576, None), 0);
+        assert_eq!(sh(format!("{}echo $held", held_fragment(2048))).trim(), "12");
+        // An expired line disappears on the next read.
+        let old = format!("old 1 2048 - 99 {}\n", files[0]);
+        std::fs::write(&ledger, format!("{}{old}", std::fs::read_to_string(&ledger).unwrap())).unwrap();
+        assert_eq!(sh(format!("{}echo $held", held_fragment(2048))).trim(), "12");
+        assert_eq!(parse(&sh(read_script())).len(), 2);
+        sh(remove_script("runA/DUT1"));
+        assert_eq!(
+            parse(&sh(read_script())),
+            vec![Reservation { id: "runB/DUT2".into(), size_kb: 2048, numa: Some(0), pages: 8 }]
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Scale tier (tier 3): 16 nodes × 4 tiny guests up → status → down through one jump host with
+//! nothing left behind, and handshakes dropped by sshd's `MaxStartups` retried and counted.
+//!
+//! Needs `scripts/lab.sh up 16 --vms 4` and `scripts/lab.sh bastion-strict` (run here, both
+//! idempotent; `scripts/test.sh` starts the lab that way). Run ids start with `scale-` so a
+//! shared `/run/harness` never mixes them up with other tests' runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::lab::{lab_dir, lab_topology, repo};
+
+const NODES: usize = 16;
+const VMS: usize = 4;
+
+/// The 16 × 4 scale lab and the strict bastion, once per test process.
+fn ensure_scale_lab() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let lab = repo().join("scripts/lab.sh");
+        let st = Command::new("bash").arg(&lab).args(["up", &NODES.to_string(), "--vms", &VMS.to_string()]).status();
+        assert!(st.expect("lab.sh").success(), "lab.sh up {NODES} --vms {VMS} failed");
+        let st = Command::new("bash").arg(&lab).arg("bastion-strict").status();
+        assert!(st.expect("lab.sh").success(), "lab.sh bastion-strict failed");
+    });
+}
+
+fn harness(args: &[&str]) -> Output {
+    let state = lab_dir().join("scale-test-state");
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["-F", "none", "--progress", "never", "--state-dir"])
+        .arg(&state)
+        .args(args)
+        .output()
+        .expect("run harness")
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn lab_env(key: &str) -> String {
+    let env = std::fs::read_to_string(lab_dir().join("lab.env")).expect("lab.env");
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in lab.env"))
+        .into()
+}
+
+/// Processes whose command line mentions `needle` (QEMUs of a run carry its run dir).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Stops the run however the test ends (a failed assertion must not leave 64 QEMUs holding
+/// a gigabyte of hugepages for the next test).
+struct DownOnDrop<'a>(&'a str, &'a str);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = harness(&["down", self.0, "--run", self.1]);
+    }
+}
+
+fn ledger_mentions(run_id: &str) -> bool {
+    std::fs::read_to_string(harness::remote::reserve::LEDGER).is_ok_and(|l| l.contains(run_id))
+}
+
+#[test]
+fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
+    ensure_scale_lab();
+    let topo = lab_topology("lab-scale-jump.yaml");
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-e2e-{}", std::process::id());
+    let run_dir = Path::new("/run/harness").join(&run_id);
+
+    let _guard = DownOnDrop(topo, &run_id);
+    let up = harness(&["up", topo, "--run-id", &run_id, "--format", "json"]);
+    let res: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&up)));
+    let vms = res["vms"].as_array().expect("vms");
+    let ready = vms.iter().filter(|v| v["state"] == "ready").count();
+    if !up.status.success() || ready != NODES * VMS {
+        panic!("up: {ready} of {} ready: {}", NODES * VMS, text(&up));
+    }
+    assert!(run_dir.is_dir(), "the run directory exists while the run is up");
+    assert!(!ledger_mentions(&run_id), "reservations are given back once the QEMUs run");
+
+    let st = harness(&["status", topo, "--run", &run_id, "--format", "json"]);
+    assert!(st.status.success(), "{}", text(&st));
+    let status: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&st)));
+    let alive = status["vms"].as_array().expect("vms").iter().filter(|v| v["alive"] == true).count();
+    assert_eq!(alive, NODES * VMS, "status must show every QEMU alive: {}", text(&st));
+
+    let down = harness(&["down", topo, "--run", &run_id]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(!run_dir.exists(), "run directory left behind: {}", run_dir.display());
+    let left = processes_mentioning(run_dir.to_str().unwrap());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    assert!(!ledger_mentions(&run_id), "hugepage reservation left behind");
+}
+
+/// 24 "nodes" that are all the strict bastion itself (sshd `MaxStartups 2`): most handshakes
+/// are dropped at first, and every one must get through on a retry, with the retries counted.
+#[test]
+fn dropped_handshakes_are_retried_and_counted() {
+    ensure_scale_lab();
+    let port = lab_env("LAB_BASTION_STRICT_PORT");
+    let user = lab_env("LAB_BASTION_USER");
+    let dir = lab_dir();
+    let mut yaml = String::from("metadata: {version: 0.1, schema: []}\nnodes:\n");
+    for i in 1..=24 {
+        yaml.push_str(&format!(
+            "  J{i}:\n    type: DUT\n    host: 127.0.0.1\n    port: {port}\n    username: {user}\n    \
+             identity_file: {k}\n    known_hosts: {kh}\n",
+            k = dir.join("ssh/id_ed25519").display(),
+            kh = dir.join("ssh/known_hosts").display()
+        ));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topo: PathBuf = tmp.path().join("strict.yaml");
+    std::fs::write(&topo, yaml).unwrap();
+    let out = harness(&["exec", topo.to_str().unwrap(), "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "every node must get through on a retry: {}", text(&out));
+    let total: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("harness: ")?.strip_suffix(" SSH handshake(s) dropped by a server and retried"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in the output: {err}"));
+    assert!(total > 0, "24 concurrent handshakes against MaxStartups 2 must have been dropped: {err}");
+    assert!(err.contains("handshake retr"), "per-node retries are shown: {err}");
+}
+
+/// Through the strict bastion every node's connection is a channel of one bastion connection:
+/// 16 nodes cost it one handshake, so nothing even needs a retry at the bastion.
+#[test]
+fn nodes_behind_a_strict_bastion_share_one_connection() {
+    ensure_scale_lab();
+    let topo = lab_topology("lab-scale-jump-strict.yaml");
+    let out = harness(&["exec", topo.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(": exit 0").count(), NODES, "{err}");
+    assert!(err.contains("harness: 0 SSH handshake(s) dropped"), "one shared connection needs no retries: {err}");
+}
