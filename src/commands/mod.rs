@@ -1,11 +1,13 @@
 //! One module per subcommand: glue between parsed arguments and the library.
 
+pub mod bundle;
 pub mod check;
 pub mod down;
 pub mod exec;
 pub mod logs;
 pub mod ping;
 pub mod render;
+pub mod replay;
 pub mod status;
 pub mod up;
 pub mod validate;

@@ -44,6 +44,12 @@ pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
     serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Drop the run's record (nothing of it runs any more) but keep its run directory: the
+/// reproduction record a failed run leaves for `harness bundle`.
+pub fn forget(dir: &Path, run_id: &str) {
+    let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
+}
+
 pub fn remove(dir: &Path, run_id: &str) {
     let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
     let _ = std::fs::remove_dir_all(run_dir(dir, run_id));

@@ -59,6 +59,37 @@ pub struct UpOptions {
     pub connect: ConnectOptions,
     /// How long `down`/cleanup waits for QMP `quit` before SIGTERM.
     pub stop_grace: Duration,
+    /// Called once every node task has ended, before cleanup stops anything (so artifacts and
+    /// counters can still be read from live guests) and before the final manifests.
+    pub before_cleanup: Option<BeforeCleanup>,
+}
+
+/// See [`UpOptions::before_cleanup`]. It must bound its own time: cleanup waits for it.
+pub type BeforeCleanup =
+    Arc<dyn Fn(RunView) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the run looks like when the node tasks have ended, for [`BeforeCleanup`].
+pub struct RunView {
+    /// Every VM ready, nothing failed or interrupted.
+    pub ok: bool,
+    pub interrupted: bool,
+    /// The nodes that were connected, with their sessions, facts and plans.
+    pub nodes: Vec<(String, TrackedNode)>,
+    pub vms: Vec<VmResult>,
+}
+
+/// Why a node or a VM failed: CI reports tell the thing under test (`<failure>`) from the lab
+/// (`<error>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The guest never became ready: boot timeout, a failure marker, QEMU exiting during boot,
+    /// a silent guest agent.
+    NotReady,
+    /// Connect, host key or authentication failed.
+    Unreachable,
+    /// The host side: QEMU would not start, hugepages, locks, pinning, commands failing.
+    Infrastructure,
 }
 
 /// Where a VM is. Serialised in snake_case (`pending`, `starting`, ...).
@@ -107,6 +138,9 @@ pub struct NodeResult {
     pub error: Option<String>,
     /// The node could not be reached or refused us (connect, host key, auth).
     pub unreachable: bool,
+    /// Set with `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     /// The facts gathered and the plan executed (kept for the run record, not printed).
     #[serde(skip)]
     pub facts: Option<HostFacts>,
@@ -125,6 +159,9 @@ pub struct VmResult {
     /// Seconds per phase (`upload`, `start`, `boot`, `agent`, `pin`, `total`).
     pub timings: BTreeMap<String, f64>,
     pub error: Option<String>,
+    /// Set with `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     /// Last serial lines, on failure.
     pub serial_tail: Vec<String>,
 }
@@ -140,6 +177,7 @@ impl VmResult {
             pinned: vec![],
             timings: BTreeMap::new(),
             error: None,
+            failure: None,
             serial_tail: vec![],
         }
     }
@@ -164,6 +202,14 @@ impl UpError {
     /// Connect, handshake, host key or authentication failures: the node was never usable.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, UpError::Ssh(e) if e.is_unreachable())
+    }
+
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            UpError::Guest { .. } => FailureKind::NotReady,
+            e if e.is_unreachable() => FailureKind::Unreachable,
+            _ => FailureKind::Infrastructure,
+        }
     }
 }
 
@@ -196,6 +242,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
                 hugepages: vec![],
                 error: None,
                 unreachable: false,
+                failure: None,
                 facts: None,
                 plan: None,
             },
@@ -207,6 +254,11 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         });
     }
     let (failed, interrupted) = supervise(&mut set, &mut node_results, &events).await;
+    if let Some(hook) = &opts.before_cleanup {
+        let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
+        let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
+        hook(RunView { ok, interrupted, nodes: tracker.nodes(), vms }).await;
+    }
     if failed || interrupted {
         cleanup(&tracker, opts.stop_grace, &events).await;
     } else {
@@ -254,6 +306,7 @@ async fn supervise(
                     if let Some(nr) = node_results.get_mut(&name) {
                         nr.error = Some(e.to_string());
                         nr.unreachable = e.is_unreachable();
+                        nr.failure = Some(e.failure_kind());
                     }
                     set.abort_all();
                 }

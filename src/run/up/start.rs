@@ -46,6 +46,7 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
                 ctx.tracker.vm(&np.name, &vm, |r| {
                     r.state = VmState::Failed;
                     r.error = Some(e.to_string());
+                    r.failure = Some(super::FailureKind::Infrastructure);
                 });
                 ctx.events.for_vm(&vm).phase(Phase::Failed);
                 first_err.get_or_insert(fail(format!("{vm}: {e}")));
