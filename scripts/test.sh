@@ -25,4 +25,4 @@ cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent)"
-cargo test --locked --test guest --test e2e -- --test-threads 2
+cargo test --locked --test guest --test e2e --test pipeline -- --test-threads 2

@@ -120,6 +120,9 @@ pub struct CheckArgs {
     /// (for `render --facts DIR`).
     #[arg(long, value_name = "DIR")]
     pub save_facts: Option<PathBuf>,
+    /// Write a JUnit XML report: per node a testcase per check item.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +246,12 @@ pub struct DownArgs {
     pub run: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write a JUnit XML report: a testcase per VM stopped.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Before stopping: collect serial logs, argv, files, manifests, facts and VNF counters into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

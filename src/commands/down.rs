@@ -41,7 +41,9 @@ pub fn resolve(
 }
 
 pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     let (topo, sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
+    let topo = Arc::new(topo);
     let opts = Arc::new(super::connect_options(g));
     let (reporter, root) = Reporter::start(super::style(g));
     let mut set = JoinSet::new();
@@ -49,27 +51,51 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         let target = SshTarget::for_node(&topo, node);
         let (opts, sel, ev) = (opts.clone(), sel.clone(), root.for_node(&node.name));
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
+        let (topo, artifacts) = (topo.clone(), a.artifacts.clone());
         set.spawn(async move {
             let s = Session::connect(&target, &opts).await.map_err(|e| (name.clone(), e.to_string(), true))?;
+            // Collected while the VMs still run: counters need a live guest agent.
+            let missing = match &artifacts {
+                Some(dir) => crate::pipeline::down::before_down(&s, &name, &run_root, &sel, &topo, dir).await,
+                None => vec![],
+            };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
                 .await
                 .map_err(|e| (name.clone(), e.to_string(), false));
             s.close().await;
-            r
+            r.map(|v| (name, v, missing))
         });
     }
     let mut stopped: Vec<StoppedVm> = Vec::new();
     let mut errors = Vec::new();
+    let mut nodes: Vec<(String, Option<String>)> = Vec::new();
+    let mut missing = Vec::new();
     let mut unreachable = false;
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(Ok(v)) => stopped.extend(v),
+            Ok(Ok((node, v, m))) => {
+                nodes.push((node, None));
+                stopped.extend(v);
+                missing.extend(m);
+            }
             Ok(Err((node, e, unr))) => {
                 unreachable |= unr;
                 errors.push(format!("{node}: {e}"));
+                missing.push(format!("{node}/: {e}"));
+                nodes.push((node, Some(e)));
             }
             Err(e) => errors.push(format!("internal: {e}")),
         }
+    }
+    nodes.sort();
+    if let Some(dir) = &a.artifacts {
+        std::fs::create_dir_all(dir)?;
+        crate::pipeline::artifacts::write_missing(dir, &missing)?;
+    }
+    if let Some(f) = &a.junit {
+        let suite = format!("harness down {}", sel.run_id.clone().unwrap_or_default());
+        let run = crate::pipeline::junit::for_down(suite.trim(), &nodes, &stopped, started.elapsed());
+        std::fs::write(f, crate::report::junit::to_xml(&run))?;
     }
     drop(root);
     reporter.finish().await;

@@ -2,6 +2,7 @@
 //! same hosts, or on the nodes of `--topology NEW.yaml`), show every argv and file difference
 //! against the plan that ran, refuse to start on drift unless `--allow-drift`, then run `up`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -48,7 +49,8 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     if drift.is_empty() {
         eprintln!("no drift: every argv and file is as the bundle's plan");
     } else {
-        println!("{}", drift.join("\n"));
+        // A closed pipe (`| head`) must not turn into a panic.
+        let _ = writeln!(std::io::stdout(), "{}", drift.join("\n"));
     }
     if !drift.is_empty() && !a.allow_drift {
         eprintln!("refusing to start: the plan differs from the bundle's (see above); --allow-drift to run anyway");

@@ -102,6 +102,72 @@ fn vm_case(v: &VmResult, res: &RunResult, events: &[LoggedEvent]) -> JunitVm {
     }
 }
 
+/// A node's connection as its setup testcase: passed, or the error that kept us out.
+fn reach_case(name: &str, error: Option<&str>, duration: Duration) -> JunitNode {
+    let setup = match error {
+        Some(e) => Outcome::Error { message: first_line(e), detail: e.to_string() },
+        None => Outcome::Passed,
+    };
+    JunitNode { name: name.into(), setup, setup_duration: duration, phases: vec![] }
+}
+
+/// A plain testcase (`classname` = node).
+fn case(node: &str, name: &str, outcome: Outcome) -> JunitVm {
+    JunitVm {
+        node: node.into(),
+        name: name.into(),
+        outcome,
+        duration: Duration::ZERO,
+        serial_tail: vec![],
+        phases: vec![],
+    }
+}
+
+/// `harness check`: per node a setup testcase (reached or not) and a testcase per check item;
+/// a failed requirement is a `<failure>`.
+pub fn for_check(suite_name: &str, reports: &[crate::remote::check::NodeReport], duration: Duration) -> JunitRun {
+    use crate::remote::check::Status;
+    let mut run =
+        JunitRun { suite_name: suite_name.into(), run_id: String::new(), duration, nodes: vec![], vms: vec![] };
+    for r in reports {
+        let err = if r.reachable { None } else { Some(r.error.clone().unwrap_or_else(|| "unreachable".into())) };
+        run.nodes.push(reach_case(&r.node, err.as_deref(), Duration::from_millis(r.connect_ms + r.probe_ms)));
+        for it in &r.items {
+            let outcome = match it.status {
+                Status::Fail => Outcome::Failure { message: it.detail.clone(), detail: String::new() },
+                _ => Outcome::Passed,
+            };
+            run.vms.push(case(&r.node, &it.name, outcome));
+        }
+    }
+    run
+}
+
+/// `harness down`: per node a setup testcase (reached or not), a testcase per VM stopped.
+pub fn for_down(
+    suite_name: &str,
+    nodes: &[(String, Option<String>)],
+    stopped: &[crate::run::down::StoppedVm],
+    duration: Duration,
+) -> JunitRun {
+    JunitRun {
+        suite_name: suite_name.into(),
+        run_id: String::new(),
+        duration,
+        nodes: nodes.iter().map(|(n, e)| reach_case(n, e.as_deref(), Duration::ZERO)).collect(),
+        vms: stopped
+            .iter()
+            .map(|s| {
+                let outcome = match &s.error {
+                    Some(e) => Outcome::Error { message: first_line(e), detail: e.clone() },
+                    None => Outcome::Passed,
+                };
+                case(&s.node, &format!("{}/{}", s.run_id, s.vm), outcome)
+            })
+            .collect(),
+    }
+}
+
 /// Attribute-sized: the first line of a multi-line error.
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()

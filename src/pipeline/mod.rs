@@ -10,6 +10,7 @@
 pub mod artifacts;
 pub mod bundle;
 pub mod counters;
+pub mod down;
 pub mod drift;
 pub mod junit;
 pub mod run;
