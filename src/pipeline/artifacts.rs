@@ -124,9 +124,8 @@ async fn write_vm(
     if let Some(e) = &v.error {
         put(&vdir.join("error.txt"), format!("{e}\n").as_bytes(), &mut missing);
     }
-    match &v.qemu_stderr {
-        Some(s) => put(&vdir.join("qemu-stderr.txt"), s.as_bytes(), &mut missing),
-        None => {}
+    if let Some(s) = &v.qemu_stderr {
+        put(&vdir.join("qemu-stderr.txt"), s.as_bytes(), &mut missing);
     }
     match read_remote(session, &v.serial_log, Some(SERIAL_MAX_BYTES)).await {
         Ok(b) => put(&vdir.join("serial.log"), &b, &mut missing),

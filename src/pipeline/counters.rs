@@ -158,6 +158,36 @@ mod tests {
         assert!(parse(&v(&["cat", "/proc/net/snmp6"]), "garbage line here\n").unwrap().is_err());
     }
 
+    const TOPO: &str = "nodes:\n  DUT1: {type: DUT, host: 10.0.0.2}\nvms:\n";
+
+    fn load(vms: &str) -> Result<crate::topology::Topology, crate::topology::TopologyError> {
+        crate::topology::load_str_with(&format!("{TOPO}{vms}"), std::path::Path::new("t.yaml"), &|_| true)
+    }
+
+    #[test]
+    fn collect_key_strings_lists_defaults_and_errors() {
+        let t = load(
+            "  - {node: DUT1, qga: true, collect: [\"cat /proc/net/snmp6\", [uname, -r], \"echo 'a b'\"]}\n  \
+             - {node: DUT1, qga: true}\n",
+        )
+        .unwrap();
+        assert_eq!(commands_for(&t.vms[0]), [v(&["cat", "/proc/net/snmp6"]), v(&["uname", "-r"]), v(&["echo", "a b"])]);
+        assert!(commands_for(&t.vms[1]).is_empty(), "no VNF, no defaults");
+        let mut vpp = t.vms[1].clone();
+        vpp.vnf = Vnf::Vpp("vppip4_2vhostvr1024".into());
+        assert_eq!(commands_for(&vpp)[0], v(&["vppctl", "show", "errors"]));
+        vpp.collect = Some(vec![]);
+        assert!(commands_for(&vpp).is_empty(), "`collect: []` turns the defaults off");
+
+        let err =
+            load("  - {node: DUT1, qga: true, collect: [\"echo 'open\", \"\", [a, [b]]]}\n").unwrap_err().to_string();
+        assert!(err.contains("vms[0].collect[0]: unbalanced quotes"), "{err}");
+        assert!(err.contains("vms[0].collect[1]: an empty command"), "{err}");
+        assert!(err.contains("vms[0].collect[2][1]: expected a string"), "{err}");
+        let err = load("  - {node: DUT1, qga: true, collect: ls}\n").unwrap_err().to_string();
+        assert!(err.contains("vms[0].collect: expected a list"), "{err}");
+    }
+
     #[test]
     fn file_stems_are_safe() {
         let c = failed(&v(&["/usr/bin/vppctl", "show", "errors"]), "x".into());
