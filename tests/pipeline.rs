@@ -230,6 +230,15 @@ fn unreachable_node_is_a_junit_error_and_its_vms_are_skipped() {
     let missing = std::fs::read_to_string(art.join("missing.txt")).unwrap();
     assert!(missing.contains("DUT2/: node not reached"), "{missing}");
     assert!(art.join("result.json").is_file() && art.join("events.jsonl").is_file());
+
+    // check --junit: the unreachable node's setup is an <error> as well.
+    let cjunit = env.path("check.xml");
+    let out = env.run(&["check", s(&topo), "--junit", s(&cjunit)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_valid_junit(&cjunit);
+    let xml = std::fs::read_to_string(&cjunit).unwrap();
+    let dut2 = &xml[xml.find(r#"classname="DUT2""#).unwrap()..];
+    assert!(dut2[..dut2.find("</testcase>").unwrap()].contains("<error message="), "{xml}");
 }
 
 /// argv and files per VM from a node manifest on this host.
@@ -279,8 +288,20 @@ fn collect_bundle_replay_and_drift() {
     let bundle = env.path("repro.tar.gz");
     assert_eq!(env.run(&["bundle", "pipe-repro", "-o", s(&bundle)]).status.code(), Some(0));
     let first = ran("pipe-repro", "DUT2");
-    assert_eq!(env.run(&["down", "--run", "pipe-repro"]).status.code(), Some(0));
+    // down collects the counters (and the rest) before it stops the guest.
+    let (dart, djunit) = (env.path("down-artifacts"), env.path("down.xml"));
+    let down = env.run(&["down", "--run", "pipe-repro", "--artifacts", s(&dart), "--junit", s(&djunit)]);
+    assert_eq!(down.status.code(), Some(0));
     assert_run_gone("pipe-repro");
+    let vm_dir = dart.join("pipe-repro/DUT2/DUT2_1");
+    let icmp6: Value =
+        serde_json::from_slice(&std::fs::read(vm_dir.join("collect/00-cat__proc_net_snmp6.json")).unwrap()).unwrap();
+    assert!(icmp6.get("Icmp6InMsgs").is_some(), "{icmp6}");
+    assert!(vm_dir.join("serial.log").is_file() && dart.join("pipe-repro/DUT2/manifest.json").is_file());
+    assert_eq!(std::fs::read_to_string(dart.join("missing.txt")).unwrap(), "", "nothing missing");
+    assert_valid_junit(&djunit);
+    let xml = std::fs::read_to_string(&djunit).unwrap();
+    assert!(!testcase(&xml, "pipe-repro/DUT2_1").contains("<error"), "{xml}");
 
     // Replay from the bundle alone: a fresh state dir, no topology argument.
     let fresh = tempfile::tempdir().unwrap();

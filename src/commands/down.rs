@@ -88,15 +88,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         }
     }
     nodes.sort();
-    if let Some(dir) = &a.artifacts {
-        std::fs::create_dir_all(dir)?;
-        crate::pipeline::artifacts::write_missing(dir, &missing)?;
-    }
-    if let Some(f) = &a.junit {
-        let suite = format!("harness down {}", sel.run_id.clone().unwrap_or_default());
-        let run = crate::pipeline::junit::for_down(suite.trim(), &nodes, &stopped, started.elapsed());
-        std::fs::write(f, crate::report::junit::to_xml(&run))?;
-    }
+    pipeline_outputs(a, &sel, &nodes, &stopped, &missing, started.elapsed())?;
     drop(root);
     reporter.finish().await;
     let state = record::state_dir(g.state_dir.as_deref());
@@ -141,4 +133,25 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// `--artifacts` (its `missing.txt`; the rest was written per node) and `--junit`.
+fn pipeline_outputs(
+    a: &DownArgs,
+    sel: &down::Selector,
+    nodes: &[(String, Option<String>)],
+    stopped: &[StoppedVm],
+    missing: &[String],
+    took: Duration,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &a.artifacts {
+        std::fs::create_dir_all(dir)?;
+        crate::pipeline::artifacts::write_missing(dir, missing)?;
+    }
+    if let Some(f) = &a.junit {
+        let suite = format!("harness down {}", sel.run_id.clone().unwrap_or_default());
+        let run = crate::pipeline::junit::for_down(suite.trim(), nodes, stopped, took);
+        std::fs::write(f, crate::report::junit::to_xml(&run))?;
+    }
+    Ok(())
 }

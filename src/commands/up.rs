@@ -125,29 +125,36 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     if let Some(dir) = &input.pipeline.artifacts
         && (capture.artifacts_written || !res.ok || input.pipeline.artifacts_on == ArtifactsOn::Always)
     {
-        let mut missing = capture.missing;
-        for n in res.nodes.iter().filter(|n| n.unreachable) {
-            missing.push(format!("{}/: node not reached: {}", n.name, n.error.clone().unwrap_or_default()));
-        }
-        if res.interrupted {
-            missing.push("*: remote artifacts not collected: the run was interrupted".into());
-        }
-        let files = RunFiles {
-            result: &result,
-            events: &log,
-            junit: input.pipeline.junit.is_some().then_some(junit.as_str()),
-            record_dir: Some(&rdir),
-            missing,
-        };
-        if let Err(e) = prun::write_run_files(dir, files) {
-            eprintln!("warning: artifacts in {}: {e}", dir.display());
-        }
+        let junit = input.pipeline.junit.is_some().then_some(junit.as_str());
+        write_artifacts(dir, &res, &result, &log, junit, &rdir, capture.missing);
     }
     match input.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Format::Text => print_text(&res, &capture.counters),
     }
     Ok(exit_code(&res))
+}
+
+/// The run-level artifacts; a failure to write them is a warning, not the run's outcome.
+fn write_artifacts(
+    dir: &Path,
+    res: &RunResult,
+    result: &serde_json::Value,
+    log: &EventLog,
+    junit: Option<&str>,
+    record_dir: &Path,
+    mut missing: Vec<String>,
+) {
+    for n in res.nodes.iter().filter(|n| n.unreachable) {
+        missing.push(format!("{}/: node not reached: {}", n.name, n.error.clone().unwrap_or_default()));
+    }
+    if res.interrupted {
+        missing.push("*: remote artifacts not collected: the run was interrupted".into());
+    }
+    let files = RunFiles { result, events: log, junit, record_dir: Some(record_dir), missing };
+    if let Err(e) = prun::write_run_files(dir, files) {
+        eprintln!("warning: artifacts in {}: {e}", dir.display());
+    }
 }
 
 fn exit_code(res: &RunResult) -> u8 {
