@@ -3,7 +3,9 @@
 # builds, starts the loopback lab, builds the test guest and runs every test tier.
 #   tier 1  pure logic: topology, plan, templates, quoting (unit + golden + property tests)
 #   tier 2  SSH: real OpenSSH sshd nodes on 127.0.0.1 (scripts/lab.sh)
-#   tier 3  end to end: real qemu guests (TCG here) with a real guest agent, driven over SSH
+#   tier 3  end to end: real qemu guests (TCG here) with a real guest agent, driven over SSH;
+#           and the fault suite (tests/faults.rs: lost sshd, SIGKILL/SIGINT at exact phases,
+#           reused run id, full run_root, qemu killed) asserting nothing is left behind
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -21,8 +23,11 @@ trap 'bash scripts/lab.sh down' EXIT
 bash scripts/build-guest.sh
 
 echo "== tier 1: pure logic"
-cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz
+cargo test --locked --lib --bins --test topology --test plan_golden --test fuzz --test junit_schema
 echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent)"
-cargo test --locked --test guest --test e2e --test pipeline -- --test-threads 2
+cargo test --locked --test qga_exec --test guest --test e2e --test pipeline -- --test-threads 2
+echo "== tier 3: fault suite (tiny guests; lab-scale.yaml from lab.sh up 2 --vms 2)"
+bash scripts/lab.sh up 2 --vms 2
+cargo test --locked --test faults -- --test-threads 1

@@ -240,10 +240,13 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Stop runs on this topology's DUTs (all runs started from this file, or `--run`).
+    /// Stop runs on this topology's DUTs (the caller's runs started from this file, or `--run`).
     pub topology: Option<PathBuf>,
     #[arg(long = "run", value_name = "ID")]
     pub run: Option<String>,
+    /// With TOPOLOGY: also runs started by others (`user@host` other than the caller's).
+    #[arg(long)]
+    pub all: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write a JUnit XML report: a testcase per VM stopped.

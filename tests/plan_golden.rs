@@ -16,7 +16,7 @@ use harness::facts::{FactsByNode, HostFacts};
 use harness::plan::fixture::{dut, image_vm, topology, vhost, vm};
 use harness::plan::{self, Plan, PlanOptions, VmPlan};
 use harness::templates::Templates;
-use harness::topology::{Accel, Arch, Drive, Node, PageSize, Sched, Topology, VhostUser, Vm, VmInterface, VmKind, Vnf};
+use harness::topology::{Accel, Arch, Boot, Drive, Node, PageSize, Sched, Topology, VhostUser, Vm, VmInterface, Vnf};
 
 const RUN_ID: &str = "RUN_ID";
 
@@ -312,7 +312,7 @@ const CSIT_TESTPMD_MAC_HEAD: &str = "/opt/dpdk/build/app/dpdk-testpmd -v --lcore
 
 /// Our plan for CSIT's golden setup, with the kernel/initrd lookups resolved as in CSIT's run.
 fn csit_setup_plan(node: Node, v: Vm) -> VmPlan {
-    let (kernel, initrd) = (v.kernel.clone().unwrap(), v.initrd.clone().unwrap());
+    let Boot::Kernel { kernel, initrd } = v.boot.clone() else { panic!("a kernel VM") };
     let lookups = [
         (kernel, Some("/opt/boot/vmlinuz-6.8.0-generic".to_string())),
         (initrd, Some("/opt/boot/initrd.img-6.8.0-generic".to_string())),
@@ -492,10 +492,7 @@ fn qemu_accepts_the_planned_argv() {
     let mut image_vm = kernel_like.clone();
     image_vm.qemu_id = 2;
     image_vm.name = "DUT1_2".into();
-    image_vm.kind = VmKind::Image;
-    image_vm.kernel = None;
-    image_vm.initrd = None;
-    image_vm.image = Some(image.clone());
+    image_vm.boot = Boot::Image { image: image.clone(), format: "raw".into() };
     image_vm.drives = vec![Drive { file: image.clone(), format: "raw".into(), cdrom: true, index: Some(1) }];
 
     let plan = build(&topology(vec![n], vec![kernel_like, image_vm]));

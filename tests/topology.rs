@@ -7,8 +7,8 @@ use std::time::Duration;
 use harness::plan::fixture::vhost;
 
 use harness::topology::{
-    self, Accel, Arch, Auth, Diagnostic, NodeType, PageSize, Sched, Topology, TopologyError, VhostUser, VmInterface,
-    VmKind, Vnf,
+    self, Accel, Arch, Auth, Boot, Diagnostic, NodeType, PageSize, Sched, Topology, TopologyError, VhostUser,
+    VmInterface, VmKind, Vnf,
 };
 
 fn root() -> &'static Path {
@@ -131,9 +131,8 @@ fn csit_2n_vpp_example_matches_csits_golden_vm() {
     assert_eq!(t.vms.len(), 1);
     let vm = &t.vms[0];
     assert_eq!((vm.node.as_str(), vm.qemu_id, vm.name.as_str()), ("DUT1", 1, "DUT1_1"));
-    assert_eq!(vm.kind, VmKind::Kernel);
-    assert_eq!(vm.kernel.as_deref(), Some("/opt/boot/vmlinuz"));
-    assert_eq!(vm.initrd.as_deref(), Some("/opt/boot/initrd.img"));
+    assert_eq!(vm.kind(), VmKind::Kernel);
+    assert_eq!(vm.boot, Boot::Kernel { kernel: "/opt/boot/vmlinuz".into(), initrd: "/opt/boot/initrd.img".into() });
     assert_eq!((vm.smp, vm.mem, vm.page_size, vm.guest_hugepages), (2, 4096, PageSize::M2, 512));
     assert_eq!(vm.vnf, Vnf::Vpp("vppip4_2vhostvr1024".into()));
     assert_eq!(vm.vars["vif1_mac"], "3c:fd:fe:aa:bb:01");
@@ -182,10 +181,10 @@ fn testpmd_vfio_image_and_aarch64_examples() {
 
     let t = load("image-vm.yaml");
     let vm = &t.vms[0];
-    assert_eq!(vm.kind, VmKind::Image);
+    assert_eq!(vm.kind(), VmKind::Image);
     assert_eq!(vm.name, "ubuntu-guest");
-    assert_eq!((vm.image.as_deref(), vm.image_format.as_str()), (Some("/var/lib/vm/ubuntu.qcow2"), "qcow2"));
-    assert_eq!((vm.kernel.as_ref(), vm.initrd.as_ref()), (None, None));
+    // An image VM has an image and a format, and no kernel or initrd at all.
+    assert_eq!(vm.boot, Boot::Image { image: "/var/lib/vm/ubuntu.qcow2".into(), format: "qcow2".into() });
     assert!(vm.qga);
     assert!(vm.drives[0].cdrom && !vm.drives[1].cdrom);
     assert_eq!(vm.drives[1].index, Some(2));
@@ -288,9 +287,9 @@ fn vm_defaults() {
     // Explicit ids are reserved first; the others take the next free id on their node, in file order.
     assert_eq!(v, [("DUT1", 2, "DUT1_2"), ("DUT1", 1, "DUT1_1"), ("DUT1", 3, "DUT1_3"), ("DUT2", 1, "DUT2_1")]);
     let k = &t.vms[1];
-    assert_eq!(k.kind, VmKind::Kernel);
-    assert_eq!((k.kernel.as_deref(), k.initrd.as_deref()), (Some("/opt/boot/vmlinuz"), Some("/opt/boot/initrd.img")));
-    assert_eq!(k.image, None);
+    assert_eq!(k.kind(), VmKind::Kernel);
+    // A kernel VM has a kernel and an initrd, and no image.
+    assert_eq!(k.boot, Boot::Kernel { kernel: "/opt/boot/vmlinuz".into(), initrd: "/opt/boot/initrd.img".into() });
     assert_eq!((k.smp, k.mem, k.page_size, k.guest_hugepages), (1, 4096, PageSize::M2, 512));
     assert_eq!(k.vnf, Vnf::None);
     assert_eq!((k.queues, k.jumbo, k.sched), (1, false, Sched::None));
@@ -298,11 +297,10 @@ fn vm_defaults() {
     assert!(!k.qga, "kernel VMs default to no guest agent");
     assert_eq!(k.ready_markers, ["up"]);
     assert!(k.interfaces.is_empty() && k.drives.is_empty() && k.cpus.is_none() && k.extra_args.is_empty());
-    assert_eq!(k.image_format, "raw");
     assert_eq!(t.vms[2].smp, 3, "smp defaults to the number of cpus");
     let img = &t.vms[3];
     assert!(img.qga, "image VMs default to the guest agent");
-    assert_eq!((img.kernel.as_ref(), img.initrd.as_ref()), (None, None));
+    assert!(matches!(img.boot, Boot::Image { ref format, .. } if format == "raw"), "{:?}", img.boot);
 }
 
 #[test]

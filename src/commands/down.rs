@@ -1,4 +1,8 @@
-//! `harness down [TOPOLOGY] [--run ID]`: stop runs, using the hosts' own manifests.
+//! `harness down [TOPOLOGY] [--run ID] [--all]`: stop runs, using the hosts' own manifests.
+//!
+//! `down TOPOLOGY` stops the caller's runs of that topology (`started_by` = this `user@host`;
+//! another CI agent's runs of the same file are left alone unless `--all`). The local run record
+//! goes only once every VM of the run is gone on every node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,13 +40,17 @@ pub fn resolve(
     let sel = Selector {
         run_id: run.map(str::to_string),
         topology: if run.is_none() { Some(super::absolute(&topo_path)) } else { None },
+        started_by: if run.is_none() { Some(crate::run::started_by()) } else { None },
     };
     Ok((topo, sel))
 }
 
 pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
-    let (topo, sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
+    let (topo, mut sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
+    if a.all {
+        sel.started_by = None;
+    }
     let topo = Arc::new(topo);
     let opts = Arc::new(super::connect_options(g));
     let (reporter, root) = Reporter::start(super::style(g));
@@ -61,7 +69,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
                 .await
-                .map_err(|e| (name.clone(), e.to_string(), false));
+                .map_err(|e| (name.clone(), e.to_string(), e.is_connection_lost()));
             s.close().await;
             r.map(|v| (name, v, missing))
         });
@@ -80,7 +88,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             }
             Ok(Err((node, e, unr))) => {
                 unreachable |= unr;
-                errors.push(format!("{node}: {e}"));
+                errors.push(super::node_error(&node, &e));
                 missing.push(format!("{node}/: {e}"));
                 nodes.push((node, Some(e)));
             }
@@ -92,16 +100,18 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     drop(root);
     reporter.finish().await;
     let state = record::state_dir(g.state_dir.as_deref());
-    let mut runs: Vec<&str> = stopped.iter().filter(|s| s.error.is_none()).map(|s| s.run_id.as_str()).collect();
-    runs.sort();
-    runs.dedup();
-    for r in &runs {
-        record::remove(&state, r);
-    }
-    if let Some(r) = &sel.run_id
-        && errors.is_empty()
-    {
-        record::remove(&state, r);
+    // A run's record goes only when every VM of it is gone on every node: a node we could not
+    // reach, or a VM we could not stop, keeps it (so `down --run ID` can be repeated).
+    if errors.is_empty() {
+        let mut runs: Vec<&str> = stopped.iter().map(|s| s.run_id.as_str()).collect();
+        runs.extend(sel.run_id.as_deref());
+        runs.sort();
+        runs.dedup();
+        for r in runs {
+            if stopped.iter().all(|s| s.run_id != r || s.error.is_none()) {
+                record::remove(&state, r);
+            }
+        }
     }
     let failed: Vec<&StoppedVm> = stopped.iter().filter(|s| s.error.is_some()).collect();
     match a.format {
@@ -114,7 +124,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         Format::Text => {
             for s in &stopped {
                 let how = s.report.as_ref().map(|r| {
-                    format!("{:?}{}", r.outcome, r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())
+                    format!("{}{}", r.outcome.as_str(), r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())
                 });
                 println!("{:<8} {:<22} {:<12} {}", s.node, s.run_id, s.vm, s.error.clone().or(how).unwrap_or_default());
             }
@@ -123,6 +133,9 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             }
             if stopped.is_empty() && errors.is_empty() {
                 println!("nothing to stop");
+                if sel.started_by.is_some() {
+                    println!("(only runs started by {} are stopped; --all stops everyone's)", crate::run::started_by());
+                }
             }
         }
     }

@@ -7,9 +7,12 @@ use crate::exit;
 use crate::ssh::{ChildEvent, RemoteCommand};
 
 pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
-    let super::LocatedVm { session: s, node, run_id, vm } =
+    let super::LocatedVm { session: s, node, run_id, vm, run_root } =
         super::locate_vm(g, a.topology.as_deref(), a.run.as_deref(), &a.vm).await?;
-    eprintln!("== {} {} run {run_id}: {}", node, vm.name, vm.serial_log);
+    // The path is recomputed, never read from the manifest (root would print any file it named).
+    let rd = crate::run::layout::run_dir(&run_root, &run_id).map_err(anyhow::Error::msg)?;
+    let serial_log = crate::run::layout::vm_paths(&rd, &vm.name).map_err(anyhow::Error::msg)?.serial_log;
+    eprintln!("== {} {} run {run_id}: {}", node, vm.name, serial_log);
     let mut argv = vec!["tail".to_string(), "-c".into(), "+0".into()];
     if a.follow {
         argv.extend(["-F".into(), "-s".into(), "0.2".into()]);
@@ -17,7 +20,7 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
             argv.push(format!("--pid={pid}"));
         }
     }
-    argv.push(vm.serial_log.clone());
+    argv.push(serial_log);
     let mut child =
         s.spawn(&RemoteCommand::new(argv).sudo().timeout(std::time::Duration::from_secs(365 * 86400))).await?;
     let mut out = std::io::stdout();

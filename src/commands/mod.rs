@@ -73,6 +73,16 @@ pub fn connect_options(g: &GlobalArgs) -> ConnectOptions {
     o
 }
 
+/// `NODE: error` for a per-node error, without repeating the node when the error names it
+/// already (SSH errors start with `NODE (host:port): …`).
+pub fn node_error(node: &str, e: &str) -> String {
+    if e.starts_with(&format!("{node}:")) || e.starts_with(&format!("{node} (")) {
+        e.to_string()
+    } else {
+        format!("{node}: {e}")
+    }
+}
+
 /// Map an error that reached the CLI edge to its exit code.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -95,6 +105,8 @@ pub struct LocatedVm {
     pub session: Session,
     pub node: String,
     pub run_id: String,
+    /// The node's run root (paths of the VM are recomputed from it, not read from the record).
+    pub run_root: String,
     pub vm: VmRecord,
 }
 
@@ -125,7 +137,7 @@ pub async fn locate_vm(
             .collect();
         found.sort_by_key(|(t, _, _)| *t);
         if let Some((_, run_id, vm)) = found.pop() {
-            return Ok(LocatedVm { session, node: node.name.clone(), run_id, vm });
+            return Ok(LocatedVm { session, node: node.name.clone(), run_id, run_root: node.run_root.clone(), vm });
         }
         session.close().await;
     }

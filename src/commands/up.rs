@@ -70,6 +70,14 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         bail!("{}: no VMs to start", input.topology_path.display());
     }
     let state = record::state_dir(g.state_dir.as_deref());
+    if record::load(&state, &run_id).is_ok() {
+        // Reusing a live run id would overwrite (and on failure delete) that run's record.
+        eprintln!(
+            "error: run id {run_id} is already in use (local record in {}): choose another --run-id, or stop it with `harness down --run {run_id}`",
+            state.display()
+        );
+        return Ok(exit::INVALID_INPUT);
+    }
     let mut rec = RunRecord {
         run_id: run_id.clone(),
         topology: input.topology_path.clone(),
@@ -97,6 +105,8 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         only_vms: input.vms.clone(),
         connect: super::connect_options(g),
         stop_grace: Duration::from_secs(10),
+        connector: None,
+        interrupt: None,
         before_cleanup: Some(prun::hook(topology, artifacts, capture.clone())),
     };
     let log = EventLog::default();
@@ -110,10 +120,14 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     if res.ok {
         rec.state = "ready".into();
         record::save(&state, &rec)?;
-    } else {
+    } else if res.cleanup.as_ref().is_none_or(|c| c.complete) {
         // Everything was stopped again: `down` and `status` have nothing to find. The
         // reproduction record stays for `harness bundle`.
         record::forget(&state, &run_id);
+    } else {
+        // Something may remain: keep the record so `harness down --run ID` finds the topology.
+        rec.state = if res.interrupted { "interrupted" } else { "failed" }.into();
+        record::save(&state, &rec)?;
     }
     let capture = std::mem::take(&mut *capture.lock().expect("capture lock"));
     let result = prun::result_json(&res, &capture.counters);
@@ -160,6 +174,8 @@ fn write_artifacts(
 fn exit_code(res: &RunResult) -> u8 {
     if res.ok {
         exit::OK
+    } else if res.run_id_in_use {
+        exit::INVALID_INPUT
     } else if res.interrupted {
         exit::INTERRUPTED
     } else if res.nodes.iter().any(|n| n.unreachable) {
@@ -227,11 +243,22 @@ fn print_text(res: &RunResult, counters: &Counters) {
             eprintln!("{}: {e}", n.name);
         }
     }
-    if res.ok {
-        println!("run {} is up ({:.1}s). Stop it with: harness down --run {}", res.run_id, res.duration_s, res.run_id);
-    } else if res.interrupted {
-        println!("run {} was interrupted; everything it started was stopped", res.run_id);
-    } else {
-        println!("run {} failed; everything it started was stopped", res.run_id);
+    let what = if res.interrupted { "was interrupted" } else { "failed" };
+    match &res.cleanup {
+        _ if res.ok => println!(
+            "run {} is up ({:.1}s). Stop it with: harness down --run {}",
+            res.run_id, res.duration_s, res.run_id
+        ),
+        Some(c) if !c.complete => {
+            println!("run {} {what}; NOT everything it started could be stopped:", res.run_id);
+            for l in &c.left {
+                println!("  {l}");
+            }
+            println!("Finish with: harness down --run {}", res.run_id);
+        }
+        _ if res.run_id_in_use => {
+            println!("run {} was refused: the run id is in use; nothing of that run was touched", res.run_id)
+        }
+        _ => println!("run {} {what}; everything it started was stopped", res.run_id),
     }
 }

@@ -203,6 +203,7 @@ mod tests {
             error: error.map(String::from),
             unreachable: failure == Some(FailureKind::Unreachable),
             failure,
+            run_id_in_use: false,
             facts: None,
             plan: None,
         }
@@ -231,6 +232,8 @@ mod tests {
                 node("DUT1", Some("DUT1_1: not ready"), Some(FailureKind::Infrastructure)),
                 node("DUT2", Some("DUT2 (127.0.0.1:9): connect: refused"), Some(FailureKind::Unreachable)),
             ],
+            cleanup: None,
+            run_id_in_use: false,
             vms: vec![
                 vm("DUT1", "DUT1_1", VmState::Failed, Some(FailureKind::NotReady), Some("not ready after 6s")),
                 vm("DUT1", "DUT1_2", VmState::Booting, None, None),
@@ -276,6 +279,8 @@ mod tests {
             duration_s: 1.0,
             nodes: vec![node("DUT1", Some("DUT1_1: qemu failed"), Some(FailureKind::Infrastructure))],
             vms: vec![v],
+            cleanup: None,
+            run_id_in_use: false,
         };
         let j = for_up("s", &res, &[]);
         assert!(

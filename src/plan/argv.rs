@@ -3,7 +3,7 @@
 //! arguments, the kernel/initrd files and the NUMA binding come in as [`Decided`].
 
 use super::{AccelChoice, PlanError, PlannedNic, VmPaths, invalid};
-use crate::topology::{Arch, Node, Vm, VmInterface, VmKind};
+use crate::topology::{Arch, Boot, Node, Vm, VmInterface, VmKind};
 
 /// The host-dependent inputs of one VM's argv.
 pub(crate) struct Decided<'a> {
@@ -92,7 +92,7 @@ fn machine(argv: &mut Vec<String>, node: &Node, vm: &Vm, paths: &VmPaths, d: &De
 
 /// Kernel VMs: host `/` over 9p, kernel, initrd and the kernel command line.
 fn boot(argv: &mut Vec<String>, node: &Node, vm: &Vm, d: &Decided) -> Result<(), PlanError> {
-    match vm.kind {
+    match vm.kind() {
         VmKind::Kernel => {
             let (kernel, initrd) =
                 d.boot_files.as_ref().ok_or_else(|| invalid(vm, "a kernel VM needs `kernel` and `initrd`"))?;
@@ -111,11 +111,8 @@ fn boot(argv: &mut Vec<String>, node: &Node, vm: &Vm, d: &Decided) -> Result<(),
                 d.init_path
             ));
         }
-        VmKind::Image => {
-            if vm.image.is_none() {
-                return Err(invalid(vm, "an image VM needs `image`"));
-            }
-        }
+        // The image is the first drive (see `drives`).
+        VmKind::Image => {}
     }
     Ok(())
 }
@@ -205,13 +202,9 @@ fn nics(vm: &Vm, argv: &mut Vec<String>, mac: &dyn Fn(u32) -> String) -> Result<
 
 /// The image (image VMs) as the first virtio disk, then the configured drives.
 fn drives(vm: &Vm, argv: &mut Vec<String>) {
-    if let (VmKind::Image, Some(image)) = (vm.kind, &vm.image) {
+    if let Boot::Image { image, format } = &vm.boot {
         argv.push("-drive".into());
-        argv.push(format!(
-            "file={},format={},cache=none,if=virtio,file.locking=off",
-            qopt(image),
-            qopt(&vm.image_format)
-        ));
+        argv.push(format!("file={},format={},cache=none,if=virtio,file.locking=off", qopt(image), qopt(format)));
     }
     for d in &vm.drives {
         argv.push("-drive".into());

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::topology::{
-    Accel, Arch, HugepagesConfig, Node, NodeType, PageSize, QemuConfig, Sched, Topology, VhostUser, Vm, VmInterface,
-    VmKind, Vnf,
+    Accel, Arch, Boot, HugepagesConfig, Node, NodeType, PageSize, QemuConfig, Sched, Topology, VhostUser, Vm,
+    VmInterface, Vnf,
 };
 
 /// A DUT node `name` at 127.0.0.1 with CSIT's defaults (x86_64, KVM, 2M pages, `/usr/bin`).
@@ -57,11 +57,7 @@ pub fn vm(node: &str, qemu_id: u32) -> Vm {
         node: node.to_string(),
         qemu_id,
         name: format!("{node}_{qemu_id}"),
-        kind: VmKind::Kernel,
-        kernel: Some("/opt/boot/vmlinuz".to_string()),
-        initrd: Some("/opt/boot/initrd.img".to_string()),
-        image: None,
-        image_format: "raw".to_string(),
+        boot: Boot::Kernel { kernel: "/opt/boot/vmlinuz".to_string(), initrd: "/opt/boot/initrd.img".to_string() },
         smp: 2,
         mem: 4096,
         page_size: PageSize::M2,
@@ -88,11 +84,7 @@ pub fn vm(node: &str, qemu_id: u32) -> Vm {
 /// or drives yet): [`vm`] turned into CSIT's nested-VM successor.
 pub fn image_vm(node: &str, qemu_id: u32) -> Vm {
     let mut v = vm(node, qemu_id);
-    v.kind = VmKind::Image;
-    v.kernel = None;
-    v.initrd = None;
-    v.image = Some("/var/lib/vm/image.qcow2".to_string());
-    v.image_format = "qcow2".to_string();
+    v.boot = Boot::Image { image: "/var/lib/vm/image.qcow2".to_string(), format: "qcow2".to_string() };
     v.vnf = Vnf::None;
     v.qga = true;
     v.vars.clear();

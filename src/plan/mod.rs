@@ -24,7 +24,7 @@ pub use model::*;
 
 use crate::facts::{FactsByNode, HostFacts};
 use crate::templates::{TemplateError, Templates};
-use crate::topology::{Node, Topology, Vm, VmKind, Vnf};
+use crate::topology::{Boot, Node, Topology, Vm, VmKind, Vnf};
 
 pub struct PlanOptions<'a> {
     /// Run id; remote paths are `<run_root>/<run_id>/<vm>/...`.
@@ -163,8 +163,8 @@ fn plan_vm(
     };
     let init_path = format!("{vm_run_dir}/init.sh");
     let mac = |n: u32| mac(topology.unique_macs, dut_index, vm, n);
-    let boot_files = match (vm.kind, vm.kernel.as_deref(), vm.initrd.as_deref()) {
-        (VmKind::Kernel, Some(k), Some(i)) => {
+    let boot_files = match &vm.boot {
+        Boot::Kernel { kernel: k, initrd: i } => {
             Some((decide.boot_file(vm, "kernel", k)?, decide.boot_file(vm, "initrd", i)?))
         }
         _ => None,
@@ -215,7 +215,7 @@ fn check_vm(topology: &Topology, dut_index: usize, vm: &Vm, vm_run_dir: &str) ->
             format!("mem {} MiB is not a positive multiple of the {} page size", vm.mem, vm.page_size.as_str()),
         ));
     }
-    if vm.kind == VmKind::Kernel && vm.guest_hugepages * vm.page_size.mib() >= vm.mem {
+    if vm.kind() == VmKind::Kernel && vm.guest_hugepages * vm.page_size.mib() >= vm.mem {
         // The guest kernel would reserve all its RAM as hugepages and die at boot.
         return Err(invalid(
             vm,

@@ -28,7 +28,7 @@ pub(crate) fn files(templates: &Templates, vm: &Vm, t: &TemplateInputs) -> Resul
         templates.render(name, &vars).map_err(|source| PlanError::Template { vm: vm.name.clone(), source })
     };
     let mut files = Vec::new();
-    if vm.kind == VmKind::Kernel {
+    if vm.kind() == VmKind::Kernel {
         files.push(PlannedFile {
             role: FileRole::Init,
             path: t.init_path.to_string(),

@@ -11,7 +11,7 @@ use crate::facts::{HostFacts, Kvm};
 use crate::plan::{self, AccelChoice, NodePlan, PlanOptions};
 use crate::remote::facts::{self, TOOLS, Wanted};
 use crate::ssh::{ConnectOptions, Session, SshTarget};
-use crate::topology::{Accel, Node, PageSize, Topology, VmKind};
+use crate::topology::{Accel, Boot, Node, PageSize, Topology};
 
 /// Outcome of one check item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -237,9 +237,10 @@ fn cpus_item(pinned: &[u32], f: &HostFacts) -> Item {
 pub fn wanted(topology: &Topology, node: &Node, kvm_probe: bool) -> Wanted {
     let lookups = topology
         .vms_on(&node.name)
-        .filter(|v| v.kind == VmKind::Kernel)
-        .flat_map(|v| [v.kernel.clone(), v.initrd.clone()])
-        .flatten()
+        .flat_map(|v| match &v.boot {
+            Boot::Kernel { kernel, initrd } => vec![kernel.clone(), initrd.clone()],
+            Boot::Image { .. } => vec![],
+        })
         .collect();
     Wanted { kvm_probe, lookups }
 }

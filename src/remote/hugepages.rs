@@ -168,14 +168,17 @@ pub fn raise_pool_script(sys: &str, size: PageSize, need: u64, numa: Option<u32>
 nr=$(cat $d/nr_hugepages); {avail}; added=0
 if [ "$avail" -lt {need} ]; then
   want=$(( nr + {need} - avail ))
+  jot "pool $d $nr $want"
   echo "$want" > $d/nr_hugepages
   got=$(cat $d/nr_hugepages)
   if [ "$got" -lt "$want" ]; then
     echo "$nr" > $d/nr_hugepages
+    jot "added $d 0"
     echo "the kernel gave only $(( got - nr )) of $(( want - nr )) more {ps} pages{where_} (memory fragmented or too small)" >&2
     exit 4
   fi
   added=$(( got - nr ))
+  jot "added $d $added"
 fi
 "#,
         dir = quote(&dir),
@@ -188,20 +191,93 @@ fi
 /// if it is not one, and raises `vm.max_map_count` to at least 4× the pool (CSIT's rule).
 /// Prints `added=N mounted=0|1 map_was=N|-`; exits 4 with a message when the kernel could not
 /// provide the pages.
-pub fn allocate_script(size: PageSize, need: u64, mount: &str, numa: Option<u32>) -> String {
+///
+/// Every change is written to `journal` (in the run directory) *before* it is made, and its
+/// result after: cleanup restores from the journal, so an `up` cancelled while this script runs
+/// (Ctrl-C, a lost connection) still gets its pages back. The journal's `flock` serialises this
+/// script with [`restore_script`], and a journal that restore has `closed` allocates nothing.
+pub fn allocate_script(size: PageSize, need: u64, mount: &str, numa: Option<u32>, journal: &str) -> String {
     let kb = size.kib();
     format!(
         r#"set -e
+j={j}
+exec 8>>"$j"
+flock -w 60 8
+if grep -qx closed "$j"; then echo "the run is being cleaned up: no hugepages allocated" >&2; exit 5; fi
+jot() {{ printf '%s\n' "$*" >&8; }}
 {raise}mounted=0
 if [ "$(stat -f -c %T {mnt} 2>/dev/null)" != hugetlbfs ]; then
-  mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; mounted=1
+  jot "mount "{mnt}; mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; jot "mounted "{mnt}; mounted=1
 fi
 map=$(cat /proc/sys/vm/max_map_count); total=$(cat /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages); mapwas=-
-if [ "$map" -lt $(( total * 4 )) ]; then echo $(( total * 4 )) > /proc/sys/vm/max_map_count; mapwas=$map; fi
+if [ "$map" -lt $(( total * 4 )) ]; then jot "map $map"; echo $(( total * 4 )) > /proc/sys/vm/max_map_count; mapwas=$map; fi
 echo "added=$added mounted=$mounted map_was=$mapwas"
 "#,
+        j = quote(journal),
         raise = raise_pool_script("/sys", size, need, numa),
         mnt = quote(mount),
+    )
+}
+
+/// Largest `vm.max_map_count` restore writes back, and the smallest (the kernel's default):
+/// a journal value outside is not something this run recorded and is ignored.
+const MAP_COUNT_BOUNDS: (u64, u64) = (65_530, 2_147_483_647);
+/// Largest page count restore gives back for one pool.
+const MAX_PAGES: u64 = 1 << 20;
+
+/// Where restore finds the pools and `vm.max_map_count` (`/sys`, `/proc/sys`; tests use fakes).
+pub struct Roots<'a> {
+    pub sys: &'a str,
+    pub proc_sys: &'a str,
+}
+
+pub const REAL_ROOTS: Roots<'static> = Roots { sys: "/sys", proc_sys: "/proc/sys" };
+
+/// Script undoing what one node's allocation journal records (run as root under the host lock),
+/// then closing the journal so an allocation still in flight does nothing. Only values the
+/// journal holds are written, within bounds: pool paths must be sysfs hugepage pools, page
+/// counts at most [`MAX_PAGES`] and never below zero, `max_map_count` within
+/// [`MAP_COUNT_BOUNDS`], and only a hugetlbfs mount this run made is unmounted. A pool whose
+/// change was journalled as intended but never confirmed (the script was killed in between) is
+/// put back only if it still holds exactly the intended value. The mount and max_map_count are
+/// restored only when no other run (nor another node of this run) remains under `run_root`.
+pub fn restore_script(journal: &str, run_root: &str, run_dir: &str, node: &str, roots: &Roots) -> String {
+    format!(
+        r#"j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}
+if [ -f "$j" ] && [ ! -L "$j" ]; then
+exec 8>>"$j"; flock -w 60 8 || true
+echo closed >&8
+others=$(find "$root" -mindepth 1 -maxdepth 1 -type d ! -name '.*' ! -path "$rd" 2>/dev/null | wc -l)
+sib=$(find "$rd" -maxdepth 1 -name 'manifest-*.json' ! -name {mine} 2>/dev/null | wc -l)
+others=$(( others + sib ))
+num() {{ case "$1" in ''|*[!0-9]*) return 1;; esac; [ ${{#1}} -le 10 ]; }}
+pool_ok() {{ case "$1" in "$sys"/kernel/mm/hugepages/hugepages-*kB|"$sys"/devices/system/node/node*/hugepages/hugepages-*kB) ;; *) return 1;; esac; case "$1" in *..*|*' '*) return 1;; esac; [ -f "$1/nr_hugepages" ]; }}
+while read -r k a b c; do
+  case "$k" in
+    added)
+      if pool_ok "$a" && num "$b" && [ "$b" -gt 0 ] && [ "$b" -le {maxp} ]; then
+        nr=$(cat "$a/nr_hugepages"); echo $(( nr > b ? nr - b : 0 )) > "$a/nr_hugepages"
+      fi ;;
+    pool)
+      if pool_ok "$a" && num "$b" && num "$c" && ! grep -q "^added $a " "$j" && [ "$(cat "$a/nr_hugepages")" = "$c" ]          && [ $(( c - b )) -le {maxp} ]; then echo "$b" > "$a/nr_hugepages"; fi ;;
+    mounted)
+      if [ "$others" -eq 0 ] && [ "$(stat -f -c %T "$a" 2>/dev/null)" = hugetlbfs ]; then umount -- "$a" 2>/dev/null || true; fi ;;
+    map)
+      if [ "$others" -eq 0 ] && num "$a" && [ "$a" -ge {mapmin} ] && [ "$a" -le {mapmax} ]; then echo "$a" > "$psys/vm/max_map_count"; fi ;;
+  esac
+done < "$j"
+fi
+true
+"#,
+        j = quote(journal),
+        root = quote(run_root),
+        rd = quote(run_dir),
+        sys = quote(roots.sys),
+        psys = quote(roots.proc_sys),
+        mine = quote(&format!("manifest-{node}.json")),
+        maxp = MAX_PAGES,
+        mapmin = MAP_COUNT_BOUNDS.0,
+        mapmax = MAP_COUNT_BOUNDS.1,
     )
 }
 
@@ -221,32 +297,6 @@ pub fn parse_allocation(size: PageSize, mount: &str, numa: Option<u32>, out: &st
         }
     }
     Ok(ch)
-}
-
-/// Script undoing a [`HugepageChange`] (run as root under the host lock). The pool shrinks by what
-/// we added (pages still in use by others become surplus and are freed when released); the
-/// mount and max_map_count are restored only when no other run remains under `run_root`.
-pub fn restore_script(ch: &HugepageChange, run_root: &str) -> String {
-    let dir = match ch.numa {
-        None => format!("/sys/kernel/mm/hugepages/hugepages-{}kB", ch.size_kb),
-        Some(n) => format!("/sys/devices/system/node/node{n}/hugepages/hugepages-{}kB", ch.size_kb),
-    };
-    let mut s = format!(
-        "d={dir}\nif [ -d $d ] && [ {added} -gt 0 ]; then nr=$(cat $d/nr_hugepages); \
-         n=$(( nr > {added} ? nr - {added} : 0 )); echo $n > $d/nr_hugepages; fi\n\
-         others=$(find {root} -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)\n",
-        dir = quote(&dir),
-        added = ch.added,
-        root = quote(run_root),
-    );
-    if let Some(m) = &ch.mounted {
-        s.push_str(&format!("[ \"$others\" -eq 0 ] && umount {m} 2>/dev/null\n", m = quote(m)));
-    }
-    if let Some(was) = ch.max_map_count_was {
-        s.push_str(&format!("[ \"$others\" -eq 0 ] && echo {was} > /proc/sys/vm/max_map_count\n"));
-    }
-    s.push_str("true\n");
-    s
 }
 
 #[cfg(test)]
@@ -306,17 +356,14 @@ mod tests {
     fn scripts_are_valid_shell() {
         for script in [
             probe_script(&["/dev/hugepages", "/mnt/it's"]),
-            allocate_script(PageSize::M2, 10, "/dev/hugepages", None),
-            allocate_script(PageSize::G1, 2, "/dev/hugepages1G", Some(1)),
+            allocate_script(PageSize::M2, 10, "/dev/hugepages", None, "/run/harness/r/hugepages-DUT1.journal"),
+            allocate_script(PageSize::G1, 2, "/dev/hugepages1G", Some(1), "/run/harness/r/hugepages-DUT1.journal"),
             restore_script(
-                &HugepageChange {
-                    size_kb: 2048,
-                    numa: Some(0),
-                    added: 3,
-                    mounted: Some("/dev/hugepages".into()),
-                    max_map_count_was: Some(1),
-                },
+                "/run/harness/r/hugepages-DUT1.journal",
                 "/run/harness",
+                "/run/harness/r",
+                "DUT1",
+                &REAL_ROOTS,
             ),
         ] {
             let st = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).status().unwrap();
@@ -342,7 +389,7 @@ mod tests {
         std::fs::create_dir_all(&pool).unwrap();
         std::fs::write(pool.join("nr_hugepages"), "100\n").unwrap();
         std::fs::write(pool.join("free_hugepages"), "30\n").unwrap();
-        let script = format!("{}echo added=$added", raise_pool_script(sys, PageSize::M2, 50, Some(1)));
+        let script = format!("jot() {{ :; }}\n{}echo added=$added", raise_pool_script(sys, PageSize::M2, 50, Some(1)));
         let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added=20");
@@ -353,9 +400,75 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added=0");
         assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "120");
         // A missing node pool is a clear error.
-        let bad = raise_pool_script(sys, PageSize::M2, 1, Some(3));
+        let bad = format!("jot() {{ :; }}\n{}", raise_pool_script(sys, PageSize::M2, 1, Some(3)));
         let out = std::process::Command::new("sh").arg("-c").arg(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(4));
         assert!(String::from_utf8_lossy(&out.stderr).contains("on NUMA node 3"));
+    }
+
+    fn fake_sys(d: &std::path::Path, nr: u64) -> std::path::PathBuf {
+        let pool = d.join("sys/kernel/mm/hugepages/hugepages-2048kB");
+        std::fs::create_dir_all(&pool).unwrap();
+        std::fs::write(pool.join("nr_hugepages"), format!("{nr}\n")).unwrap();
+        std::fs::create_dir_all(d.join("proc/vm")).unwrap();
+        std::fs::write(d.join("proc/vm/max_map_count"), "262144\n").unwrap();
+        std::fs::create_dir_all(d.join("root/r1")).unwrap();
+        pool
+    }
+
+    fn restore_with(d: &std::path::Path, journal: &str) {
+        let jpath = d.join("root/r1/hugepages-DUT1.journal");
+        std::fs::write(&jpath, journal).unwrap();
+        let (sys, psys) = (d.join("sys"), d.join("proc"));
+        let roots = Roots { sys: sys.to_str().unwrap(), proc_sys: psys.to_str().unwrap() };
+        let root = d.join("root");
+        let script = restore_script(
+            jpath.to_str().unwrap(),
+            root.to_str().unwrap(),
+            root.join("r1").to_str().unwrap(),
+            "DUT1",
+            &roots,
+        );
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(std::fs::read_to_string(&jpath).unwrap().ends_with("closed\n"), "journal closed");
+    }
+
+    /// Defect 5: an allocation whose result never reached harness (cancelled mid-flight) is
+    /// undone from the journal the script wrote on the host.
+    #[test]
+    fn regression_hugepages_leak_on_early_interrupt_restored_from_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 300);
+        let p = pool.to_str().unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\nadded {p} 256\n"));
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "44");
+        // Intended, never confirmed, and the pool still holds what was intended: put back.
+        std::fs::write(pool.join("nr_hugepages"), "300\n").unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\n"));
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "44");
+        // Intended but the pool holds something else (someone else changed it): left alone.
+        std::fs::write(pool.join("nr_hugepages"), "123\n").unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\n"));
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "123");
+    }
+
+    /// Hardening 4h: only values this run recorded, within bounds, are written back.
+    #[test]
+    fn restore_writes_only_bounded_journal_values() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 300);
+        let p = pool.to_str().unwrap();
+        let outside = d.path().join("elsewhere");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("nr_hugepages"), "7\n").unwrap();
+        let o = outside.to_str().unwrap();
+        restore_with(d.path(), &format!("added {o} 5\nadded {p} 99999999\nadded {p} -3\nmap 1\nmap 99999999999\n"));
+        assert_eq!(std::fs::read_to_string(outside.join("nr_hugepages")).unwrap().trim(), "7");
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "300");
+        let map = d.path().join("proc/vm/max_map_count");
+        assert_eq!(std::fs::read_to_string(&map).unwrap().trim(), "262144");
+        restore_with(d.path(), "map 65530\n");
+        assert_eq!(std::fs::read_to_string(&map).unwrap().trim(), "65530");
     }
 }

@@ -48,6 +48,16 @@ pub enum StopOutcome {
     NotOurs,
 }
 
+impl StopOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopOutcome::Stopped => "stopped",
+            StopOutcome::NotRunning => "not running",
+            StopOutcome::NotOurs => "not ours (left alone)",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopReport {
     pub outcome: StopOutcome,
@@ -56,40 +66,69 @@ pub struct StopReport {
     pub how: Option<String>,
 }
 
+/// Shell functions `ours PID PIDFILE` (the process's argv carries exactly PIDFILE as one
+/// argument: QEMU started with `-pidfile PIDFILE`) and `alive PID` (exists and is not a zombie:
+/// QEMU daemonizes, so init reaps it quickly). The one "is this pid ours" check: `stop`, `status`,
+/// `ping` and readiness all use it.
+pub fn ours_fns() -> &'static str {
+    r#"ours() { [ -r /proc/$1/cmdline ] && tr '\0' '\n' < /proc/$1/cmdline | grep -qxF -- "$2"; }
+alive() { s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }
+ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && p=$(head -c 32 "$1" 2>/dev/null | tr -d ' \n'); case "$p" in ''|*[!0-9]*) p=;; esac; }
+"#
+}
+
+/// Script printing `alive PID` when the QEMU of `pidfile` runs (our pid, our argument), else
+/// `dead PID` (pidfile names a pid that is gone or not ours) or `dead -`.
+pub fn probe_script(pidfile: &str) -> String {
+    format!(
+        "{fns}pf={pf}; ourpid \"$pf\"\nif [ -n \"$p\" ] && alive \"$p\" && ours \"$p\" \"$pf\"; then echo \"alive $p\"; else echo \"dead ${{p:--}}\"; fi\n",
+        fns = ours_fns(),
+        pf = quote(pidfile)
+    )
+}
+
+/// Parse [`probe_script`] output: `Some(pid)` when alive, with the pid last recorded either way.
+pub fn parse_probe(out: &str) -> (bool, Option<u32>) {
+    let line = out.lines().rev().find(|l| l.starts_with("alive ") || l.starts_with("dead ")).unwrap_or("dead -");
+    let mut it = line.split_whitespace();
+    (it.next() == Some("alive"), it.next().and_then(|p| p.parse().ok()))
+}
+
 /// Script that stops the QEMU started with `-pidfile <pidfile>`: QMP `quit`, then SIGTERM, then
 /// SIGKILL, waiting for the process to exit after each (bounded). If the pidfile is missing (an
 /// interrupted start), the process is found by its unique `-pidfile` argument instead. Then the
-/// VM's run directory is removed. Prints `outcome=... pid=... how=...`.
-pub fn stop_script(pidfile: &str, qmp: &str, vm_run_dir: &str, grace_secs: u32) -> String {
+/// VM's run directory is removed, but only if it is a real directory exactly below `run_root`
+/// (symlinks resolved). Callers pass paths recomputed by [`crate::run::layout`], never paths
+/// read from a manifest. Prints `outcome=... pid=... how=...`.
+pub fn stop_script(run_root: &str, vm: &crate::run::layout::VmPaths, grace_secs: u32) -> String {
     format!(
-        r#"pidfile={pf}; qmp={qmp}; dir={dir}
-ours() {{ [ -r /proc/$1/cmdline ] && tr '\0' '\n' < /proc/$1/cmdline | grep -qxF -- "$pidfile"; }}
-# Exited (or a zombie waiting for its parent): QEMU daemonizes, so init reaps it quickly.
-alive() {{ s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }}
-gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
-pid=$(cat "$pidfile" 2>/dev/null)
-case "$pid" in ''|*[!0-9]*) pid=;; esac
+        r#"root={root}; pidfile={pf}; qmp={qmp}; dir={dir}
+{fns}{safe}gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
+ourpid "$pidfile"; pid=$p
 if [ -z "$pid" ]; then
-  for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; ours "$p" && {{ pid=$p; break; }}; done
+  for c in /proc/[0-9]*/cmdline; do q=${{c#/proc/}}; q=${{q%/cmdline}}; ours "$q" "$pidfile" && {{ pid=$q; break; }}; done
 fi
 if [ -z "$pid" ] || ! alive "$pid"; then out="outcome=not_running"
-elif ! ours "$pid"; then out="outcome=not_ours pid=$pid"
+elif ! ours "$pid" "$pidfile"; then out="outcome=not_ours pid=$pid"
 else
   how=
-  if [ -S "$qmp" ]; then
+  if [ -S "$qmp" ] && [ ! -L "$qmp" ]; then
     printf '{{"execute":"qmp_capabilities"}}\n{{"execute":"quit"}}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$qmp,shut-none" >/dev/null 2>&1
     gone "$pid" {grace} && how=quit
   fi
-  if [ -z "$how" ] && ours "$pid"; then kill -TERM "$pid" 2>/dev/null; gone "$pid" 5 && how=term; fi
-  if [ -z "$how" ] && ours "$pid"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
+  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -TERM "$pid" 2>/dev/null; gone "$pid" 5 && how=term; fi
+  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
   out="outcome=stopped pid=$pid how=$how"
 fi
-rm -rf -- "$dir"
+if safe_dir "$dir"; then rm -rf -- "$dir"; elif [ -e "$dir" ] || [ -L "$dir" ]; then echo "refused to remove $dir: not a directory below $root" >&2; fi
 echo "$out"
 "#,
-        pf = quote(pidfile),
-        qmp = quote(qmp),
-        dir = quote(vm_run_dir),
+        root = quote(run_root),
+        pf = quote(&vm.pidfile),
+        qmp = quote(&vm.qmp),
+        dir = quote(&vm.dir),
+        fns = ours_fns(),
+        safe = crate::run::layout::safe_dir_fn(),
         grace = grace_secs,
     )
 }
@@ -235,20 +274,22 @@ mod tests {
     #[test]
     fn stop_script_only_kills_processes_carrying_our_pidfile() {
         let d = tempfile::tempdir().unwrap();
-        let pidfile = d.path().join("qemu.pid");
-        let vmdir = d.path().join("vm");
+        let root = d.path().to_str().unwrap();
+        let paths = crate::run::layout::vm_paths(root, "vm").unwrap();
+        let pidfile = std::path::PathBuf::from(&paths.pidfile);
+        let vmdir = std::path::PathBuf::from(&paths.dir);
         std::fs::create_dir(&vmdir).unwrap();
         // A decoy: a live process whose pid is in our pidfile but whose cmdline is not ours.
         let mut decoy = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         std::fs::write(&pidfile, decoy.id().to_string()).unwrap();
-        let script = stop_script(pidfile.to_str().unwrap(), "/nonexistent.sock", vmdir.to_str().unwrap(), 1);
+        let script = stop_script(root, &paths, 1);
         let r = parse_stop(&sh(&script)).unwrap();
         assert_eq!(r.outcome, StopOutcome::NotOurs);
         assert!(decoy.try_wait().unwrap().is_none(), "decoy must survive");
         decoy.kill().unwrap();
         decoy.wait().unwrap();
         // Ours: argv carries the pidfile path; the pidfile itself is missing (interrupted start).
-        std::fs::remove_file(&pidfile).unwrap();
+        std::fs::create_dir_all(&vmdir).unwrap();
         let mut ours = std::process::Command::new("sh")
             .arg("-c")
             .arg("sleep 30; : \"$0\"")

@@ -1,17 +1,23 @@
-//! `harness down`, `status` and `logs`: everything works from the manifests on the hosts.
+//! `harness down`: everything works from the hosts' own state (manifests, run directories).
 //!
 //! `down` stops each VM of the selected runs (QMP `quit`, then SIGTERM, then SIGKILL, only for
 //! processes carrying our pidfile path), removes the run directory and gives back the hugepages
-//! the run added. Running it twice is harmless.
+//! the run's journal says it added. Running it twice is harmless. A manifest is read for *which*
+//! runs and VMs exist, never for *where* they are: every path is recomputed from the node's
+//! `run_root`, the validated run id and VM name ([`super::layout`]), so a tampered manifest cannot
+//! point `down` at another process, socket, directory or sysctl value. Run directories an
+//! interrupted `up` left without any manifest are found too, and cleaned when their owner file
+//! names the caller.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::layout::{self, VmPaths};
 use super::manifest::{self, Manifest};
 use crate::quote::quote;
-use crate::remote::hugepages::{self, HugepageChange};
+use crate::remote::hugepages;
 use crate::remote::lock;
 use crate::remote::process::{self, StopReport};
 use crate::report::{EventSink, Phase};
@@ -23,26 +29,36 @@ pub struct Selector {
     pub run_id: Option<String>,
     /// Only runs started from this topology file (absolute path as recorded in manifests).
     pub topology: Option<String>,
+    /// Only runs started by this `user@host` (`down TOPOLOGY` without `--all`).
+    pub started_by: Option<String>,
 }
 
 impl Selector {
     pub fn matches(&self, m: &Manifest) -> bool {
-        self.run_id.as_ref().is_none_or(|r| &m.run_id == r) && self.topology.as_ref().is_none_or(|t| &m.topology == t)
+        self.run_id.as_ref().is_none_or(|r| &m.run_id == r)
+            && self.topology.as_ref().is_none_or(|t| &m.topology == t)
+            && self.started_by.as_ref().is_none_or(|s| &m.started_by == s)
     }
 }
 
-/// Read this node's manifests under `run_root` (other nodes sharing the host are skipped).
+/// Read this node's manifests under `run_root` (other nodes sharing the host are skipped). A
+/// manifest is accepted only at the path its own run id and node name give.
 pub async fn discover(
     session: &Session,
     node: &str,
     run_root: &str,
 ) -> Result<Vec<Result<Manifest, (String, String)>>, SshError> {
-    let out = session.run_ok(&RemoteCommand::sh(manifest::list_script(run_root)).sudo()).await?;
-    Ok(manifest::parse_list(&out.stdout_str())
+    let out = session.run_ok(&RemoteCommand::sh(manifest::list_script(run_root)).sudo().idempotent()).await?;
+    Ok(manifest::parse_listed(&out.stdout_str())
         .into_iter()
-        .filter(|m| match m {
-            Ok(m) => m.node == node,
-            Err((path, _)) => path.ends_with(&format!("/manifest-{node}.json")),
+        .filter_map(|(path, m)| match m {
+            Ok(m) if m.node != node => None,
+            Ok(m) => match layout::run_dir(run_root, &m.run_id).map(|d| manifest::path(&d, node)) {
+                Ok(expected) if expected == path => Some(Ok(m)),
+                Ok(expected) => Some(Err((path, format!("manifest names run {} (expected at {expected})", m.run_id)))),
+                Err(e) => Some(Err((path, e))),
+            },
+            Err(e) => path.ends_with(&format!("/manifest-{node}.json")).then_some(Err((path, e))),
         })
         .collect())
 }
@@ -56,7 +72,26 @@ pub struct StoppedVm {
     pub error: Option<String>,
 }
 
-/// Stop the selected runs on one node.
+/// The recomputed paths of a manifest's VMs, or why the manifest cannot be acted on.
+pub fn targets(run_root: &str, m: &Manifest) -> Result<(String, Vec<VmPaths>), String> {
+    let rd = layout::run_dir(run_root, &m.run_id)?;
+    let vms = m.vms.iter().map(|v| layout::vm_paths(&rd, &v.name)).collect::<Result<Vec<_>, _>>()?;
+    Ok((rd, vms))
+}
+
+/// Stop one VM (paths recomputed), with a reconnect if the connection dropped.
+pub async fn stop_vm(session: &Session, run_root: &str, vm: &VmPaths, grace: Duration) -> Result<StopReport, String> {
+    let script = process::stop_script(run_root, vm, grace.as_secs() as u32);
+    let cmd = RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30)).idempotent();
+    let out = session.run(&cmd).await.map_err(|e| e.to_string())?;
+    process::parse_stop(&out.stdout_str()).map_err(|_| {
+        let err = out.stderr_str();
+        format!("stop script failed: {}", err.trim())
+    })
+}
+
+/// Stop the selected runs on one node, then clean the caller's run directories that have no
+/// manifest at all (an `up` killed before it wrote one).
 pub async fn down_node(
     session: &Session,
     node: &str,
@@ -74,193 +109,231 @@ pub async fn down_node(
                 continue;
             }
         };
-        if !sel.matches(&m) || !under(run_root, &m.run_dir) {
+        if !sel.matches(&m) {
             continue;
         }
-        let mut set = JoinSet::new();
-        for vm in m.vms.clone() {
-            let s = session.clone();
-            let ev = ev.for_vm(&vm.name);
-            let (node, run_id) = (node.to_string(), m.run_id.clone());
-            let ok_dir = under(&m.run_dir, &vm.run_dir);
-            set.spawn(async move {
-                ev.phase(Phase::Stopping);
-                if !ok_dir {
-                    return StoppedVm {
-                        node,
-                        run_id,
-                        vm: vm.name,
-                        report: None,
-                        error: Some("VM run dir outside the run dir: refused".into()),
-                    };
-                }
-                let script = process::stop_script(&vm.pidfile, &vm.qmp, &vm.run_dir, grace.as_secs() as u32);
-                let res = s.run(&RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30))).await;
-                match res.map_err(|e| e.to_string()).and_then(|o| process::parse_stop(&o.stdout_str())) {
-                    Ok(r) => {
-                        ev.phase(Phase::Stopped);
-                        StoppedVm { node, run_id, vm: vm.name, report: Some(r), error: None }
-                    }
-                    Err(e) => {
-                        ev.warn(format!("stop failed: {e}"));
-                        StoppedVm { node, run_id, vm: vm.name, report: None, error: Some(e) }
-                    }
-                }
-            });
-        }
-        let mut all_ok = true;
-        while let Some(r) = set.join_next().await {
-            if let Ok(s) = r {
-                all_ok &= s.error.is_none();
-                out.push(s);
-            }
-        }
-        if all_ok {
-            let dirs: Vec<String> = m.vms.iter().map(|v| v.run_dir.clone()).collect();
-            let rel = NodeRelease { node, run_root, run_dir: &m.run_dir, vm_dirs: &dirs, changes: &m.hugepages };
-            release_node(session, &rel, ev).await;
-        } else {
-            ev.warn(format!("run {} kept its manifest: some VMs could not be stopped", m.run_id));
-        }
+        out.extend(down_run(session, node, run_root, &m, grace, ev).await);
+    }
+    if sel.run_id.is_none() || sel.run_id.as_ref().is_some_and(|r| layout::run_id_problem(r).is_none()) {
+        out.extend(clean_orphans(session, node, run_root, sel, grace, ev).await?);
     }
     Ok(out)
 }
 
-/// What one node of one run leaves to clean up after its VMs are stopped.
+async fn down_run(
+    session: &Session,
+    node: &str,
+    run_root: &str,
+    m: &Manifest,
+    grace: Duration,
+    ev: &EventSink,
+) -> Vec<StoppedVm> {
+    let row = |vm: &str, report, error| StoppedVm {
+        node: node.to_string(),
+        run_id: m.run_id.clone(),
+        vm: vm.to_string(),
+        report,
+        error,
+    };
+    let (rd, vms) = match targets(run_root, m) {
+        Ok(t) => t,
+        Err(e) => {
+            ev.warn(format!("run {:?}: {e}: refused (left in place)", m.run_id));
+            return vec![row("-", None, Some(format!("refused: {e}")))];
+        }
+    };
+    let mut set = JoinSet::new();
+    for vm in vms.clone() {
+        let (s, ev, root) = (session.clone(), ev.for_vm(&vm.name), run_root.to_string());
+        set.spawn(async move {
+            ev.phase(Phase::Stopping);
+            let r = stop_vm(&s, &root, &vm, grace).await;
+            match &r {
+                Ok(_) => ev.phase(Phase::Stopped),
+                Err(e) => ev.warn(format!("stop failed: {e}")),
+            }
+            (vm.name, r)
+        });
+    }
+    let mut rows = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok((vm, r)) = r {
+            match r {
+                Ok(rep) => rows.push(row(&vm, Some(rep), None)),
+                Err(e) => rows.push(row(&vm, None, Some(e))),
+            }
+        }
+    }
+    if rows.iter().all(|r| r.error.is_none()) {
+        let rel = NodeRelease { node, run_root, run_dir: &rd, vms: &vms, nonce: None };
+        if let Err(e) = release_node(session, &rel, ev).await {
+            rows.push(row("-", None, Some(e)));
+        }
+    } else {
+        ev.warn(format!("run {} kept its manifest: some VMs could not be stopped", m.run_id));
+    }
+    rows
+}
+
+/// What one node of one run leaves to clean up after its VMs are stopped (paths recomputed).
 pub struct NodeRelease<'a> {
     pub node: &'a str,
     pub run_root: &'a str,
     pub run_dir: &'a str,
-    pub vm_dirs: &'a [String],
-    pub changes: &'a [HugepageChange],
+    pub vms: &'a [VmPaths],
+    /// `up`'s own cleanup: act only if the run directory's owner file holds this nonce (the
+    /// directory is this invocation's, not another run's with the same id).
+    pub nonce: Option<&'a str>,
 }
 
-/// Remove a node's VM directories and manifest (and the run directory once no other node of the
-/// run uses it), then undo its hugepage changes, under the host lock.
-pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink) {
-    if !under(r.run_root, r.run_dir) || !r.vm_dirs.iter().all(|d| under(r.run_dir, d)) {
-        ev.warn(format!("refusing to remove {}: not under {}", r.run_dir, r.run_root));
-        return;
+/// Script: give back the node's hugepages from its journal, remove its VM directories and
+/// manifest, and the run directory once nothing of another node is left in it.
+pub fn release_script(r: &NodeRelease<'_>, roots: &hugepages::Roots) -> String {
+    let journal = layout::hugepage_journal(r.run_dir, r.node);
+    let mut s = format!(
+        "root={root}; rd={rd}\n{safe}{claimed}",
+        root = quote(r.run_root),
+        rd = quote(r.run_dir),
+        safe = layout::safe_dir_fn(),
+        claimed = layout::claimed_fn(),
+    );
+    if let Some(n) = r.nonce {
+        s.push_str(&format!("claimed \"$rd\" {} || {{ echo not-ours; exit 0; }}\n", quote(n)));
     }
-    let mut script = String::new();
-    for d in r.vm_dirs {
-        script.push_str(&format!("rm -rf -- {}\n", quote(d)));
+    s.push_str("if [ ! -e \"$rd\" ]; then echo gone; exit 0; fi\n");
+    s.push_str("safe_dir \"$rd\" || { echo \"refused to clean $rd: not a directory below $root\" >&2; exit 3; }\n");
+    s.push_str(&hugepages::restore_script(&journal, r.run_root, r.run_dir, r.node, roots));
+    s.push_str(&format!("rm -f -- {}\n", quote(&journal)));
+    for v in r.vms {
+        s.push_str(&format!("d={}; if safe_dir \"$d\"; then rm -rf -- \"$d\"; fi\n", quote(&v.dir)));
     }
-    script.push_str(&format!(
-        "rm -f -- {}\nrmdir -- {} 2>/dev/null\n",
-        quote(&manifest::path(r.run_dir, r.node)),
-        quote(r.run_dir)
+    s.push_str(&format!(
+        "rm -f -- {m}\nif [ -z \"$(ls -A \"$rd\" | grep -vx {o})\" ]; then rm -f -- \"$rd/{o}\"; rmdir -- \"$rd\"; fi\necho released\n",
+        m = quote(&manifest::path(r.run_dir, r.node)),
+        o = layout::OWNER_FILE,
     ));
-    for ch in r.changes {
-        script.push_str(&hugepages::restore_script(ch, r.run_root));
-    }
-    script.push_str("true\n");
+    s
+}
+
+/// Run [`release_script`] under the host lock. `Err` says why the node was not released.
+pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink) -> Result<(), String> {
+    let script = release_script(r, &hugepages::REAL_ROOTS);
     let holder = format!("cleanup of {} ({})", r.run_dir, super::started_by());
     let cmd = lock::locked_script(&script, &holder, Duration::from_secs(60));
-    match session.run(&RemoteCommand::sh(cmd).sudo().timeout(Duration::from_secs(90))).await {
-        Ok(o) if o.success() => {}
-        Ok(o) => ev.warn(format!("cleanup of {}: {}", r.run_dir, o.stderr_str().trim())),
-        Err(e) => ev.warn(format!("cleanup of {}: {e}", r.run_dir)),
+    let res = session.run(&RemoteCommand::sh(cmd).sudo().timeout(Duration::from_secs(90)).idempotent()).await;
+    match res {
+        Ok(o) if o.success() => {
+            if o.stdout_str().contains("not-ours") {
+                ev.warn(format!("{} belongs to another run with this id: left alone", r.run_dir));
+            }
+            Ok(())
+        }
+        Ok(o) => {
+            let e = format!("cleanup of {}: {}", r.run_dir, o.stderr_str().trim());
+            ev.warn(e.clone());
+            Err(e)
+        }
+        Err(e) => {
+            let e = format!("cleanup of {}: {e}", r.run_dir);
+            ev.warn(e.clone());
+            Err(e)
+        }
     }
 }
 
-/// Is `path` strictly below `root` (no `..` games)?
-pub fn under(root: &str, path: &str) -> bool {
-    let root = root.trim_end_matches('/');
-    path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
-        && !path.split('/').any(|c| c == ".." || c == ".")
+/// Script listing run directories under `run_root` that hold no manifest at all, as
+/// `orphan <run_id> <owner> <vm>...` (owner: second line of the owner file, `-` if none).
+pub fn orphans_script(run_root: &str) -> String {
+    format!(
+        r#"root={root}
+for d in "$root"/*/; do d=${{d%/}}; [ -d "$d" ] && [ ! -L "$d" ] || continue
+  ls "$d"/manifest-*.json >/dev/null 2>&1 && continue
+  o=$(sed -n 2p "$d/{o}" 2>/dev/null | tr -d ' '); printf 'orphan %s %s' "${{d##*/}}" "${{o:--}}"
+  for v in "$d"/*/; do [ -d "$v" ] && printf ' %s' "$(basename "$v")"; done; echo
+done
+"#,
+        root = quote(run_root),
+        o = layout::OWNER_FILE
+    )
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct VmStatus {
-    pub node: String,
+/// A run directory without any manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
     pub run_id: String,
-    pub vm: String,
-    pub state: String,
-    pub pid: Option<u32>,
-    pub alive: bool,
-    pub pinned: Vec<String>,
+    pub owner: String,
+    pub vms: Vec<String>,
 }
 
-/// Manifests of a node plus, per VM, whether its QEMU (our pid, our pidfile argument) still runs.
-pub async fn status_node(
+pub fn parse_orphans(out: &str) -> Vec<Orphan> {
+    out.lines()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("orphan ")?.split_whitespace();
+            let (run_id, owner) = (it.next()?.to_string(), it.next()?.to_string());
+            Some(Orphan { run_id, owner, vms: it.map(str::to_string).collect() })
+        })
+        .filter(|o| layout::run_id_problem(&o.run_id).is_none())
+        .collect()
+}
+
+pub async fn list_orphans(session: &Session, run_root: &str) -> Result<Vec<Orphan>, SshError> {
+    let out = session.run_ok(&RemoteCommand::sh(orphans_script(run_root)).sudo().idempotent()).await?;
+    Ok(parse_orphans(&out.stdout_str()))
+}
+
+/// Stop and remove the caller's manifest-less run directories (never anyone else's: their
+/// owner file must name the caller, or the run be named with `--run`).
+async fn clean_orphans(
     session: &Session,
     node: &str,
     run_root: &str,
     sel: &Selector,
-) -> Result<Vec<VmStatus>, SshError> {
+    grace: Duration,
+    ev: &EventSink,
+) -> Result<Vec<StoppedVm>, SshError> {
+    let me = super::started_by();
     let mut rows = Vec::new();
-    let manifests: Vec<Manifest> =
-        discover(session, node, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
-    let mut script = String::new();
-    for m in &manifests {
-        for vm in &m.vms {
-            script.push_str(&format!(
-                "p=$(cat {pf} 2>/dev/null); if [ -n \"$p\" ] && [ -r /proc/$p/cmdline ] && tr '\\0' '\\n' < /proc/$p/cmdline | grep -qxF -- {pf}; \
-                 then echo \"alive {id} $p\"; else echo \"dead {id}\"; fi\n",
-                pf = quote(&vm.pidfile),
-                id = quote(&format!("{}/{}", m.run_id, vm.name)),
-            ));
+    for o in list_orphans(session, run_root).await? {
+        let named = sel.run_id.as_ref() == Some(&o.run_id);
+        if !(named || (sel.run_id.is_none() && o.owner == me)) {
+            continue;
         }
-    }
-    let out = if script.is_empty() {
-        String::new()
-    } else {
-        session.run_ok(&RemoteCommand::sh(script).sudo()).await?.stdout_str()
-    };
-    for m in &manifests {
-        for vm in &m.vms {
-            let id = format!("{}/{}", m.run_id, vm.name);
-            let line = out.lines().find(|l| l.split_whitespace().nth(1) == Some(id.as_str()));
-            let alive = line.is_some_and(|l| l.starts_with("alive "));
-            let pid = line.and_then(|l| l.split_whitespace().nth(2)).and_then(|p| p.parse().ok()).or(vm.pid);
-            rows.push(VmStatus {
-                node: node.into(),
-                run_id: m.run_id.clone(),
-                vm: vm.name.clone(),
-                state: if alive { vm.state.clone() } else { "dead".into() },
-                pid,
-                alive,
-                pinned: vm.pinned.iter().map(|p| format!("vcpu{}->{} {}", p.vcpu, p.affinity, p.policy)).collect(),
-            });
+        let Ok(rd) = layout::run_dir(run_root, &o.run_id) else { continue };
+        let vms: Vec<VmPaths> = o.vms.iter().filter_map(|v| layout::vm_paths(&rd, v).ok()).collect();
+        ev.info(format!("run {}: directory without a manifest (an interrupted up): cleaning it", o.run_id));
+        let mut ok = true;
+        for vm in &vms {
+            let r = stop_vm(session, run_root, vm, grace).await;
+            ok &= r.is_ok();
+            let (report, error) = match r {
+                Ok(rep) => (Some(rep), None),
+                Err(e) => (None, Some(e)),
+            };
+            rows.push(StoppedVm { node: node.into(), run_id: o.run_id.clone(), vm: vm.name.clone(), report, error });
+        }
+        if ok {
+            let rel = NodeRelease { node, run_root, run_dir: &rd, vms: &vms, nonce: None };
+            match release_node(session, &rel, ev).await {
+                Ok(()) if vms.is_empty() => rows.push(StoppedVm {
+                    node: node.into(),
+                    run_id: o.run_id.clone(),
+                    vm: "-".into(),
+                    report: None,
+                    error: None,
+                }),
+                Ok(()) => {}
+                Err(e) => rows.push(StoppedVm {
+                    node: node.into(),
+                    run_id: o.run_id.clone(),
+                    vm: "-".into(),
+                    report: None,
+                    error: Some(e),
+                }),
+            }
         }
     }
     Ok(rows)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn under_refuses_escapes() {
-        assert!(under("/run/harness", "/run/harness/r1"));
-        assert!(under("/run/harness/", "/run/harness/r1/DUT1_1"));
-        assert!(!under("/run/harness", "/run/harness"));
-        assert!(!under("/run/harness", "/run/harness/"));
-        assert!(!under("/run/harness", "/run/harnessX/r1"));
-        assert!(!under("/run/harness", "/run/harness/../etc"));
-        assert!(!under("/run/harness", "/etc"));
-    }
-
-    #[test]
-    fn selector_filters_by_run_and_topology() {
-        let m = Manifest {
-            format: 1,
-            run_id: "r1".into(),
-            node: "DUT1".into(),
-            host: "h".into(),
-            topology: "/t/a.yaml".into(),
-            started_by: "x".into(),
-            created_unix: 0,
-            run_dir: "/run/harness/r1".into(),
-            vms: vec![],
-            hugepages: vec![],
-            facts: None,
-        };
-        assert!(Selector::default().matches(&m));
-        assert!(Selector { run_id: Some("r1".into()), topology: None }.matches(&m));
-        assert!(!Selector { run_id: Some("r2".into()), topology: None }.matches(&m));
-        assert!(!Selector { run_id: None, topology: Some("/t/b.yaml".into()) }.matches(&m));
-    }
-}
+mod tests;

@@ -40,7 +40,8 @@ pub struct VmRecord {
     pub serial_log: String,
     pub qmp: String,
     pub qga: Option<String>,
-    /// `starting`, `ready`, `failed`.
+    /// `preparing` (written before anything else of the run exists), `starting`, `booting`,
+    /// `ready`, `failed`.
     pub state: String,
     pub pid: Option<u32>,
     pub pinned: Vec<PinnedThread>,
@@ -112,14 +113,29 @@ pub fn list_script(run_root: &str) -> String {
     )
 }
 
+/// Parse [`list_script`] output, each manifest with the path it was read from.
+pub fn parse_listed(out: &str) -> Vec<(String, Result<Manifest, String>)> {
+    parse_list(out)
+        .into_iter()
+        .map(|r| match r {
+            Ok((p, m)) => (p, Ok(m)),
+            Err((p, e)) => (p, Err(e)),
+        })
+        .collect()
+}
+
 /// Parse [`list_script`] output. Unreadable manifests are returned as errors (path, message),
 /// never silently skipped: a run we cannot read is a run we cannot stop.
-pub fn parse_list(out: &str) -> Vec<Result<Manifest, (String, String)>> {
+#[allow(clippy::type_complexity)]
+pub fn parse_list(out: &str) -> Vec<Result<(String, Manifest), (String, String)>> {
     let mut res = Vec::new();
     let mut cur: Option<(String, String)> = None;
     let flush = |cur: Option<(String, String)>, res: &mut Vec<_>| {
         if let Some((path, body)) = cur {
-            res.push(serde_json::from_str::<Manifest>(body.trim()).map_err(|e| (path, e.to_string())));
+            res.push(match serde_json::from_str::<Manifest>(body.trim()) {
+                Ok(m) => Ok((path, m)),
+                Err(e) => Err((path, e.to_string())),
+            });
         }
     };
     for line in out.lines() {
@@ -178,8 +194,8 @@ mod tests {
         );
         let got = parse_list(&out);
         assert_eq!(got.len(), 3);
-        assert_eq!(got[0].as_ref().unwrap(), &sample("r1"));
+        assert_eq!(got[0].as_ref().unwrap().1, sample("r1"));
         assert_eq!(got[1].as_ref().unwrap_err().0, "/run/harness/bad/manifest.json");
-        assert_eq!(got[2].as_ref().unwrap(), &sample("r2"));
+        assert_eq!(got[2].as_ref().unwrap().1, sample("r2"));
     }
 }

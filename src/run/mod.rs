@@ -9,11 +9,13 @@ pub mod bridge;
 pub mod down;
 pub mod guest;
 pub mod jsonlines;
+pub mod layout;
 pub mod manifest;
 pub mod qga;
 pub mod qmp;
 pub mod record;
 pub mod serial;
+pub mod status;
 pub mod up;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -30,11 +30,11 @@ pub enum SshError {
     HostKeyRevoked { node: String, addr: String, fingerprint: String, known_hosts: String, line: usize },
     #[error("{node} ({addr}): auth failed: {message}")]
     Auth { node: String, addr: String, message: String },
-    #[error("{node}: sudo requires a password (passwordless `sudo -n` is needed): {command}")]
+    #[error("{node}: sudo requires a password (passwordless `sudo -n` is needed): {}", short_command(command))]
     SudoPassword { node: String, command: String },
-    #[error("{node}: command timed out after {after:?} and was killed: {command}")]
+    #[error("{node}: command timed out after {after:?} and was killed: {}", short_command(command))]
     CommandTimeout { node: String, command: String, after: Duration },
-    #[error("{node}: command failed (exit {status}): {command}: {stderr}")]
+    #[error("{node}: command failed (exit {status}): {}: {stderr}", short_command(command))]
     CommandFailed { node: String, command: String, status: String, stderr: String },
     #[error("{node}: connection lost: {message}")]
     Disconnected { node: String, message: String },
@@ -60,7 +60,23 @@ pub struct KeyTypeChange {
     pub line: usize,
 }
 
+/// A command as error messages show it: its first line, at most 100 characters. Scripts are
+/// long and multi-line (and may carry uploaded content); the full text is in `command`.
+pub fn short_command(command: &str) -> String {
+    let first = command.lines().next().unwrap_or("");
+    let mut s: String = first.chars().take(100).collect();
+    if s.len() < first.len() || command.lines().nth(1).is_some() {
+        s.push_str(" …");
+    }
+    s
+}
+
 impl SshError {
+    /// The connection broke while in use (as opposed to never being made).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, SshError::Disconnected { .. })
+    }
+
     /// The node could not be reached or refused us: connect, handshake, host key or auth.
     pub fn is_unreachable(&self) -> bool {
         matches!(

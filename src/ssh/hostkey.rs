@@ -248,6 +248,28 @@ pub(crate) enum HandlerError {
     HostKey(Box<SshError>),
 }
 
+/// For people: russh's own messages, with the common "peer went away" cases said plainly
+/// (never Rust debug output such as `Russh(IO(Custom { kind: UnexpectedEof, .. }))`).
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerError::Russh(russh::Error::IO(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                write!(f, "the server closed the connection ({e})")
+            }
+            HandlerError::Russh(e) => write!(f, "{e}"),
+            HandlerError::HostKey(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl From<russh::Error> for HandlerError {
     fn from(e: russh::Error) -> Self {
         HandlerError::Russh(e)
@@ -279,7 +301,7 @@ impl russh::client::Handler for Client {
             russh::client::DisconnectReason::ReceivedDisconnect(info) => {
                 format!("server disconnected: {:?} {}", info.reason_code, info.message)
             }
-            russh::client::DisconnectReason::Error(e) => format!("{e:?}"),
+            russh::client::DisconnectReason::Error(e) => e.to_string(),
         };
         if let Ok(mut d) = self.disconnect.lock() {
             d.get_or_insert(text);

@@ -170,7 +170,11 @@ impl Output {
 }
 
 mod session;
+pub mod transport;
 pub use session::{ChildEvent, RemoteChild, Session};
+pub use transport::{Channel, Transport};
+#[cfg(test)]
+pub mod fake;
 
 #[cfg(test)]
 mod tests {

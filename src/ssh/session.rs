@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth;
 use super::config::{self, Resolved};
 use super::hostkey::{self, Client, HandlerError, HostKeyPolicy};
+use super::transport::{self, Channel, Transport};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
 
@@ -41,10 +42,20 @@ struct Inner {
 }
 
 /// One authenticated connection to a node. Cheap to clone; channels are opened concurrently.
+///
+/// Everything above the SSH layer talks to a node through this type only. Behind it is either a
+/// russh connection or any other [`Transport`] (the seam that lets the orchestration be tested
+/// against an in-process fake host, see [`super::fake`]).
 #[derive(Clone)]
 pub struct Session {
     name: String,
-    inner: Arc<Inner>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Ssh(Arc<Inner>),
+    Other(Arc<dyn Transport>),
 }
 
 fn addr_of(r: &Resolved) -> String {
@@ -245,7 +256,7 @@ impl Session {
         let max = opts.max_channels.max(1);
         Ok(Session {
             name: target.name.clone(),
-            inner: Arc::new(Inner {
+            backend: Backend::Ssh(Arc::new(Inner {
                 addr,
                 target: target.clone(),
                 opts: opts.clone(),
@@ -253,8 +264,22 @@ impl Session {
                 conn: RwLock::new(Arc::new(conn)),
                 reconnect: tokio::sync::Mutex::new(()),
                 channels: Arc::new(Semaphore::new(max)),
-            }),
+            })),
         })
+    }
+
+    /// A session over another transport (an in-process fake host in tests).
+    pub fn with_transport(name: impl Into<String>, transport: Arc<dyn Transport>) -> Session {
+        Session { name: name.into(), backend: Backend::Other(transport) }
+    }
+
+    /// The russh connection state; only reached on the SSH backend (the public methods
+    /// dispatch other transports before getting here).
+    fn inner(&self) -> &Arc<Inner> {
+        match &self.backend {
+            Backend::Ssh(i) => i,
+            Backend::Other(_) => unreachable!("SSH internals used on a non-SSH transport"),
+        }
     }
     /// Node name (for messages).
     pub fn name(&self) -> &str {
@@ -262,11 +287,14 @@ impl Session {
     }
     /// `host:port` actually connected to.
     pub fn addr(&self) -> &str {
-        &self.inner.addr
+        match &self.backend {
+            Backend::Ssh(i) => &i.addr,
+            Backend::Other(t) => t.addr(),
+        }
     }
 
     fn conn(&self) -> Arc<Conn> {
-        self.inner.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner().conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn disconnected(&self, conn: &Conn, fallback: impl std::fmt::Display) -> SshError {
@@ -276,12 +304,12 @@ impl Session {
 
     /// Replace a dead connection with a new one (once, even if many tasks ask at the same time).
     async fn reconnect(&self, dead: &Arc<Conn>) -> Result<(), SshError> {
-        let _g = self.inner.reconnect.lock().await;
+        let _g = self.inner().reconnect.lock().await;
         if !Arc::ptr_eq(&self.conn(), dead) {
             return Ok(()); // someone else already reconnected
         }
-        let (conn, _) = open(&self.inner.target, &self.inner.opts, &self.inner.chain).await?;
-        *self.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+        let (conn, _) = open(&self.inner().target, &self.inner().opts, &self.inner().chain).await?;
+        *self.inner().conn.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
         Ok(())
     }
 
@@ -293,7 +321,7 @@ impl Session {
         keep_stdin: bool,
     ) -> Result<RemoteChild, SshError> {
         let conn = self.conn();
-        let open_timeout = self.inner.opts.connect_timeout.max(Duration::from_secs(5));
+        let open_timeout = self.inner().opts.connect_timeout.max(Duration::from_secs(5));
         let channel = match tokio::time::timeout(open_timeout, conn.handle.channel_open_session()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -309,7 +337,7 @@ impl Session {
                 } else {
                     SshError::Timeout {
                         node: self.name.clone(),
-                        addr: self.inner.addr.clone(),
+                        addr: self.inner().addr.clone(),
                         phase: "channel open",
                         after: open_timeout,
                     }
@@ -339,29 +367,31 @@ impl Session {
             let _ = write.eof().await;
         }
         Ok(RemoteChild {
-            session: self.clone(),
-            conn,
-            read,
-            write,
-            _permit: permit,
-            _writer: writer,
-            sudo: cmd.sudo,
-            pid: None,
-            head: Vec::new(),
-            pending: VecDeque::new(),
-            status: None,
-            signal: None,
-            done: false,
-            exited: false,
+            imp: ChildImpl::Ssh(SshChild {
+                session: self.clone(),
+                conn,
+                read,
+                write,
+                _permit: permit,
+                _writer: writer,
+                sudo: cmd.sudo,
+                pid: None,
+                head: Vec::new(),
+                pending: VecDeque::new(),
+                status: None,
+                signal: None,
+                done: false,
+                exited: false,
+            }),
         })
     }
 
     async fn permit(&self) -> OwnedSemaphorePermit {
-        self.inner.channels.clone().acquire_owned().await.expect("semaphore never closed")
+        self.inner().channels.clone().acquire_owned().await.expect("semaphore never closed")
     }
 
     async fn run_once(&self, cmd: &RemoteCommand) -> Result<Output, SshError> {
-        let after = cmd.timeout.unwrap_or(self.inner.opts.command_timeout);
+        let after = cmd.timeout.unwrap_or(self.inner().opts.command_timeout);
         let deadline = tokio::time::Instant::now() + after;
         let timed_out = || SshError::CommandTimeout { node: self.name.clone(), command: cmd.wire(), after };
         let permit = tokio::time::timeout_at(deadline, self.permit()).await.map_err(|_| timed_out())?;
@@ -387,6 +417,9 @@ impl Session {
 
     /// Run to completion, capturing stdout/stderr/exit status.
     pub async fn run(&self, cmd: &RemoteCommand) -> Result<Output, SshError> {
+        if let Backend::Other(t) = &self.backend {
+            return transport::run(t.as_ref(), &self.name, cmd, self.default_timeout()).await;
+        }
         let conn = self.conn();
         match self.run_once(cmd).await {
             Err(SshError::Disconnected { .. }) if cmd.idempotent => {
@@ -414,6 +447,9 @@ impl Session {
     /// Stdin stays open (see [`RemoteChild::write_stdin`]) unless `cmd.stdin` is set. The child
     /// holds one of the session's `max_channels` slots until it is dropped.
     pub async fn spawn(&self, cmd: &RemoteCommand) -> Result<RemoteChild, SshError> {
+        if let Backend::Other(t) = &self.backend {
+            return Ok(RemoteChild { imp: ChildImpl::Other(t.start(cmd).await?) });
+        }
         let permit = self.permit().await;
         self.start(cmd, Some(permit), true).await
     }
@@ -431,11 +467,24 @@ impl Session {
     }
     /// Close the connection politely.
     pub async fn close(&self) {
+        if let Backend::Other(t) = &self.backend {
+            return t.close();
+        }
         let conn = self.conn();
         let _ = conn.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
     pub fn is_closed(&self) -> bool {
-        self.conn().handle.is_closed()
+        match &self.backend {
+            Backend::Ssh(_) => self.conn().handle.is_closed(),
+            Backend::Other(t) => t.is_closed(),
+        }
+    }
+
+    fn default_timeout(&self) -> Duration {
+        match &self.backend {
+            Backend::Ssh(i) => i.opts.command_timeout,
+            Backend::Other(_) => Duration::from_secs(120),
+        }
     }
     /// Round-trip time of one no-op command, for diagnostics.
     pub async fn ping(&self) -> Result<Duration, SshError> {
@@ -483,6 +532,66 @@ pub enum ChildEvent {
 
 /// A running remote command on its own channel.
 pub struct RemoteChild {
+    imp: ChildImpl,
+}
+
+enum ChildImpl {
+    Ssh(SshChild),
+    Other(Box<dyn Channel>),
+}
+
+impl RemoteChild {
+    /// Remote pid of the command (known once its first output arrived or it was killed).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.imp {
+            ChildImpl::Ssh(c) => c.pid,
+            ChildImpl::Other(c) => c.pid(),
+        }
+    }
+    /// Signal that ended the command (after [`ChildEvent::Exit`] with `None`).
+    pub fn signal(&self) -> Option<&str> {
+        match &self.imp {
+            ChildImpl::Ssh(c) => c.signal.as_deref(),
+            ChildImpl::Other(_) => None,
+        }
+    }
+    /// Next output chunk or the exit; `None` once the channel is closed.
+    pub async fn next(&mut self) -> Option<ChildEvent> {
+        match &mut self.imp {
+            ChildImpl::Ssh(c) => c.next().await,
+            ChildImpl::Other(c) => c.next().await,
+        }
+    }
+    pub async fn write_stdin(&mut self, bytes: &[u8]) -> Result<(), SshError> {
+        match &mut self.imp {
+            ChildImpl::Ssh(c) => c.write_stdin(bytes).await,
+            ChildImpl::Other(c) => c.write_stdin(bytes).await,
+        }
+    }
+    /// Send EOF on stdin.
+    pub async fn close_stdin(&mut self) -> Result<(), SshError> {
+        match &mut self.imp {
+            ChildImpl::Ssh(c) => c.close_stdin().await,
+            ChildImpl::Other(c) => c.close_stdin().await,
+        }
+    }
+    /// Terminate the remote process (not just the channel) and close the channel.
+    pub async fn kill(&mut self) -> Result<(), SshError> {
+        match &mut self.imp {
+            ChildImpl::Ssh(c) => c.kill().await,
+            ChildImpl::Other(c) => c.kill().await,
+        }
+    }
+    async fn collect(&mut self) -> Result<Output, SshError> {
+        match &mut self.imp {
+            ChildImpl::Ssh(c) => c.collect().await,
+            ChildImpl::Other(_) => unreachable!("other transports collect in transport::run"),
+        }
+    }
+}
+
+/// A running command on a russh channel.
+struct SshChild {
     session: Session,
     conn: Arc<Conn>,
     read: ChannelReadHalf,
@@ -503,16 +612,7 @@ pub struct RemoteChild {
     exited: bool,
 }
 
-impl RemoteChild {
-    /// Remote pid of the command (known once its first output arrived or it was killed).
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-    /// Signal that ended the command (after [`ChildEvent::Exit`] with `None`).
-    pub fn signal(&self) -> Option<&str> {
-        self.signal.as_deref()
-    }
-
+impl SshChild {
     fn on_stdout(&mut self, data: Bytes) {
         if self.pid.is_some() || self.head.is_empty() && data.is_empty() {
             if !data.is_empty() {
@@ -645,7 +745,7 @@ impl RemoteChild {
     }
 }
 
-impl Drop for RemoteChild {
+impl Drop for SshChild {
     /// A child dropped while still running is killed remotely (same pid trick as
     /// [`RemoteChild::kill`]) and its channel closed, in a background task: a forgotten
     /// `sudo tail -F` would otherwise live on, and hold one of sshd's MaxSessions slots.

@@ -174,26 +174,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     let port = f.get("port").and_then(|v| cx.int(v, &f.path("port"), 1, 65535, "a port number (1-65535)"));
     let username = f.get("username").and_then(|v| cx.string(v, &f.path("username")));
 
-    let mut auth = Vec::new();
-    let passphrase_env =
-        f.get("identity_passphrase_env").and_then(|v| cx.string(v, &f.path("identity_passphrase_env")));
-    if let Some(v) = f.get("identity_file") {
-        if let Some(s) = cx.string(v, &f.path("identity_file")) {
-            auth.push(Auth::IdentityFile { path: local_path(&s, cx.file), passphrase_env });
-        }
-    } else if passphrase_env.is_some() {
-        cx.err(f.key_pos("identity_passphrase_env"), &f.path("identity_passphrase_env"), "needs `identity_file`");
-    }
-    if let Some(s) = f.get("priv_key").and_then(|v| cx.string(v, &f.path("priv_key"))) {
-        auth.push(Auth::PrivateKeyPem(s));
-    }
-    if let Some(s) = f.get("password_env").and_then(|v| cx.string(v, &f.path("password_env"))) {
-        auth.push(Auth::PasswordEnv(s));
-    }
-    if let Some(s) = f.get("password").and_then(|v| cx.string(v, &f.path("password"))) {
-        auth.push(Auth::Password(s));
-    }
-
+    let auth = node_auth(cx, &f);
     let proxy_jump = f.get("proxy_jump").and_then(|v| cx.string(v, &f.path("proxy_jump")));
     let known_hosts =
         f.get("known_hosts").and_then(|v| cx.string(v, &f.path("known_hosts"))).map(|s| local_path(&s, cx.file));
@@ -210,33 +191,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
         None => "/run/harness".to_string(),
     };
 
-    let mut interfaces = BTreeMap::new();
-    if let Some(v) = f.get("interfaces")
-        && let Some(entries) = cx.map(v, &f.path("interfaces"))
-    {
-        for (k, v) in entries {
-            let Some(port) = k.as_scalar() else { continue };
-            if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), port), k.pos, IFACE_KEYS) {
-                let mut s = |key: &str| fp.get(key).and_then(|v| cx.string(v, &fp.path(key)));
-                let iface = CsitInterface {
-                    mac_address: s("mac_address"),
-                    pci_address: s("pci_address"),
-                    link: s("link"),
-                    driver: s("driver"),
-                    model: s("model"),
-                };
-                for key in ["name", "ip4_address", "ip6_address"] {
-                    s(key);
-                }
-                for key in ["vlan", "numa_node"] {
-                    if let Some(v) = fp.get(key) {
-                        cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
-                    }
-                }
-                interfaces.insert(port.to_string(), iface);
-            }
-        }
-    }
+    let interfaces = node_interfaces(cx, &f);
     // Scalars CSIT keeps at node level: only their shape is checked.
     for key in ["subtype", "model", "uio_driver"] {
         if let Some(v) = f.get(key) {
@@ -265,6 +220,64 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
         run_root,
         interfaces,
     })
+}
+
+/// Credentials in preference order: identity file, CSIT's inline `priv_key`, `password_env`,
+/// plaintext `password`.
+fn node_auth(cx: &mut Cx, f: &Fields) -> Vec<Auth> {
+    let mut auth = Vec::new();
+    let passphrase_env =
+        f.get("identity_passphrase_env").and_then(|v| cx.string(v, &f.path("identity_passphrase_env")));
+    if let Some(v) = f.get("identity_file") {
+        if let Some(s) = cx.string(v, &f.path("identity_file")) {
+            auth.push(Auth::IdentityFile { path: local_path(&s, cx.file), passphrase_env });
+        }
+    } else if passphrase_env.is_some() {
+        cx.err(f.key_pos("identity_passphrase_env"), &f.path("identity_passphrase_env"), "needs `identity_file`");
+    }
+    if let Some(s) = f.get("priv_key").and_then(|v| cx.string(v, &f.path("priv_key"))) {
+        auth.push(Auth::PrivateKeyPem(s));
+    }
+    if let Some(s) = f.get("password_env").and_then(|v| cx.string(v, &f.path("password_env"))) {
+        auth.push(Auth::PasswordEnv(s));
+    }
+    if let Some(s) = f.get("password").and_then(|v| cx.string(v, &f.path("password"))) {
+        auth.push(Auth::Password(s));
+    }
+
+    auth
+}
+
+/// CSIT `interfaces:` (port1..portN): kept for reference, only their shape is checked.
+fn node_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
+    let mut interfaces = BTreeMap::new();
+    if let Some(v) = f.get("interfaces")
+        && let Some(entries) = cx.map(v, &f.path("interfaces"))
+    {
+        for (k, v) in entries {
+            let Some(port) = k.as_scalar() else { continue };
+            if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), port), k.pos, IFACE_KEYS) {
+                let mut s = |key: &str| fp.get(key).and_then(|v| cx.string(v, &fp.path(key)));
+                let iface = CsitInterface {
+                    mac_address: s("mac_address"),
+                    pci_address: s("pci_address"),
+                    link: s("link"),
+                    driver: s("driver"),
+                    model: s("model"),
+                };
+                for key in ["name", "ip4_address", "ip6_address"] {
+                    s(key);
+                }
+                for key in ["vlan", "numa_node"] {
+                    if let Some(v) = fp.get(key) {
+                        cx.int(v, &fp.path(key), 0, u32::MAX as u64, "a non-negative integer");
+                    }
+                }
+                interfaces.insert(port.to_string(), iface);
+            }
+        }
+    }
+    interfaces
 }
 
 fn hugepages(cx: &mut Cx, f: &Fields) -> HugepagesConfig {

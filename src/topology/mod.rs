@@ -9,7 +9,7 @@ mod cx;
 mod load;
 
 mod model;
-mod validate;
+pub(crate) mod validate;
 mod vm;
 mod yaml;
 

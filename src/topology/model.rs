@@ -209,6 +209,32 @@ pub enum VmKind {
     Image,
 }
 
+/// How a VM boots, with exactly the inputs that kind of boot has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Boot {
+    /// Host kernel and initrd: each a path, or a prefix resolved on the host like CSIT
+    /// (`/opt/boot/vmlinuz` = the newest `/opt/boot/vmlinuz*`).
+    Kernel { kernel: String, initrd: String },
+    /// A disk image and its format (`raw`, `qcow2`, ...).
+    Image { image: String, format: String },
+}
+
+impl Boot {
+    pub fn kind(&self) -> VmKind {
+        match self {
+            Boot::Kernel { .. } => VmKind::Kernel,
+            Boot::Image { .. } => VmKind::Image,
+        }
+    }
+}
+
+impl Vm {
+    pub fn kind(&self) -> VmKind {
+        self.boot.kind()
+    }
+}
+
 /// What runs inside the guest. Decides startup.conf / exec / testpmd command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
@@ -274,13 +300,8 @@ pub struct Vm {
     pub qemu_id: u32,
     /// Default `<node>_<qemu_id>` (CSIT's name).
     pub name: String,
-    pub kind: VmKind,
-    /// Kernel path or prefix (`/opt/boot/vmlinuz` = newest `/opt/boot/vmlinuz*` on the host). Kernel VMs.
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
-    /// Disk image (image VMs).
-    pub image: Option<String>,
-    pub image_format: String,
+    /// How it boots; an image VM cannot carry a kernel, nor a kernel VM an image.
+    pub boot: Boot,
     pub smp: u32,
     /// Guest RAM in MiB, hugepage-backed.
     pub mem: u64,

@@ -108,6 +108,16 @@ pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) ->
 
 /// Assign ids and names, then check what VMs on one node (or in the file) must not share.
 pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
+    let duplicate_id = assign_ids_and_names(cx, &mut drafts);
+    check_names_and_sockets(cx, &drafts);
+    check_unique_names(cx, &drafts, &duplicate_id);
+    check_shared_resources(cx, &drafts);
+    drafts.into_iter().map(|d| d.vm).collect()
+}
+
+/// Explicit ids are reserved first, so an automatic id never takes one written later in the
+/// file; then defaults. Returns the drafts whose explicit id repeats an earlier one.
+fn assign_ids_and_names(cx: &mut Cx, drafts: &mut [VmDraft]) -> BTreeSet<usize> {
     // Explicit ids first, so an automatic id never takes one written later in the file.
     let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
     let mut duplicate_id = BTreeSet::new();
@@ -127,7 +137,7 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
             }
         }
     }
-    for d in &mut drafts {
+    for d in drafts.iter_mut() {
         let id = match d.explicit_id {
             Some(id) => id,
             None => {
@@ -145,11 +155,14 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
             d.vm.name = format!("{}_{}", d.vm.node, id);
         }
     }
+    duplicate_id
+}
 
+fn check_names_and_sockets(cx: &mut Cx, drafts: &[VmDraft]) {
     // The loader checks the alphabet of explicit names; a default `<node>_<id>` is safe when the
     // node name is (checked with the nodes). This adds what the alphabet allows but a name must
     // not be (a leading `.`, too long).
-    for d in &drafts {
+    for d in drafts {
         if d.explicit_name
             && let Some(m) = name_problem(&d.vm.name)
         {
@@ -161,7 +174,10 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
             }
         }
     }
+}
 
+/// VM names are unique in the file.
+fn check_unique_names(cx: &mut Cx, drafts: &[VmDraft], duplicate_id: &BTreeSet<usize>) {
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
     for (i, d) in drafts.iter().enumerate() {
         // A default name repeats a duplicate id: that is one problem, already reported.
@@ -178,13 +194,15 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
             names.insert(&d.vm.name, &d.spans.path);
         }
     }
+}
 
-    // Per node: CPUs, passthrough devices, sockets and host ports belong to one VM only.
+/// Per node: CPUs, passthrough devices, sockets and host ports belong to one VM only.
+fn check_shared_resources(cx: &mut Cx, drafts: &[VmDraft]) {
     let mut cpus: BTreeMap<(&str, u32), &str> = BTreeMap::new();
     let mut vfio: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut sockets: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut ports: BTreeMap<(&str, u16), &str> = BTreeMap::new();
-    for d in &drafts {
+    for d in drafts {
         let node = d.vm.node.as_str();
         let owner = d.spans.path.as_str();
         let mut mine = BTreeSet::new();
@@ -217,6 +235,4 @@ pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>) -> Vec<Vm> {
             }
         }
     }
-
-    drafts.into_iter().map(|d| d.vm).collect()
 }

@@ -1,52 +1,149 @@
-//! Stage 7, on any failure or interrupt: stop everything the [`Tracker`] says this run started,
-//! on every node, then give back hugepages and remove the run directories.
+//! Stage 7, on any failure or interrupt: on every node whose run directory this invocation
+//! claimed, stop every planned VM, give back the hugepages the host's journal records, and
+//! remove the run directory; then say exactly what could not be undone.
+//!
+//! Cleanup acts only inside a directory whose owner file holds this invocation's nonce (checked
+//! on the host, in the same script that acts), so a run refused for reusing a live run id never
+//! touches the live run. Paths are recomputed ([`crate::run::layout`]). A lost connection is
+//! retried with a fresh one, a bounded number of times: the node may come back.
 
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::tracker::Tracker;
-use crate::remote::process;
+use super::tracker::{TrackedNode, Tracker};
+use crate::remote::process::{self, StopOutcome};
 use crate::report::{EventSink, Phase};
-use crate::ssh::RemoteCommand;
+use crate::run::down::{self, NodeRelease};
+use crate::run::layout::{self, VmPaths};
+use crate::ssh::{RemoteCommand, Session, SshError};
 
-/// Stop everything the tracker says this run started, on every node, then give back hugepages
-/// and remove the run directories.
-pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) {
+/// Connection attempts per node (the first included), with a growing pause between them.
+const ATTEMPTS: u32 = 6;
+
+/// What cleanup could not undo, per node, for the final message.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    /// Everything this invocation created is gone again.
+    pub complete: bool,
+    /// `DUT1: DUT1_2 may still run (connection lost: …)`, one line per problem.
+    pub left: Vec<String>,
+}
+
+/// Stop everything this invocation may have started, on every node, and release the nodes.
+pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) -> CleanupReport {
     let mut set = JoinSet::new();
     for (name, tn) in tracker.nodes() {
         let ev = events.for_node(&name);
+        let nonce = tracker.nonce.clone();
+        set.spawn(async move { clean_node(&name, &tn, &nonce, grace, &ev).await });
+    }
+    let mut report = CleanupReport { complete: true, left: vec![] };
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(left) => report.left.extend(left),
+            Err(e) => report.left.push(format!("cleanup task failed: {e}")),
+        }
+    }
+    report.complete = report.left.is_empty();
+    report
+}
+
+/// One node: what is left, as messages (empty: nothing).
+async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, ev: &EventSink) -> Vec<String> {
+    if !tn.claimed {
+        // Connected (maybe planned) but the run directory was never claimed: nothing exists.
+        return vec![];
+    }
+    let vms: Vec<VmPaths> = match &tn.plan {
+        Some(p) => p.vms.iter().filter_map(|v| layout::vm_paths(&tn.run_dir, &v.name).ok()).collect(),
+        None => vec![],
+    };
+    for v in &vms {
+        ev.for_vm(&v.name).phase(Phase::Stopping);
+    }
+    let mut pending: Vec<VmPaths> = vms.clone();
+    let mut last_err = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            ev.warn(format!("connection lost ({last_err}); reconnecting (attempt {attempt} of {ATTEMPTS})"));
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt - 1))).await;
+        }
+        let (still, err) = stop_all(&tn.session, &tn.run_root, &tn.run_dir, nonce, &pending, grace, ev).await;
+        pending = still;
+        if let Some(e) = err {
+            last_err = e;
+            continue;
+        }
+        let rel =
+            NodeRelease { node: name, run_root: &tn.run_root, run_dir: &tn.run_dir, vms: &vms, nonce: Some(nonce) };
+        match down::release_node(&tn.session, &rel, ev).await {
+            Ok(()) => return vec![],
+            Err(e) if tn.session.is_closed() || e.contains("connection lost") || e.contains("connect failed") => {
+                last_err = e;
+            }
+            Err(e) => return vec![format!("{name}: {e}")],
+        }
+    }
+    let mut left: Vec<String> =
+        pending.iter().map(|v| format!("{name}: {} may still run ({last_err})", v.name)).collect();
+    left.push(format!(
+        "{name}: {} and its hugepages were not released ({last_err})",
+        if tn.run_dir.is_empty() { "the run directory" } else { &tn.run_dir }
+    ));
+    left
+}
+
+/// Stop `vms` concurrently; returns the ones not stopped and, if the connection failed, why.
+/// A VM whose stop script failed for another reason is reported through `ev` and counted done.
+async fn stop_all(
+    session: &Session,
+    run_root: &str,
+    run_dir: &str,
+    nonce: &str,
+    vms: &[VmPaths],
+    grace: Duration,
+    ev: &EventSink,
+) -> (Vec<VmPaths>, Option<String>) {
+    let mut set = JoinSet::new();
+    for v in vms.iter().cloned() {
+        let s = session.clone();
+        let script = format!(
+            "{claimed}claimed {rd} {nonce} || {{ echo outcome=not_ours; exit 0; }}\n{stop}",
+            claimed = layout::claimed_fn(),
+            rd = crate::quote::quote(run_dir),
+            nonce = crate::quote::quote(nonce),
+            stop = process::stop_script(run_root, &v, grace.as_secs() as u32),
+        );
+        let ev = ev.for_vm(&v.name);
         set.spawn(async move {
-            for l in &tn.launched {
-                ev.for_vm(&l.vm).phase(Phase::Stopping);
-            }
-            let mut stops = JoinSet::new();
-            for l in tn.launched.clone() {
-                let s = tn.session.clone();
-                let ev = ev.for_vm(&l.vm);
-                stops.spawn(async move {
-                    let script = process::stop_script(&l.pidfile, &l.qmp, &l.run_dir, grace.as_secs() as u32);
-                    match s.run(&RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30))).await {
-                        Ok(o) if o.success() => ev.phase(Phase::Stopped),
-                        Ok(o) => ev.warn(format!("stop failed: {}", o.stderr_str().trim())),
-                        Err(e) => ev.warn(format!("stop failed: {e}")),
+            let cmd = RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30)).idempotent();
+            let res: Result<_, SshError> = s.run(&cmd).await;
+            match res {
+                Ok(o) => {
+                    match process::parse_stop(&o.stdout_str()) {
+                        Ok(r) if r.outcome == StopOutcome::NotOurs => {
+                            ev.info("not this run's (left alone)".to_string())
+                        }
+                        Ok(_) => ev.phase(Phase::Stopped),
+                        Err(_) => ev.warn(format!("stop failed: {}", o.stderr_str().trim())),
                     }
-                });
+                    (v, None)
+                }
+                Err(e) => (v, Some(e.to_string())),
             }
-            while stops.join_next().await.is_some() {}
-            if tn.run_dir.is_empty() {
-                // Connected but never planned: nothing was created on the node.
-                return;
-            }
-            let node = crate::run::down::NodeRelease {
-                node: &name,
-                run_root: &tn.run_root,
-                run_dir: &tn.run_dir,
-                vm_dirs: &tn.vm_dirs,
-                changes: &tn.hugepages,
-            };
-            crate::run::down::release_node(&tn.session, &node, &ev).await;
         });
     }
-    while set.join_next().await.is_some() {}
+    let mut still = Vec::new();
+    let mut err = None;
+    while let Some(r) = set.join_next().await {
+        if let Ok((v, e)) = r
+            && let Some(e) = e
+        {
+            err.get_or_insert(e);
+            still.push(v);
+        }
+    }
+    (still, err)
 }

@@ -1,12 +1,16 @@
 //! Stage 3 (under the host lock): check the plan's hugepage needs (per size and NUMA node)
 //! against the host's pools right now, and allocate exactly the shortfall where the node allows.
+//! The allocation journals each change on the host before making it (see
+//! [`hugepages::allocate_script`]), so cancellation never loses a change.
 
+use super::node::NodeCtx;
 use super::{UpError, fail};
 use crate::plan::NodePlan;
 use crate::remote::hugepages::{self, HugepageChange};
+use crate::run::layout;
 use crate::ssh::{RemoteCommand, Session};
 
-pub(super) async fn ensure(session: &Session, np: &NodePlan) -> Result<Vec<HugepageChange>, UpError> {
+pub(super) async fn ensure(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<Vec<HugepageChange>, UpError> {
     let mut mounts: Vec<&str> = np.hugepages.iter().map(|h| h.mount.as_str()).collect();
     mounts.dedup();
     let out = session.run_ok(&RemoteCommand::sh(hugepages::probe_script(&mounts))).await?;
@@ -33,7 +37,14 @@ pub(super) async fn ensure(session: &Session, np: &NodePlan) -> Result<Vec<Hugep
             problems.push([what, mnt].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; "));
             continue;
         }
-        let out = session.run(&RemoteCommand::sh(hugepages::allocate_script(size, pages, mount, numa)).sudo()).await?;
+        // Recorded before it is sent: if this task is cancelled while the script runs, cleanup
+        // still restores what the host's journal says was done.
+        ctx.tracker.node(&np.name, |n| n.hugepages_in_flight = true);
+        let journal = layout::hugepage_journal(&np.run_dir, &np.name);
+        let script = hugepages::allocate_script(size, pages, mount, numa, &journal);
+        let cmd = RemoteCommand::sh(script).sudo();
+        let (out, ()) = tokio::join!(session.run(&cmd), super::testpause::at("hugepages", &np.name));
+        let out = out?;
         if !out.success() {
             return Err(fail(format!("hugepage allocation failed: {}", out.stderr_str().trim())));
         }

@@ -23,10 +23,11 @@ mod prepare;
 mod readiness;
 mod record;
 mod start;
+mod testpause;
 mod tracker;
 mod upload;
 
-pub use cleanup::cleanup;
+pub use cleanup::{CleanupReport, cleanup};
 pub use tracker::{Launched, TrackedNode, Tracker};
 
 use std::collections::BTreeMap;
@@ -59,9 +60,21 @@ pub struct UpOptions {
     pub connect: ConnectOptions,
     /// How long `down`/cleanup waits for QMP `quit` before SIGTERM.
     pub stop_grace: Duration,
+    /// How to reach a node; `None` = SSH. Tests connect to in-process fake hosts.
+    pub connector: Option<Arc<dyn Connector>>,
+    /// Fires like Ctrl-C/SIGTERM (tests, and embedders with their own signal handling).
+    pub interrupt: Option<Arc<tokio::sync::Notify>>,
     /// Called once every node task has ended, before cleanup stops anything (so artifacts and
     /// counters can still be read from live guests) and before the final manifests.
     pub before_cleanup: Option<BeforeCleanup>,
+}
+
+/// Opens the session to a node (the seam tests use to put a fake host behind a node).
+pub trait Connector: Send + Sync {
+    fn connect(
+        &self,
+        node: &crate::topology::Node,
+    ) -> futures::future::BoxFuture<'static, Result<crate::ssh::Session, SshError>>;
 }
 
 /// See [`UpOptions::before_cleanup`]. It must bound its own time: cleanup waits for it.
@@ -86,7 +99,7 @@ pub enum FailureKind {
     /// The guest never became ready: boot timeout, a failure marker, QEMU exiting during boot,
     /// a silent guest agent.
     NotReady,
-    /// Connect, host key or authentication failed.
+    /// Connect, host key or authentication failed, or the connection broke mid-run.
     Unreachable,
     /// The host side: QEMU would not start, hugepages, locks, pinning, commands failing.
     Infrastructure,
@@ -126,6 +139,10 @@ pub struct RunResult {
     pub duration_s: f64,
     pub nodes: Vec<NodeResult>,
     pub vms: Vec<VmResult>,
+    /// After a failure: whether cleanup undid everything, and what it could not.
+    pub cleanup: Option<CleanupReport>,
+    /// The run id was refused: it belongs to another run (nothing of that run was touched).
+    pub run_id_in_use: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,11 +153,14 @@ pub struct NodeResult {
     pub accel: Option<AccelChoice>,
     pub hugepages: Vec<HugepageChange>,
     pub error: Option<String>,
-    /// The node could not be reached or refused us (connect, host key, auth).
+    /// The node could not be reached or refused us (connect, host key, auth), or its
+    /// connection broke mid-run.
     pub unreachable: bool,
     /// Set with `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureKind>,
+    #[serde(skip)]
+    pub run_id_in_use: bool,
     /// The facts gathered and the plan executed (kept for the run record, not printed).
     #[serde(skip)]
     pub facts: Option<HostFacts>,
@@ -194,6 +214,12 @@ pub enum UpError {
     Lock(#[from] LockError),
     #[error("{0}")]
     Failed(String),
+    /// The run id's directory exists on the node: another run (or its leftovers) owns it.
+    #[error("{0}")]
+    RunIdInUse(String),
+    /// The connection to the node broke mid-run (message already names the node and VM).
+    #[error("{0}")]
+    Lost(String),
     #[error("{message}")]
     Guest { message: String, tail: Vec<String> },
 }
@@ -203,11 +229,19 @@ impl UpError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, UpError::Ssh(e) if e.is_unreachable())
     }
+    /// The connection broke while in use: the node is lost (exit 3), not the guest failed.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, UpError::Lost(_)) || matches!(self, UpError::Ssh(e) if e.is_connection_lost())
+    }
+    /// This error, prefixed with `what` (a VM name), keeping whether the node was lost.
+    pub fn context(self, what: &str) -> UpError {
+        if self.is_lost() { UpError::Lost(format!("{what}: {self}")) } else { fail(format!("{what}: {self}")) }
+    }
 
     pub fn failure_kind(&self) -> FailureKind {
         match self {
             UpError::Guest { .. } => FailureKind::NotReady,
-            e if e.is_unreachable() => FailureKind::Unreachable,
+            e if e.is_unreachable() || e.is_lost() => FailureKind::Unreachable,
             _ => FailureKind::Infrastructure,
         }
     }
@@ -220,7 +254,7 @@ pub(crate) fn fail(msg: impl Into<String>) -> UpError {
 /// Bring up every selected VM of the topology. Never returns with VMs of a failed run running.
 pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let started = Instant::now();
-    let tracker = Arc::new(Tracker::default());
+    let tracker = Arc::new(Tracker::new());
     let topo = opts.topology.clone();
     let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
     let order: Vec<(String, String)> =
@@ -243,6 +277,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
                 error: None,
                 unreachable: false,
                 failure: None,
+                run_id_in_use: false,
                 facts: None,
                 plan: None,
             },
@@ -253,14 +288,15 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
             (ctx.node.name.clone(), res)
         });
     }
-    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events).await;
+    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
     if let Some(hook) = &opts.before_cleanup {
         let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
         let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
         hook(RunView { ok, interrupted, nodes: tracker.nodes(), vms }).await;
     }
+    let mut report = None;
     if failed || interrupted {
-        cleanup(&tracker, opts.stop_grace, &events).await;
+        report = Some(cleanup(&tracker, opts.stop_grace, &events).await);
     } else {
         record::write_final_manifests(&tracker, opts, &events).await;
     }
@@ -280,8 +316,10 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         ok,
         interrupted,
         duration_s: started.elapsed().as_secs_f64(),
+        run_id_in_use: node_results.values().any(|n| n.run_id_in_use),
         nodes: node_results.into_values().collect(),
         vms,
+        cleanup: report,
     }
 }
 
@@ -291,8 +329,17 @@ async fn supervise(
     set: &mut JoinSet<(String, Result<(), UpError>)>,
     node_results: &mut BTreeMap<String, NodeResult>,
     events: &EventSink,
+    interrupt: Option<Arc<tokio::sync::Notify>>,
 ) -> (bool, bool) {
-    let signal = shutdown_signal();
+    let signal = async move {
+        match interrupt {
+            Some(n) => tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = n.notified() => {}
+            },
+            None => shutdown_signal().await,
+        }
+    };
     tokio::pin!(signal);
     let mut interrupted = false;
     let mut failed = false;
@@ -305,7 +352,8 @@ async fn supervise(
                     events.for_node(&name).warn(format!("{e}"));
                     if let Some(nr) = node_results.get_mut(&name) {
                         nr.error = Some(e.to_string());
-                        nr.unreachable = e.is_unreachable();
+                        nr.unreachable = e.is_unreachable() || e.is_lost();
+                        nr.run_id_in_use = matches!(e, UpError::RunIdInUse(_));
                         nr.failure = Some(e.failure_kind());
                     }
                     set.abort_all();
@@ -339,3 +387,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,6 +27,7 @@ pub(super) struct NodeCtx {
     pub run_id: String,
     pub topology_path: String,
     pub connect: ConnectOptions,
+    pub connector: Option<Arc<dyn super::Connector>>,
     pub tracker: Arc<Tracker>,
     pub events: EventSink,
 }
@@ -41,6 +42,7 @@ impl NodeCtx {
             run_id: opts.run_id.clone(),
             topology_path: opts.topology_path.display().to_string(),
             connect: opts.connect.clone(),
+            connector: opts.connector.clone(),
             tracker,
             events,
         }
@@ -57,15 +59,18 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
 
     ev.phase(Phase::Uploading);
     let t = Instant::now();
-    upload::files(&session, &np).await?;
+    if let Err(e) = upload::files(&session, &np).await {
+        return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
+    }
     let upload_s = t.elapsed().as_secs_f64();
+    super::testpause::at("uploaded", &np.name).await;
 
     // Hugepages and QEMU starts under the host lock: preallocation must not race another run.
     ev.phase(Phase::Hugepages);
     let holder = format!("run {} node {} ({})", ctx.run_id, ctx.node.name, crate::run::started_by());
     let lock = HostLock::acquire(&session, &holder, LOCK_WAIT).await?;
     let started = async {
-        let changes = hugepages::ensure(&session, &np).await?;
+        let changes = hugepages::ensure(ctx, &session, &np).await?;
         ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
         record::write_manifest(ctx, &session, &np).await?;
         start::all(ctx, &session, &np).await

@@ -1,5 +1,11 @@
-//! Stage 1: connect, gather the host's facts, plan the node with them, create the run
-//! directories. After this stage the node's plan is final: nothing later changes it.
+//! Stage 1: connect, gather the host's facts, plan the node with them, claim the run directory,
+//! write the manifest (state `preparing`) and only then create the VM directories. After this
+//! stage the node's plan is final: nothing later changes it.
+//!
+//! The order is what makes every failure recoverable: the run directory is claimed atomically
+//! with its owner file (a run id already in use is refused before anything is written), the
+//! manifest exists before any VM directory, so `down` always finds what an `up` killed at any
+//! instant left behind.
 
 use std::time::Duration;
 
@@ -10,14 +16,17 @@ use crate::plan::{self, NodePlan};
 use crate::quote::quote;
 use crate::remote::{check, facts};
 use crate::report::Phase;
+use crate::run::layout;
 use crate::ssh::{RemoteCommand, Session, SshTarget};
 use crate::topology::Accel;
 
 pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpError> {
     let ev = &ctx.events;
     ev.phase(Phase::Connecting);
-    let target = SshTarget::for_node(&ctx.topology, &ctx.node);
-    let session = Session::connect(&target, &ctx.connect).await?;
+    let session = match &ctx.connector {
+        Some(c) => c.connect(&ctx.node).await?,
+        None => Session::connect(&SshTarget::for_node(&ctx.topology, &ctx.node), &ctx.connect).await?,
+    };
     ctx.tracker.with(|t| {
         t.nodes.insert(
             ctx.node.name.clone(),
@@ -28,6 +37,8 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
                 run_dir: String::new(),
                 launched: vec![],
                 vm_dirs: vec![],
+                claimed: false,
+                hugepages_in_flight: false,
                 hugepages: vec![],
                 facts: None,
                 plan: None,
@@ -50,16 +61,61 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
         ev.for_vm(&v.name)
             .info(format!("guest memory bound to NUMA node {}, the node of its CPUs", v.numa.unwrap_or(0)));
     }
-    // Recorded before the directories exist, so cleanup removes them whatever happens next.
+    claim(ctx, &session, &np).await?;
+    Ok((session, np))
+}
+
+/// Claim `<run_root>/<run_id>`, write the `preparing` manifest, then create each VM directory
+/// with a plain `mkdir` (an existing one is an error, never reused).
+async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    // Recorded before the claim is sent, so cleanup asks the host whatever happens next.
     ctx.tracker.node(&np.name, |n| {
         n.run_dir = np.run_dir.clone();
         n.vm_dirs = np.vms.iter().map(|v| v.paths.run_dir.clone()).collect();
         n.plan = Some(np.clone());
+        n.claimed = true;
     });
-    let mut script = format!("set -e\nmkdir -p -m 0755 {}\n", quote(&np.run_dir));
-    for v in &np.vms {
-        script.push_str(&format!("mkdir -p -m 0755 {}\n", quote(&v.paths.run_dir)));
+    let by = crate::run::started_by();
+    let script = layout::claim_script(&ctx.node.run_root, &np.run_dir, &np.name, &ctx.tracker.nonce, &by);
+    let out = session.run(&RemoteCommand::sh(script).sudo()).await?;
+    if !out.success() {
+        let err = out.stderr_str();
+        return Err(match out.status {
+            Some(layout::CLAIM_TAKEN) => {
+                UpError::RunIdInUse(format!("{} (choose another --run-id, or stop that run first)", err.trim()))
+            }
+            _ => {
+                let msg = format!("creating the run directory {}: {}", np.run_dir, err.trim());
+                fail(full_hint(session, &msg, &ctx.node.run_root).await)
+            }
+        });
     }
-    session.run_ok(&RemoteCommand::sh(script).sudo()).await?;
-    Ok((session, np))
+    super::testpause::at("claimed", &np.name).await;
+    if let Err(e) = super::record::write_manifest(ctx, session, np).await {
+        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
+    }
+    let mut script = String::from("set -e\n");
+    for v in &np.vms {
+        script.push_str(&format!("mkdir -m 0755 -- {}\n", quote(&v.paths.run_dir)));
+    }
+    if let Err(e) = session.run_ok(&RemoteCommand::sh(script).sudo()).await {
+        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
+    }
+    Ok(())
+}
+
+/// A failed write under `run_root`, with the likely cause when its file system is full (the
+/// shell's own message may only say "I/O error"): asks the host how much room is left.
+pub(super) async fn full_hint(session: &Session, msg: &str, run_root: &str) -> String {
+    let df = RemoteCommand::new(["df", "-Pk", run_root]).timeout(Duration::from_secs(10));
+    let avail_kb = match session.run(&df).await {
+        Ok(o) => o.stdout_str().lines().nth(1).and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok()),
+        Err(_) => None,
+    };
+    if msg.contains("No space left on device") || avail_kb.is_some_and(|kb| kb < 64) {
+        let left = avail_kb.map(|kb| format!(" ({kb} KiB free)")).unwrap_or_default();
+        format!("{msg}\n    hint: the file system holding run_root {run_root} is full{left}")
+    } else {
+        msg.to_string()
+    }
 }

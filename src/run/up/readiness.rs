@@ -9,6 +9,7 @@ use super::super::qga::Qga;
 use super::super::serial::{SerialWatch, Verdict};
 use super::{UpError, fail};
 use crate::plan::VmPlan;
+use crate::remote::process;
 use crate::ssh::{RemoteCommand, Session};
 
 /// Follow the serial log as a stream (`tail -F` from byte 0, ending when QEMU exits) until a
@@ -23,13 +24,20 @@ pub(super) async fn wait_serial(
         .sudo()
         .timeout(v.readiness.timeout + Duration::from_secs(30));
     let mut child = session.spawn(&cmd).await?;
+    super::testpause::at("serial", &v.name).await;
     let mut watch = SerialWatch::new(v.readiness.ready_markers.clone(), v.readiness.fail_markers.clone());
     let result = loop {
         let ev = match tokio::time::timeout_at(deadline, child.next()).await {
             Ok(ev) => ev,
             Err(_) => {
+                let markers: Vec<String> = v.readiness.ready_markers.iter().map(|m| format!("{m:?}")).collect();
                 break Err(UpError::Guest {
-                    message: format!("not ready after {:?} (boot_timeout)", v.readiness.timeout),
+                    message: format!(
+                        "not ready after {}s (boot_timeout): {} never appeared in {}",
+                        v.readiness.timeout.as_secs_f64(),
+                        markers.join(" or "),
+                        v.paths.serial_log
+                    ),
                     tail: watch.tail(),
                 });
             }
@@ -46,13 +54,30 @@ pub(super) async fn wait_serial(
                 None => {}
             },
             Some(crate::ssh::ChildEvent::Stderr(_)) => {}
+            // The end of the stream is not QEMU exiting: the connection may be gone. Ask.
             Some(crate::ssh::ChildEvent::Exit(_)) | None => {
-                break Err(UpError::Guest { message: "qemu exited during boot".into(), tail: watch.tail() });
+                break Err(stream_ended(session, v, pid, watch.tail()).await);
             }
         }
     };
     let _ = child.kill().await;
     result
+}
+
+/// Why the serial stream ended: QEMU really exited, or the connection was lost (the error then
+/// says so and the node counts as lost, not the guest as failed).
+async fn stream_ended(session: &Session, v: &VmPlan, pid: u32, tail: Vec<String>) -> UpError {
+    let probe = RemoteCommand::sh(process::probe_script(&v.paths.pidfile)).sudo().timeout(Duration::from_secs(20));
+    match session.run(&probe).await {
+        Err(e) => UpError::Ssh(e),
+        Ok(o) => match process::parse_probe(&o.stdout_str()) {
+            (false, _) => UpError::Guest { message: format!("qemu (pid {pid}) exited during boot"), tail },
+            (true, _) => UpError::Guest {
+                message: format!("the serial stream of {} ended while qemu (pid {pid}) still runs", v.paths.serial_log),
+                tail,
+            },
+        },
+    }
 }
 
 /// Sync with the guest agent over one socat bridge (re-opened after each timed-out attempt, as

@@ -18,10 +18,10 @@ fn manifest_for(tracker: &Tracker, np: &NodePlan, tn: &TrackedNode, run_id: &str
             let mut rec = VmRecord::planned(v);
             if let Some(r) = tracker.vm_result(&np.name, &v.name) {
                 rec.state = match r.state {
-                    VmState::Pending => VmState::Starting,
-                    s => s,
+                    // Written before anything else of the run exists on the host.
+                    VmState::Pending => "preparing",
+                    s => s.as_str(),
                 }
-                .as_str()
                 .to_string();
                 rec.pid = r.pid;
                 rec.pinned = r.pinned;
@@ -81,6 +81,7 @@ pub(super) fn vm_failed(ctx: &NodeCtx, node: &str, vm: &str, e: UpError) -> UpEr
         r.serial_tail = tail.clone();
     });
     ctx.events.for_vm(vm).phase(Phase::Failed);
+    let lost = e.is_lost();
     let mut msg = format!("{vm}: {e}");
     if !tail.is_empty() {
         msg.push_str("\n    last serial lines:\n");
@@ -88,5 +89,5 @@ pub(super) fn vm_failed(ctx: &NodeCtx, node: &str, vm: &str, e: UpError) -> UpEr
             msg.push_str(&format!("    | {l}\n"));
         }
     }
-    fail(msg)
+    if lost { UpError::Lost(msg) } else { fail(msg) }
 }

@@ -1,5 +1,7 @@
-//! Stage 4 (under the host lock): launch every QEMU of the node at once, each recorded as
-//! launched *before* its start command is sent, and read back its pid.
+//! Stage 4 (under the host lock): launch every QEMU of the node at once and read back its pid.
+//! A VM is recorded as launched once its QEMU has started; cleanup does not depend on that
+//! record (it stops every planned VM of a directory this run claimed), so a start cut short
+//! is still stopped.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,17 +22,19 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
         let ev = ctx.events.for_vm(&v.name);
         starts.spawn(async move {
             ev.phase(Phase::Starting);
-            tracker.node(&node, |n| {
-                n.launched.push(Launched {
-                    vm: v.name.clone(),
-                    pidfile: v.paths.pidfile.clone(),
-                    qmp: v.paths.qmp.clone(),
-                    run_dir: v.paths.run_dir.clone(),
-                })
-            });
             tracker.set_state(&node, &v.name, VmState::Starting);
             let t = Instant::now();
             let res = start_qemu(&s, &v).await;
+            if res.is_ok() {
+                tracker.node(&node, |n| {
+                    n.launched.push(Launched {
+                        vm: v.name.clone(),
+                        pidfile: v.paths.pidfile.clone(),
+                        qmp: v.paths.qmp.clone(),
+                        run_dir: v.paths.run_dir.clone(),
+                    })
+                });
+            }
             tracker.timing(&node, &v.name, "start", t.elapsed().as_secs_f64());
             res.map(|pid| (v.name.clone(), pid)).map_err(|e| (v.name.clone(), e))
         });
@@ -43,13 +47,14 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
                 pids.insert(vm, pid);
             }
             Ok(Err((vm, e))) => {
+                let msg = e.to_string();
                 ctx.tracker.vm(&np.name, &vm, |r| {
                     r.state = VmState::Failed;
-                    r.error = Some(e.to_string());
-                    r.failure = Some(super::FailureKind::Infrastructure);
+                    r.error = Some(msg);
+                    r.failure = Some(e.failure_kind());
                 });
                 ctx.events.for_vm(&vm).phase(Phase::Failed);
-                first_err.get_or_insert(fail(format!("{vm}: {e}")));
+                first_err.get_or_insert(e.context(&vm));
             }
             Err(e) => {
                 first_err.get_or_insert(fail(format!("start task: {e}")));

@@ -1,8 +1,13 @@
 //! What `up` has done so far, where: shared by the node tasks and the cleanup path.
 //!
-//! Every side effect is recorded *before* it is made (a VM directory before `mkdir`, a QEMU
-//! before its start command, a hugepage change as soon as the allocation reports it), so an
-//! error, a timeout or Ctrl-C at any point leaves cleanup a complete list of what to undo.
+//! Every side effect is recorded *before* it is made, so an error, a timeout, a lost connection or
+//! Ctrl-C at any point leaves cleanup a complete list of what to undo: the run directory is
+//! marked `claimed` before the claim is sent (cleanup then asks the host, and acts only on a
+//! directory whose owner file holds this invocation's nonce, so it never touches another run's
+//! directory), every planned VM directory counts as possibly created, and a hugepage allocation
+//! is marked in flight before it is sent (the host journals what it really did; cleanup restores
+//! from that journal). A QEMU counts as `launched` (for the report) once it has started; cleanup
+//! stops every planned VM of a claimed directory anyway, since a start may have been cut short.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,6 +21,8 @@ use crate::ssh::Session;
 #[derive(Default)]
 pub struct Tracker {
     inner: Mutex<TrackerInner>,
+    /// This invocation's nonce: the first line of the owner file of every run directory it claims.
+    pub nonce: String,
 }
 
 #[derive(Default)]
@@ -42,12 +49,19 @@ pub struct TrackedNode {
     pub launched: Vec<Launched>,
     /// Every VM run directory this run may have created on the node (launched or not).
     pub vm_dirs: Vec<String>,
+    /// The claim of the run directory was sent (it may exist, owned by us).
+    pub claimed: bool,
+    /// A hugepage allocation was sent (its journal on the host says what it did).
+    pub hugepages_in_flight: bool,
     pub hugepages: Vec<HugepageChange>,
     pub facts: Option<HostFacts>,
     pub plan: Option<NodePlan>,
 }
 
 impl Tracker {
+    pub fn new() -> Self {
+        Tracker { inner: Mutex::default(), nonce: format!("{:016x}", rand::random::<u64>()) }
+    }
     pub(super) fn with<R>(&self, f: impl FnOnce(&mut TrackerInner) -> R) -> R {
         f(&mut self.inner.lock().expect("tracker lock"))
     }

@@ -1,0 +1,202 @@
+//! Hardening 4h: `down` recomputes every path; a tampered manifest field changes nothing it
+//! acts on. One regression test per field.
+
+use super::*;
+use crate::run::manifest::VmRecord;
+
+fn manifest(root: &str, run: &str) -> Manifest {
+    let rd = format!("{root}/{run}");
+    Manifest {
+        format: 1,
+        run_id: run.into(),
+        node: "DUT1".into(),
+        host: "h".into(),
+        topology: "/t/a.yaml".into(),
+        started_by: "me@box".into(),
+        created_unix: 0,
+        run_dir: rd.clone(),
+        vms: vec![VmRecord {
+            name: "DUT1_1".into(),
+            qemu_id: 1,
+            run_dir: format!("{rd}/DUT1_1"),
+            pidfile: format!("{rd}/DUT1_1/qemu.pid"),
+            serial_log: format!("{rd}/DUT1_1/serial.log"),
+            qmp: format!("{rd}/DUT1_1/qmp.sock"),
+            qga: None,
+            state: "ready".into(),
+            pid: Some(1),
+            pinned: vec![],
+            guest_interfaces: vec![],
+            argv: vec![],
+            files: vec![],
+        }],
+        hugepages: vec![],
+        facts: None,
+    }
+}
+
+fn sh(script: &str) -> std::process::Output {
+    std::process::Command::new("sh").arg("-c").arg(script).output().unwrap()
+}
+
+fn expected(root: &str) -> (String, Vec<VmPaths>) {
+    targets(root, &manifest(root, "r1")).unwrap()
+}
+
+#[test]
+fn regression_down_trusts_manifest_pidfile() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("r1/DUT1_1")).unwrap();
+    let root = root.to_str().unwrap();
+    // A process that is not ours, carrying the tampered pidfile path as an argument.
+    let decoy_pf = d.path().join("decoy.pid");
+    let mut decoy = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("sleep 30; : \"$0\"")
+        .arg(decoy_pf.to_str().unwrap())
+        .spawn()
+        .unwrap();
+    std::fs::write(&decoy_pf, decoy.id().to_string()).unwrap();
+    let mut m = manifest(root, "r1");
+    m.vms[0].pidfile = decoy_pf.to_str().unwrap().into();
+    let (_, vms) = targets(root, &m).unwrap();
+    assert_eq!(vms, expected(root).1);
+    let r = process::parse_stop(&sh(&process::stop_script(root, &vms[0], 1)).stdout_str_lossy()).unwrap();
+    let survived = decoy.try_wait().unwrap().is_none();
+    decoy.kill().ok();
+    decoy.wait().ok();
+    assert!(survived, "down killed a process named by a tampered pidfile");
+    assert_eq!(r.outcome, process::StopOutcome::NotRunning);
+}
+
+#[test]
+fn regression_down_trusts_manifest_qmp() {
+    let mut m = manifest("/run/harness", "r1");
+    m.vms[0].qmp = "/run/other/qmp.sock".into();
+    let (_, vms) = targets("/run/harness", &m).unwrap();
+    assert_eq!(vms[0].qmp, "/run/harness/r1/DUT1_1/qmp.sock");
+    assert!(!process::stop_script("/run/harness", &vms[0], 1).contains("/run/other"));
+}
+
+#[test]
+fn regression_down_trusts_manifest_run_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("r1/DUT1_1")).unwrap();
+    std::fs::create_dir_all(root.join("precious")).unwrap();
+    let root_s = root.to_str().unwrap();
+    for tampered in [format!("{root_s}//"), format!("{root_s}/precious"), "/".into()] {
+        let mut m = manifest(root_s, "r1");
+        m.run_dir = tampered;
+        let (rd, vms) = targets(root_s, &m).unwrap();
+        assert_eq!(rd, format!("{root_s}/r1"));
+        let rel = NodeRelease { node: "DUT1", run_root: root_s, run_dir: &rd, vms: &vms, nonce: None };
+        let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent" };
+        let out = sh(&release_script(&rel, &roots));
+        assert!(out.status.success(), "{out:?}");
+        assert!(root.join("precious").exists(), "down removed a directory named by a tampered run_dir");
+        std::fs::create_dir_all(root.join("r1/DUT1_1")).unwrap();
+    }
+}
+
+/// A run directory that is a symlink to somewhere else is refused, not followed.
+#[test]
+fn regression_down_trusts_manifest_run_dir_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(d.path().join("elsewhere/DUT1_1")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("r1")).unwrap();
+    let root_s = root.to_str().unwrap();
+    let (rd, vms) = expected(root_s);
+    let rel = NodeRelease { node: "DUT1", run_root: root_s, run_dir: &rd, vms: &vms, nonce: None };
+    let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent" };
+    let out = sh(&release_script(&rel, &roots));
+    assert!(!out.status.success());
+    assert!(d.path().join("elsewhere/DUT1_1").exists(), "followed a symlinked run dir");
+    let out = sh(&process::stop_script(root_s, &vms[0], 1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{out:?}");
+    assert!(d.path().join("elsewhere/DUT1_1").exists());
+}
+
+#[test]
+fn regression_down_trusts_manifest_vm_run_dir() {
+    let mut m = manifest("/run/harness", "r1");
+    m.vms[0].run_dir = "/etc".into();
+    m.vms[0].serial_log = "/etc/shadow".into();
+    assert_eq!(targets("/run/harness", &m).unwrap(), expected("/run/harness"));
+}
+
+#[test]
+fn regression_down_trusts_manifest_vm_name() {
+    for bad in ["../../etc", "a/b", ".", ""] {
+        let mut m = manifest("/run/harness", "r1");
+        m.vms[0].name = bad.into();
+        assert!(targets("/run/harness", &m).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn regression_down_trusts_manifest_run_id() {
+    for bad in ["../../etc", "a/b", "..", "", "-/x"] {
+        let m = manifest("/run/harness", bad);
+        assert!(targets("/run/harness", &m).is_err(), "{bad:?}");
+    }
+    // On the jumpbox: a run id from a manifest never leaves the state directory.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("outside")).unwrap();
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    crate::run::record::remove(&state, "../outside");
+    assert!(d.path().join("outside").exists());
+}
+
+/// Hugepages come from the run's own journal on the host, never from the manifest's values.
+#[test]
+fn regression_down_trusts_manifest_hugepages() {
+    let mut m = manifest("/run/harness", "r1");
+    m.hugepages = vec![crate::remote::hugepages::HugepageChange {
+        size_kb: 2048,
+        numa: None,
+        added: 123_456,
+        mounted: Some("/".into()),
+        max_map_count_was: Some(7),
+    }];
+    let (rd, vms) = targets("/run/harness", &m).unwrap();
+    let rel = NodeRelease { node: "DUT1", run_root: "/run/harness", run_dir: &rd, vms: &vms, nonce: None };
+    let s = release_script(&rel, &hugepages::REAL_ROOTS);
+    assert!(!s.contains("123456") && !s.contains("umount -- /") && !s.contains("echo 7"), "{s}");
+    assert!(s.contains("/run/harness/r1/hugepages-DUT1.journal"));
+}
+
+#[test]
+fn orphans_parse_and_refuse_bad_ids() {
+    let o = parse_orphans("orphan r1 me@box DUT1_1 DUT1_2\norphan .. me@box\norphan r2 -\n");
+    assert_eq!(o.len(), 2);
+    assert_eq!(
+        o[0],
+        Orphan { run_id: "r1".into(), owner: "me@box".into(), vms: vec!["DUT1_1".into(), "DUT1_2".into()] }
+    );
+    assert_eq!(o[1].owner, "-");
+}
+
+#[test]
+fn selector_filters_by_run_topology_and_owner() {
+    let m = manifest("/run/harness", "r1");
+    assert!(Selector::default().matches(&m));
+    assert!(Selector { run_id: Some("r1".into()), ..Default::default() }.matches(&m));
+    assert!(!Selector { run_id: Some("r2".into()), ..Default::default() }.matches(&m));
+    assert!(!Selector { topology: Some("/t/b.yaml".into()), ..Default::default() }.matches(&m));
+    assert!(Selector { started_by: Some("me@box".into()), ..Default::default() }.matches(&m));
+    assert!(!Selector { started_by: Some("other@ci".into()), ..Default::default() }.matches(&m));
+}
+
+trait Lossy {
+    fn stdout_str_lossy(&self) -> String;
+}
+impl Lossy for std::process::Output {
+    fn stdout_str_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}

@@ -1,0 +1,280 @@
+//! The orchestration against in-process fake hosts ([`crate::ssh::fake`]): which commands run,
+//! in which order, when a start fails, a node is lost, the run is interrupted, or hugepages had
+//! to be allocated. The e2e tests run the same paths against sshd and QEMU; these pin down the
+//! order and the bookkeeping exactly, in milliseconds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::*;
+use crate::plan::fixture::{dut, topology, vm};
+use crate::report::{Reporter, Style};
+use crate::ssh::fake::{Call, FakeHost, Reply};
+use crate::ssh::{Session, SshError};
+use crate::templates::Templates;
+use crate::topology::{Node, Topology};
+
+/// What a fake lab host does beyond answering every stage as a healthy host would.
+#[derive(Clone, Default)]
+struct Behaviour {
+    /// VM names whose QEMU fails to start.
+    failing_start: Vec<String>,
+    /// Free 2M pages (default: plenty).
+    free_pages: Option<u64>,
+    /// Pages the allocation reports it added.
+    added: u64,
+    /// Lose the connection at the first upload.
+    lost_at_upload: bool,
+    /// The serial log never shows the ready marker.
+    never_ready: bool,
+}
+
+/// The answers of a healthy host to each stage's command, with `b`'s faults.
+fn lab_host(call: &Call, b: &Behaviour) -> Reply {
+    let t = &call.text;
+    if t.contains("sudo_rc=") {
+        return Reply::ok(
+            "sudo_rc=0\nsudo_err=\narch=x86_64\nqemu_path=/usr/bin/qemu-system-x86_64\nqemu_version=QEMU 7.2\n\
+             kvm_dev=0\ncpus_online=0-3\ncpus_isolated=\ntool_socat=/usr/bin/socat\ntool_taskset=/usr/bin/taskset\n\
+             tool_chrt=/usr/bin/chrt\nnumanode=0\npool 2048 0 0 0 0 0\nmount /dev/hugepages hugetlbfs\n\
+             ==lscpu\n# CPU,Core,Socket,Node\n0,0,0,0\n1,1,0,0\n2,2,0,0\n3,3,0,0\n==lscpu-end\n\
+             ==lookups\nfound /opt/boot/initrd.img-1\nfound /opt/boot/vmlinuz-1\n",
+        );
+    }
+    if call.argv.first().is_some_and(|a| a == "sh") && t.contains("cat > \"$1\"") {
+        if b.lost_at_upload {
+            return Reply::Fail(SshError::Disconnected { node: "x".into(), message: "connection reset".into() });
+        }
+        return Reply::ok("");
+    }
+    if t.contains("echo locked; exec cat") {
+        // HostLock: held until our side closes stdin.
+        return Reply::Hold { stdout: "locked\n".into() };
+    }
+    if t.contains("printf 'pool") {
+        let free = b.free_pages.unwrap_or(100_000);
+        return Reply::ok(format!("pool 2048 {free} {free} 0 0 0\nmount /dev/hugepages hugetlbfs\n"));
+    }
+    if t.contains("added=$added") {
+        return Reply::ok(format!("added={} mounted=0 map_was=-\n", b.added));
+    }
+    if call.argv.first().is_some_and(|a| a.contains("qemu-system")) {
+        let name = call.argv.iter().find(|a| a.ends_with(",debug-threads=on")).cloned().unwrap_or_default();
+        if b.failing_start.iter().any(|v| name == format!("{v},debug-threads=on")) {
+            return Reply::status(1, "qemu-system-x86_64: boom");
+        }
+        return Reply::ok("");
+    }
+    if call.argv.first().is_some_and(|a| a == "cat") {
+        return Reply::ok("1234\n");
+    }
+    if call.argv.first().is_some_and(|a| a == "tail") {
+        return if b.never_ready { Reply::Hang } else { Reply::Hold { stdout: "vpp v24 built by ci\n".into() } };
+    }
+    if t.contains("outcome=") {
+        return Reply::ok("outcome=stopped pid=1234 how=quit\n");
+    }
+    Reply::ok("")
+}
+
+/// One fake host per node name.
+struct FakeLab {
+    hosts: BTreeMap<String, Arc<FakeHost>>,
+}
+
+impl Connector for FakeLab {
+    fn connect(&self, node: &Node) -> BoxFuture<'static, Result<Session, SshError>> {
+        let host = self.hosts.get(&node.name).cloned();
+        let name = node.name.clone();
+        Box::pin(async move {
+            let h = host.expect("a fake host per node");
+            Ok(Session::with_transport(name, h as Arc<dyn crate::ssh::Transport>))
+        })
+    }
+}
+
+fn options(topo: Topology, lab: Arc<FakeLab>, interrupt: Option<Arc<tokio::sync::Notify>>) -> UpOptions {
+    UpOptions {
+        run_id: "t1".into(),
+        topology_path: PathBuf::from("/t/lab.yaml"),
+        topology: Arc::new(topo),
+        templates: Arc::new(Templates::embedded()),
+        only_vms: vec![],
+        connect: crate::ssh::ConnectOptions::default(),
+        stop_grace: Duration::from_secs(1),
+        connector: Some(lab),
+        interrupt,
+        before_cleanup: None,
+    }
+}
+
+fn lab(nodes: &[(&str, Behaviour)]) -> Arc<FakeLab> {
+    let hosts = nodes
+        .iter()
+        .map(|(n, b)| {
+            let b = b.clone();
+            (n.to_string(), FakeHost::new(n, move |c| lab_host(c, &b)))
+        })
+        .collect();
+    Arc::new(FakeLab { hosts })
+}
+
+fn run(opts: &UpOptions) -> RunResult {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (reporter, root) = Reporter::start(Style::Never);
+        let res = up(opts, root.clone()).await;
+        drop(root);
+        reporter.finish().await;
+        res
+    })
+}
+
+/// Positions in `calls` of the commands whose text contains `needle`.
+fn positions(calls: &[Call], needle: &str) -> Vec<usize> {
+    calls.iter().enumerate().filter(|(_, c)| c.text.contains(needle)).map(|(i, _)| i).collect()
+}
+
+fn two_vm_topology() -> Topology {
+    topology(vec![dut("DUT1")], vec![vm("DUT1", 1), vm("DUT1", 2)])
+}
+
+#[test]
+fn a_healthy_fake_host_comes_up_with_the_plan_it_was_given() {
+    let lab = lab(&[("DUT1", Behaviour::default())]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(res.ok, "{res:?}");
+    assert!(res.vms.iter().all(|v| v.state == VmState::Ready));
+    let calls = lab.hosts["DUT1"].calls();
+    // The planned argv ran unchanged, with the kernel the facts resolved.
+    let qemu: Vec<&Call> = calls.iter().filter(|c| c.argv[0].contains("qemu-system")).collect();
+    assert_eq!(qemu.len(), 2);
+    assert!(qemu[0].argv.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/opt/boot/vmlinuz-1"));
+    assert!(positions(&calls, "outcome=").is_empty(), "nothing stopped on success");
+}
+
+#[test]
+fn cleanup_order_after_a_failed_start_stops_every_qemu_before_removing_the_run() {
+    let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(!res.ok && !res.interrupted);
+    assert!(res.nodes[0].error.as_deref().unwrap_or("").contains("boom"), "{:?}", res.nodes[0].error);
+    let calls = lab.hosts["DUT1"].calls();
+    let stops = positions(&calls, "outcome=");
+    let release = positions(&calls, "manifest-DUT1.json");
+    assert_eq!(stops.len(), 2, "both launched QEMUs are stopped (the failed one may be half-started)");
+    let last_release = *release.last().expect("the run is released");
+    assert!(stops.iter().all(|s| *s < last_release), "stops {stops:?} must come before the release {last_release}");
+    let failed_start = calls.iter().position(|c| c.text.contains("DUT1_2,debug-threads=on")).unwrap();
+    assert!(stops.iter().all(|s| *s > failed_start));
+}
+
+#[test]
+fn a_node_lost_mid_run_fails_the_run_and_the_other_nodes_vms_are_stopped() {
+    let topo = topology(vec![dut("DUT1"), dut("DUT2")], vec![vm("DUT1", 1), vm("DUT2", 1)]);
+    let lost = Behaviour { lost_at_upload: true, ..Behaviour::default() };
+    let lab = lab(&[("DUT1", Behaviour::default()), ("DUT2", lost)]);
+    let res = run(&options(topo, lab.clone(), None));
+    assert!(!res.ok);
+    let dut2 = res.nodes.iter().find(|n| n.name == "DUT2").unwrap();
+    assert!(dut2.error.as_deref().unwrap_or("").contains("connection reset"), "{:?}", dut2.error);
+    let d1 = lab.hosts["DUT1"].calls();
+    let starts = d1.iter().filter(|c| c.argv[0].contains("qemu-system")).count();
+    // Cleanup stops every planned VM of a claimed node (the stop script only touches our pid).
+    assert!(positions(&d1, "outcome=").len() >= starts, "every QEMU DUT1 started is stopped");
+    assert!(res.vms.iter().all(|v| v.state != VmState::Ready));
+}
+
+#[test]
+fn an_interrupt_between_start_and_pin_stops_everything_and_pins_nothing() {
+    let mut v = vm("DUT1", 1);
+    v.cpus = Some(vec![2, 3]);
+    let topo = topology(vec![dut("DUT1")], vec![v]);
+    let b = Behaviour { never_ready: true, ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let interrupt = Arc::new(tokio::sync::Notify::new());
+    let opts = options(topo, lab.clone(), Some(interrupt.clone()));
+    // Interrupt once the serial wait has begun: QEMU is running, pinning has not happened.
+    let host = lab.hosts["DUT1"].clone();
+    let fired = Arc::new(Mutex::new(false));
+    let watcher = {
+        let fired = fired.clone();
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                if host.calls().iter().any(|c| c.argv[0] == "tail") {
+                    interrupt.notify_one();
+                    *fired.lock().unwrap() = true;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let res = run(&opts);
+    watcher.join().unwrap();
+    assert!(*fired.lock().unwrap(), "the serial wait never started");
+    assert!(res.interrupted && !res.ok);
+    let calls = lab.hosts["DUT1"].calls();
+    assert_eq!(positions(&calls, "outcome=").len(), 1, "the started QEMU is stopped");
+    assert!(positions(&calls, "taskset -pc").is_empty(), "nothing is pinned after the interrupt");
+}
+
+#[test]
+fn hugepages_added_by_the_run_are_given_back_exactly() {
+    // Short of pages, allocation allowed: the run adds 4096 and a failed start gives them back.
+    let mut node = dut("DUT1");
+    node.hugepages.allocate = true;
+    let topo = topology(vec![node.clone()], vec![vm("DUT1", 1), vm("DUT1", 2)]);
+    let b =
+        Behaviour { free_pages: Some(0), added: 4096, failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let res = run(&options(topo, lab.clone(), None));
+    assert_eq!(res.nodes[0].hugepages.iter().map(|h| h.added).sum::<u64>(), 4096);
+    let calls = lab.hosts["DUT1"].calls();
+    // The allocation journals on the host what it adds; the release restores from that journal.
+    let alloc = calls.iter().find(|c| c.text.contains("added=$added")).expect("allocated");
+    assert!(alloc.text.contains("hugepages-DUT1.journal"), "{}", alloc.text);
+    let release =
+        calls.iter().rev().find(|c| c.text.contains("hugepages-DUT1.journal") && !c.text.contains("added=$added"));
+    assert!(release.is_some(), "the release gives back what the journal records");
+    // Enough pages: nothing allocated, nothing to give back.
+    let topo = topology(vec![node], vec![vm("DUT1", 1), vm("DUT1", 2)]);
+    let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab2 = self::lab(&[("DUT1", b)]);
+    let res = run(&options(topo, lab2.clone(), None));
+    assert!(res.nodes[0].hugepages.is_empty());
+    let calls = lab2.hosts["DUT1"].calls();
+    assert!(positions(&calls, "added=$added").is_empty(), "no allocation when pages suffice");
+}
+
+#[test]
+fn the_before_cleanup_hook_sees_the_failed_run_before_anything_is_stopped() {
+    let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let seen: Arc<Mutex<Option<(bool, usize, Vec<(String, Option<FailureKind>)>)>>> = Arc::default();
+    let mut opts = options(two_vm_topology(), lab.clone(), None);
+    let (seen2, lab2) = (seen.clone(), lab.clone());
+    opts.before_cleanup = Some(Arc::new(move |view: RunView| {
+        let calls = lab2.hosts["DUT1"].calls().len();
+        let vms = view.vms.iter().map(|v| (v.name.clone(), v.failure)).collect();
+        *seen2.lock().unwrap() = Some((view.ok, calls, vms));
+        Box::pin(async {})
+    }));
+    let res = run(&opts);
+    assert!(!res.ok);
+    let (ok, calls_then, vms) = seen.lock().unwrap().take().expect("the hook ran");
+    assert!(!ok);
+    assert!(vms.contains(&("DUT1_2".to_string(), Some(FailureKind::Infrastructure))), "{vms:?}");
+    let calls = lab.hosts["DUT1"].calls();
+    let stops = positions(&calls, "outcome=");
+    assert!(
+        !stops.is_empty() && stops.iter().all(|s| *s >= calls_then),
+        "stops {stops:?} before the hook ({calls_then})"
+    );
+    assert_eq!(res.vms.iter().find(|v| v.name == "DUT1_2").unwrap().failure, Some(FailureKind::Infrastructure));
+}

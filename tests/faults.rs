@@ -1,0 +1,413 @@
+//! Tier 3 fault suite: `up` under faults on the loopback lab with tiny guests. Each case
+//! asserts the exit code, the key phrase of the message, and that nothing is left: no live QEMU
+//! of the run (zombies count as exited), no run directory, hugepages back to their start value,
+//! and a decoy QEMU (started here with an unrelated pidfile) still alive.
+//!
+//! Timing is deterministic: `HARNESS_TEST_PAUSE_AT=<phase>[:<name>]` makes `up` print
+//! `harness-test: paused at …` and wait for SIGUSR1 at that phase (see
+//! `src/run/up/testpause.rs`); the test acts (kills, signals) while it waits.
+//!
+//! Needs `scripts/lab.sh up N --vms M` (lab-scale.yaml; set HARNESS_LAB_DIR for a private lab).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+#[path = "common/lab.rs"]
+mod lab;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn harness() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+}
+
+struct Env {
+    state: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    hugepages: u64,
+    decoy: i32,
+    t0: Instant,
+    _decoy_dir: tempfile::TempDir,
+    _g: std::sync::MutexGuard<'static, ()>,
+}
+
+fn nr_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("State:")).map(|l| !l.contains("Z (zombie)")))
+        .unwrap_or(false)
+}
+
+/// Live processes whose argv mentions `dir/`.
+fn processes_under(dir: &str) -> Vec<u32> {
+    let needle = format!("{dir}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid as i32))
+        .collect()
+}
+
+impl Env {
+    fn new() -> Env {
+        let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = lab::lab();
+        assert!(lab::lab_topology("lab-scale.yaml").exists(), "run scripts/lab.sh up 2 --vms 2 first");
+        let decoy_dir = tempfile::tempdir().unwrap();
+        let pidfile = decoy_dir.path().join("decoy.pid");
+        let st = Command::new("qemu-system-x86_64")
+            .args(["-daemonize", "-S", "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "16M"])
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let decoy = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        Env {
+            state: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            hugepages: nr_hugepages(),
+            decoy,
+            t0: Instant::now(),
+            _decoy_dir: decoy_dir,
+            _g: g,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = harness();
+        c.args(args).arg("--state-dir").arg(self.state.path()).arg("--progress").arg("plain");
+        c.env_remove("HARNESS_TEST_PAUSE_AT");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!(
+            "$ harness {}\n--- exit {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// lab-scale.yaml with `edit` applied to the text.
+    fn topology(&self, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+        let text = std::fs::read_to_string(lab::lab_topology("lab-scale.yaml")).unwrap();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, edit(text)).unwrap();
+        path
+    }
+
+    /// Start `up` paused at `pause`; returns once it printed the pause line.
+    fn up_paused(&self, topo: &Path, run_id: &str, pause: &str) -> Paused {
+        let mut c = self.cmd(&["up", topo.to_str().unwrap(), "--run-id", run_id]);
+        c.env("HARNESS_TEST_PAUSE_AT", pause).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let (tx, rx) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Paused { child, lines: rx, seen: String::new() };
+        p.wait_for("harness-test: paused at", Duration::from_secs(60));
+        p
+    }
+
+    /// Nothing of the run left; hugepages as found; the decoy alive.
+    fn assert_nothing_left(&self, run_root: &str, run_id: &str) {
+        let dir = format!("{run_root}/{run_id}");
+        let procs = processes_under(&dir);
+        assert!(procs.is_empty(), "processes of {dir} still alive: {procs:?}");
+        assert!(!Path::new(&dir).exists(), "{dir} still exists");
+        assert_eq!(nr_hugepages(), self.hugepages, "hugepages not back to their start value");
+        assert!(alive(self.decoy), "the decoy QEMU was killed");
+        eprintln!("FAULT {run_id}: nothing left, {:.1}s", self.t0.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.decoy, libc::SIGKILL) };
+    }
+}
+
+struct Paused {
+    child: Child,
+    lines: Receiver<String>,
+    seen: String,
+}
+
+impl Drop for Paused {
+    /// A failed assertion must not leave a paused `up` behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Paused {
+    fn wait_for(&mut self, needle: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    self.seen.push_str(&l);
+                    self.seen.push('\n');
+                    if l.contains(needle) {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("never saw {needle:?}:\n{}", self.seen);
+    }
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+    /// Wait for exit; (code, stdout + stderr).
+    fn finish(&mut self) -> (Option<i32>, String, Duration) {
+        let t = Instant::now();
+        let mut out = String::new();
+        if let Some(mut so) = self.child.stdout.take() {
+            use std::io::Read;
+            so.read_to_string(&mut out).ok();
+        }
+        let st = self.child.wait().unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.seen.push_str(&l);
+            self.seen.push('\n');
+        }
+        let all = format!("{out}{}", self.seen);
+        eprintln!("--- up exit {:?}\n{all}", st.code());
+        (st.code(), all, t.elapsed())
+    }
+}
+
+/// The per-connection sshd processes of lab node `i` (children of its listener), and the
+/// listener's pid and start command.
+fn sshd_of(i: usize) -> (i32, Vec<i32>, Vec<String>) {
+    let node = lab::lab_dir().join(format!("nodes/DUT{i}"));
+    let listener: i32 = std::fs::read_to_string(node.join("sshd.pid")).unwrap().trim().parse().unwrap();
+    let children = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.split(' ').nth(1).map(str::to_string)))
+                .flatten()
+                .is_some_and(|pp| pp == listener.to_string())
+        })
+        .collect();
+    let start = vec![
+        "/usr/sbin/sshd".to_string(),
+        "-f".into(),
+        node.join("sshd_config").display().to_string(),
+        "-E".into(),
+        node.join("sshd.log").display().to_string(),
+    ];
+    (listener, children, start)
+}
+
+const ROOT: &str = "/run/harness";
+
+#[test]
+fn fault_sshd_session_killed_mid_boot() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let mut p = env.up_paused(&topo, "fault-sesskill", "serial:DUT1_1");
+    let (_, children, _) = sshd_of(1);
+    assert!(!children.is_empty(), "no sshd session of DUT1");
+    for c in children {
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    p.signal(libc::SIGUSR1);
+    let (code, out, took) = p.finish();
+    assert_eq!(code, Some(3), "a lost node is exit 3");
+    assert!(out.contains("connection lost"), "{out}");
+    assert!(!out.contains("qemu exited during boot"), "a lost connection is not a dead qemu: {out}");
+    assert!(!out.contains("Russh("), "debug format in messages: {out}");
+    assert!(out.contains("everything it started was stopped"), "{out}");
+    eprintln!("fault_sshd_session_killed_mid_boot: exit 3 in {took:?}");
+    env.assert_nothing_left(ROOT, "fault-sesskill");
+}
+
+#[test]
+fn fault_sshd_listener_stopped_mid_boot_then_restarted() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let mut p = env.up_paused(&topo, "fault-listener", "serial:DUT1_1");
+    let (listener, children, start) = sshd_of(1);
+    unsafe { libc::kill(listener, libc::SIGTERM) };
+    for c in children {
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    p.signal(libc::SIGUSR1);
+    // Cleanup announces its reconnect attempts; bring the node back on the first one.
+    p.wait_for("reconnecting", Duration::from_secs(60));
+    let st = Command::new(&start[0]).args(&start[1..]).status().unwrap();
+    assert!(st.success(), "restarting DUT1's sshd");
+    let (code, out, _) = p.finish();
+    assert_eq!(code, Some(3));
+    assert!(out.contains("connection lost"), "{out}");
+    assert!(out.contains("everything it started was stopped"), "{out}");
+    env.assert_nothing_left(ROOT, "fault-listener");
+}
+
+/// SIGKILL at a phase, then `down` (with `--run`, or the topology alone for the caller's runs).
+/// `status_code`: what `status` says before `down` (1 while a VM of the run is not running or its
+/// directory has no manifest; 0 when every VM started is alive).
+fn killed_then_down(pause: &str, run_id: &str, down_by_topology: bool, status_code: i32) {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let mut p = env.up_paused(&topo, run_id, pause);
+    p.signal(libc::SIGKILL);
+    let (code, _, _) = p.finish();
+    assert_eq!(code, None, "killed by a signal");
+    let st = env.run(&["status", topo.to_str().unwrap(), "--run", run_id]);
+    assert_eq!(st.status.code(), Some(status_code), "status of a half-started run");
+    let down = if down_by_topology {
+        env.run(&["down", topo.to_str().unwrap()])
+    } else {
+        env.run(&["down", topo.to_str().unwrap(), "--run", run_id])
+    };
+    assert_eq!(down.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&down.stdout).contains("nothing to stop"));
+    env.assert_nothing_left(ROOT, run_id);
+}
+
+#[test]
+fn fault_sigkill_right_after_claim_then_down() {
+    killed_then_down("claimed", "fault-kill-claim", true, 1);
+}
+
+#[test]
+fn fault_sigkill_after_upload_then_down() {
+    killed_then_down("uploaded", "fault-kill-upload", false, 1);
+}
+
+#[test]
+fn fault_sigkill_mid_boot_then_down() {
+    killed_then_down("serial:DUT1_1", "fault-kill-boot", false, 0);
+}
+
+#[test]
+fn fault_sigint_during_hugepage_allocation() {
+    let env = Env::new();
+    // More pages than the pool has available (others may have raised it), so `up` allocates.
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{f}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let avail = read("free_hugepages").saturating_sub(read("resv_hugepages")) + read("nr_overcommit_hugepages");
+    let per_vm_mib = (avail / 4 + 64) * 2;
+    let topo = env.topology("big.yaml", |t| t.replace("mem: 32,", &format!("mem: {per_vm_mib},")));
+    let mut p = env.up_paused(&topo, "fault-sigint-hp", "hugepages");
+    p.signal(libc::SIGINT);
+    let (code, out, _) = p.finish();
+    assert_eq!(code, Some(130));
+    assert!(out.contains("interrupted"), "{out}");
+    env.assert_nothing_left(ROOT, "fault-sigint-hp");
+}
+
+#[test]
+fn fault_same_run_id_twice() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let first = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-twice"]);
+    assert_eq!(first.status.code(), Some(0));
+    // Same local state: refused before any host is touched.
+    let again = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-twice"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already in use"));
+    // Another jumpbox (no local record): refused by the hosts, the first run untouched.
+    let other = tempfile::tempdir().unwrap();
+    let out = harness()
+        .args(["up", topo.to_str().unwrap(), "--run-id", "fault-twice", "--progress", "plain", "--state-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text.contains("already in use"), "{text}");
+    let st = env.run(&["status", topo.to_str().unwrap(), "--run", "fault-twice"]);
+    assert_eq!(st.status.code(), Some(0), "the first run's VMs must survive the second up");
+    assert_eq!(processes_under(&format!("{ROOT}/fault-twice")).len(), 4);
+    let down = env.run(&["down", topo.to_str().unwrap(), "--run", "fault-twice"]);
+    assert_eq!(down.status.code(), Some(0));
+    env.assert_nothing_left(ROOT, "fault-twice");
+}
+
+#[test]
+fn fault_full_run_root() {
+    let env = Env::new();
+    let root = "/run/harness-fault-tiny";
+    std::fs::create_dir_all(root).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "harness-fault-tiny", root]).status().unwrap();
+    assert!(st.success(), "mount a tiny tmpfs");
+    let topo = env.topology("tiny.yaml", |t| {
+        t.replace("    qemu: {accel: tcg}\n", &format!("    qemu: {{accel: tcg}}\n    run_root: {root}\n"))
+    });
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-full"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
+    let left = std::fs::read_dir(root).map(|d| d.count()).unwrap_or(0);
+    Command::new("umount").arg(root).status().unwrap();
+    let _ = std::fs::remove_dir(root);
+    assert_eq!(up.status.code(), Some(4));
+    assert!(text.contains("is full"), "no hint that the disk is full: {text}");
+    assert_eq!(left, 0, "something left in the full run_root");
+    env.assert_nothing_left(root, "fault-full");
+}
+
+#[test]
+fn fault_qemu_killed_externally() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-qkill"]);
+    assert_eq!(up.status.code(), Some(0));
+    let pid: i32 =
+        std::fs::read_to_string(format!("{ROOT}/fault-qkill/DUT1_1/qemu.pid")).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = env.run(&["status", topo.to_str().unwrap(), "--run", "fault-qkill"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert_eq!(st.status.code(), Some(1), "a dead VM is not ok");
+    assert!(text.contains(&format!("qemu (pid {pid}) is not running")), "{text}");
+    let down = env.run(&["down", topo.to_str().unwrap(), "--run", "fault-qkill"]);
+    assert_eq!(down.status.code(), Some(0));
+    env.assert_nothing_left(ROOT, "fault-qkill");
+}
