@@ -256,7 +256,9 @@ fn hugepages_added_by_the_run_are_given_back_exactly() {
 fn the_before_cleanup_hook_sees_the_failed_run_before_anything_is_stopped() {
     let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
     let lab = lab(&[("DUT1", b)]);
-    let seen: Arc<Mutex<Option<(bool, usize, Vec<(String, Option<FailureKind>)>)>>> = Arc::default();
+    // What the hook saw: ok, how many commands had run, each VM's failure kind.
+    type Seen = (bool, usize, Vec<(String, Option<FailureKind>)>);
+    let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
     let mut opts = options(two_vm_topology(), lab.clone(), None);
     let (seen2, lab2) = (seen.clone(), lab.clone());
     opts.before_cleanup = Some(Arc::new(move |view: RunView| {
