@@ -17,10 +17,14 @@ use crate::topology::{Vm, Vnf};
 /// artifact collection or cleanup.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The commands to run in `vm`: its own `collect:` list, else its VNF's defaults.
+/// The commands to run in `vm`: its own `collect:` list, else its VNF's defaults when it has a
+/// guest agent to run them (VPP VMs without one simply collect nothing).
 pub fn commands_for(vm: &Vm) -> Vec<Vec<String>> {
     if let Some(c) = &vm.collect {
         return c.clone();
+    }
+    if !vm.qga {
+        return vec![];
     }
     let argv = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<String>>();
     match &vm.vnf {
@@ -186,6 +190,11 @@ mod tests {
         assert!(err.contains("vms[0].collect[2][1]: expected a string"), "{err}");
         let err = load("  - {node: DUT1, qga: true, collect: ls}\n").unwrap_err().to_string();
         assert!(err.contains("vms[0].collect: expected a list"), "{err}");
+        let err = load("  - {node: DUT1, ready_markers: [X], collect: [ls]}\n").unwrap_err().to_string();
+        assert!(err.contains("vms[0].collect: collect runs its commands over the guest agent"), "{err}");
+        vpp.collect = None;
+        vpp.qga = false;
+        assert!(commands_for(&vpp).is_empty(), "no agent, no default counters");
     }
 
     #[test]

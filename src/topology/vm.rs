@@ -92,6 +92,13 @@ pub(super) fn convert_vm(
     let drives = vm_drives(cx, &f);
     let run = vm_runtime(cx, &f, boot.kind);
     let collect = f.get("collect").and_then(|v| vm_collect(cx, v, &f.path("collect")));
+    if collect.as_ref().is_some_and(|c| !c.is_empty()) && !run.qga && run.qga_written != Some(None) {
+        cx.err(
+            f.key_pos("collect"),
+            &f.path("collect"),
+            "collect runs its commands over the guest agent: set `qga: true`",
+        );
+    }
     check_vnf_nics(cx, &f, vnf.as_ref());
     // (An invalid `qga` is already reported; don't add a readiness error on top.)
     if matches!(vnf, Some(Vnf::None)) && run.ready_markers.is_empty() && !run.qga && run.qga_written != Some(None) {
