@@ -31,7 +31,7 @@ echo "== tier 2: ssh against the loopback lab"
 cargo test --locked --test ssh
 echo "== tier 3: end to end (qemu guests, guest agent, NF chain through a dpdk-testpmd vswitch)"
 bash scripts/install-deps.sh vswitch
-cargo test --locked --test qga_exec --test guest --test e2e --test chain -- --test-threads 2
+cargo test --locked --test qga_exec --test guest --test e2e --test pipeline --test chain -- --test-threads 2
 echo "== tier 3: scale (16 nodes x 4 tiny guests through one bastion, handshake retries)"
 cargo test --locked --test scale
 echo "== tier 3: fault suite (tiny guests; lab-scale.yaml rewritten by lab.sh up 2 --vms 2)"

@@ -88,6 +88,10 @@ pub enum Command {
     Ping(PingArgs),
     /// Run a command inside a guest through its agent; its output and exit code are ours.
     GuestExec(GuestExecArgs),
+    /// Pack a run's reproduction record (topology, templates, facts, plan, version) into a tar.gz.
+    Bundle(BundleArgs),
+    /// Re-plan a bundle with fresh facts, show the drift, and run it again.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +126,9 @@ pub struct CheckArgs {
     /// (for `render --facts DIR`).
     #[arg(long, value_name = "DIR")]
     pub save_facts: Option<PathBuf>,
+    /// Write a JUnit XML report: per node a testcase per check item.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +161,63 @@ pub struct UpArgs {
     /// Only these VMs (repeatable).
     #[arg(long = "vm", value_name = "NAME")]
     pub vms: Vec<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// CI outputs of `up` (and `replay`).
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Write a JUnit XML report: a testcase per node setup and per VM.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Collect artifacts (serial logs, argv, files, manifests, facts, counters, events, result,
+    /// reproduction bundle) into DIR, before anything is stopped.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// When `--artifacts` collects: only when `up` fails, or on every run.
+    #[arg(long, value_enum, default_value_t = ArtifactsOn::Failure, requires = "artifacts")]
+    pub artifacts_on: ArtifactsOn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArtifactsOn {
+    Failure,
+    Always,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Run id (its local run record under --state-dir).
+    pub run: String,
+    /// Output file.
+    #[arg(short, long, value_name = "FILE.tar.gz")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A bundle from `harness bundle` (or an artifacts directory's bundle.tar.gz).
+    pub bundle: PathBuf,
+    /// Take the nodes (hosts, users, keys) from this topology instead: the same VMs elsewhere.
+    #[arg(long, value_name = "NEW.yaml")]
+    pub topology: Option<PathBuf>,
+    /// Gather facts, re-plan and show the drift; start nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Start even when the plan differs from the bundle's.
+    #[arg(long)]
+    pub allow_drift: bool,
+    /// Only these VMs (repeatable; default the bundle's selection).
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+    /// Run id of the replay (default: the bundle's, so paths and argv are the same bytes).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +255,12 @@ pub struct DownArgs {
     pub all: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write a JUnit XML report: a testcase per VM stopped.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Before stopping: collect serial logs, argv, files, manifests, facts and VNF counters into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +324,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Down(a) => commands::runtime()?.block_on(commands::down::run(g, a)),
         Command::Ping(a) => commands::runtime()?.block_on(commands::ping::run(g, a)),
         Command::GuestExec(a) => commands::runtime()?.block_on(commands::guest_exec::run(g, a)),
+        Command::Bundle(a) => commands::bundle::run(g, a),
+        Command::Replay(a) => commands::runtime()?.block_on(commands::replay::run(g, a)),
     }
 }
 

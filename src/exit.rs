@@ -10,6 +10,8 @@ pub const INVALID_INPUT: u8 = 2;
 pub const UNREACHABLE: u8 = 3;
 /// `up` failed (start, readiness, pinning); what it started was stopped again.
 pub const UP_FAILED: u8 = 4;
+/// `replay` refused to start: the plan made now differs from the bundle's (`--allow-drift`).
+pub const DRIFT: u8 = 5;
 /// Interrupted by Ctrl-C / SIGTERM; what was started was stopped again.
 pub const INTERRUPTED: u8 = 130;
 
@@ -20,4 +22,5 @@ Exit codes:
   2    invalid input (topology, template, arguments, a run id in use); nothing was changed on any host
   3    a node was unreachable, refused authentication / host key, or lost its connection
   4    `up` failed; everything it had started was stopped again
+  5    `replay` refused to start: the plan drifted from the bundle's (see --allow-drift)
   130  interrupted (Ctrl-C / SIGTERM); everything started was stopped again";

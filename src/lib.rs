@@ -13,6 +13,7 @@
 //! * [`remote`] holds node operations built on it (probes, hugepages, process control).
 //! * [`run`] executes plans: `up`, `down`, `status`, `logs`.
 //! * [`collect`] parses what runs collect (VPP `show errors`, `/proc/net/snmp6`).
+//! * [`pipeline`] serves CI: JUnit, artifacts, VNF counters, reproduction bundles and replay.
 //! * [`report`] renders progress events from node tasks (TTY bars, plain lines, JSON).
 //! * [`cli`] is the command-line edge; `main.rs` only calls it.
 
@@ -22,6 +23,7 @@ pub mod commands;
 pub mod duration;
 pub mod exit;
 pub mod facts;
+pub mod pipeline;
 pub mod plan;
 pub mod quote;
 pub mod remote;

@@ -16,6 +16,7 @@ use crate::remote::check::{self, NodeReport, Status};
 use crate::ssh::SshTarget;
 
 pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     let (topo, templates) = super::load_topology(g, &a.topology)?;
     let (topo, templates) = (Arc::new(topo), Arc::new(templates));
     let opts = super::connect_options(g);
@@ -35,6 +36,11 @@ pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
     let mut reports = Vec::new();
     for t in tasks {
         reports.push(t.await?);
+    }
+    if let Some(f) = &a.junit {
+        let suite = format!("harness check {}", a.topology.file_name().unwrap_or_default().to_string_lossy());
+        let run = crate::pipeline::junit::for_check(&suite, &reports, started.elapsed());
+        std::fs::write(f, crate::report::junit::to_xml(&run)).with_context(|| format!("writing {}", f.display()))?;
     }
     if let Some(dir) = &a.save_facts {
         for r in &reports {

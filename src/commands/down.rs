@@ -46,10 +46,12 @@ pub fn resolve(
 }
 
 pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
     let (topo, mut sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
     if a.all {
         sel.started_by = None;
     }
+    let topo = Arc::new(topo);
     let opts = Arc::new(super::connect_options(g));
     let (reporter, root) = Reporter::start(super::style(g));
     let mut set = JoinSet::new();
@@ -57,28 +59,44 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         let target = SshTarget::for_node(&topo, node);
         let (opts, sel, ev) = (opts.clone(), sel.clone(), root.for_node(&node.name));
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
+        let (topo, artifacts) = (topo.clone(), a.artifacts.clone());
         set.spawn(async move {
             let s = Session::connect(&target, &opts).await.map_err(|e| (name.clone(), e.to_string(), true))?;
+            // Collected while the VMs still run: counters need a live guest agent.
+            let missing = match &artifacts {
+                Some(dir) => crate::pipeline::down::before_down(&s, &name, &run_root, &sel, &topo, dir).await,
+                None => vec![],
+            };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
                 .await
                 .map_err(|e| (name.clone(), e.to_string(), e.is_connection_lost()));
             s.close().await;
-            r
+            r.map(|v| (name, v, missing))
         });
     }
     let mut stopped: Vec<StoppedVm> = Vec::new();
     let mut errors = Vec::new();
+    let mut nodes: Vec<(String, Option<String>)> = Vec::new();
+    let mut missing = Vec::new();
     let mut unreachable = false;
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(Ok(v)) => stopped.extend(v),
+            Ok(Ok((node, v, m))) => {
+                nodes.push((node, None));
+                stopped.extend(v);
+                missing.extend(m);
+            }
             Ok(Err((node, e, unr))) => {
                 unreachable |= unr;
                 errors.push(super::node_error(&node, &e));
+                missing.push(format!("{node}/: {e}"));
+                nodes.push((node, Some(e)));
             }
             Err(e) => errors.push(format!("internal: {e}")),
         }
     }
+    nodes.sort();
+    pipeline_outputs(a, &sel, &nodes, &stopped, &missing, started.elapsed())?;
     drop(root);
     reporter.finish().await;
     let state = record::state_dir(g.state_dir.as_deref());
@@ -128,4 +146,25 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// `--artifacts` (its `missing.txt`; the rest was written per node) and `--junit`.
+fn pipeline_outputs(
+    a: &DownArgs,
+    sel: &down::Selector,
+    nodes: &[(String, Option<String>)],
+    stopped: &[StoppedVm],
+    missing: &[String],
+    took: Duration,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &a.artifacts {
+        std::fs::create_dir_all(dir)?;
+        crate::pipeline::artifacts::write_missing(dir, missing)?;
+    }
+    if let Some(f) = &a.junit {
+        let suite = format!("harness down {}", sel.run_id.clone().unwrap_or_default());
+        let run = crate::pipeline::junit::for_down(suite.trim(), nodes, stopped, took);
+        std::fs::write(f, crate::report::junit::to_xml(&run))?;
+    }
+    Ok(())
 }

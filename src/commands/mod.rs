@@ -1,5 +1,6 @@
 //! One module per subcommand: glue between parsed arguments and the library.
 
+pub mod bundle;
 pub mod check;
 pub mod down;
 pub mod exec;
@@ -7,6 +8,7 @@ pub mod guest_exec;
 pub mod logs;
 pub mod ping;
 pub mod render;
+pub mod replay;
 pub mod status;
 pub mod up;
 pub mod validate;

@@ -1,31 +1,73 @@
 //! `harness up`: validate the plan (nothing touches a host if it cannot be made), execute it on
-//! every node, print the run result, and keep the facts and the executed plan in the local run
-//! record (`<state>/runs/<id>/facts/`, `<state>/runs/<id>/plan.json`).
+//! every node, print the run result, and keep the run's reproduction record in the local run
+//! directory (`<state>/runs/<id>/`: facts, executed plan, topology bytes, template overlays,
+//! meta). With `--junit` / `--artifacts`, also the CI outputs ([`crate::pipeline`]).
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{Format, GlobalArgs, UpArgs};
+use crate::cli::{ArtifactsOn, Format, GlobalArgs, PipelineArgs, UpArgs};
 use crate::exit;
 use crate::facts::FactsByNode;
+use crate::pipeline::bundle::{self, Meta};
+use crate::pipeline::run::{self as prun, Capture, Counters, RunFiles, When};
 use crate::plan::{self, Plan, PlanOptions};
-use crate::report::Reporter;
+use crate::report::{EventLog, Reporter};
 use crate::run::record::{self, RunRecord};
 use crate::run::up::{self, RunResult, UpOptions};
+use crate::templates::Templates;
+use crate::topology::Topology;
+
+/// Everything one `up` needs, however the topology was obtained (a file, a bundle).
+pub struct UpInput {
+    /// Where the topology is recorded as coming from (manifests, run record).
+    pub topology_path: PathBuf,
+    /// The topology's bytes exactly as read (kept in the run record).
+    pub topology_bytes: Vec<u8>,
+    pub topology: Topology,
+    pub templates: Templates,
+    /// The `--templates` directory whose files the run used, if any.
+    pub templates_dir: Option<PathBuf>,
+    pub run_id: String,
+    pub vms: Vec<String>,
+    pub format: Format,
+    pub pipeline: PipelineArgs,
+}
 
 pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
-    let (topo, templates) = super::load_topology(g, &a.topology)?;
-    let run_id = a.run_id.clone().unwrap_or_else(crate::run::new_run_id);
+    let templates = super::templates(g)?;
+    // Read once: the bytes kept for reproduction are the bytes that were loaded.
+    let bytes = std::fs::read(&a.topology).with_context(|| format!("reading {}", a.topology.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let topology = crate::topology::load_str(&text, &a.topology, &templates)?;
+    let input = UpInput {
+        topology_path: super::absolute(&a.topology).into(),
+        topology_bytes: bytes,
+        topology,
+        templates,
+        templates_dir: g.templates.clone(),
+        run_id: a.run_id.clone().unwrap_or_else(crate::run::new_run_id),
+        vms: a.vms.clone(),
+        format: a.format,
+        pipeline: a.pipeline.clone(),
+    };
+    execute(g, input).await
+}
+
+/// Plan, record, run, report. Shared by `up` and `replay`.
+pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
+    let run_id = input.run_id.clone();
     // Planned once without facts first: every input error surfaces before any host is touched.
     let draft = plan::build(
-        &topo,
+        &input.topology,
         &FactsByNode::new(),
-        &PlanOptions { run_id: run_id.clone(), templates: &templates, only_vms: &a.vms },
+        &PlanOptions { run_id: run_id.clone(), templates: &input.templates, only_vms: &input.vms },
     )?;
     if draft.nodes.is_empty() {
-        bail!("{}: no VMs to start", a.topology.display());
+        bail!("{}: no VMs to start", input.topology_path.display());
     }
     let state = record::state_dir(g.state_dir.as_deref());
     if record::load(&state, &run_id).is_ok() {
@@ -36,51 +78,101 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         );
         return Ok(exit::INVALID_INPUT);
     }
-    let topology_path = super::absolute(&a.topology);
     let mut rec = RunRecord {
         run_id: run_id.clone(),
-        topology: topology_path.clone().into(),
+        topology: input.topology_path.clone(),
         nodes: draft.nodes.iter().map(|n| n.name.clone()).collect(),
         created_unix: crate::run::now_unix(),
         state: "starting".into(),
     };
     // Written first, so `down --run ID` works even if this process dies mid-way.
     record::save(&state, &rec).with_context(|| format!("writing the run record under {}", state.display()))?;
+    let rdir = record::run_dir(&state, &run_id);
+    let meta = Meta::new(&run_id, &input.topology_path, input.templates_dir.as_deref(), &input.vms);
+    bundle::record(&rdir, &meta, &input.topology_bytes).context("writing the run's reproduction record")?;
 
+    let topology = Arc::new(input.topology);
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let artifacts =
+        input.pipeline.artifacts.clone().map(|d| {
+            (d, if input.pipeline.artifacts_on == ArtifactsOn::Always { When::Always } else { When::Failure })
+        });
     let opts = UpOptions {
         run_id: run_id.clone(),
-        topology_path: topology_path.into(),
-        topology: Arc::new(topo),
-        templates: Arc::new(templates),
-        only_vms: a.vms.clone(),
+        topology_path: input.topology_path.clone(),
+        topology: topology.clone(),
+        templates: Arc::new(input.templates),
+        only_vms: input.vms.clone(),
         connect: super::connect_options(g),
         stop_grace: Duration::from_secs(10),
         connector: None,
         interrupt: None,
+        before_cleanup: Some(prun::hook(topology, artifacts, capture.clone())),
     };
-    let (reporter, root) = Reporter::start(super::style(g));
+    let log = EventLog::default();
+    let (reporter, root) = Reporter::start_logged(super::style(g), Some(log.clone()));
     let res = up::up(&opts, root.clone()).await;
     drop(root);
     reporter.finish().await;
 
+    // Kept whatever the outcome: a failed run is the one worth reproducing.
+    save_facts_and_plan(&state, &res).with_context(|| format!("writing the run's facts under {}", state.display()))?;
     if res.ok {
         rec.state = "ready".into();
         record::save(&state, &rec)?;
-        save_facts_and_plan(&state, &res)
-            .with_context(|| format!("writing the run's facts under {}", state.display()))?;
     } else if res.cleanup.as_ref().is_none_or(|c| c.complete) {
-        // Everything was stopped again: nothing left to record.
-        record::remove(&state, &run_id);
+        // Everything was stopped again: `down` and `status` have nothing to find. The
+        // reproduction record stays for `harness bundle`.
+        record::forget(&state, &run_id);
     } else {
         // Something may remain: keep the record so `harness down --run ID` finds the topology.
         rec.state = if res.interrupted { "interrupted" } else { "failed" }.into();
         record::save(&state, &rec)?;
     }
-    match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&res)?),
-        Format::Text => print_text(&res),
+    let capture = std::mem::take(&mut *capture.lock().expect("capture lock"));
+    let result = prun::result_json(&res, &capture.counters);
+    let suite = format!("harness up {}", input.topology_path.file_name().unwrap_or_default().to_string_lossy());
+    let junit = crate::report::junit::to_xml(&crate::pipeline::junit::for_up(&suite, &res, &log.events()));
+    if let Some(f) = &input.pipeline.junit {
+        std::fs::write(f, &junit).with_context(|| format!("writing {}", f.display()))?;
     }
-    Ok(if res.ok {
+    if let Some(dir) = &input.pipeline.artifacts
+        && (capture.artifacts_written || !res.ok || input.pipeline.artifacts_on == ArtifactsOn::Always)
+    {
+        let junit = input.pipeline.junit.is_some().then_some(junit.as_str());
+        write_artifacts(dir, &res, &result, &log, junit, &rdir, capture.missing);
+    }
+    match input.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Format::Text => print_text(&res, &capture.counters),
+    }
+    Ok(exit_code(&res))
+}
+
+/// The run-level artifacts; a failure to write them is a warning, not the run's outcome.
+fn write_artifacts(
+    dir: &Path,
+    res: &RunResult,
+    result: &serde_json::Value,
+    log: &EventLog,
+    junit: Option<&str>,
+    record_dir: &Path,
+    mut missing: Vec<String>,
+) {
+    for n in res.nodes.iter().filter(|n| n.unreachable) {
+        missing.push(format!("{}/: node not reached: {}", n.name, n.error.clone().unwrap_or_default()));
+    }
+    if res.interrupted {
+        missing.push("*: remote artifacts not collected: the run was interrupted".into());
+    }
+    let files = RunFiles { result, events: log, junit, record_dir: Some(record_dir), missing };
+    if let Err(e) = prun::write_run_files(dir, files) {
+        eprintln!("warning: artifacts in {}: {e}", dir.display());
+    }
+}
+
+fn exit_code(res: &RunResult) -> u8 {
+    if res.ok {
         exit::OK
     } else if res.run_id_in_use {
         exit::INVALID_INPUT
@@ -90,12 +182,12 @@ pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
         exit::UNREACHABLE
     } else {
         exit::UP_FAILED
-    })
+    }
 }
 
 /// The facts each node was planned with (in `check --save-facts` form, so `render --facts`
 /// reads them) and the plan that ran.
-fn save_facts_and_plan(state: &std::path::Path, res: &RunResult) -> anyhow::Result<()> {
+fn save_facts_and_plan(state: &Path, res: &RunResult) -> anyhow::Result<()> {
     let dir = record::run_dir(state, &res.run_id);
     for n in &res.nodes {
         if let Some(f) = &n.facts {
@@ -107,7 +199,7 @@ fn save_facts_and_plan(state: &std::path::Path, res: &RunResult) -> anyhow::Resu
     Ok(())
 }
 
-fn print_text(res: &RunResult) {
+fn print_text(res: &RunResult, counters: &Counters) {
     for v in &res.vms {
         let t = |k: &str| v.timings.get(k).map(|s| format!("{k} {s:.1}s")).unwrap_or_default();
         let pins: Vec<String> =
@@ -136,6 +228,14 @@ fn print_text(res: &RunResult) {
             for l in &v.serial_tail {
                 println!("         | {l}");
             }
+        }
+        for c in counters.get(&v.node).and_then(|m| m.get(&v.name)).into_iter().flatten() {
+            let how = match (&c.error, c.exit_code) {
+                (Some(e), _) => e.clone(),
+                (None, Some(code)) => format!("exit {code}, {} lines", c.stdout.lines().count()),
+                (None, None) => "no exit code".into(),
+            };
+            println!("         collect `{}`: {how}", c.argv.join(" "));
         }
     }
     for n in &res.nodes {

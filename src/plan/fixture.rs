@@ -77,6 +77,7 @@ pub fn vm(node: &str, qemu_id: u32) -> Vm {
         qga: false,
         init_command: None,
         extra_args: vec![],
+        collect: None,
     }
 }
 

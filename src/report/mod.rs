@@ -10,6 +10,9 @@
 pub mod sanitize;
 
 pub mod junit;
+pub mod log;
+
+pub use log::{EventLog, LoggedEvent};
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -124,8 +127,12 @@ pub struct Reporter {
 impl Reporter {
     /// Start the reporter; returns it and the root sink (node "" — use `for_node`).
     pub fn start(style: Style) -> (Reporter, EventSink) {
+        Self::start_logged(style, None)
+    }
+    /// As [`Reporter::start`], also appending every event to `log` with its time.
+    pub fn start_logged(style: Style, log: Option<EventLog>) -> (Reporter, EventSink) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(render(style, rx));
+        let handle = tokio::spawn(render(style, rx, log));
         (Reporter { handle }, EventSink { tx, node: String::new(), vm: None })
     }
     /// Wait until all sinks are gone and the last line is drawn.
@@ -152,7 +159,7 @@ fn printable(ev: Event) -> (String, EventKind) {
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
-async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>) {
+async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>, log: Option<EventLog>) {
     let start = Instant::now();
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     let mut bars: BTreeMap<String, (ProgressBar, Instant)> = BTreeMap::new();
@@ -179,6 +186,9 @@ async fn render(style: Style, mut rx: mpsc::UnboundedReceiver<Event>) {
             rx.recv().await
         };
         let Some(ev) = ev else { break };
+        if let Some(log) = &log {
+            log.push(&ev, start);
+        }
         let (key, kind) = printable(ev);
         match style {
             Style::Never => {}

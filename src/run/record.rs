@@ -47,6 +47,15 @@ pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
     serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Drop the run's record (nothing of it runs any more) but keep its run directory: the
+/// reproduction record a failed run leaves for `harness bundle`.
+pub fn forget(dir: &Path, run_id: &str) {
+    if crate::run::layout::run_id_problem(run_id).is_some() {
+        return;
+    }
+    let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
+}
+
 /// Remove a run's record. The id may come from a host's manifest: one that is not a plain path
 /// component is ignored, so it can never name a path outside the state directory.
 pub fn remove(dir: &Path, run_id: &str) {

@@ -371,6 +371,9 @@ pub struct Vm {
     pub init_command: Option<String>,
     /// Extra raw qemu arguments appended verbatim (an escape hatch, shown in render).
     pub extra_args: Vec<String>,
+    /// Guest commands (argv) whose output `up` and `down --artifacts` collect over the agent;
+    /// `None`: the VNF's defaults (VPP: `show errors`, `show interface`, `show runtime`).
+    pub collect: Option<Vec<Vec<String>>>,
 }
 
 #[cfg(test)]

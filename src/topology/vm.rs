@@ -40,6 +40,7 @@ pub(super) const VM_KEYS: &[&str] = &[
     "qga",
     "init_command",
     "extra_args",
+    "collect",
 ];
 
 /// QEMU numbers NICs by letter in some places and the guest has a bounded number of PCI slots.
@@ -91,6 +92,14 @@ pub(super) fn convert_vm(
     let interfaces = vm_interfaces(cx, &f, queues.unwrap_or(1), &mut spans);
     let drives = vm_drives(cx, &f);
     let run = vm_runtime(cx, &f, boot.kind);
+    let collect = f.get("collect").and_then(|v| vm_collect(cx, v, &f.path("collect")));
+    if collect.as_ref().is_some_and(|c| !c.is_empty()) && !run.qga && run.qga_written != Some(None) {
+        cx.err(
+            f.key_pos("collect"),
+            &f.path("collect"),
+            "collect runs its commands over the guest agent: set `qga: true`",
+        );
+    }
     check_vnf_nics(cx, &f, vnf.as_ref());
     // (An invalid `qga` is already reported; don't add a readiness error on top.)
     if matches!(vnf, Some(Vnf::None)) && run.ready_markers.is_empty() && !run.qga && run.qga_written != Some(None) {
@@ -131,6 +140,7 @@ pub(super) fn convert_vm(
             qga: run.qga,
             init_command: run.init_command,
             extra_args: run.extra_args,
+            collect,
         },
         explicit_id,
         explicit_name: name.is_some(),
@@ -574,6 +584,32 @@ fn timeout_key(cx: &mut Cx, f: &Fields, key: &str, default: Duration) -> Duratio
             default
         }
     }
+}
+
+/// `collect`: guest commands run over the agent at the end of `up` and before `down`; each
+/// an argv list, or a string split like a shell would (no shell runs it in the guest).
+fn vm_collect(cx: &mut Cx, n: &YNode, path: &str) -> Option<Vec<Vec<String>>> {
+    let items = cx.seq(n, path)?;
+    let mut out = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let p = join(path, &format!("[{i}]"));
+        let argv = match &it.value {
+            Value::Seq(_) => cx.strings(it, &p),
+            _ => cx.string(it, &p).and_then(|s| match shlex::split(&s) {
+                Some(v) => Some(v),
+                None => {
+                    cx.err(it.pos, &p, "unbalanced quotes in the command");
+                    None
+                }
+            }),
+        };
+        match argv {
+            Some(v) if v.is_empty() || v[0].is_empty() => cx.err(it.pos, &p, "an empty command"),
+            Some(v) => out.push(v),
+            None => {}
+        }
+    }
+    Some(out)
 }
 
 /// The VNFs' configs address the guest's 0000:00:06.0 and 0000:00:07.0: two data NICs.

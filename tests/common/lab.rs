@@ -211,5 +211,6 @@ pub fn vm(node: &str, qemu_id: u32, mem: u64, cpus: Vec<u32>) -> harness::topolo
         qga: true,
         init_command: None,
         extra_args: vec![],
+        collect: None,
     }
 }

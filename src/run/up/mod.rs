@@ -66,6 +66,9 @@ pub struct UpOptions {
     pub connector: Option<Arc<dyn Connector>>,
     /// Fires like Ctrl-C/SIGTERM (tests, and embedders with their own signal handling).
     pub interrupt: Option<Arc<tokio::sync::Notify>>,
+    /// Called once every node task has ended, before cleanup stops anything (so artifacts and
+    /// counters can still be read from live guests) and before the final manifests.
+    pub before_cleanup: Option<BeforeCleanup>,
 }
 
 /// Opens the session to a node (the seam tests use to put a fake host behind a node).
@@ -74,6 +77,34 @@ pub trait Connector: Send + Sync {
         &self,
         node: &crate::topology::Node,
     ) -> futures::future::BoxFuture<'static, Result<crate::ssh::Session, SshError>>;
+}
+
+/// See [`UpOptions::before_cleanup`]. It must bound its own time: cleanup waits for it.
+pub type BeforeCleanup =
+    Arc<dyn Fn(RunView) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the run looks like when the node tasks have ended, for [`BeforeCleanup`].
+pub struct RunView {
+    /// Every VM ready, nothing failed or interrupted.
+    pub ok: bool,
+    pub interrupted: bool,
+    /// The nodes that were connected, with their sessions, facts and plans.
+    pub nodes: Vec<(String, TrackedNode)>,
+    pub vms: Vec<VmResult>,
+}
+
+/// Why a node or a VM failed: CI reports tell the thing under test (`<failure>`) from the lab
+/// (`<error>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The guest never became ready: boot timeout, a failure marker, QEMU exiting during boot,
+    /// a silent guest agent.
+    NotReady,
+    /// Connect, host key or authentication failed, or the connection broke mid-run.
+    Unreachable,
+    /// The host side: QEMU would not start, hugepages, locks, pinning, commands failing.
+    Infrastructure,
 }
 
 /// Where a VM is. Serialised in snake_case (`pending`, `starting`, ...).
@@ -127,6 +158,9 @@ pub struct NodeResult {
     /// The node could not be reached or refused us (connect, host key, auth), or its
     /// connection broke mid-run.
     pub unreachable: bool,
+    /// Set with `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     #[serde(skip)]
     pub run_id_in_use: bool,
     /// The facts gathered and the plan executed (kept for the run record, not printed).
@@ -147,6 +181,9 @@ pub struct VmResult {
     /// Seconds per phase (`upload`, `start`, `boot`, `agent`, `pin`, `total`).
     pub timings: BTreeMap<String, f64>,
     pub error: Option<String>,
+    /// Set with `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     /// Last serial lines, on failure.
     pub serial_tail: Vec<String>,
 }
@@ -162,6 +199,7 @@ impl VmResult {
             pinned: vec![],
             timings: BTreeMap::new(),
             error: None,
+            failure: None,
             serial_tail: vec![],
         }
     }
@@ -201,6 +239,14 @@ impl UpError {
     pub fn context(self, what: &str) -> UpError {
         if self.is_lost() { UpError::Lost(format!("{what}: {self}")) } else { fail(format!("{what}: {self}")) }
     }
+
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            UpError::Guest { .. } => FailureKind::NotReady,
+            e if e.is_unreachable() || e.is_lost() => FailureKind::Unreachable,
+            _ => FailureKind::Infrastructure,
+        }
+    }
 }
 
 pub(crate) fn fail(msg: impl Into<String>) -> UpError {
@@ -236,6 +282,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
                 hugepages: vec![],
                 error: None,
                 unreachable: false,
+                failure: None,
                 run_id_in_use: false,
                 facts: None,
                 plan: None,
@@ -253,6 +300,11 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         });
     }
     let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
+    if let Some(hook) = &opts.before_cleanup {
+        let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
+        let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
+        hook(RunView { ok, interrupted, nodes: tracker.nodes(), vms }).await;
+    }
     let mut report = None;
     if failed || interrupted {
         let r = cleanup(&tracker, opts.stop_grace, &events).await;
@@ -328,6 +380,7 @@ async fn supervise(
                         nr.error = Some(e.to_string());
                         nr.unreachable = e.is_unreachable() || e.is_lost();
                         nr.run_id_in_use = matches!(e, UpError::RunIdInUse(_));
+                        nr.failure = Some(e.failure_kind());
                     }
                     set.abort_all();
                 }

@@ -91,7 +91,11 @@ pub(super) async fn qga_ready(
     let mut last_err = String::new();
     loop {
         if tokio::time::Instant::now() >= deadline {
-            return Err(fail(format!("guest agent did not answer before boot_timeout: {last_err}")));
+            // The guest's fault, not the host's: reported like a boot timeout.
+            return Err(UpError::Guest {
+                message: format!("guest agent did not answer before boot_timeout: {last_err}"),
+                tail: vec![],
+            });
         }
         let mut bridge = Bridge::unix_socket(session, &path).await?;
         let mut qga = Qga::new(bridge.stream());

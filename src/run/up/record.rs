@@ -77,6 +77,7 @@ pub(super) fn vm_failed(ctx: &NodeCtx, node: &str, vm: &str, e: UpError) -> UpEr
     ctx.tracker.vm(node, vm, |r| {
         r.state = VmState::Failed;
         r.error = Some(e.to_string());
+        r.failure = Some(e.failure_kind());
         r.serial_tail = tail.clone();
     });
     ctx.events.for_vm(vm).phase(Phase::Failed);

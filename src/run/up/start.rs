@@ -51,6 +51,7 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
                 ctx.tracker.vm(&np.name, &vm, |r| {
                     r.state = VmState::Failed;
                     r.error = Some(msg);
+                    r.failure = Some(e.failure_kind());
                 });
                 ctx.events.for_vm(&vm).phase(Phase::Failed);
                 first_err.get_or_insert(e.context(&vm));

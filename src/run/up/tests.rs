@@ -108,6 +108,7 @@ fn options(topo: Topology, lab: Arc<FakeLab>, interrupt: Option<Arc<tokio::sync:
         stop_grace: Duration::from_secs(1),
         connector: Some(lab),
         interrupt,
+        before_cleanup: None,
     }
 }
 
@@ -249,4 +250,33 @@ fn hugepages_added_by_the_run_are_given_back_exactly() {
     assert!(res.nodes[0].hugepages.is_empty());
     let calls = lab2.hosts["DUT1"].calls();
     assert!(positions(&calls, "added=$added").is_empty(), "no allocation when pages suffice");
+}
+
+#[test]
+fn the_before_cleanup_hook_sees_the_failed_run_before_anything_is_stopped() {
+    let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    // What the hook saw: ok, how many commands had run, each VM's failure kind.
+    type Seen = (bool, usize, Vec<(String, Option<FailureKind>)>);
+    let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
+    let mut opts = options(two_vm_topology(), lab.clone(), None);
+    let (seen2, lab2) = (seen.clone(), lab.clone());
+    opts.before_cleanup = Some(Arc::new(move |view: RunView| {
+        let calls = lab2.hosts["DUT1"].calls().len();
+        let vms = view.vms.iter().map(|v| (v.name.clone(), v.failure)).collect();
+        *seen2.lock().unwrap() = Some((view.ok, calls, vms));
+        Box::pin(async {})
+    }));
+    let res = run(&opts);
+    assert!(!res.ok);
+    let (ok, calls_then, vms) = seen.lock().unwrap().take().expect("the hook ran");
+    assert!(!ok);
+    assert!(vms.contains(&("DUT1_2".to_string(), Some(FailureKind::Infrastructure))), "{vms:?}");
+    let calls = lab.hosts["DUT1"].calls();
+    let stops = positions(&calls, "outcome=");
+    assert!(
+        !stops.is_empty() && stops.iter().all(|s| *s >= calls_then),
+        "stops {stops:?} before the hook ({calls_then})"
+    );
+    assert_eq!(res.vms.iter().find(|v| v.name == "DUT1_2").unwrap().failure, Some(FailureKind::Infrastructure));
 }

@@ -1,0 +1,135 @@
+//! `harness replay BUNDLE`: plan a bundle's frozen topology again with fresh host facts (on the
+//! same hosts, or on the nodes of `--topology NEW.yaml`), show every argv and file difference
+//! against the plan that ran, refuse to start on drift unless `--allow-drift`, then run `up`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::up::{self, UpInput};
+use crate::cli::{GlobalArgs, ReplayArgs};
+use crate::exit;
+use crate::facts::FactsByNode;
+use crate::pipeline::{bundle, drift};
+use crate::plan::{self, PlanOptions};
+use crate::remote::{check, facts};
+use crate::ssh::{Session, SshTarget};
+use crate::templates::Templates;
+use crate::topology::{Accel, Topology};
+
+pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
+    let tmp = tempfile::tempdir().context("a temporary directory for the bundle")?;
+    let root = bundle::unpack(&a.bundle, tmp.path())?;
+    let meta = bundle::read_meta(&root)?;
+    let (templates, templates_dir) = templates(g, &root)?;
+    let frozen_text = std::fs::read_to_string(root.join("topology.yaml")).context("the bundle's topology.yaml")?;
+    let (text, path) = match &a.topology {
+        None => (frozen_text, meta.topology_path.clone()),
+        Some(new) => (with_nodes_of(&frozen_text, new)?, new.clone()),
+    };
+    let topology = crate::topology::load_str(&text, &path, &templates)?;
+    let vms = if a.vms.is_empty() { meta.only_vms.clone() } else { a.vms.clone() };
+    eprintln!(
+        "replaying run {} (harness {} {}, {}), planned by: {}",
+        meta.run_id,
+        meta.harness_version,
+        meta.git_revision,
+        meta.topology_path.display(),
+        meta.command_line.join(" ")
+    );
+
+    let facts = gather(g, &topology, &vms).await?;
+    let opts = PlanOptions { run_id: meta.run_id.clone(), templates: &templates, only_vms: &vms };
+    let fresh: Value = serde_json::from_str(&plan::render::json(&plan::build(&topology, &facts, &opts)?)?)?;
+    let frozen: Value =
+        serde_json::from_slice(&std::fs::read(root.join("plan.json")).context("the bundle's plan.json")?)?;
+    let drift = drift::diff(&frozen, &fresh, &vms);
+    if drift.is_empty() {
+        eprintln!("no drift: every argv and file is as the bundle's plan");
+    } else {
+        // A closed pipe (`| head`) must not turn into a panic.
+        let _ = writeln!(std::io::stdout(), "{}", drift.join("\n"));
+    }
+    if !drift.is_empty() && !a.allow_drift {
+        eprintln!("refusing to start: the plan differs from the bundle's (see above); --allow-drift to run anyway");
+        return Ok(exit::DRIFT);
+    }
+    if a.dry_run {
+        return Ok(exit::OK);
+    }
+    // The recorded path when it still exists here (so `down TOPOLOGY` finds the run), else the
+    // copy in the new run record.
+    let topology_path = if a.topology.is_some() || path.is_file() {
+        PathBuf::from(super::absolute(&path))
+    } else {
+        let state = crate::run::record::state_dir(g.state_dir.as_deref());
+        crate::run::record::run_dir(&state, a.run_id.as_deref().unwrap_or(&meta.run_id)).join("topology.yaml")
+    };
+    let input = UpInput {
+        topology_path,
+        topology_bytes: text.into_bytes(),
+        topology,
+        templates,
+        templates_dir,
+        run_id: a.run_id.clone().unwrap_or(meta.run_id),
+        vms,
+        format: a.format,
+        pipeline: a.pipeline.clone(),
+    };
+    up::execute(g, input).await
+}
+
+/// `--templates` when given (a deliberate change, shown as drift), else the bundle's overlay
+/// copies, else the embedded templates.
+fn templates(g: &GlobalArgs, root: &Path) -> anyhow::Result<(Templates, Option<PathBuf>)> {
+    let dir = match &g.templates {
+        Some(d) => Some(d.clone()),
+        None => Some(root.join("templates")).filter(|d| d.is_dir()),
+    };
+    Ok(match dir {
+        Some(d) => (Templates::with_dir(&d)?, Some(d)),
+        None => (Templates::embedded(), None),
+    })
+}
+
+/// The frozen topology with its `nodes:` (and `metadata:`) replaced by NEW's: the same VMs on
+/// other hosts. Comments of the frozen file are lost; positions in errors refer to this text.
+fn with_nodes_of(frozen: &str, new: &Path) -> anyhow::Result<String> {
+    let new_text = std::fs::read_to_string(new).with_context(|| format!("reading {}", new.display()))?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(frozen).context("the bundle's topology.yaml")?;
+    let other: serde_yaml::Value = serde_yaml::from_str(&new_text).with_context(|| format!("{}", new.display()))?;
+    for key in ["nodes", "metadata"] {
+        if let Some(v) = other.get(key) {
+            doc[key] = v.clone();
+        }
+    }
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+/// Fresh facts of every node with a selected VM, gathered as `up` gathers them.
+async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Result<FactsByNode> {
+    let opts = super::connect_options(g);
+    let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));
+    let tasks = topo.duts().filter(|n| selected(&n.name)).map(|node| {
+        let opts = opts.clone();
+        async move {
+            let s = Session::connect(&SshTarget::for_node(topo, node), &opts).await?;
+            let wanted = check::wanted(topo, node, node.qemu.accel == Accel::Auto);
+            let timeout = opts.command_timeout.max(std::time::Duration::from_secs(20));
+            let f = facts::gather(&s, node, &wanted, timeout).await;
+            s.close().await;
+            Ok::<_, crate::ssh::SshError>((node.name.clone(), f?))
+        }
+    });
+    let mut out = FactsByNode::new();
+    for r in futures::future::join_all(tasks).await {
+        let (name, f) = r?;
+        out.insert(name, f);
+    }
+    if out.is_empty() {
+        bail!("no VMs to replay");
+    }
+    Ok(out)
+}

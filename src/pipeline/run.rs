@@ -1,0 +1,148 @@
+//! `up`'s pipeline hooks: counters and artifacts gathered before cleanup, then the local files
+//! (`events.jsonl`, `result.json`, `junit.xml`, `bundle.tar.gz`, `missing.txt`) once the
+//! result is known.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use super::artifacts::{self, NodeSource, VmSource};
+use super::counters::{self, Collected};
+use crate::report::EventLog;
+use crate::run::manifest::FileRecord;
+use crate::run::up::{BeforeCleanup, FailureKind, RunResult, RunView, VmState};
+use crate::topology::Topology;
+
+/// node -> vm -> collected outputs.
+pub type Counters = BTreeMap<String, BTreeMap<String, Vec<Collected>>>;
+
+/// When `--artifacts DIR` collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Failure,
+    Always,
+}
+
+/// What the hook found, read by the command once `up` returns.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub counters: Counters,
+    pub missing: Vec<String>,
+    /// The remote part of the artifacts was written (the run qualified for collection).
+    pub artifacts_written: bool,
+}
+
+/// The hook `up` calls before cleanup: counters of every ready VM (always), and the remote
+/// artifacts when `artifacts` is set and the run qualifies. Skipped on an interrupt: the user
+/// asked to stop, and every source would add its timeout.
+pub fn hook(
+    topology: Arc<Topology>,
+    artifacts: Option<(PathBuf, When)>,
+    capture: Arc<Mutex<Capture>>,
+) -> BeforeCleanup {
+    Arc::new(move |view: RunView| {
+        let (topology, artifacts, capture) = (topology.clone(), artifacts.clone(), capture.clone());
+        Box::pin(async move {
+            if view.interrupted {
+                return;
+            }
+            let nodes = node_sources(&view, &topology);
+            let counters = artifacts::counters(&nodes).await;
+            let mut written = false;
+            let mut missing = vec![];
+            if let Some((dir, when)) = artifacts
+                && (when == When::Always || !view.ok)
+            {
+                missing = artifacts::write_nodes(&dir, &nodes, &counters).await;
+                written = true;
+            }
+            let mut c = capture.lock().expect("capture lock");
+            c.counters = counters;
+            c.missing = missing;
+            c.artifacts_written = written;
+        })
+    })
+}
+
+/// The connected nodes and their planned VMs, as artifact sources.
+pub fn node_sources(view: &RunView, topology: &Topology) -> Vec<NodeSource> {
+    view.nodes
+        .iter()
+        .map(|(name, tn)| {
+            let vms = tn.plan.iter().flat_map(|p| &p.vms).map(|vp| {
+                let r = view.vms.iter().find(|r| &r.node == name && r.name == vp.name);
+                let error = r.and_then(|r| r.error.clone());
+                let start_failed = r.is_some_and(|r| r.failure == Some(FailureKind::Infrastructure))
+                    && error.as_deref().is_some_and(|e| e.contains("qemu failed to start"));
+                VmSource {
+                    name: vp.name.clone(),
+                    serial_log: vp.paths.serial_log.clone(),
+                    qga: vp.paths.qga.clone(),
+                    argv: vp.argv.clone(),
+                    files: vp.files.iter().map(FileRecord::from).collect(),
+                    qemu_stderr: if start_failed { error.clone() } else { None },
+                    error,
+                    ready: r.is_some_and(|r| r.state == VmState::Ready),
+                    commands: topology
+                        .vms
+                        .iter()
+                        .find(|v| v.name == vp.name)
+                        .map(counters::commands_for)
+                        .unwrap_or_default(),
+                }
+            });
+            NodeSource {
+                name: name.clone(),
+                session: tn.session.clone(),
+                run_dir: tn.run_dir.clone(),
+                facts: tn.facts.clone(),
+                vms: vms.collect(),
+            }
+        })
+        .collect()
+}
+
+/// The `--format json` result with each VM's collected outputs (`collected`) added.
+pub fn result_json(res: &RunResult, counters: &Counters) -> Value {
+    let mut v = serde_json::to_value(res).expect("serialisable");
+    if let Some(vms) = v["vms"].as_array_mut() {
+        for vm in vms {
+            let (node, name) = (vm["node"].as_str().unwrap_or_default(), vm["name"].as_str().unwrap_or_default());
+            if let Some(c) = counters.get(node).and_then(|m| m.get(name)) {
+                vm["collected"] = serde_json::to_value(c).expect("serialisable");
+            }
+        }
+    }
+    v
+}
+
+/// The run-level artifacts, written once the result is known.
+pub struct RunFiles<'a> {
+    pub result: &'a Value,
+    pub events: &'a EventLog,
+    pub junit: Option<&'a str>,
+    /// The run's reproduction record, packed as `bundle.tar.gz`.
+    pub record_dir: Option<&'a Path>,
+    pub missing: Vec<String>,
+}
+
+pub fn write_run_files(dir: &Path, f: RunFiles<'_>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("events.jsonl"), f.events.to_jsonl())?;
+    std::fs::write(dir.join("result.json"), serde_json::to_vec_pretty(f.result).expect("serialisable"))?;
+    if let Some(x) = f.junit {
+        std::fs::write(dir.join("junit.xml"), x)?;
+    }
+    let mut missing = f.missing;
+    match f.record_dir {
+        Some(r) => {
+            if let Err(e) = super::bundle::pack(r, &dir.join("bundle.tar.gz")) {
+                missing.push(format!("bundle.tar.gz: {e}"));
+            }
+        }
+        None => missing.push("bundle.tar.gz: no run record".into()),
+    }
+    artifacts::write_missing(dir, &missing)
+}
