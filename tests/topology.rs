@@ -977,3 +977,33 @@ fn regression_yaml_bombs_are_clean_errors() {
     let d = errors(&format!("metadata:\n{}", deep.lines().map(|l| format!("  {l}\n")).collect::<String>()));
     assert!(d[0].message.contains("deeper than 256"), "{d:?}");
 }
+
+/// Hardening 15: `validate` said "ok" on inputs `render` then rejected, and plan errors had no
+/// position. Now both refuse them the same way, at the VM's `file:line:col`, exit 2.
+#[test]
+fn regression_validate_accepts_what_render_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // A VPP VNF whose `.exec` template needs vif1_mac/vif2_mac, which nothing sets.
+        (
+            "    vnf: vppip4_2vhostvr1024\n    interfaces:\n      - vhost_user: {socket: /run/vpp/a}\n      - vhost_user: {socket: /run/vpp/b}\n",
+            "vif1_mac",
+        ),
+        // testpmd needs a main lcore and a forwarding core.
+        (
+            "    vnf: testpmd_io\n    smp: 1\n    interfaces:\n      - vhost_user: {socket: /run/vpp/a}\n      - vhost_user: {socket: /run/vpp/b}\n",
+            "testpmd needs smp >= 2",
+        ),
+    ];
+    for (i, (extra, fragment)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("t{i}.yaml"));
+        std::fs::write(&path, vm(extra)).unwrap();
+        for cmd in ["validate", "render"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg(cmd).arg(&path).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {i}: {err}");
+            assert!(err.contains(&format!("{}:12:5: vms[0]: ", path.display())), "{cmd} {i}: {err}");
+            assert!(err.contains(fragment), "{cmd} {i}: {err}");
+        }
+    }
+}

@@ -85,6 +85,27 @@ pub fn node_error(node: &str, e: &str) -> String {
     }
 }
 
+/// A plan error about a VM of `vms:`, as a topology diagnostic at that VM's entry
+/// (`file:line:col: vms[i]: …`); other errors unchanged. Everything a plan refuses is an input
+/// problem, so it should point into the file like the loader's errors do.
+pub fn positioned(topo: &Topology, err: crate::plan::PlanError) -> anyhow::Error {
+    use crate::plan::PlanError;
+    let vm = match &err {
+        PlanError::Invalid { vm, .. } | PlanError::Template { vm, .. } => Some(vm.as_str()),
+        _ => None,
+    };
+    match vm.and_then(|v| topo.written.get(v)) {
+        Some(w) => anyhow::Error::from(TopologyError::Invalid(vec![crate::topology::Diagnostic {
+            file: topo.path.clone(),
+            line: w.line,
+            column: w.column,
+            key: w.key.clone(),
+            message: err.to_string(),
+        }])),
+        None => err.into(),
+    }
+}
+
 /// Map an error that reached the CLI edge to its exit code.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

@@ -14,7 +14,7 @@ pub fn run(g: &GlobalArgs, a: &RenderArgs) -> anyhow::Result<u8> {
         None => FactsByNode::new(),
     };
     let opts = PlanOptions { run_id: a.run_id.clone(), templates: &templates, only_vms: &a.vms };
-    let plan = plan::build(&topology, &facts, &opts)?;
+    let plan = plan::build(&topology, &facts, &opts).map_err(|e| super::positioned(&topology, e))?;
     let out = match a.format {
         Format::Text => plan::render::text(&plan),
         Format::Json => plan::render::json(&plan)?,

@@ -65,7 +65,8 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         &input.topology,
         &FactsByNode::new(),
         &PlanOptions { run_id: run_id.clone(), templates: &input.templates, only_vms: &input.vms },
-    )?;
+    )
+    .map_err(|e| super::positioned(&input.topology, e))?;
     if draft.nodes.is_empty() {
         bail!("{}: no VMs to start", input.topology_path.display());
     }

@@ -95,5 +95,12 @@ pub fn image_vm(node: &str, qemu_id: u32) -> Vm {
 
 /// A topology from nodes and VMs (no unique MACs).
 pub fn topology(nodes: Vec<Node>, vms: Vec<Vm>) -> Topology {
-    Topology { path: PathBuf::from("fixture.yaml"), nodes, vms, unique_macs: false, chains: vec![] }
+    Topology {
+        path: PathBuf::from("fixture.yaml"),
+        nodes,
+        vms,
+        unique_macs: false,
+        chains: vec![],
+        written: BTreeMap::new(),
+    }
 }

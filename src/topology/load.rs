@@ -160,9 +160,9 @@ fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<
     }
     let chains = top.get("chains").map(|v| chain_load::convert_chains(cx, v, &nodes, &node_types, has_vnf));
     let chains = chains.unwrap_or_default();
-    let vms = validate::finish_vms(cx, drafts, &chains);
+    let (vms, written) = validate::finish_vms(cx, drafts, &chains);
     let chains = chains.into_iter().map(|c| c.def).collect();
-    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs, chains })
+    Some(Topology { path: cx.file.to_path_buf(), nodes, vms, unique_macs, chains, written })
 }
 
 fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node> {

@@ -24,6 +24,19 @@ pub struct Topology {
     /// `chains:` entries (CSIT's NF chains), at most one per node. Their VMs' names and ids are
     /// fixed here; their CPUs come from the host's layout, so the plan expands them.
     pub chains: Vec<ChainDef>,
+    /// Where each VM of `vms:` is written (by VM name), so a problem found later (at plan time)
+    /// still points at `file:line:col`.
+    #[serde(skip)]
+    pub written: BTreeMap<String, Written>,
+}
+
+/// A place in the topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub line: usize,
+    pub column: usize,
+    /// Key path, e.g. `vms[2]`.
+    pub key: String,
 }
 
 /// One validated `chains:` entry: CSIT's parameters, the `vm:` template every VM of the chain

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::chain_load::LoadedChain;
 use super::cx::{Cx, VmDraft};
-use super::model::Vm;
+use super::model::{Vm, Written};
 use super::yaml::Pos;
 
 /// Longest node or VM name: it becomes a directory name (at most 255 bytes) below the run
@@ -110,11 +110,22 @@ pub(crate) fn check_run_root(cx: &mut Cx, pos: Pos, key: &str, value: String) ->
 /// Assign ids and names, then check what VMs on one node (or in the file) must not share.
 /// The chains' VMs come first: their ids (`1..=C×N` on the node), names and sockets are CSIT's
 /// and fixed, so a `vms:` entry must keep clear of them and an automatic id skips them.
-pub(crate) fn finish_vms(cx: &mut Cx, mut drafts: Vec<VmDraft>, chains: &[LoadedChain]) -> Vec<Vm> {
+pub(crate) fn finish_vms(
+    cx: &mut Cx,
+    mut drafts: Vec<VmDraft>,
+    chains: &[LoadedChain],
+) -> (Vec<Vm>, BTreeMap<String, Written>) {
     let duplicate_id = assign_ids(cx, &mut drafts, chains);
     check_names(cx, &drafts, chains, &duplicate_id);
     check_resources(cx, &drafts, chains);
-    drafts.into_iter().map(|d| d.vm).collect()
+    let written = drafts
+        .iter()
+        .map(|d| {
+            let w = Written { line: d.spans.pos.line, column: d.spans.pos.column, key: d.spans.path.clone() };
+            (d.vm.name.clone(), w)
+        })
+        .collect();
+    (drafts.into_iter().map(|d| d.vm).collect(), written)
 }
 
 /// `qemu_id` per VM (explicit, else the node's next free one) and the default names. Returns
