@@ -10,8 +10,8 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
     let super::LocatedVm { session: s, node, run_id, vm, run_root } =
         super::locate_vm(g, a.topology.as_deref(), a.run.as_deref(), &a.vm).await?;
     // The path is recomputed, never read from the manifest (root would print any file it named).
-    let rd = crate::run::layout::run_dir(&run_root, &run_id).map_err(anyhow::Error::msg)?;
-    let serial_log = crate::run::layout::vm_paths(&rd, &vm.name).map_err(anyhow::Error::msg)?.serial_log;
+    let rd = crate::remote::layout::run_dir(&run_root, &run_id).map_err(anyhow::Error::msg)?;
+    let serial_log = crate::remote::layout::vm_paths(&rd, &vm.name).map_err(anyhow::Error::msg)?.serial_log;
     eprintln!("== {} {} run {run_id}: {}", node, vm.name, serial_log);
     let mut argv = vec!["tail".to_string(), "-c".into(), "+0".into()];
     if a.follow {
@@ -25,6 +25,11 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
         s.spawn(&RemoteCommand::new(argv).sudo().timeout(std::time::Duration::from_secs(365 * 86400))).await?;
     let mut out = std::io::stdout();
     let mut code = exit::OK;
+    // One listener for the whole loop: a `ctrl_c()` made anew each iteration misses a SIGINT
+    // that lands between two iterations (while output is written), and since the handler is
+    // installed the signal no longer ends the process either: `logs -f` then never returned.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             ev = child.next() => match ev {
@@ -33,7 +38,7 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
                 Some(ChildEvent::Exit(st)) => { if st != Some(0) { code = exit::FAILED; } break; }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => { let _ = child.kill().await; break; }
+            _ = &mut interrupted => { let _ = child.kill().await; break; }
         }
     }
     s.close().await;

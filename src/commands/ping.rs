@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 
 use crate::cli::{Format, GlobalArgs, PingArgs};
 use crate::exit;
+use crate::remote::layout;
 use crate::remote::process;
 use crate::run::bridge::Bridge;
-use crate::run::layout;
 use crate::run::qga::Qga;
 use crate::ssh::{RemoteCommand, Session};
 

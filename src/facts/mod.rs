@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 
 pub use lscpu::{CpuLayout, LscpuRow};
 
-use crate::remote::hugepages::{HugepageState, Pool};
-
 /// On-disk format version of [`HostFacts`] JSON.
 pub const FORMAT: u32 = 1;
 
@@ -50,6 +48,25 @@ pub struct SudoFacts {
     pub error: Option<String>,
 }
 
+/// One hugepage pool (`/sys/kernel/mm/hugepages/hugepages-<kb>kB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub size_kb: u64,
+    pub nr: u64,
+    pub free: u64,
+    pub resv: u64,
+    pub surplus: u64,
+    pub overcommit: u64,
+}
+
+impl Pool {
+    /// Pages a new mapping can get: free persistent pages not reserved by someone else, plus
+    /// the overcommit headroom not yet used by surplus pages.
+    pub fn available(&self) -> u64 {
+        self.free.saturating_sub(self.resv) + self.overcommit.saturating_sub(self.surplus)
+    }
+}
+
 /// Hugepages of one size on one NUMA node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumaPool {
@@ -68,20 +85,6 @@ pub struct HugepageFacts {
     pub numa: Vec<NumaPool>,
     /// Filesystem type per mount point asked about (`hugetlbfs`, `tmpfs`, `missing`).
     pub mounts: BTreeMap<String, String>,
-}
-
-impl HugepageFacts {
-    pub fn from_state(st: &HugepageState) -> Self {
-        HugepageFacts {
-            pools: st.pools.clone(),
-            numa: st
-                .numa
-                .iter()
-                .map(|(&(node, size_kb), p)| NumaPool { node, size_kb, nr: p.nr, free: p.free, surplus: p.surplus })
-                .collect(),
-            mounts: st.mounts.clone(),
-        }
-    }
 }
 
 /// Everything known about one node. See the module docs for what `None` means.

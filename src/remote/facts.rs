@@ -174,10 +174,29 @@ pub fn parse(out: &str, wanted: &Wanted) -> Result<HostFacts, String> {
         cpus_online: Some(parse_cpu_list(kv.get("cpus_online").copied().unwrap_or(""))?),
         cpus_isolated: Some(parse_cpu_list(kv.get("cpus_isolated").copied().unwrap_or(""))?),
         numa_nodes: Some(numa_nodes),
-        hugepages: Some(HugepageFacts::from_state(&hp)),
+        hugepages: Some(hugepage_facts(&hp)),
         lookups,
         tools: Some(tools),
     })
+}
+
+/// The hugepage facts of a probe's parsed output.
+fn hugepage_facts(st: &hugepages::HugepageState) -> HugepageFacts {
+    HugepageFacts {
+        pools: st.pools.clone(),
+        numa: st
+            .numa
+            .iter()
+            .map(|(&(node, size_kb), p)| crate::facts::NumaPool {
+                node,
+                size_kb,
+                nr: p.nr,
+                free: p.free,
+                surplus: p.surplus,
+            })
+            .collect(),
+        mounts: st.mounts.clone(),
+    }
 }
 
 /// Gather a connected node's facts (one round trip).

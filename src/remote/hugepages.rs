@@ -17,24 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::quote::quote;
 use crate::topology::PageSize;
 
-/// One hugepage pool (`/sys/kernel/mm/hugepages/hugepages-<kb>kB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pool {
-    pub size_kb: u64,
-    pub nr: u64,
-    pub free: u64,
-    pub resv: u64,
-    pub surplus: u64,
-    pub overcommit: u64,
-}
-
-impl Pool {
-    /// Pages a new mapping can get: free persistent pages not reserved by someone else, plus
-    /// the overcommit headroom not yet used by surplus pages.
-    pub fn available(&self) -> u64 {
-        self.free.saturating_sub(self.resv) + self.overcommit.saturating_sub(self.surplus)
-    }
-}
+pub use crate::facts::Pool;
 
 /// One NUMA node's share of a pool (`/sys/devices/system/node/node<N>/hugepages/...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@ pub mod check;
 pub mod facts;
 pub mod hugepages;
 pub mod kvm;
+pub mod layout;
 pub mod lock;
 pub mod process;
 pub mod reserve;

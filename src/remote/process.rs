@@ -98,9 +98,9 @@ pub fn parse_probe(out: &str) -> (bool, Option<u32>) {
 /// SIGKILL, waiting for the process to exit after each (bounded). If the pidfile is missing (an
 /// interrupted start), the process is found by its unique `-pidfile` argument instead. Then the
 /// VM's run directory is removed, but only if it is a real directory exactly below `run_root`
-/// (symlinks resolved). Callers pass paths recomputed by [`crate::run::layout`], never paths
+/// (symlinks resolved). Callers pass paths recomputed by [`crate::remote::layout`], never paths
 /// read from a manifest. Prints `outcome=... pid=... how=...`.
-pub fn stop_script(run_root: &str, vm: &crate::run::layout::VmPaths, grace_secs: u32) -> String {
+pub fn stop_script(run_root: &str, vm: &crate::remote::layout::VmPaths, grace_secs: u32) -> String {
     format!(
         r#"root={root}; pidfile={pf}; qmp={qmp}; dir={dir}
 {fns}{safe}gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
@@ -128,7 +128,7 @@ echo "$out"
         qmp = quote(&vm.qmp),
         dir = quote(&vm.dir),
         fns = ours_fns(),
-        safe = crate::run::layout::safe_dir_fn(),
+        safe = crate::remote::layout::safe_dir_fn(),
         grace = grace_secs,
     )
 }
@@ -275,7 +275,7 @@ mod tests {
     fn stop_script_only_kills_processes_carrying_our_pidfile() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().to_str().unwrap();
-        let paths = crate::run::layout::vm_paths(root, "vm").unwrap();
+        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
         let pidfile = std::path::PathBuf::from(&paths.pidfile);
         let vmdir = std::path::PathBuf::from(&paths.dir);
         std::fs::create_dir(&vmdir).unwrap();

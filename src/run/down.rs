@@ -4,7 +4,7 @@
 //! processes carrying our pidfile path), removes the run directory and gives back the hugepages
 //! the run's journal says it added. Running it twice is harmless. A manifest is read for *which*
 //! runs and VMs exist, never for *where* they are: every path is recomputed from the node's
-//! `run_root`, the validated run id and VM name ([`super::layout`]), so a tampered manifest cannot
+//! `run_root`, the validated run id and VM name ([`crate::remote::layout`]), so a tampered manifest cannot
 //! point `down` at another process, socket, directory or sysctl value. Run directories an
 //! interrupted `up` left without any manifest are found too, and cleaned when their owner file
 //! names the caller.
@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::layout::{self, VmPaths};
 use super::manifest::{self, Manifest};
 use crate::quote::quote;
 use crate::remote::hugepages;
+use crate::remote::layout::{self, VmPaths};
 use crate::remote::lock;
 use crate::remote::process::{self, StopReport};
 use crate::report::{EventSink, Phase};

@@ -9,7 +9,6 @@ pub mod bridge;
 pub mod down;
 pub mod guest;
 pub mod jsonlines;
-pub mod layout;
 pub mod manifest;
 pub mod qga;
 pub mod qmp;

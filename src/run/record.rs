@@ -40,7 +40,7 @@ pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
 }
 
 pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
-    if let Some(p) = crate::run::layout::run_id_problem(run_id) {
+    if let Some(p) = crate::remote::layout::run_id_problem(run_id) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("run id {run_id:?}: {p}")));
     }
     let bytes = std::fs::read(dir.join("runs").join(format!("{run_id}.json")))?;
@@ -50,7 +50,7 @@ pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
 /// Drop the run's record (nothing of it runs any more) but keep its run directory: the
 /// reproduction record a failed run leaves for `harness bundle`.
 pub fn forget(dir: &Path, run_id: &str) {
-    if crate::run::layout::run_id_problem(run_id).is_some() {
+    if crate::remote::layout::run_id_problem(run_id).is_some() {
         return;
     }
     let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));
@@ -59,7 +59,7 @@ pub fn forget(dir: &Path, run_id: &str) {
 /// Remove a run's record. The id may come from a host's manifest: one that is not a plain path
 /// component is ignored, so it can never name a path outside the state directory.
 pub fn remove(dir: &Path, run_id: &str) {
-    if crate::run::layout::run_id_problem(run_id).is_some() {
+    if crate::remote::layout::run_id_problem(run_id).is_some() {
         return;
     }
     let _ = std::fs::remove_file(dir.join("runs").join(format!("{run_id}.json")));

@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::down::{self, Selector};
-use super::layout;
 use super::manifest::Manifest;
 use crate::quote::quote;
+use crate::remote::layout;
 use crate::remote::process;
 use crate::ssh::{RemoteCommand, Session, SshError};
 

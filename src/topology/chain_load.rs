@@ -9,24 +9,11 @@
 
 use super::chains::{self, ChainSpec};
 use super::cx::Cx;
+use super::cx::LoadedChain;
 use super::model::{ChainDef, Node};
 use super::validate;
 use super::vm::{self, NodeTypes};
 use super::yaml::{Node as YNode, Pos, Value};
-
-/// A chain as loaded, with what its VMs claim on the node (for the cross-checks with `vms:`).
-pub(crate) struct LoadedChain {
-    pub def: ChainDef,
-    /// Every VM's two socket paths.
-    pub sockets: Vec<String>,
-}
-
-impl LoadedChain {
-    /// How messages name the chain: `chains[0] (line 40)`.
-    pub fn owner(&self) -> String {
-        format!("{} (line {})", self.def.path, self.def.line)
-    }
-}
 
 /// Template variables the chain sets per VM (CSIT's wiring); a template may not set them.
 const WIRED_VARS: &[&str] = &["mac1", "mac2", "vif1_mac", "vif2_mac"];

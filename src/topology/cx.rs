@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Diagnostic;
-use super::model::Vm;
+use super::model::{ChainDef, Vm};
 use super::yaml::{Node as YNode, Pos, Value, join};
 
 /// Collects diagnostics for one file.
@@ -256,6 +256,20 @@ pub(crate) struct VmSpans {
     pub vfio: Vec<(String, Pos, String)>,
     pub sockets: Vec<(String, Pos, String)>,
     pub host_ports: Vec<(u16, Pos, String)>,
+}
+
+/// A chain as loaded, with what its VMs claim on the node (for the cross-checks with `vms:`).
+pub(crate) struct LoadedChain {
+    pub def: ChainDef,
+    /// Every VM's two socket paths.
+    pub sockets: Vec<String>,
+}
+
+impl LoadedChain {
+    /// How messages name the chain: `chains[0] (line 40)`.
+    pub fn owner(&self) -> String {
+        format!("{} (line {})", self.def.path, self.def.line)
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::chain_load::LoadedChain;
-use super::cx::{Cx, VmDraft};
+use super::cx::{Cx, LoadedChain, VmDraft};
 use super::model::{Vm, Written};
 use super::yaml::Pos;
 

@@ -4,7 +4,7 @@
 //!
 //! Cleanup acts only inside a directory whose owner file holds this invocation's nonce (checked
 //! on the host, in the same script that acts), so a run refused for reusing a live run id never
-//! touches the live run. Paths are recomputed ([`crate::run::layout`]). A lost connection is
+//! touches the live run. Paths are recomputed ([`crate::remote::layout`]). A lost connection is
 //! retried with a fresh one, a bounded number of times: the node may come back.
 
 use std::time::Duration;
@@ -13,10 +13,10 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::tracker::{TrackedNode, Tracker};
+use crate::remote::layout::{self, VmPaths};
 use crate::remote::process::{self, StopOutcome};
 use crate::report::{EventSink, Phase};
 use crate::run::down::{self, NodeRelease};
-use crate::run::layout::{self, VmPaths};
 use crate::ssh::{RemoteCommand, Session, SshError};
 
 /// Connection attempts per node (the first included), with a growing pause between them.

@@ -10,8 +10,8 @@ use crate::plan::NodePlan;
 use std::time::Duration;
 
 use crate::remote::hugepages::{self, HugepageChange};
+use crate::remote::layout;
 use crate::remote::{lock, reserve};
-use crate::run::layout;
 use crate::ssh::{RemoteCommand, Session};
 
 /// `ensure` under the host lock, reserving the pages for `reservation` (an id unique to this run

@@ -14,9 +14,9 @@ use super::tracker::TrackedNode;
 use super::{UpError, fail};
 use crate::plan::{self, NodePlan};
 use crate::quote::quote;
+use crate::remote::layout;
 use crate::remote::{check, facts};
 use crate::report::Phase;
-use crate::run::layout;
 use crate::ssh::{RemoteCommand, Session, SshTarget};
 use crate::topology::Accel;
 
