@@ -16,6 +16,10 @@ const NODES: usize = 16;
 const VMS: usize = 4;
 
 /// The 16 × 4 scale lab and the strict bastion, once per test process.
+/// The two tests on the `MaxStartups 2` bastion take turns: one floods it with handshakes on
+/// purpose, which would make the other's "no retries needed" untrue (a flaky CI failure).
+static STRICT_BASTION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ensure_scale_lab() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -114,6 +118,7 @@ fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
 /// are dropped at first, and every one must get through on a retry, with the retries counted.
 #[test]
 fn dropped_handshakes_are_retried_and_counted() {
+    let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
     ensure_scale_lab();
     let port = lab_env("LAB_BASTION_STRICT_PORT");
     let user = lab_env("LAB_BASTION_USER");
@@ -146,6 +151,7 @@ fn dropped_handshakes_are_retried_and_counted() {
 /// 16 nodes cost it one handshake, so nothing even needs a retry at the bastion.
 #[test]
 fn nodes_behind_a_strict_bastion_share_one_connection() {
+    let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
     ensure_scale_lab();
     let topo = lab_topology("lab-scale-jump-strict.yaml");
     let out = harness(&["exec", topo.to_str().unwrap(), "--", "true"]);
