@@ -113,35 +113,10 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let failed: Vec<&StoppedVm> = stopped.iter().filter(|s| s.error.is_some()).collect();
-    match a.format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"stopped": stopped, "errors": errors, "ok": errors.is_empty() && failed.is_empty()})
-            )?
-        ),
-        Format::Text => {
-            for s in &stopped {
-                let how = s.report.as_ref().map(|r| {
-                    format!("{}{}", r.outcome.as_str(), r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())
-                });
-                println!("{:<8} {:<22} {:<12} {}", s.node, s.run_id, s.vm, s.error.clone().or(how).unwrap_or_default());
-            }
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            if stopped.is_empty() && errors.is_empty() {
-                println!("nothing to stop");
-                if sel.started_by.is_some() {
-                    println!("(only runs started by {} are stopped; --all stops everyone's)", crate::run::started_by());
-                }
-            }
-        }
-    }
+    let failed = print_result(a, &sel, &stopped, &errors)?;
     Ok(if unreachable {
         exit::UNREACHABLE
-    } else if !errors.is_empty() || !failed.is_empty() {
+    } else if !errors.is_empty() || failed {
         exit::FAILED
     } else {
         exit::OK
@@ -167,4 +142,35 @@ fn pipeline_outputs(
         std::fs::write(f, crate::report::junit::to_xml(&run))?;
     }
     Ok(())
+}
+
+/// The result, as JSON or one line per VM; true when a VM could not be stopped.
+fn print_result(a: &DownArgs, sel: &Selector, stopped: &[StoppedVm], errors: &[String]) -> anyhow::Result<bool> {
+    let failed: Vec<&StoppedVm> = stopped.iter().filter(|s| s.error.is_some()).collect();
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"stopped": stopped, "errors": errors, "ok": errors.is_empty() && failed.is_empty()})
+            )?
+        ),
+        Format::Text => {
+            for s in stopped {
+                let how = s.report.as_ref().map(|r| {
+                    format!("{}{}", r.outcome.as_str(), r.how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())
+                });
+                println!("{:<8} {:<22} {:<12} {}", s.node, s.run_id, s.vm, s.error.clone().or(how).unwrap_or_default());
+            }
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            if stopped.is_empty() && errors.is_empty() {
+                println!("nothing to stop");
+                if sel.started_by.is_some() {
+                    println!("(only runs started by {} are stopped; --all stops everyone's)", crate::run::started_by());
+                }
+            }
+        }
+    }
+    Ok(!failed.is_empty())
 }
