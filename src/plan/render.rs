@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use super::{FileRole, Marker, Plan, Unresolved, VmPlan};
 use crate::topology::Sched;
 
-/// The command `run` executes for a VM, as one shell line.
+/// The command for a VM, as one shell line: the planned argv under `sudo -n`. (`up` runs exactly
+/// this argv, and in the same round trip reads the pidfile it wrote.)
 pub fn command_line(vm: &VmPlan) -> String {
     format!("sudo -n -- {}", crate::quote::join(&vm.argv))
 }

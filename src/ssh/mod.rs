@@ -174,7 +174,7 @@ impl Output {
 
 mod session;
 pub mod transport;
-pub use session::{ChildEvent, RemoteChild, Session, handshake_retries_total};
+pub use session::{ChildEvent, RemoteChild, Session, UPLOAD_MANY_MAX, handshake_retries_total};
 pub use transport::{Channel, Transport};
 #[cfg(test)]
 pub mod fake;

@@ -22,6 +22,9 @@ use super::transport::{self, Channel, Transport};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
 
+/// Total file bytes [`Session::upload_many`] is used for (arguments stay far below ARG_MAX).
+pub const UPLOAD_MANY_MAX: usize = 256 * 1024;
+
 /// One live russh connection (replaced on reconnect).
 struct Conn {
     handle: Handle<Client>,
@@ -558,6 +561,30 @@ impl Session {
             r#"umask 077; cat > "$1" && chmod "$3" "$1" && mv -f "$1" "$2" || { rc=$?; rm -f "$1"; exit $rc; }"#;
         let mut cmd =
             RemoteCommand::new(["sh", "-c", script, "sh", &tmp, path, &format!("{mode:o}")]).stdin(content.to_vec());
+        cmd.sudo = sudo;
+        cmd.idempotent = true;
+        self.run_ok(&cmd).await.map(|_| ())
+    }
+    /// Write several files in ONE round trip (each atomically: temp file, chmod, rename). The
+    /// contents travel base64-encoded as arguments, so this is for small files (the caller falls
+    /// back to [`Session::upload`] past [`UPLOAD_MANY_MAX`] bytes in total).
+    pub async fn upload_many(&self, files: &[(&[u8], &str, u32)], sudo: bool) -> Result<(), SshError> {
+        use base64::Engine as _;
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let script = format!(
+            r#"umask 077; t={tag}
+while [ $# -ge 3 ]; do
+  printf %s "$2" | base64 -d > "$1.harness-tmp-$t" && chmod "$3" "$1.harness-tmp-$t" && mv -f "$1.harness-tmp-$t" "$1" || {{ rc=$?; rm -f "$1.harness-tmp-$t"; exit $rc; }}
+  shift 3
+done"#
+        );
+        let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
+        for (content, path, mode) in files {
+            argv.push((*path).to_string());
+            argv.push(base64::engine::general_purpose::STANDARD.encode(content));
+            argv.push(format!("{mode:o}"));
+        }
+        let mut cmd = RemoteCommand::new(argv);
         cmd.sudo = sudo;
         cmd.idempotent = true;
         self.run_ok(&cmd).await.map(|_| ())

@@ -72,7 +72,10 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
 /// the command has the VM's `start_timeout`; on expiry the SSH layer kills the remote process
 /// group (sudo and the still undaemonized QEMU in it).
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
-    let cmd = RemoteCommand::new(v.argv.clone()).sudo().timeout(v.start_timeout);
+    // One round trip: start QEMU (exactly the planned argv), then print the pid it wrote.
+    let mut argv = vec!["sh".into(), "-c".into(), r#""$@" || exit $?; cat -- "$0""#.into(), v.paths.pidfile.clone()];
+    argv.extend(v.argv.iter().cloned());
+    let cmd = RemoteCommand::new(argv).sudo().timeout(v.start_timeout);
     let out = match session.run(&cmd).await {
         Err(SshError::CommandTimeout { after, .. }) => {
             kill_undaemonized(session, v).await;
@@ -88,8 +91,9 @@ async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
             err.trim()
         )));
     }
-    let out = session.run_ok(&RemoteCommand::new(["cat", &v.paths.pidfile]).sudo()).await?;
-    out.stdout_str().trim().parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}", v.paths.pidfile)))
+    let stdout = out.stdout_str();
+    let pid = stdout.lines().last().unwrap_or("").trim();
+    pid.parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}: {pid:?}", v.paths.pidfile)))
 }
 
 /// The SSH layer's kill on timeout reaches sudo's process group, not QEMU: sudo runs it on its

@@ -45,7 +45,7 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
              ==lookups\nfound /opt/boot/initrd.img-1\nfound /opt/boot/vmlinuz-1\n",
         );
     }
-    if call.argv.first().is_some_and(|a| a == "sh") && t.contains("cat > \"$1\"") {
+    if call.argv.first().is_some_and(|a| a == "sh") && (t.contains("cat > \"$1\"") || t.contains("base64 -d")) {
         if b.lost_at_upload {
             return Reply::Fail(SshError::Disconnected { node: "x".into(), message: "connection reset".into() });
         }
@@ -62,12 +62,12 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
     if t.contains("added=$added") {
         return Reply::ok(format!("added={} mounted=0 map_was=-\n", b.added));
     }
-    if call.argv.first().is_some_and(|a| a.contains("qemu-system")) {
+    if is_qemu_start(call) {
         let name = call.argv.iter().find(|a| a.ends_with(",debug-threads=on")).cloned().unwrap_or_default();
         if b.failing_start.iter().any(|v| name == format!("{v},debug-threads=on")) {
             return Reply::status(1, "qemu-system-x86_64: boom");
         }
-        return Reply::ok("");
+        return Reply::ok("1234\n");
     }
     if call.argv.first().is_some_and(|a| a == "cat") {
         return Reply::ok("1234\n");
@@ -79,6 +79,11 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
         return Reply::ok("outcome=stopped pid=1234 how=quit\n");
     }
     Reply::ok("")
+}
+
+/// A QEMU start: the planned argv behind the one-round-trip wrapper that prints the pid.
+fn is_qemu_start(c: &Call) -> bool {
+    c.argv.iter().any(|a| a.contains("qemu-system")) && c.argv.iter().any(|a| a == "-daemonize")
 }
 
 /// One fake host per node name.
@@ -151,10 +156,16 @@ fn a_healthy_fake_host_comes_up_with_the_plan_it_was_given() {
     assert!(res.vms.iter().all(|v| v.state == VmState::Ready));
     let calls = lab.hosts["DUT1"].calls();
     // The planned argv ran unchanged, with the kernel the facts resolved.
-    let qemu: Vec<&Call> = calls.iter().filter(|c| c.argv[0].contains("qemu-system")).collect();
+    let qemu: Vec<&Call> = calls.iter().filter(|c| is_qemu_start(c)).collect();
     assert_eq!(qemu.len(), 2);
     assert!(qemu[0].argv.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/opt/boot/vmlinuz-1"));
     assert!(positions(&calls, "outcome=").is_empty(), "nothing stopped on success");
+    // Round trips are what scale costs (each is an sshd channel and a sudo on the host): all the
+    // node's files go in one, each QEMU start reads its pid in the same one.
+    assert_eq!(positions(&calls, "base64 -d").len(), 1, "one upload for all files");
+    assert!(positions(&calls, "cat > \"$1\"").iter().all(|&i| calls[i].text.contains("manifest-")));
+    assert!(calls.iter().all(|c| c.argv[0] != "cat"), "no separate pidfile reads");
+    assert!(calls.len() <= 16, "{} commands for one node with 2 VMs", calls.len());
 }
 
 #[test]
@@ -184,7 +195,7 @@ fn a_node_lost_mid_run_fails_the_run_and_the_other_nodes_vms_are_stopped() {
     let dut2 = res.nodes.iter().find(|n| n.name == "DUT2").unwrap();
     assert!(dut2.error.as_deref().unwrap_or("").contains("connection reset"), "{:?}", dut2.error);
     let d1 = lab.hosts["DUT1"].calls();
-    let starts = d1.iter().filter(|c| c.argv[0].contains("qemu-system")).count();
+    let starts = d1.iter().filter(|c| is_qemu_start(c)).count();
     // Cleanup stops every planned VM of a claimed node (the stop script only touches our pid).
     assert!(positions(&d1, "outcome=").len() >= starts, "every QEMU DUT1 started is stopped");
     assert!(res.vms.iter().all(|v| v.state != VmState::Ready));

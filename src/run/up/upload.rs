@@ -8,6 +8,12 @@ use crate::plan::NodePlan;
 use crate::ssh::Session;
 
 pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    let all: Vec<(&[u8], &str, u32)> =
+        np.vms.iter().flat_map(|v| &v.files).map(|f| (f.content.as_bytes(), f.path.as_str(), f.mode)).collect();
+    if all.iter().map(|(c, ..)| c.len()).sum::<usize>() <= crate::ssh::UPLOAD_MANY_MAX {
+        // Small files (the usual case): all of the node's in one round trip.
+        return session.upload_many(&all, true).await.map_err(|e| fail(format!("upload failed: {e}")));
+    }
     let mut uploads = JoinSet::new();
     for v in &np.vms {
         for f in &v.files {
