@@ -325,6 +325,14 @@ fn collect_bundle_replay_and_drift() {
     assert!(diff.contains(&format!("{prefix}6.1.0")) && diff.contains(&format!("{prefix}6.10.0")), "{diff}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to start"));
     assert_run_gone("pipe-repro");
+    // `--vm` re-plans just that VM (same drift, same refusal); a VM the bundle lacks is an input error.
+    let out = env.run_in(fresh.path(), &["replay", s(&bundle), "--vm", "DUT2_1"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--- DUT2/DUT2_1 argv (bundle)"));
+    let out = env.run_in(fresh.path(), &["replay", s(&bundle), "--vm", "DUT9_9", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DUT9_9"));
+    assert_run_gone("pipe-repro");
     // A changed template overlay drifts too (dry run: nothing starts either way).
     let tpl = env.path("tpl");
     std::fs::create_dir_all(&tpl).unwrap();

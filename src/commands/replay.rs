@@ -40,8 +40,11 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
         meta.command_line.join(" ")
     );
 
-    let facts = gather(g, &topology, &vms).await?;
     let opts = PlanOptions { run_id: meta.run_id.clone(), templates: &templates, only_vms: &vms };
+    // Input errors (a `--vm` the bundle does not have, a VM the plan refuses) exit 2 before any
+    // host is asked, as for `up`.
+    plan::build(&topology, &FactsByNode::new(), &opts).map_err(|e| super::positioned(&topology, e))?;
+    let facts = gather(g, &topology, &vms).await?;
     let fresh: Value = serde_json::from_str(&plan::render::json(&plan::build(&topology, &facts, &opts)?)?)?;
     let frozen: Value =
         serde_json::from_slice(&std::fs::read(root.join("plan.json")).context("the bundle's plan.json")?)?;
