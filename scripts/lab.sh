@@ -515,7 +515,10 @@ vswitch_alive() {
     [ -s "$VS/testpmd.pid" ] || return 1
     pid=$(cat "$VS/testpmd.pid")
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "
+    # No pipe into `grep -q`: with pipefail its early exit can fail the pipeline (SIGPIPE).
+    local cmd
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline") || return 1
+    [[ "$cmd" == *"--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "* ]]
 }
 
 vswitch_install() {
@@ -535,6 +538,8 @@ cmd_vswitch_up() {
     if vswitch_alive; then
         die "vswitch already running (pid $(cat "$VS/testpmd.pid")); 'vswitch down' first"
     fi
+    # Any failure from here on says where, and stops what this call started.
+    trap 'rc=$?; echo "lab.sh: vswitch up failed (line $LINENO, exit $rc)" >&2; cmd_vswitch_down >&2 || true; exit $rc' ERR
     vswitch_install
     mkdir -p "$VS" "$sockdir"
     local prefix="hlab-vsw-$(echo "$VS" | md5sum | cut -c1-8)"
@@ -588,6 +593,7 @@ cmd_vswitch_up() {
     done
     grep -q "Press enter to exit" "$VS/testpmd.log" || { cmd_vswitch_down; die "testpmd did not start forwarding in 10 s ($VS/testpmd.log)"; }
     for tap in "${taps[@]}"; do ip link set "$tap" up; done
+    trap - ERR
     log "vswitch up: testpmd pid $(cat "$VS/testpmd.pid"), $C chain(s) x $N VM(s), ${#names[@]} ports, sockets in $sockdir, taps ${taps[*]}"
 }
 

@@ -140,9 +140,16 @@ struct Vswitch;
 
 impl Vswitch {
     fn up(sockets: &Path, chains: &str) -> Vswitch {
-        let out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
+        // The guard exists before the assertion: a half-started vswitch is stopped too.
+        let guard = Vswitch;
+        let mut out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
+        if !out.status.success() {
+            // Once more from a clean state (a cold first start of testpmd can be slow).
+            lab_sh(&["vswitch", "down"]);
+            out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
+        }
         assert!(out.status.success(), "vswitch up failed");
-        Vswitch
+        guard
     }
 
     /// Port counters by name (`vsw1in`, `sock-1-1`, ...) and tap kernel counters by tap name.
