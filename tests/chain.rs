@@ -11,6 +11,9 @@
 //!
 //! Honours `HARNESS_LAB_DIR` (a private lab) and `VSWITCH_TAP_PREFIX` (distinct taps).
 
+mod common;
+use common::procs::assert_nothing_left;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -105,30 +108,6 @@ impl Env {
         std::fs::write(&path, edit(text)).unwrap();
         path.display().to_string()
     }
-}
-
-/// Live processes whose argv mentions this run's directory (QEMU, sudo, socat).
-fn processes_of_run(run_id: &str) -> Vec<u32> {
-    let needle = format!("/run/harness/{run_id}/");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
-        })
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
-        })
-        .collect()
-}
-
-fn assert_nothing_left(run_id: &str) {
-    let procs = processes_of_run(run_id);
-    assert!(procs.is_empty(), "processes of run {run_id} still alive: {procs:?}");
-    assert!(!Path::new(&format!("/run/harness/{run_id}")).exists(), "run dir of {run_id} still exists");
 }
 
 fn run_id(what: &str) -> String {

@@ -5,6 +5,9 @@
 //! tests run them too if the lab is missing). Tests that boot VMs take a process-wide lock so
 //! the hugepage and process checks of one test are not disturbed by another.
 
+mod common;
+use common::procs::{alive, assert_nothing_left, processes_of_run};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -94,41 +97,8 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Live processes whose argv mentions this run's directory.
-fn processes_of_run(run_id: &str) -> Vec<u32> {
-    let needle = format!("/run/harness/{run_id}/");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
-        })
-        .filter(|pid| {
-            // Zombies are gone for our purposes.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Running (not exited, not a zombie waiting to be reaped).
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|st| st.lines().find(|l| l.starts_with("State:")).map(|l| !l.contains("Z (zombie)")))
-        .unwrap_or(false)
-}
-
 fn nr_hugepages() -> u64 {
     std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
-}
-
-fn assert_nothing_left(run_id: &str) {
-    let procs = processes_of_run(run_id);
-    assert!(procs.is_empty(), "processes of run {run_id} still alive: {procs:?}");
-    assert!(!Path::new(&format!("/run/harness/{run_id}")).exists(), "run dir of {run_id} still exists");
 }
 
 fn only(vms: &mut Vec<Value>, name: &str) {
@@ -200,7 +170,7 @@ fn up_status_logs_down_two_nodes_two_vms() {
     for vm in vms {
         assert_eq!(vm["state"], "ready", "{vm}");
         let pid = vm["pid"].as_u64().unwrap();
-        assert!(alive(pid));
+        assert!(alive(pid as u32));
         // The guest agent answered: it listed the guest's loopback interface.
         assert!(vm["guest_interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{vm}");
         // Pinned as asked, read back from the host.
@@ -396,7 +366,7 @@ fn decoy_qemu_survives_down() {
     let topo = env.topology("decoy.yaml", |vms| only(vms, "DUT1_1"));
     let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "e2e-decoy"]);
     let down = env.run(&["down", topo.to_str().unwrap()]);
-    let survived = alive(decoy as u64);
+    let survived = alive(decoy as u32);
     unsafe { libc::kill(decoy, libc::SIGKILL) };
     assert_eq!(up.status.code(), Some(0));
     assert_eq!(down.status.code(), Some(0));
@@ -432,7 +402,7 @@ fn two_concurrent_runs_do_not_collide() {
     let down_a = env.run(&["down", t, "--run", "e2e-two-a"]);
     assert_eq!(down_a.status.code(), Some(0));
     assert_nothing_left("e2e-two-a");
-    assert!(alive(pb), "run b survives down of run a");
+    assert!(alive(pb as u32), "run b survives down of run a");
     let down_b = env.run(&["down", t, "--run", "e2e-two-b"]);
     assert_eq!(down_b.status.code(), Some(0));
     assert_nothing_left("e2e-two-b");

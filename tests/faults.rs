@@ -9,6 +9,9 @@
 //!
 //! Needs `scripts/lab.sh up N --vms M` (lab-scale.yaml; set HARNESS_LAB_DIR for a private lab).
 
+mod common;
+use common::procs::{alive, processes_mentioning};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -37,29 +40,6 @@ struct Env {
 
 fn nr_hugepages() -> u64 {
     std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|st| st.lines().find(|l| l.starts_with("State:")).map(|l| !l.contains("Z (zombie)")))
-        .unwrap_or(false)
-}
-
-/// Live processes whose argv mentions `dir/`.
-fn processes_under(dir: &str) -> Vec<u32> {
-    let needle = format!("{dir}/");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
-                .unwrap_or(false)
-        })
-        .filter(|pid| alive(*pid as i32))
-        .collect()
 }
 
 impl Env {
@@ -138,11 +118,11 @@ impl Env {
     /// Nothing of the run left; hugepages as found; the decoy alive.
     fn assert_nothing_left(&self, run_root: &str, run_id: &str) {
         let dir = format!("{run_root}/{run_id}");
-        let procs = processes_under(&dir);
+        let procs = processes_mentioning(&format!("{dir}/"));
         assert!(procs.is_empty(), "processes of {dir} still alive: {procs:?}");
         assert!(!Path::new(&dir).exists(), "{dir} still exists");
         assert_eq!(nr_hugepages(), self.hugepages, "hugepages not back to their start value");
-        assert!(alive(self.decoy), "the decoy QEMU was killed");
+        assert!(alive(self.decoy as u32), "the decoy QEMU was killed");
         eprintln!("FAULT {run_id}: nothing left, {:.1}s", self.t0.elapsed().as_secs_f64());
     }
 }
@@ -363,7 +343,7 @@ fn fault_same_run_id_twice() {
     assert!(text.contains("already in use"), "{text}");
     let st = env.run(&["status", topo.to_str().unwrap(), "--run", "fault-twice"]);
     assert_eq!(st.status.code(), Some(0), "the first run's VMs must survive the second up");
-    assert_eq!(processes_under(&format!("{ROOT}/fault-twice")).len(), 4);
+    assert_eq!(processes_mentioning(&format!("{ROOT}/fault-twice/")).len(), 4);
     let down = env.run(&["down", topo.to_str().unwrap(), "--run", "fault-twice"]);
     assert_eq!(down.status.code(), Some(0));
     env.assert_nothing_left(ROOT, "fault-twice");
@@ -400,7 +380,7 @@ fn fault_qemu_killed_externally() {
         std::fs::read_to_string(format!("{ROOT}/fault-qkill/DUT1_1/qemu.pid")).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let t = Instant::now();
-    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+    while alive(pid as u32) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let st = env.run(&["status", topo.to_str().unwrap(), "--run", "fault-qkill"]);

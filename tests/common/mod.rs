@@ -1,3 +1,4 @@
 //! Shared helpers for integration tests.
 
 pub mod lab;
+pub mod procs;

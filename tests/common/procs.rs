@@ -1,0 +1,41 @@
+//! Processes on this machine, for tests that must prove a run left nothing behind. A zombie has
+//! exited (daemonized QEMUs wait for this sandbox's init to reap them).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+/// Running: not exited and not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("State:")).map(|l| !l.contains("Z (zombie)")))
+        .unwrap_or(false)
+}
+
+/// Live processes whose argv mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Live processes whose argv mentions this run's directory (QEMU, sudo, socat).
+pub fn processes_of_run(run_id: &str) -> Vec<u32> {
+    processes_mentioning(&format!("/run/harness/{run_id}/"))
+}
+
+/// No live process of the run and no run directory.
+pub fn assert_nothing_left(run_id: &str) {
+    let procs = processes_of_run(run_id);
+    assert!(procs.is_empty(), "processes of run {run_id} still alive: {procs:?}");
+    assert!(!Path::new(&format!("/run/harness/{run_id}")).exists(), "run dir of {run_id} still exists");
+}
