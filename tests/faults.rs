@@ -10,6 +10,7 @@
 //! Needs `scripts/lab.sh up N --vms M` (lab-scale.yaml; set HARNESS_LAB_DIR for a private lab).
 
 mod common;
+use common::lab;
 use common::procs::{alive, processes_mentioning};
 
 use std::io::{BufRead, BufReader};
@@ -18,9 +19,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
-
-#[path = "common/lab.rs"]
-mod lab;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
