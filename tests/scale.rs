@@ -95,7 +95,10 @@ fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
     let vms = res["vms"].as_array().expect("vms");
     let ready = vms.iter().filter(|v| v["state"] == "ready").count();
     if !up.status.success() || ready != NODES * VMS {
-        panic!("up: {ready} of {} ready: {}", NODES * VMS, text(&up));
+        // The errors first: CI shows only the head of a long message.
+        let errors: Vec<String> =
+            vms.iter().filter(|v| !v["error"].is_null()).map(|v| format!("{}: {}", v["name"], v["error"])).collect();
+        panic!("up: {ready} of {} ready; errors: {errors:#?}\n{}", NODES * VMS, text(&up));
     }
     assert!(run_dir.is_dir(), "the run directory exists while the run is up");
     assert!(!ledger_mentions(&run_id), "reservations are given back once the QEMUs run");

@@ -41,23 +41,50 @@ impl HugepageState {
     pub fn pool(&self, size: PageSize) -> Option<&Pool> {
         self.pools.get(&size.kib())
     }
-    /// Pages a mapping bound to NUMA node `numa` can get there (free pages of that node; the
-    /// kernel keeps reservations and overcommit only globally).
+    /// Pages a mapping bound to NUMA node `numa` can get there: the node's free pages less every
+    /// page reserved anywhere (the kernel keeps reservations only globally, so a reserved page
+    /// may be one of this node's free ones; counting it there is what lets two QEMUs that are
+    /// still faulting their memory in both look as if they fit).
     pub fn available_on(&self, size: PageSize, numa: Option<u32>) -> Option<u64> {
         match numa {
             None => self.pool(size).map(Pool::available),
-            Some(n) => self.numa.get(&(n, size.kib())).map(|p| p.free),
+            Some(n) => {
+                let resv = self.pool(size).map_or(0, |p| p.resv);
+                self.numa.get(&(n, size.kib())).map(|p| p.free.saturating_sub(resv))
+            }
         }
     }
 }
 
+/// Shell function `free_resv FREE_DIR RESV_DIR` printing `FREE RESV` of a pool (`free_hugepages`
+/// of the first directory, `resv_hugepages` of the second), read so that the difference never
+/// overstates what is available.
+///
+/// A QEMU faulting in its preallocated memory lowers `free` and `resv` together, one page at a
+/// time; reading `free` and then `resv` with two `cat`s a millisecond apart saw `resv` after
+/// pages that `free` was read before, and counted those pages as available twice (16 nodes of
+/// one host starting 64 QEMUs from an empty pool: one QEMU found its pages gone). So `resv` is
+/// read before and after `free` in one process, again until both reads agree, and the larger
+/// one is used if they never do.
+const FREE_RESV_FN: &str = r#"free_resv() {
+  _f=$1/free_hugepages; _r=$2/resv_hugepages; _i=0
+  if [ ! -f "$_r" ]; then echo "$(cat "$_f") 0"; return; fi
+  while :; do
+    set -- $(cat "$_r" "$_f" "$_r" 2>/dev/null) 0 0 0
+    _i=$((_i + 1))
+    if [ "$1" = "$3" ] || [ "$_i" -ge 200 ]; then break; fi
+  done
+  if [ "$3" -gt "$1" ]; then echo "$2 $3"; else echo "$2 $1"; fi
+}
+"#;
+
 /// A shell script that prints the pools and the mount types, one `key value...` line each.
 pub fn probe_script(mounts: &[&str]) -> String {
-    let mut s = String::from(
+    let mut s = String::from(FREE_RESV_FN);
+    s.push_str(
         "for d in /sys/kernel/mm/hugepages/hugepages-*kB; do [ -d \"$d\" ] || continue; \
-         k=${d##*hugepages-}; printf 'pool %s %s %s %s %s %s\\n' \"${k%kB}\" \"$(cat $d/nr_hugepages)\" \
-         \"$(cat $d/free_hugepages)\" \"$(cat $d/resv_hugepages)\" \"$(cat $d/surplus_hugepages)\" \
-         \"$(cat $d/nr_overcommit_hugepages)\"; done\n",
+         k=${d##*hugepages-}; printf 'pool %s %s %s %s %s\\n' \"${k%kB}\" \"$(cat $d/nr_hugepages)\" \
+         \"$(free_resv $d $d)\" \"$(cat $d/surplus_hugepages)\" \"$(cat $d/nr_overcommit_hugepages)\"; done\n",
     );
     s.push_str(
         "for d in /sys/devices/system/node/node[0-9]*/hugepages/hugepages-*kB; do [ -d \"$d\" ] || continue; \
@@ -130,23 +157,25 @@ pub struct HugepageChange {
 /// `sys` is the sysfs root (`/sys`; tests use a fake tree).
 pub fn raise_pool_script(sys: &str, size: PageSize, need: u64, numa: Option<u32>) -> String {
     let kb = size.kib();
+    let global = quote(&format!("{sys}/kernel/mm/hugepages/hugepages-{kb}kB"));
     let (dir, avail, where_) = match numa {
         None => (
             format!("{sys}/kernel/mm/hugepages/hugepages-{kb}kB"),
-            "free=$(cat $d/free_hugepages); resv=$(cat $d/resv_hugepages); surp=$(cat $d/surplus_hugepages); \
+            "set -- $(free_resv $d $d); surp=$(cat $d/surplus_hugepages); \
              over=$(cat $d/nr_overcommit_hugepages); h=$(( over > surp ? over - surp : 0 )); \
-             f=$(( free > resv ? free - resv : 0 )); avail=$(( f + h ))"
+             f=$(( $1 > $2 ? $1 - $2 : 0 )); avail=$(( f + h ))"
                 .to_string(),
             String::new(),
         ),
+        // Reservations are global: any of them may take this node's free pages (see `available_on`).
         Some(n) => (
             format!("{sys}/devices/system/node/node{n}/hugepages/hugepages-{kb}kB"),
-            "avail=$(cat $d/free_hugepages)".to_string(),
+            format!("set -- $(free_resv $d {global}); avail=$(( $1 > $2 ? $1 - $2 : 0 ))"),
             format!(" on NUMA node {n}"),
         ),
     };
     format!(
-        r#"d={dir}
+        r#"{free_resv}d={dir}
 [ -d "$d" ] || {{ echo "no {ps} hugepage pool{where_} on this host ($d missing)" >&2; exit 4; }}
 nr=$(cat $d/nr_hugepages); {avail}; added=0
 if [ "$avail" -lt {need} ]; then
@@ -164,6 +193,7 @@ if [ "$avail" -lt {need} ]; then
   jot "added $d $added"
 fi
 "#,
+        free_resv = FREE_RESV_FN,
         dir = quote(&dir),
         ps = size.as_str(),
     )
@@ -367,7 +397,8 @@ mod tests {
         let st = parse_probe(&format!("{SAMPLE}numa 0 2048 256 40 0\nnuma 1 2048 256 60 0\n")).unwrap();
         assert_eq!(st.numa[&(1, 2048)], NumaPool { nr: 256, free: 60, surplus: 0 });
         assert_eq!(st.available_on(PageSize::M2, None), Some(87));
-        assert_eq!(st.available_on(PageSize::M2, Some(0)), Some(40));
+        // Less the 20 pages reserved globally: they may be on this node.
+        assert_eq!(st.available_on(PageSize::M2, Some(0)), Some(20));
         assert_eq!(st.available_on(PageSize::M2, Some(7)), None);
     }
 
@@ -395,6 +426,52 @@ mod tests {
         let out = std::process::Command::new("sh").arg("-c").arg(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(4));
         assert!(String::from_utf8_lossy(&out.stderr).contains("on NUMA node 3"));
+    }
+
+    /// `free_resv` with a scripted `resv_hugepages` (a `cat` on PATH that serves the next value
+    /// of a sequence each time that file is read): pages faulted in between two reads make them
+    /// disagree, and the pair is read again until they agree.
+    fn free_resv_with(resv_seq: &[u64]) -> (String, usize) {
+        let d = tempfile::tempdir().unwrap();
+        let pool = d.path().join("pool");
+        std::fs::create_dir(&pool).unwrap();
+        std::fs::write(pool.join("free_hugepages"), "10\n").unwrap();
+        std::fs::write(pool.join("resv_hugepages"), "unused\n").unwrap();
+        let seq = d.path().join("seq");
+        std::fs::write(&seq, resv_seq.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+        let n = d.path().join("n");
+        std::fs::write(&n, "0").unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let fake_cat = format!(
+            "#!/bin/sh\nfor f; do case $f in *resv_hugepages) i=$(/bin/cat {n}); i=$((i + 1)); echo $i > {n}; \
+             /bin/sed -n \"${{i}}p\" {seq};; *) /bin/cat \"$f\";; esac; done\n",
+            n = n.display(),
+            seq = seq.display()
+        );
+        std::fs::write(bin.join("cat"), fake_cat).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join("cat")).status().unwrap();
+        let script = format!("{FREE_RESV_FN}free_resv {p} {p}", p = pool.display());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let reads = std::fs::read_to_string(&n).unwrap().trim().parse().unwrap();
+        (String::from_utf8(out.stdout).unwrap().trim().to_string(), reads)
+    }
+
+    #[test]
+    fn regression_free_and_resv_read_apart_counted_faulting_pages_twice() {
+        // 4 pages faulted between the first two reads of resv: read again.
+        assert_eq!(free_resv_with(&[20, 16, 16, 16]), ("10 16".to_string(), 4));
+        // Stable at once: one pair of reads.
+        assert_eq!(free_resv_with(&[7, 7]), ("10 7".to_string(), 2));
+        // Never agreeing: bounded, and the larger reading (fewer pages available) wins.
+        let churn: Vec<u64> = (0..400).map(|i| if i % 2 == 0 { 5 } else { 9 }).collect();
+        assert_eq!(free_resv_with(&churn), ("10 9".to_string(), 400));
     }
 
     fn fake_sys(d: &std::path::Path, nr: u64) -> std::path::PathBuf {
