@@ -318,6 +318,31 @@ fn fault_sigint_during_hugepage_allocation() {
     env.assert_nothing_left(ROOT, "fault-sigint-hp");
 }
 
+/// Too few pages and `allocate: false`: `up` says how many pages are missing and how to let it
+/// allocate them, and changes nothing (the hugepage step is one script under the host lock).
+#[test]
+fn fault_missing_hugepages_without_allocate_changes_nothing() {
+    let env = Env::new();
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{f}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let avail = read("free_hugepages").saturating_sub(read("resv_hugepages")) + read("nr_overcommit_hugepages");
+    let per_vm_mib = (avail / 4 + 64) * 2;
+    let topo = env.topology("short.yaml", |t| {
+        t.replace("allocate: true", "allocate: false").replace("mem: 32,", &format!("mem: {per_vm_mib},"))
+    });
+    let out = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-short-hp"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text.contains("more 2M hugepages needed"), "{text}");
+    assert!(text.contains("allocate: true"), "{text}");
+    env.assert_nothing_left(ROOT, "fault-short-hp");
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();

@@ -56,35 +56,48 @@ impl HugepageState {
     }
 }
 
-/// Shell function `free_resv FREE_DIR RESV_DIR` printing `FREE RESV` of a pool (`free_hugepages`
-/// of the first directory, `resv_hugepages` of the second), read so that the difference never
-/// overstates what is available.
+/// Shell functions: `free_resv FREE_DIR RESV_DIR` sets `$FREE` and `$RESV` of a pool
+/// (`free_hugepages` of the first directory, `resv_hugepages` of the second), read so that the
+/// difference never overstates what is available; `mnt_type PATH` sets `$FST` to the type of
+/// the filesystem at PATH (`/proc/mounts`, and `stat` only when that does not say hugetlbfs);
+/// `hp_read VAR FILE` reads one sysfs value
+/// (sysfs only: dash's `read` takes a byte at a time, and a `/proc/sys` file answers a read at
+/// offset 1 with end-of-file, so `vm.max_map_count` 65530 reads as 6).
 ///
 /// A QEMU faulting in its preallocated memory lowers `free` and `resv` together, one page at a
 /// time; reading `free` and then `resv` with two `cat`s a millisecond apart saw `resv` after
 /// pages that `free` was read before, and counted those pages as available twice (16 nodes of
 /// one host starting 64 QEMUs from an empty pool: one QEMU found its pages gone). So `resv` is
-/// read before and after `free` in one process, again until both reads agree, and the larger
-/// one is used if they never do.
-const FREE_RESV_FN: &str = r#"free_resv() {
+/// read before and after `free`, again until both reads agree, and the larger one is used if
+/// they never do.
+///
+/// Only shell builtins: this runs under the host lock, where every fork counts (a fork+exec took
+/// 35 ms on a 2-core host busy starting QEMUs, and every node sharing the kernel waits for it).
+pub(crate) const HP_FNS: &str = r#"hp_read() { read -r "$1" < "$2"; }
+free_resv() {
   _f=$1/free_hugepages; _r=$2/resv_hugepages; _i=0
-  if [ ! -f "$_r" ]; then echo "$(cat "$_f") 0"; return; fi
+  if [ ! -f "$_r" ]; then hp_read FREE "$_f"; RESV=0; return; fi
   while :; do
-    set -- $(cat "$_r" "$_f" "$_r" 2>/dev/null) 0 0 0
+    hp_read _r1 "$_r"; hp_read FREE "$_f"; hp_read _r2 "$_r"
     _i=$((_i + 1))
-    if [ "$1" = "$3" ] || [ "$_i" -ge 200 ]; then break; fi
+    if [ "$_r1" = "$_r2" ] || [ "$_i" -ge 200 ]; then break; fi
   done
-  if [ "$3" -gt "$1" ]; then echo "$2 $3"; else echo "$2 $1"; fi
+  if [ "$_r2" -gt "$_r1" ]; then RESV=$_r2; else RESV=$_r1; fi
+}
+mnt_type() {
+  FST=missing
+  case $1 in *\\*|*' '*) ;; *) while read -r _dev _mp _fs _rest; do if [ "$_mp" = "$1" ]; then FST=$_fs; fi; done < /proc/mounts;; esac
+  [ "$FST" = hugetlbfs ] || FST=$(stat -f -c %T "$1" 2>/dev/null || echo missing)
 }
 "#;
 
 /// A shell script that prints the pools and the mount types, one `key value...` line each.
 pub fn probe_script(mounts: &[&str]) -> String {
-    let mut s = String::from(FREE_RESV_FN);
+    let mut s = String::from(HP_FNS);
     s.push_str(
         "for d in /sys/kernel/mm/hugepages/hugepages-*kB; do [ -d \"$d\" ] || continue; \
          k=${d##*hugepages-}; printf 'pool %s %s %s %s %s\\n' \"${k%kB}\" \"$(cat $d/nr_hugepages)\" \
-         \"$(free_resv $d $d)\" \"$(cat $d/surplus_hugepages)\" \"$(cat $d/nr_overcommit_hugepages)\"; done\n",
+         \"$(free_resv $d $d; echo \"$FREE $RESV\")\" \"$(cat $d/surplus_hugepages)\" \"$(cat $d/nr_overcommit_hugepages)\"; done\n",
     );
     s.push_str(
         "for d in /sys/devices/system/node/node[0-9]*/hugepages/hugepages-*kB; do [ -d \"$d\" ] || continue; \
@@ -155,34 +168,34 @@ pub struct HugepageChange {
 /// Script fragment raising the pool of `size` (on NUMA node `numa`, or globally) by the
 /// shortfall for `need` pages; sets `added`, or exits 4 with a message (pool put back first).
 /// `sys` is the sysfs root (`/sys`; tests use a fake tree).
-pub fn raise_pool_script(sys: &str, size: PageSize, need: u64, numa: Option<u32>) -> String {
+pub fn raise_pool_script(sys: &str, size: PageSize, need: impl std::fmt::Display, numa: Option<u32>) -> String {
     let kb = size.kib();
     let global = quote(&format!("{sys}/kernel/mm/hugepages/hugepages-{kb}kB"));
     let (dir, avail, where_) = match numa {
         None => (
             format!("{sys}/kernel/mm/hugepages/hugepages-{kb}kB"),
-            "set -- $(free_resv $d $d); surp=$(cat $d/surplus_hugepages); \
-             over=$(cat $d/nr_overcommit_hugepages); h=$(( over > surp ? over - surp : 0 )); \
-             f=$(( $1 > $2 ? $1 - $2 : 0 )); avail=$(( f + h ))"
+            "free_resv $d $d; hp_read surp $d/surplus_hugepages; \
+             hp_read over $d/nr_overcommit_hugepages; h=$(( over > surp ? over - surp : 0 )); \
+             f=$(( FREE > RESV ? FREE - RESV : 0 )); avail=$(( f + h ))"
                 .to_string(),
             String::new(),
         ),
         // Reservations are global: any of them may take this node's free pages (see `available_on`).
         Some(n) => (
             format!("{sys}/devices/system/node/node{n}/hugepages/hugepages-{kb}kB"),
-            format!("set -- $(free_resv $d {global}); avail=$(( $1 > $2 ? $1 - $2 : 0 ))"),
+            format!("free_resv $d {global}; avail=$(( FREE > RESV ? FREE - RESV : 0 ))"),
             format!(" on NUMA node {n}"),
         ),
     };
     format!(
         r#"{free_resv}d={dir}
 [ -d "$d" ] || {{ echo "no {ps} hugepage pool{where_} on this host ($d missing)" >&2; exit 4; }}
-nr=$(cat $d/nr_hugepages); {avail}; added=0
+hp_read nr $d/nr_hugepages; {avail}; added=0
 if [ "$avail" -lt {need} ]; then
   want=$(( nr + {need} - avail ))
   jot "pool $d $nr $want"
   echo "$want" > $d/nr_hugepages
-  got=$(cat $d/nr_hugepages)
+  hp_read got $d/nr_hugepages
   if [ "$got" -lt "$want" ]; then
     echo "$nr" > $d/nr_hugepages
     jot "added $d 0"
@@ -193,7 +206,7 @@ if [ "$avail" -lt {need} ]; then
   jot "added $d $added"
 fi
 "#,
-        free_resv = FREE_RESV_FN,
+        free_resv = HP_FNS,
         dir = quote(&dir),
         ps = size.as_str(),
     )
@@ -207,22 +220,30 @@ fi
 ///
 /// Every change is written to `journal` (in the run directory) *before* it is made, and its
 /// result after: cleanup restores from the journal, so an `up` cancelled while this script runs
-/// (Ctrl-C, a lost connection) still gets its pages back. The journal's `flock` serialises this
-/// script with [`restore_script`], and a journal that restore has `closed` allocates nothing.
-pub fn allocate_script(size: PageSize, need: u64, mount: &str, numa: Option<u32>, journal: &str) -> String {
+/// (Ctrl-C, a lost connection) still gets its pages back. Both this script and
+/// [`restore_script`] run under the host lock, which the script's own shell holds until it
+/// ends (even if our connection dies), and a journal that restore has `closed` allocates
+/// nothing.
+pub fn allocate_script(
+    size: PageSize,
+    need: impl std::fmt::Display,
+    mount: &str,
+    numa: Option<u32>,
+    journal: &str,
+) -> String {
     let kb = size.kib();
     format!(
         r#"set -e
 j={j}
 exec 8>>"$j"
-flock -w 60 8
-if grep -qx closed "$j"; then echo "the run is being cleaned up: no hugepages allocated" >&2; exit 5; fi
+while read -r l; do if [ "$l" = closed ]; then echo "the run is being cleaned up: no hugepages allocated" >&2; exit 5; fi; done < "$j"
 jot() {{ printf '%s\n' "$*" >&8; }}
 {raise}mounted=0
-if [ "$(stat -f -c %T {mnt} 2>/dev/null)" != hugetlbfs ]; then
+mnt_type {mnt}
+if [ "$FST" != hugetlbfs ]; then
   jot "mount "{mnt}; mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; jot "mounted "{mnt}; mounted=1
 fi
-map=$(cat /proc/sys/vm/max_map_count); total=$(cat /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages); mapwas=-
+map=$(cat /proc/sys/vm/max_map_count); hp_read total /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages; mapwas=-
 if [ "$map" -lt $(( total * 4 )) ]; then jot "map $map"; echo $(( total * 4 )) > /proc/sys/vm/max_map_count; mapwas=$map; fi
 echo "added=$added mounted=$mounted map_was=$mapwas"
 "#,
@@ -254,10 +275,13 @@ pub const REAL_ROOTS: Roots<'static> = Roots { sys: "/sys", proc_sys: "/proc/sys
 /// change was journalled as intended but never confirmed (the script was killed in between) is
 /// put back only if it still holds exactly the intended value. The mount and max_map_count are
 /// restored only when no other run (nor another node of this run) remains under `run_root`.
+/// The node's own reservation is dropped first: a node stopped between reserving and starting
+/// its QEMUs must not keep its pages from itself.
 pub fn restore_script(journal: &str, run_root: &str, run_dir: &str, node: &str, roots: &Roots) -> String {
     format!(
-        r#"j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}
+        r#"{free_resv}j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}
 if [ -f "$j" ] && [ ! -L "$j" ]; then
+{drop_own}
 {held2}h2=$held
 {held1g}h1g=$held
 exec 8>>"$j"; flock -w 60 8 || true
@@ -273,7 +297,7 @@ while read -r k a b c; do
       if pool_ok "$a" && num "$b" && [ "$b" -gt 0 ] && [ "$b" -le {maxp} ]; then
         # Only free pages no other run has reserved go: its QEMUs may be mapping them now.
         case "$a" in *-2048kB) held=$h2;; *-1048576kB) held=$h1g;; *) held=0;; esac
-        f=$(( $(cat "$a/free_hugepages") - $(cat "$a/resv_hugepages" 2>/dev/null || echo 0) - held ))
+        free_resv "$a" "$a"; f=$(( FREE - RESV - held ))
         g=$(( f < b ? f : b )); g=$(( g > 0 ? g : 0 ))
         nr=$(cat "$a/nr_hugepages"); echo $(( nr > g ? nr - g : 0 )) > "$a/nr_hugepages"
       fi ;;
@@ -297,9 +321,17 @@ true
         maxp = MAX_PAGES,
         mapmin = MAP_COUNT_BOUNDS.0,
         mapmax = MAP_COUNT_BOUNDS.1,
+        free_resv = HP_FNS,
+        drop_own = crate::remote::reserve::remove_script(&own_reservation(run_dir, node)),
         held2 = crate::remote::reserve::held_fragment(2048),
         held1g = crate::remote::reserve::held_fragment(1024 * 1024),
     )
+}
+
+/// The reservation id `up` records for `node` of the run in `run_dir` (`RUN_ID/NODE`).
+pub fn own_reservation(run_dir: &str, node: &str) -> String {
+    let run_id = run_dir.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    format!("{run_id}/{node}")
 }
 
 /// Parse the last line of [`allocate_script`].
@@ -428,9 +460,9 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("on NUMA node 3"));
     }
 
-    /// `free_resv` with a scripted `resv_hugepages` (a `cat` on PATH that serves the next value
-    /// of a sequence each time that file is read): pages faulted in between two reads make them
-    /// disagree, and the pair is read again until they agree.
+    /// `free_resv` with a scripted `resv_hugepages` (`hp_read` replaced by one that serves the
+    /// next value of a sequence each time that file is read): pages faulted in between two
+    /// reads make them disagree, and the pair is read again until they agree.
     fn free_resv_with(resv_seq: &[u64]) -> (String, usize) {
         let d = tempfile::tempdir().unwrap();
         let pool = d.path().join("pool");
@@ -439,28 +471,46 @@ mod tests {
         std::fs::write(pool.join("resv_hugepages"), "unused\n").unwrap();
         let seq = d.path().join("seq");
         std::fs::write(&seq, resv_seq.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
-        let n = d.path().join("n");
-        std::fs::write(&n, "0").unwrap();
-        let bin = d.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let fake_cat = format!(
-            "#!/bin/sh\nfor f; do case $f in *resv_hugepages) i=$(/bin/cat {n}); i=$((i + 1)); echo $i > {n}; \
-             /bin/sed -n \"${{i}}p\" {seq};; *) /bin/cat \"$f\";; esac; done\n",
-            n = n.display(),
-            seq = seq.display()
+        let script = format!(
+            "{HP_FNS}n=0\nhp_read() {{ case $2 in *resv_hugepages) n=$((n + 1)); \
+             eval \"$1=\\$(sed -n ${{n}}p {seq})\";; *) read -r \"$1\" < \"$2\";; esac; }}\n\
+             free_resv {p} {p}; echo \"$FREE $RESV $n\"",
+            seq = seq.display(),
+            p = pool.display()
         );
-        std::fs::write(bin.join("cat"), fake_cat).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(bin.join("cat")).status().unwrap();
-        let script = format!("{FREE_RESV_FN}free_resv {p} {p}", p = pool.display());
+        let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (vals, reads) = text.trim().rsplit_once(' ').unwrap();
+        (vals.to_string(), reads.parse().unwrap())
+    }
+
+    /// dash's `read` takes one byte at a time, and a `/proc/sys` file answers a read at offset 1
+    /// with end-of-file: `vm.max_map_count` read that way is its first digit, and under `set -e`
+    /// the failed read ended every allocation with an empty message.
+    #[test]
+    fn regression_proc_sys_is_never_read_with_the_read_builtin() {
+        let scripts = [
+            allocate_script(PageSize::M2, 10, "/dev/hugepages", None, "/run/harness/r/j"),
+            allocate_script(PageSize::G1, "$hp_need", "/dev/hugepages1G", Some(1), "/run/harness/r/j"),
+            restore_script("/run/harness/r/j", "/run/harness", "/run/harness/r", "DUT1", &REAL_ROOTS),
+            probe_script(&["/dev/hugepages"]),
+        ];
+        for s in scripts {
+            for l in s.lines().flat_map(|l| l.split(';')) {
+                assert!(!(l.contains("hp_read") && l.contains("/proc/")), "read builtin on /proc: {l}");
+                assert!(!(l.contains("read -r") && l.contains("< /proc/sys")), "read builtin on /proc: {l}");
+            }
+        }
+        // And the reason, on this kernel: the builtin gets the first byte only.
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(script)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .arg("read -r a < /proc/sys/vm/max_map_count; b=$(cat /proc/sys/vm/max_map_count); echo \"$a $b\"")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let reads = std::fs::read_to_string(&n).unwrap().trim().parse().unwrap();
-        (String::from_utf8(out.stdout).unwrap().trim().to_string(), reads)
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (a, b) = text.trim().split_once(' ').unwrap_or_default();
+        assert!(b.len() > 1 && a.len() < b.len(), "read builtin {a:?} vs cat {b:?}");
     }
 
     #[test]
@@ -500,6 +550,9 @@ mod tests {
             "DUT1",
             &roots,
         );
+        // A scratch ledger: a unit test must not touch the host's.
+        let ledger = d.join("ledger");
+        let script = script.replace(crate::remote::reserve::LEDGER, ledger.to_str().unwrap());
         let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         assert!(std::fs::read_to_string(&jpath).unwrap().ends_with("closed\n"), "journal closed");

@@ -2,6 +2,7 @@
 //! the host-wide lock.
 pub mod check;
 pub mod facts;
+pub mod hugepage_ensure;
 pub mod hugepages;
 pub mod kvm;
 pub mod layout;

@@ -22,6 +22,8 @@ use crate::quote::quote;
 pub const LEDGER: &str = "/run/harness-locks/hugepages.reserved";
 
 /// Lifetime of a reservation whose run never removed it (crashed jumpbox, lost connection).
+/// Expiry times are seconds of host uptime (`/proc/uptime`: no fork, and immune to clock
+/// changes; the ledger is on `/run`, which a reboot empties).
 pub const TTL: Duration = Duration::from_secs(600);
 
 /// One reservation read back from the ledger: pages reserved but not yet mapped.
@@ -33,26 +35,38 @@ pub struct Reservation {
     pub pages: u64,
 }
 
-/// Shell that prunes the ledger (expired, or no VM directory left) and prints each remaining
-/// reservation as `resv ID SIZE_KB NUMA|- UNMAPPED_PAGES`. Run as root under the host lock.
+/// Shell that prunes the ledger (expired, no VM directory left, or every page mapped) and sets
+/// `$resv` to one `resv ID SIZE_KB NUMA|- UNMAPPED_PAGES` line per remaining reservation (and
+/// `$now`). Run as root under the host lock.
+///
+/// Everyone on the host waits while this runs, and a fork+exec took 35 ms on a 2-core host busy
+/// starting QEMUs, so it forks little: shell builtins, one `awk` per reservation over all its
+/// QEMUs' `smaps`, and a reservation whose pages are all mapped is dropped for good (it holds
+/// nothing the kernel does not already count). Reading every QEMU's `smaps` on every scan made
+/// the lock's hold grow with the QEMUs started.
 fn scan() -> String {
     format!(
-        r#"l={l}; now=$(date +%s)
+        r#"l={l}; read -r now _ < /proc/uptime; now=${{now%%.*}}; resv=
 if [ -f "$l" ]; then
   while read -r id exp kb numa pages files; do
     [ -n "$files" ] && [ "$exp" -gt "$now" ] 2>/dev/null || continue
-    m=0; live=0
-    for p in $(echo "$files" | tr , ' '); do
+    live=0; maps=
+    oifs=$IFS; IFS=,
+    for p in $files; do
       [ -d "${{p%/*}}" ] && live=1
-      pid=$(cat "$p" 2>/dev/null) && [ -r "/proc/$pid/smaps" ] || continue
-      k=$(awk -v kb="$kb" '/^Size:/ {{ s = $2 }} /^KernelPageSize:/ && $2 == kb {{ t += s }} END {{ print t + 0 }}' "/proc/$pid/smaps")
-      m=$(( m + k / kb ))
+      pid=; read -r pid 2>/dev/null < "$p" || true
+      [ -n "$pid" ] && [ -r "/proc/$pid/smaps" ] && maps="$maps /proc/$pid/smaps"
     done
+    IFS=$oifs
     [ "$live" = 1 ] || continue
+    m=0
+    [ -z "$maps" ] || m=$(awk -v kb="$kb" '/^Size:/ {{ s = $2 }} /^KernelPageSize:/ && $2 == kb {{ t += s }} END {{ print int(t / kb) }}' $maps 2>/dev/null || echo 0)
+    [ "${{m:-0}}" -lt "$pages" ] 2>/dev/null || continue
     echo "$id $exp $kb $numa $pages $files" >&3
-    echo "resv $id $kb $numa $(( pages > m ? pages - m : 0 ))"
+    resv="$resv
+resv $id $kb $numa $(( pages - ${{m:-0}} ))"
   done < "$l" 3> "$l.tmp"
-  mv -f "$l.tmp" "$l"
+  while IFS= read -r line; do printf '%s\n' "$line"; done < "$l.tmp" > "$l"
 fi
 "#,
         l = quote(LEDGER)
@@ -62,6 +76,12 @@ fi
 /// Script (as root, under the host lock; run it *before* reading the pools): prune the ledger
 /// and print every reservation's unmapped pages (see [`parse`]).
 pub fn read_script() -> String {
+    format!("{}printf '%s\\n' \"$resv\"\n", scan())
+}
+
+/// Script fragment (as root, under the host lock) that prunes the ledger and leaves the
+/// reservations in `$resv` (the lines [`read_script`] prints), forking as little as it can.
+pub fn scan_fragment() -> String {
     scan()
 }
 
@@ -96,7 +116,8 @@ pub fn held_by_others(list: &[Reservation], me: &str, size_kb: u64, numa: Option
 /// Paths cannot hold `,` or whitespace (topology validation refuses them in `run_root`).
 pub fn add_script(id: &str, needs: &[(u64, Option<u32>, u64)], pidfiles: &[String]) -> String {
     let mut s = format!(
-        "l={l}; id={id}; exp=$(( $(date +%s) + {ttl} )); f={f}\ntouch \"$l\"; awk -v id=\"$id\" '$1 != id' \"$l\" > \"$l.tmp\"\n",
+        "l={l}; id={id}; read -r exp _ < /proc/uptime; exp=$(( ${{exp%%.*}} + {ttl} )); f={f}\n: >> \"$l\"\n\
+         while read -r lid rest; do [ \"$lid\" = \"$id\" ] || printf '%s %s\\n' \"$lid\" \"$rest\"; done < \"$l\" > \"$l.tmp\"\n",
         l = quote(LEDGER),
         id = quote(id),
         ttl = TTL.as_secs(),
@@ -108,14 +129,15 @@ pub fn add_script(id: &str, needs: &[(u64, Option<u32>, u64)], pidfiles: &[Strin
             "printf '%s %s %s %s %s %s\\n' \"$id\" \"$exp\" {kb} {numa} {pages} \"$f\" >> \"$l.tmp\"\n"
         ));
     }
-    s.push_str("mv -f \"$l.tmp\" \"$l\"\n");
+    // Rewritten in place with builtins (a `mv` is a fork; every reader holds the host lock).
+    s.push_str("while IFS= read -r line; do printf '%s\\n' \"$line\"; done < \"$l.tmp\" > \"$l\"\n");
     s
 }
 
 /// Script (as root; wrap it in the host lock) removing reservation `id`.
 pub fn remove_script(id: &str) -> String {
     format!(
-        "l={l}; [ -f \"$l\" ] || exit 0; awk -v id={id} '$1 != id' \"$l\" > \"$l.tmp\" && mv -f \"$l.tmp\" \"$l\"\n",
+        "l={l}; if [ -f \"$l\" ]; then awk -v id={id} '$1 != id' \"$l\" > \"$l.tmp\" && mv -f \"$l.tmp\" \"$l\"; fi\n",
         l = quote(LEDGER),
         id = quote(id)
     )
@@ -126,7 +148,7 @@ pub fn remove_script(id: &str) -> String {
 pub fn held_fragment(size_kb: u64) -> String {
     format!(
         "held=$( ( {scan} ) 2>/dev/null | awk -v kb={size_kb} '$1 == \"resv\" && $3 == kb {{ s += $5 }} END {{ print s + 0 }}')\n",
-        scan = scan().trim_end()
+        scan = read_script().trim_end()
     )
 }
 

@@ -2,21 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
 use super::tracker::Tracker;
 use super::{UpError, UpOptions, VmState, fail, hugepages, pin, prepare, readiness, record, start, upload};
 use crate::plan::{NodePlan, PlanOptions, VmPlan};
-use crate::remote::lock::HostLock;
 use crate::report::{EventSink, Phase};
 use crate::ssh::{ConnectOptions, Session};
 use crate::templates::Templates;
 use crate::topology::{Node, Topology};
-
-/// How long a node waits for another run's hold on the host lock.
-const LOCK_WAIT: Duration = Duration::from_secs(300);
 
 /// Everything a node task needs, owned (node tasks are spawned).
 pub(super) struct NodeCtx {
@@ -69,12 +65,8 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     // concurrently with other nodes' (the reservation keeps other runs off these pages until
     // QEMU's preallocation has them: see crate::remote::reserve).
     ev.phase(Phase::Hugepages);
-    let holder = format!("run {} node {} ({})", ctx.run_id, ctx.node.name, crate::run::started_by());
-    let reservation = format!("{}/{}", ctx.run_id, ctx.node.name);
-    let lock = HostLock::acquire(&session, &holder, LOCK_WAIT).await?;
-    let ensured = hugepages::ensure(ctx, &session, &np, &reservation).await;
-    lock.release().await;
-    let changes = ensured?;
+    let reservation = crate::remote::hugepages::own_reservation(&np.run_dir, &ctx.node.name);
+    let changes = hugepages::ensure(ctx, &session, &np, &reservation).await?;
     ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
     let started = async {
         record::write_manifest(ctx, &session, &np).await?;

@@ -51,9 +51,15 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
         }
         return Reply::ok("");
     }
-    if t.contains("echo locked; exec cat") {
-        // HostLock: held until our side closes stdin.
-        return Reply::Hold { stdout: "locked\n".into() };
+    if t.contains("echo reserved") {
+        // The hugepage step (one script): short of pages only when the behaviour says so.
+        return Reply::ok(match b.free_pages {
+            Some(0) if t.contains("added=$added") => {
+                format!("need 0 0 0 hugetlbfs\nalloc 0 ok added={} mounted=0 map_was=-\nreserved\n", b.added)
+            }
+            Some(0) => "need 0 0 0 hugetlbfs\n".to_string(),
+            free => format!("need 0 {} 0 hugetlbfs\nreserved\n", free.unwrap_or(100_000)),
+        });
     }
     if t.contains("printf 'pool") {
         let free = b.free_pages.unwrap_or(100_000);
@@ -259,8 +265,6 @@ fn hugepages_added_by_the_run_are_given_back_exactly() {
     let lab2 = self::lab(&[("DUT1", b)]);
     let res = run(&options(topo, lab2.clone(), None));
     assert!(res.nodes[0].hugepages.is_empty());
-    let calls = lab2.hosts["DUT1"].calls();
-    assert!(positions(&calls, "added=$added").is_empty(), "no allocation when pages suffice");
 }
 
 #[test]
