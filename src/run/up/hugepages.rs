@@ -1,6 +1,6 @@
 //! Stage 3: check the plan's hugepage needs (per size and NUMA node) against the host's pools
 //! right now, less what other runs have reserved, allocate exactly the shortfall where the node
-//! allows, and reserve the pages ([`reserve`]) so the node's QEMUs can start after the lock is
+//! allows, and reserve the pages ([`crate::remote::reserve`]) so the node's QEMUs can start after the lock is
 //! released. All of it is one root script under the host lock ([`hugepage_ensure`]): nodes that
 //! share a kernel queue for that lock, so it is held for one short script, not four round
 //! trips. The allocation journals each change on the host before making it (see
@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use crate::remote::hugepage_ensure::{self, Need, Request};
 use crate::remote::hugepages::{self, HugepageChange};
+use crate::remote::layout;
 use crate::remote::lock::{self, LOCK_TIMEOUT_STATUS, LockError};
-use crate::remote::{layout, reserve};
 use crate::ssh::{RemoteCommand, Session};
 
 /// How long a node waits for another run's hold on the host lock.
 const LOCK_WAIT: Duration = Duration::from_secs(300);
 
 /// Ensure the node's pages and reserve them for `reservation` (an id unique to this run and
-/// node), in one round trip under the host lock: the caller then starts the QEMUs and calls
-/// [`unreserve`].
+/// node), in one round trip under the host lock; the caller then starts the QEMUs. Nobody
+/// removes the reservation: the next scan drops it once the QEMUs have mapped every page, once
+/// their directories are gone (cleanup, `down`), or when it expires. Removing it took the lock
+/// once more per node, and nodes sharing a kernel queue for that lock.
 pub(super) async fn ensure(
     ctx: &NodeCtx,
     session: &Session,
@@ -102,13 +104,4 @@ fn judge(np: &NodePlan, report: &hugepage_ensure::Report) -> Result<Vec<Hugepage
         "{} (set `hugepages: {{allocate: true}}` on the node to let harness allocate them)",
         problems.join("; ")
     )))
-}
-
-/// Drop the node's reservation once its QEMUs hold their pages (or failed to start). A node
-/// task aborted before this leaves it behind, but it holds nothing once its VMs' pages are
-/// mapped, or their directories are gone (cleanup), or it expired.
-pub(super) async fn unreserve(session: &Session, reservation: &str) {
-    let holder = format!("reservation {reservation}");
-    let script = lock::locked_script(&reserve::remove_script(reservation), &holder, Duration::from_secs(60));
-    let _ = session.run(&RemoteCommand::sh(script).sudo().timeout(Duration::from_secs(90))).await;
 }

@@ -68,13 +68,8 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     let reservation = crate::remote::hugepages::own_reservation(&np.run_dir, &ctx.node.name);
     let changes = hugepages::ensure(ctx, &session, &np, &reservation).await?;
     ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
-    let started = async {
-        record::write_manifest(ctx, &session, &np).await?;
-        start::all(ctx, &session, &np).await
-    }
-    .await;
-    hugepages::unreserve(&session, &reservation).await;
-    let pids = started?;
+    record::write_manifest(ctx, &session, &np).await?;
+    let pids = start::all(ctx, &session, &np).await?;
     ev.phase(Phase::Booting);
     wait_all(ctx, &session, &np, &pids, upload_s).await
 }
