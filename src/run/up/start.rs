@@ -73,7 +73,9 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
 /// group (sudo and the still undaemonized QEMU in it).
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
     // One round trip: start QEMU (exactly the planned argv), then print the pid it wrote.
-    let mut argv = vec!["sh".into(), "-c".into(), r#""$@" || exit $?; cat -- "$0""#.into(), v.paths.pidfile.clone()];
+    // The mark tells hugepage reservations this QEMU's memory is mapped (crate::remote::reserve).
+    let script = format!(r#""$@" || exit $?; : > "${{0%/*}}/{}"; cat -- "$0""#, crate::remote::reserve::STARTED_MARK);
+    let mut argv = vec!["sh".into(), "-c".into(), script, v.paths.pidfile.clone()];
     argv.extend(v.argv.iter().cloned());
     let cmd = RemoteCommand::new(argv).sudo().timeout(v.start_timeout);
     let out = match session.run(&cmd).await {
