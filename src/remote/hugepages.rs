@@ -558,6 +558,30 @@ mod tests {
         assert!(std::fs::read_to_string(&jpath).unwrap().ends_with("closed\n"), "journal closed");
     }
 
+    /// A node stopped after it reserved its pages but before its QEMUs started (another node
+    /// failed meanwhile) left its own reservation in the ledger, and restore kept that many
+    /// pages from itself: `down` left the pool raised.
+    #[test]
+    fn regression_own_reservation_kept_pages_after_down() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 300);
+        let p = pool.to_str().unwrap();
+        for vm in ["root/r1/DUT1_1", "root/r2/DUT1_1"] {
+            std::fs::create_dir_all(d.path().join(vm)).unwrap();
+        }
+        let pidfile = |run: &str| d.path().join(format!("root/{run}/DUT1_1/qemu.pid")).display().to_string();
+        std::fs::write(
+            d.path().join("ledger"),
+            format!("r1/DUT1 99999999 2048 - 256 {}\nr2/DUT1 99999999 2048 - 50 {}\n", pidfile("r1"), pidfile("r2")),
+        )
+        .unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\nadded {p} 256\n"));
+        // Our 256 go back except the 50 another run still holds.
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "50");
+        let ledger = std::fs::read_to_string(d.path().join("ledger")).unwrap();
+        assert!(!ledger.contains("r1/DUT1") && ledger.contains("r2/DUT1"), "{ledger}");
+    }
+
     /// Merging the journal restore with the reservation ledger: pages a QEMU still maps (not
     /// free) are never taken from the pool, only what is free now, up to what the run added.
     #[test]
