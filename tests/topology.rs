@@ -1007,3 +1007,27 @@ fn regression_validate_accepts_what_render_rejects() {
         }
     }
 }
+
+/// `replay --vm NAME` with a VM the bundle does not have is an input error: exit 2, naming the
+/// VM, before any host is asked (it exited 1). The node's address (10.0.0.2) is not on this
+/// machine, so a connection attempt would end in a connection error instead.
+#[test]
+fn regression_replay_unknown_vm_exited_1_not_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = vm("");
+    let topo_path = dir.path().join("lab.yaml");
+    std::fs::write(&topo_path, &topo).unwrap();
+    let run_dir = dir.path().join("r1");
+    let meta = harness::pipeline::bundle::Meta::new("r1", &topo_path, None, &[]);
+    harness::pipeline::bundle::record(&run_dir, &meta, topo.as_bytes()).unwrap();
+    std::fs::write(run_dir.join("plan.json"), "{}").unwrap();
+    let bundle = dir.path().join("r1.tar.gz");
+    harness::pipeline::bundle::pack(&run_dir, &bundle).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["replay", bundle.to_str().unwrap(), "--vm", "NOPE_9", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("NOPE_9"), "{err}");
+}
