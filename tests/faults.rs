@@ -36,8 +36,24 @@ struct Env {
     _g: std::sync::MutexGuard<'static, ()>,
 }
 
+/// One value of the host's 2 MiB hugepage pool.
+fn pool(file: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{file}"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn nr_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").unwrap().trim().parse().unwrap()
+    pool("nr_hugepages")
+}
+
+/// `mem` (MiB) per VM so that the lab's 4 VMs need more 2 MiB pages than the pool has available
+/// now (other tests may have raised it).
+fn mem_beyond_the_pool_mib() -> u64 {
+    let avail = pool("free_hugepages").saturating_sub(pool("resv_hugepages")) + pool("nr_overcommit_hugepages");
+    (avail / 4 + 64) * 2
 }
 
 impl Env {
@@ -299,16 +315,8 @@ fn fault_sigkill_mid_boot_then_down() {
 #[test]
 fn fault_sigint_during_hugepage_allocation() {
     let env = Env::new();
-    // More pages than the pool has available (others may have raised it), so `up` allocates.
-    let read = |f: &str| -> u64 {
-        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{f}"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let avail = read("free_hugepages").saturating_sub(read("resv_hugepages")) + read("nr_overcommit_hugepages");
-    let per_vm_mib = (avail / 4 + 64) * 2;
+    // More pages than the pool has available, so `up` allocates.
+    let per_vm_mib = mem_beyond_the_pool_mib();
     let topo = env.topology("big.yaml", |t| t.replace("mem: 32,", &format!("mem: {per_vm_mib},")));
     let mut p = env.up_paused(&topo, "fault-sigint-hp", "hugepages");
     p.signal(libc::SIGINT);
@@ -323,15 +331,7 @@ fn fault_sigint_during_hugepage_allocation() {
 #[test]
 fn fault_missing_hugepages_without_allocate_changes_nothing() {
     let env = Env::new();
-    let read = |f: &str| -> u64 {
-        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{f}"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let avail = read("free_hugepages").saturating_sub(read("resv_hugepages")) + read("nr_overcommit_hugepages");
-    let per_vm_mib = (avail / 4 + 64) * 2;
+    let per_vm_mib = mem_beyond_the_pool_mib();
     let topo = env.topology("short.yaml", |t| {
         t.replace("allocate: true", "allocate: false").replace("mem: 32,", &format!("mem: {per_vm_mib},"))
     });
