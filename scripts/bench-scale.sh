@@ -6,6 +6,7 @@
 #      the child, via GNU time);
 #   2. the same through the bastion vs direct ssh (target <= 1.3x);
 #   3. 8 tiny VMs on one node vs 1 VM on one node (target <= 2x: starts are not serialised).
+# Every timed run starts from the same state of the host's free memory (see settle below).
 # Usage: scripts/bench-scale.sh [--markdown] [N [M]]. Honours HARNESS_LAB_DIR/HARNESS_LAB_PORT_BASE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +36,26 @@ for k in (1, 8):
     open(f"{w}/one-{k}.yaml", "w").write("metadata: {version: 0.1, schema: []}\nnodes:\n" + node + "vms:\n" + "\n".join(lines) + "\n")
 PY
 now() { date +%s.%N; }
+# Where this machine is itself a VM whose kernel reports freed memory back to the hypervisor
+# (free page reporting: /sys/module/page_reporting), a reported page costs a hypervisor fault
+# when next touched. QEMU's hugepage preallocation then runs ~1.7x slower on memory freed long
+# ago than on memory freed a second before: a run right after another's teardown gets cheap
+# pages, a run after a pause dear ones (direct: 7.5 s vs 12.4 s here). So every timed run
+# starts once reporting has caught up (its counter unchanged for 5 s, waited for at most 60 s):
+# all of them from the same state. Elsewhere (no such counter) this returns at once.
+settle() {
+  local f=/sys/module/page_reporting/parameters/reported_kib last v same=0 i=0
+  [ -r "$f" ] || return 0
+  last=$(cat "$f")
+  while [ "$same" -lt 10 ] && [ "$i" -lt 120 ]; do
+    sleep 0.5; i=$((i + 1)); v=$(cat "$f")
+    if [ "$v" = "$last" ]; then same=$((same + 1)); else same=0; last=$v; fi
+  done
+}
 # harness up (timed, GNU time for RSS/CPU) then down; prints "UP_S DOWN_S RSS_KB CPU_S".
 hrun() {
   local topo=$1 id=scale-bench-$RANDOM t0 t1 t2
+  settle
   t0=$(now)
   /usr/bin/time -f "%M %U %S" -o "$W/time" $H up "$topo" --run-id "$id" >/dev/null 2>"$W/up.err" || { cat "$W/up.err" >&2; $H down "$topo" --run "$id" >/dev/null 2>&1; exit 1; }
   t1=$(now); $H down "$topo" --run "$id" >/dev/null 2>&1; t2=$(now)
@@ -46,6 +64,7 @@ hrun() {
 }
 direct() {
   target/release/harness render "$1" --format json --run-id "scale-direct-$RANDOM" >"$W/plan.json"
+  settle
   python3 scripts/bench_baselines.py direct "$W/plan.json"
 }
 r() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
