@@ -403,7 +403,8 @@ fn spawn_streams_and_kill_stops_the_remote_process() {
         // A follower under sudo, killed remotely.
         let f = format!("/tmp/harness-spawn-test-{}", std::process::id());
         s.run_ok(&RemoteCommand::new(["sh", "-c", "echo first > \"$1\"", "sh", &f])).await.unwrap();
-        let mut tail = s.spawn(&RemoteCommand::new(["tail", "-n", "+1", "-F", &f]).sudo()).await.unwrap();
+        let mut tail =
+            s.spawn(&RemoteCommand::new(["tail", "-n", "+1", "-F", &f]).sudo().single_process()).await.unwrap();
         let mut got = Vec::new();
         while !got.ends_with(b"first\n") {
             match tokio::time::timeout(Duration::from_secs(5), tail.next()).await.unwrap().unwrap() {
@@ -417,6 +418,8 @@ fn spawn_streams_and_kill_stops_the_remote_process() {
         tail.kill().await.unwrap();
         let alive = s.run(&RemoteCommand::new(["kill", "-0", &pid]).sudo()).await.unwrap();
         assert!(!alive.success(), "tail {pid} survived kill()");
+        // The SSH `signal` request did it (sudo relays the TERM): no kill script was needed.
+        assert!(tail.killed_by_signal_request(), "kill() fell back to the kill script");
         s.run_ok(&RemoteCommand::new(["rm", "-f", &f])).await.unwrap();
     });
 }

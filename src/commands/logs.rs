@@ -21,8 +21,9 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
         }
     }
     argv.push(serial_log);
-    let mut child =
-        s.spawn(&RemoteCommand::new(argv).sudo().timeout(std::time::Duration::from_secs(365 * 86400))).await?;
+    let mut child = s
+        .spawn(&RemoteCommand::new(argv).sudo().single_process().timeout(std::time::Duration::from_secs(365 * 86400)))
+        .await?;
     let mut out = std::io::stdout();
     let mut code = exit::OK;
     // One listener for the whole loop: a `ctrl_c()` made anew each iteration misses a SIGINT

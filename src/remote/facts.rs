@@ -56,8 +56,9 @@ pub fn script(node: &Node, wanted: &Wanted) -> String {
             inner = quote(&inner)
         ));
     }
-    s.push_str("echo \"cpus_online=$(cat /sys/devices/system/cpu/online 2>/dev/null)\"\n");
-    s.push_str("echo \"cpus_isolated=$(cat /sys/devices/system/cpu/isolated 2>/dev/null)\"\n");
+    // `read` builtins, not `cat`: sysfs files (never /proc/sys: dash reads those byte-wise).
+    s.push_str("v=; read -r v < /sys/devices/system/cpu/online 2>/dev/null; echo \"cpus_online=$v\"\n");
+    s.push_str("v=; read -r v < /sys/devices/system/cpu/isolated 2>/dev/null; echo \"cpus_isolated=$v\"\n");
     for t in TOOLS {
         s.push_str(&format!("echo \"tool_{t}=$(command -v {t} 2>/dev/null)\"\n"));
     }

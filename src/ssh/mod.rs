@@ -108,6 +108,10 @@ pub struct RemoteCommand {
     pub timeout: Option<Duration>,
     /// Safe to run twice: when the connection drops, [`Session::run`] reconnects once and retries.
     pub idempotent: bool,
+    /// The command is one process that ends on SIGTERM (e.g. `tail -F`): a kill may then be an
+    /// SSH `signal` request alone, with no kill script started on the host. Without it (a shell
+    /// with children under sudo, which the user's signal cannot reach) the kill script runs.
+    pub single_process: bool,
 }
 
 impl RemoteCommand {
@@ -137,6 +141,11 @@ impl RemoteCommand {
     }
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
+        self
+    }
+    /// See [`RemoteCommand::single_process`].
+    pub fn single_process(mut self) -> Self {
+        self.single_process = true;
         self
     }
     /// The exact string sent over SSH.
@@ -174,7 +183,7 @@ impl Output {
 
 mod session;
 pub mod transport;
-pub use session::{ChildEvent, RemoteChild, Session, UPLOAD_MANY_MAX, handshake_retries_total};
+pub use session::{ChildEvent, Put, RemoteChild, Session, UPLOAD_MANY_MAX, handshake_retries_total};
 pub use transport::{Channel, Transport};
 #[cfg(test)]
 pub mod fake;

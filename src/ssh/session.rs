@@ -22,6 +22,15 @@ use super::transport::{self, Channel, Transport};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
 
+/// One item of [`Session::put_many`].
+#[derive(Debug, Clone, Copy)]
+pub enum Put<'a> {
+    /// Written atomically (temp file, chmod, rename) with this mode.
+    File { content: &'a [u8], path: &'a str, mode: u32 },
+    /// Created with mode 0755; an existing one is an error.
+    Dir { path: &'a str },
+}
+
 /// Total file bytes [`Session::upload_many`] is used for (arguments stay far below ARG_MAX).
 pub const UPLOAD_MANY_MAX: usize = 256 * 1024;
 
@@ -316,6 +325,9 @@ fn dropped(e: &russh::Error) -> bool {
     }
 }
 
+/// How long a `signal` request gets to end a command before the kill script takes over.
+const SIGNAL_GRACE: Duration = Duration::from_millis(1500);
+
 /// Kill the process group of `pid`, TERM then KILL after 3 s. sshd starts each channel's
 /// command in its own session, so that group is exactly this command's tree (including `sudo`
 /// and the children of a shell). (`kill -TERM -$g`: dash's builtin rejects `kill -- -$g`.)
@@ -475,6 +487,7 @@ impl Session {
                 _permit: permit,
                 _writer: writer,
                 sudo: cmd.sudo,
+                single_process: cmd.single_process,
                 pid: None,
                 head: Vec::new(),
                 pending: VecDeque::new(),
@@ -482,6 +495,7 @@ impl Session {
                 signal: None,
                 done: false,
                 exited: false,
+                signalled: false,
             }),
         })
     }
@@ -569,24 +583,37 @@ impl Session {
     /// contents travel base64-encoded as arguments, so this is for small files (the caller falls
     /// back to [`Session::upload`] past [`UPLOAD_MANY_MAX`] bytes in total).
     pub async fn upload_many(&self, files: &[(&[u8], &str, u32)], sudo: bool) -> Result<(), SshError> {
+        let puts: Vec<Put<'_>> = files.iter().map(|&(content, path, mode)| Put::File { content, path, mode }).collect();
+        self.put_many(&puts, sudo).await
+    }
+    /// [`Session::upload_many`] with directories too, created (`mkdir`, never reused) in the
+    /// order given, so one round trip can write a file, then create directories, then fill them.
+    pub async fn put_many(&self, items: &[Put<'_>], sudo: bool) -> Result<(), SshError> {
         use base64::Engine as _;
         let tag = format!("{:016x}", rand::random::<u64>());
         let script = format!(
             r#"umask 077; t={tag}
 while [ $# -ge 3 ]; do
+  if [ "$3" = dir ]; then mkdir -m 0755 -- "$1" || exit $?; shift 3; continue; fi
   printf %s "$2" | base64 -d > "$1.harness-tmp-$t" && chmod "$3" "$1.harness-tmp-$t" && mv -f "$1.harness-tmp-$t" "$1" || {{ rc=$?; rm -f "$1.harness-tmp-$t"; exit $rc; }}
   shift 3
 done"#
         );
         let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
-        for (content, path, mode) in files {
-            argv.push((*path).to_string());
-            argv.push(base64::engine::general_purpose::STANDARD.encode(content));
-            argv.push(format!("{mode:o}"));
+        for item in items {
+            match item {
+                Put::File { content, path, mode } => {
+                    argv.push((*path).to_string());
+                    argv.push(base64::engine::general_purpose::STANDARD.encode(content));
+                    argv.push(format!("{mode:o}"));
+                }
+                Put::Dir { path } => argv.extend([(*path).to_string(), String::new(), "dir".into()]),
+            }
         }
         let mut cmd = RemoteCommand::new(argv);
         cmd.sudo = sudo;
-        cmd.idempotent = true;
+        // A second run would trip over the directories it created: only plain files retry.
+        cmd.idempotent = items.iter().all(|i| matches!(i, Put::File { .. }));
         self.run_ok(&cmd).await.map(|_| ())
     }
     /// Close the connection politely.
@@ -672,6 +699,14 @@ impl RemoteChild {
             ChildImpl::Other(c) => c.pid(),
         }
     }
+    /// [`RemoteChild::kill`] ended the command with an SSH `signal` request alone, starting no
+    /// process on the host (false when it needed the kill script, or on other transports).
+    pub fn killed_by_signal_request(&self) -> bool {
+        match &self.imp {
+            ChildImpl::Ssh(c) => c.signalled,
+            ChildImpl::Other(_) => false,
+        }
+    }
     /// Signal that ended the command (after [`ChildEvent::Exit`] with `None`).
     pub fn signal(&self) -> Option<&str> {
         match &self.imp {
@@ -723,6 +758,8 @@ struct SshChild {
     _permit: Option<OwnedSemaphorePermit>,
     _writer: Option<tokio::task::JoinHandle<Result<(), russh::Error>>>,
     sudo: bool,
+    /// See [`RemoteCommand::single_process`]: a `signal` request is enough to kill it.
+    single_process: bool,
     /// Remote pid, from the wrapper's first stdout line.
     pid: Option<u32>,
     /// Stdout bytes before the pid line is complete.
@@ -734,6 +771,8 @@ struct SshChild {
     done: bool,
     /// `Exit` has been handed out.
     exited: bool,
+    /// [`RemoteChild::kill`] ended it with a `signal` request alone (no kill script).
+    signalled: bool,
 }
 
 impl SshChild {
@@ -852,6 +891,25 @@ impl SshChild {
         }
     }
 
+    /// Ask sshd to SIGTERM the command's process group (RFC 4254 `signal` request; OpenSSH
+    /// does `killpg` as the user) and wait briefly for the channel to end. No process is
+    /// started for it, which matters when hundreds of followers end at once. Under `sudo` the
+    /// user may signal sudo itself (its real uid stays the user's) and sudo relays the TERM
+    /// to its command: enough for a [`RemoteCommand::single_process`] command. False if the
+    /// command is still there (an old sshd ignores the request): the caller then kills by pid.
+    async fn signalled_away(&mut self) -> bool {
+        if self.write.signal(russh::Sig::TERM).await.is_err() {
+            return false;
+        }
+        let until = tokio::time::Instant::now() + SIGNAL_GRACE;
+        while !self.done {
+            if tokio::time::timeout_at(until, self.pump()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Terminate the remote process (not just the channel) and close the channel.
     pub async fn kill(&mut self) -> Result<(), SshError> {
         // The pid line comes first; wait briefly for it if the command has not printed it yet.
@@ -860,7 +918,14 @@ impl SshChild {
             let _ = tokio::time::timeout(until - Instant::now(), self.pump()).await;
         }
         let res = match self.pid {
-            Some(pid) if pid > 1 && !self.done => self.session.kill_pid(pid, self.sudo).await,
+            Some(pid) if pid > 1 && !self.done => {
+                if self.single_process && self.signalled_away().await {
+                    self.signalled = true;
+                    Ok(())
+                } else {
+                    self.session.kill_pid(pid, self.sudo).await
+                }
+            }
             _ => Ok(()),
         };
         let _ = self.write.close().await;

@@ -50,12 +50,14 @@ impl NodeCtx {
 }
 
 pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
-    let (session, np) = prepare::prepare(ctx).await?;
+    let (session, np, uploaded) = prepare::prepare(ctx).await?;
     let ev = &ctx.events;
 
     ev.phase(Phase::Uploading);
     let t = Instant::now();
-    if let Err(e) = upload::files(&session, &np).await {
+    if uploaded {
+        // Already written with the VM directories (prepare's one round trip).
+    } else if let Err(e) = upload::files(&session, &np).await {
         return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
     }
     let upload_s = t.elapsed().as_secs_f64();

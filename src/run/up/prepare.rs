@@ -1,5 +1,6 @@
 //! Stage 1: connect, gather the host's facts, plan the node with them, claim the run directory,
-//! write the manifest (state `preparing`) and only then create the VM directories. After this
+//! write the manifest (state `preparing`) and only then create the VM directories (and, when
+//! they are small, write the VM files in that same round trip). After this
 //! stage the node's plan is final: nothing later changes it.
 //!
 //! The order is what makes every failure recoverable: the run directory is claimed atomically
@@ -13,14 +14,14 @@ use super::node::NodeCtx;
 use super::tracker::TrackedNode;
 use super::{UpError, fail};
 use crate::plan::{self, NodePlan};
-use crate::quote::quote;
 use crate::remote::layout;
 use crate::remote::{check, facts};
 use crate::report::Phase;
-use crate::ssh::{RemoteCommand, Session, SshTarget};
+use crate::ssh::{Put, RemoteCommand, Session, SshTarget};
 use crate::topology::Accel;
 
-pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpError> {
+/// The session, the final plan, and whether the VM files are already on the host.
+pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), UpError> {
     let ev = &ctx.events;
     ev.phase(Phase::Connecting);
     let session = match &ctx.connector {
@@ -63,13 +64,14 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan), UpErro
     }
     // A vhost-user client socket that is not there fails now, before anything is created.
     super::start::check_client_sockets(&session, &np).await?;
-    claim(ctx, &session, &np).await?;
-    Ok((session, np))
+    let uploaded = claim(ctx, &session, &np).await?;
+    Ok((session, np, uploaded))
 }
 
 /// Claim `<run_root>/<run_id>`, write the `preparing` manifest, then create each VM directory
 /// with a plain `mkdir` (an existing one is an error, never reused).
-async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
+/// True when the VM files went along (see [`super::upload::small_files`]).
+async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, UpError> {
     // Recorded before the claim is sent, so cleanup asks the host whatever happens next.
     ctx.tracker.node(&np.name, |n| {
         n.run_dir = np.run_dir.clone();
@@ -93,17 +95,17 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), Up
         });
     }
     super::testpause::at("claimed", &np.name).await;
-    if let Err(e) = super::record::write_manifest(ctx, session, np).await {
+    // One round trip, in this order: the manifest, the VM directories, and (when small, the
+    // usual case) the VM files. Each step only starts once the one before it succeeded.
+    let (manifest, manifest_path) = super::record::manifest_file(ctx, np)?;
+    let mut puts = vec![Put::File { content: &manifest, path: &manifest_path, mode: 0o644 }];
+    puts.extend(np.vms.iter().map(|v| Put::Dir { path: &v.paths.run_dir }));
+    let files = super::upload::small_files(np);
+    puts.extend(files.iter().flatten().map(|&(content, path, mode)| Put::File { content, path, mode }));
+    if let Err(e) = session.put_many(&puts, true).await {
         return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
     }
-    let mut script = String::from("set -e\n");
-    for v in &np.vms {
-        script.push_str(&format!("mkdir -m 0755 -- {}\n", quote(&v.paths.run_dir)));
-    }
-    if let Err(e) = session.run_ok(&RemoteCommand::sh(script).sudo()).await {
-        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
-    }
-    Ok(())
+    Ok(files.is_some())
 }
 
 /// A failed write under `run_root`, with the likely cause when its file system is full (the

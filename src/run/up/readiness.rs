@@ -22,6 +22,7 @@ pub(super) async fn wait_serial(
 ) -> Result<(), UpError> {
     let cmd = RemoteCommand::new(["tail", "-c", "+0", "-F", "-s", "0.2", &format!("--pid={pid}"), &v.paths.serial_log])
         .sudo()
+        .single_process()
         .timeout(v.readiness.timeout + Duration::from_secs(30));
     let mut child = session.spawn(&cmd).await?;
     super::testpause::at("serial", &v.name).await;

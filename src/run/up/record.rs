@@ -57,15 +57,27 @@ pub(super) async fn write_manifest(ctx: &NodeCtx, session: &Session, np: &NodePl
     Ok(upload(session, &np.run_dir, &m).await?)
 }
 
+/// The node's manifest as it stands now, serialised, and the path it goes to (for a caller
+/// that writes it in the same round trip as other files).
+pub(super) fn manifest_file(ctx: &NodeCtx, np: &NodePlan) -> Result<(Vec<u8>, String), UpError> {
+    let tn = ctx.tracker.get_node(&np.name).ok_or_else(|| fail("node not tracked"))?;
+    let m = manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path);
+    Ok((serde_json::to_vec_pretty(&m).expect("serialisable"), manifest::path(&np.run_dir, &m.node)))
+}
+
 /// After a successful run: every node's manifest with pids, pinning and guest interfaces.
 pub(super) async fn write_final_manifests(tracker: &Tracker, opts: &UpOptions, events: &EventSink) {
-    for (name, tn) in tracker.nodes() {
-        let Some(np) = &tn.plan else { continue };
+    // Every node at once: one round trip each, and dozens of nodes one after another add up.
+    let writes = tracker.nodes().into_iter().filter_map(|(name, tn)| {
+        let np = tn.plan.as_ref()?;
         let m = manifest_for(tracker, np, &tn, &opts.run_id, &opts.topology_path.display().to_string());
-        if let Err(e) = upload(&tn.session, &tn.run_dir, &m).await {
-            events.for_node(&name).warn(format!("could not update the manifest: {e}"));
-        }
-    }
+        Some(async move {
+            if let Err(e) = upload(&tn.session, &tn.run_dir, &m).await {
+                events.for_node(&name).warn(format!("could not update the manifest: {e}"));
+            }
+        })
+    });
+    futures::future::join_all(writes).await;
 }
 
 /// Record a VM's failure and phrase it, with the serial tail, for the node's error.

@@ -74,7 +74,10 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
 async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
     // One round trip: start QEMU (exactly the planned argv), then print the pid it wrote.
     // The mark tells hugepage reservations this QEMU's memory is mapped (crate::remote::reserve).
-    let script = format!(r#""$@" || exit $?; : > "${{0%/*}}/{}"; cat -- "$0""#, crate::remote::reserve::STARTED_MARK);
+    let script = format!(
+        r#""$@" || exit $?; : > "${{0%/*}}/{}"; read -r p < "$0"; echo "$p""#,
+        crate::remote::reserve::STARTED_MARK
+    );
     let mut argv = vec!["sh".into(), "-c".into(), script, v.paths.pidfile.clone()];
     argv.extend(v.argv.iter().cloned());
     let cmd = RemoteCommand::new(argv).sudo().timeout(v.start_timeout);

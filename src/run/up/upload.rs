@@ -7,11 +7,16 @@ use super::{UpError, fail};
 use crate::plan::NodePlan;
 use crate::ssh::Session;
 
-pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpError> {
+/// Every file of the node's VMs as `(content, path, mode)` when together they are small enough
+/// for one round trip (the usual case); `None` when [`files`] must send them one by one.
+pub(super) fn small_files(np: &NodePlan) -> Option<Vec<(&[u8], &str, u32)>> {
     let all: Vec<(&[u8], &str, u32)> =
         np.vms.iter().flat_map(|v| &v.files).map(|f| (f.content.as_bytes(), f.path.as_str(), f.mode)).collect();
-    if all.iter().map(|(c, ..)| c.len()).sum::<usize>() <= crate::ssh::UPLOAD_MANY_MAX {
-        // Small files (the usual case): all of the node's in one round trip.
+    (all.iter().map(|(c, ..)| c.len()).sum::<usize>() <= crate::ssh::UPLOAD_MANY_MAX).then_some(all)
+}
+
+pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpError> {
+    if let Some(all) = small_files(np) {
         return session.upload_many(&all, true).await.map_err(|e| fail(format!("upload failed: {e}")));
     }
     let mut uploads = JoinSet::new();
