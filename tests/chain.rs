@@ -12,9 +12,11 @@
 //! Honours `HARNESS_LAB_DIR` (a private lab) and `VSWITCH_TAP_PREFIX` (distinct taps).
 
 mod common;
+use common::cli::Harness;
+use common::lab::{lab_dir, lab_topology, repo};
 use common::procs::assert_nothing_left;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,36 +28,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Frames injected at the chain's ingress.
 const FRAMES: u64 = 200;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn lab_dir() -> PathBuf {
-    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
-}
-
-fn lab_topology(name: &str) -> PathBuf {
-    if std::env::var_os("HARNESS_LAB_DIR").is_some_and(|d| Path::new(&d) != Path::new("/var/tmp/harness-lab")) {
-        lab_dir().join("topologies").join(name)
-    } else {
-        repo().join("topologies").join(name)
-    }
-}
-
 fn tap_prefix() -> String {
     std::env::var("VSWITCH_TAP_PREFIX").unwrap_or_else(|_| "vsw".into())
-}
-
-fn ensure_lab() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let st = Command::new("bash").arg(repo().join("scripts/lab.sh")).arg("up").status().expect("lab.sh");
-        assert!(st.success(), "scripts/lab.sh up failed");
-        if !lab_dir().join("guest/vmlinux").exists() {
-            let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).status().expect("build-guest.sh");
-            assert!(st.success(), "scripts/build-guest.sh failed");
-        }
-    });
 }
 
 fn lab_sh(args: &[&str]) -> Output {
@@ -70,35 +44,19 @@ fn lab_sh(args: &[&str]) -> Output {
     out
 }
 
-struct Env {
-    state: tempfile::TempDir,
-    dir: tempfile::TempDir,
+/// The shared runner (`common::cli`) plus this file's topology edits.
+struct Env(Harness);
+
+impl std::ops::Deref for Env {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        ensure_lab();
-        Env { state: tempfile::tempdir().unwrap(), dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        // Global options first: after `--` everything belongs to the guest's command.
-        let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--progress")
-            .arg("plain")
-            .args(args)
-            .output()
-            .expect("run harness");
-        eprintln!(
-            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        Env(Harness::new())
     }
 
     /// `lab-chain.yaml` with `edit` applied to its text, written to a temp file.

@@ -6,10 +6,12 @@
 //! the hugepage and process checks of one test are not disturbed by another.
 
 mod common;
+use common::cli::{Harness, json};
+use common::lab::{lab_dir, lab_topology, repo};
 use common::procs::{alive, assert_nothing_left, processes_of_run};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,64 +19,19 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The shared runner (`common::cli`) plus this file's topology edits.
+struct Env(Harness);
 
-/// A topology `scripts/lab.sh` generated (the repo's `topologies/` for the default lab,
-/// `$HARNESS_LAB_DIR/topologies/` for a private one).
-fn lab_topology(name: &str) -> PathBuf {
-    if std::env::var_os("HARNESS_LAB_DIR").is_some_and(|d| Path::new(&d) != Path::new("/var/tmp/harness-lab")) {
-        lab_dir().join("topologies").join(name)
-    } else {
-        repo().join("topologies").join(name)
+impl std::ops::Deref for Env {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
     }
-}
-
-fn lab_dir() -> PathBuf {
-    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
-}
-
-/// Start the lab and build the guest if needed (idempotent scripts).
-fn ensure_lab() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let st = Command::new("bash").arg(repo().join("scripts/lab.sh")).arg("up").status().expect("lab.sh");
-        assert!(st.success(), "scripts/lab.sh up failed");
-        if !lab_dir().join("guest/vmlinux").exists() {
-            let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).status().expect("build-guest.sh");
-            assert!(st.success(), "scripts/build-guest.sh failed");
-        }
-    });
-}
-
-struct Env {
-    state: tempfile::TempDir,
-    dir: tempfile::TempDir,
 }
 
 impl Env {
     fn new() -> Env {
-        ensure_lab();
-        Env { state: tempfile::tempdir().unwrap(), dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
-        c.args(args).arg("--state-dir").arg(self.state.path()).arg("--progress").arg("plain");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("run harness");
-        eprintln!(
-            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        Env(Harness::new())
     }
 
     /// `topologies/lab.yaml` with `edit` applied to its `vms`, written to a temp file.
@@ -90,11 +47,6 @@ impl Env {
         std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
         path
     }
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn nr_hugepages() -> u64 {
@@ -451,4 +403,72 @@ fn guest_interfaces_are_mapped_to_planned_nics_by_mac() {
     assert!(mgmt["name"].as_str().unwrap().starts_with("eth") || mgmt["name"].as_str().unwrap().starts_with("ens"));
     assert!(ifaces.iter().any(|i| i["name"] == "lo" && i["nic"].is_null()));
     assert_nothing_left("e2e-nic");
+}
+
+/// `logs -f` made a new Ctrl-C listener on each turn of its loop, so a SIGINT that came while it
+/// was writing output (stdout full, the reader behind) was lost, and with the handler installed
+/// the signal no longer ended the process either: it followed on forever. Here the reader stops
+/// reading until harness is stuck writing into a full pipe, then sends one SIGINT and drains.
+#[test]
+fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    // The tiny guest: boots in milliseconds, the follower is what is under test.
+    let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).arg("--tiny").status().unwrap();
+    assert!(st.success(), "build-guest.sh --tiny");
+    let tiny = lab_dir().join("guest/tiny");
+    let vm = serde_json::json!({
+        "node": "DUT1", "qemu_id": 1, "smp": 1, "mem": 32, "guest_hugepages": 0, "sched": "none",
+        "vnf": "none", "qga": false, "kernel": tiny.join("vmlinux-tiny"), "initrd": tiny.join("initrd-tiny"),
+        "ready_markers": ["HARNESS-TINY-READY"], "boot_timeout": "60s",
+    });
+    let topo = env.topology("logs-sigint.yaml", |vms| *vms = vec![vm.clone()]);
+    let topo = topo.to_str().unwrap();
+    let run = "e2e-logs-sigint";
+    assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
+
+    let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("HARNESS-TINY-READY") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "logs -f ended before the marker");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // A chatty guest: 4 MiB more serial output than any pipe holds.
+    let log = format!("/run/harness/{run}/DUT1_1/serial.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, &vec![b'x'; 4 << 20]).unwrap();
+    // Wait until our end of the pipe is full: harness is then blocked in its write.
+    let full = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut queued: libc::c_int = 0;
+        unsafe { libc::ioctl(out.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        if queued >= 60 * 1024 {
+            break;
+        }
+        assert!(Instant::now() < full, "harness never filled the pipe ({queued} bytes)");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(follow.id() as i32, libc::SIGINT) };
+    let drain = std::thread::spawn(move || while out.read(&mut buf).unwrap_or(0) > 0 {});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = follow.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drain.join().unwrap();
+    assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
+    assert_nothing_left(run);
+    assert!(status.is_some(), "logs -f outlived its SIGINT by 30 s");
 }

@@ -6,82 +6,36 @@
 //! Boots are the cost (5-10 s each under TCG): the reproduction test reuses one run for
 //! collect, bundle and replay. Run ids start with `pipe-` (the lab and /run/harness are shared).
 
+mod common;
+use common::cli::{Harness, json};
+use common::lab::{lab_dir, lab_topology, repo};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The shared runner (`common::cli`) plus this file's topology edits.
+struct Env(Harness);
 
-fn lab_dir() -> PathBuf {
-    std::env::var_os("HARNESS_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/harness-lab".into())
-}
-
-fn lab_topology() -> PathBuf {
-    if lab_dir() != Path::new("/var/tmp/harness-lab") {
-        lab_dir().join("topologies/lab.yaml")
-    } else {
-        repo().join("topologies/lab.yaml")
+impl std::ops::Deref for Env {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
     }
-}
-
-fn ensure_lab() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let st = Command::new("bash").arg(repo().join("scripts/lab.sh")).arg("up").status().expect("lab.sh");
-        assert!(st.success(), "scripts/lab.sh up failed");
-        if !lab_dir().join("guest/vmlinux").exists() {
-            let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).status().expect("build-guest");
-            assert!(st.success(), "scripts/build-guest.sh failed");
-        }
-    });
-}
-
-struct Env {
-    state: tempfile::TempDir,
-    dir: tempfile::TempDir,
 }
 
 impl Env {
     fn new() -> Env {
-        ensure_lab();
-        Env { state: tempfile::tempdir().unwrap(), dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn run_in(&self, state: &Path, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-            .args(args)
-            .arg("--state-dir")
-            .arg(state)
-            .args(["--progress", "plain"])
-            .output()
-            .expect("run harness");
-        eprintln!(
-            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_in(self.state.path(), args)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Env(Harness::new())
     }
 
     /// The lab topology with only VM `name`, edited, written to a temp file.
     fn topology(&self, file: &str, name: &str, edit: impl Fn(&mut serde_yaml::Value)) -> PathBuf {
-        let text = std::fs::read_to_string(lab_topology()).expect("lab.yaml (scripts/lab.sh up writes it)");
+        let text = std::fs::read_to_string(lab_topology("lab.yaml")).expect("lab.yaml (scripts/lab.sh up writes it)");
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let vms = doc["vms"].as_sequence_mut().unwrap();
         vms.retain(|v| format!("{}_{}", v["node"].as_str().unwrap(), v["qemu_id"].as_u64().unwrap()) == name);
@@ -91,11 +45,6 @@ impl Env {
         std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
         path
     }
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn s(p: &Path) -> &str {

@@ -1,4 +1,5 @@
 //! Shared helpers for integration tests.
 
+pub mod cli;
 pub mod lab;
 pub mod procs;
