@@ -1,52 +1,46 @@
 //! Stage 4 (outside the host lock, the node's hugepages reserved): launch every QEMU of the node
-//! at once and read back its pid. A VM is recorded as launched once its QEMU has started;
+//! at once, under one `sudo`, and read back each pid as it comes. A VM is recorded as launched once its QEMU has started;
 //! cleanup does not depend on that record (it stops every planned VM of a directory this run
 //! claimed), so a start cut short is still stopped.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
-
 use super::node::NodeCtx;
 use super::tracker::Launched;
 use super::{UpError, VmState, fail};
 use crate::plan::{NodePlan, VmPlan};
 use crate::report::Phase;
-use crate::ssh::{RemoteCommand, Session, SshError};
+use crate::ssh::{ChildEvent, RemoteCommand, Session};
 
 pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<BTreeMap<String, u32>, UpError> {
-    let mut starts = JoinSet::new();
-    for v in np.vms.iter().cloned() {
-        let (s, tracker, node) = (session.clone(), ctx.tracker.clone(), np.name.clone());
-        let ev = ctx.events.for_vm(&v.name);
-        starts.spawn(async move {
-            ev.phase(Phase::Starting);
-            tracker.set_state(&node, &v.name, VmState::Starting);
-            let t = Instant::now();
-            let res = start_qemu(&s, &v).await;
-            if res.is_ok() {
-                tracker.node(&node, |n| {
-                    n.launched.push(Launched {
-                        vm: v.name.clone(),
-                        pidfile: v.paths.pidfile.clone(),
-                        qmp: v.paths.qmp.clone(),
-                        run_dir: v.paths.run_dir.clone(),
-                    })
-                });
-            }
-            tracker.timing(&node, &v.name, "start", t.elapsed().as_secs_f64());
-            res.map(|pid| (v.name.clone(), pid)).map_err(|e| (v.name.clone(), e))
-        });
+    for v in &np.vms {
+        ctx.events.for_vm(&v.name).phase(Phase::Starting);
+        ctx.tracker.set_state(&np.name, &v.name, VmState::Starting);
     }
+    let t = Instant::now();
+    let results = start_batch(session, &np.vms, |v, res| {
+        if res.is_ok() {
+            ctx.tracker.node(&np.name, |n| {
+                n.launched.push(Launched {
+                    vm: v.name.clone(),
+                    pidfile: v.paths.pidfile.clone(),
+                    qmp: v.paths.qmp.clone(),
+                    run_dir: v.paths.run_dir.clone(),
+                })
+            });
+        }
+        ctx.tracker.timing(&np.name, &v.name, "start", t.elapsed().as_secs_f64());
+    })
+    .await?;
     let mut pids = BTreeMap::new();
     let mut first_err = None;
-    while let Some(r) = starts.join_next().await {
-        match r {
-            Ok(Ok((vm, pid))) => {
+    for (vm, res) in results {
+        match res {
+            Ok(pid) => {
                 pids.insert(vm, pid);
             }
-            Ok(Err((vm, e))) => {
+            Err(e) => {
                 let msg = e.to_string();
                 ctx.tracker.vm(&np.name, &vm, |r| {
                     r.state = VmState::Failed;
@@ -56,9 +50,6 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
                 ctx.events.for_vm(&vm).phase(Phase::Failed);
                 first_err.get_or_insert(e.context(&vm));
             }
-            Err(e) => {
-                first_err.get_or_insert(fail(format!("start task: {e}")));
-            }
         }
     }
     match first_err {
@@ -67,54 +58,164 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
     }
 }
 
-/// `sudo -n qemu-system-… -daemonize -pidfile …`, then the pid from the pidfile. QEMU does not
-/// daemonize while a vhost-user `server: true` socket waits for its client (the vswitch), so
-/// the command has the VM's `start_timeout`; on expiry the SSH layer kills the remote process
-/// group (sudo and the still undaemonized QEMU in it).
-async fn start_qemu(session: &Session, v: &VmPlan) -> Result<u32, UpError> {
-    // One round trip: start QEMU (exactly the planned argv), then print the pid it wrote.
-    // The mark tells hugepage reservations this QEMU's memory is mapped (crate::remote::reserve).
-    let script = format!(
-        r#""$@" || exit $?; : > "${{0%/*}}/{}"; read -r p < "$0"; echo "$p""#,
-        crate::remote::reserve::STARTED_MARK
-    );
-    let mut argv = vec!["sh".into(), "-c".into(), script, v.paths.pidfile.clone()];
-    argv.extend(v.argv.iter().cloned());
-    let cmd = RemoteCommand::new(argv).sudo().timeout(v.start_timeout);
-    let out = match session.run(&cmd).await {
-        Err(SshError::CommandTimeout { after, .. }) => {
-            kill_undaemonized(session, v).await;
-            return Err(start_timed_out(v, after));
-        }
-        r => r?,
-    };
-    if !out.success() {
-        let err = out.stderr_str();
-        return Err(fail(format!(
-            "qemu failed to start (exit {}): {}",
-            out.status.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
-            err.trim()
-        )));
-    }
-    let stdout = out.stdout_str();
-    let pid = stdout.lines().last().unwrap_or("").trim();
-    pid.parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}: {pid:?}", v.paths.pidfile)))
+/// Mark the lines [`start_script`] prints: `ok I PID` or `fail I STATUS BASE64-STDERR`.
+const START_OK: &str = "ok";
+const START_FAIL: &str = "fail";
+
+/// Every QEMU of the node under ONE `sudo` (one channel, one sudo and one shell on the host
+/// instead of one of each per VM), all started at once. Arguments: per VM, the argv length, the
+/// pidfile, then the planned argv unchanged. Each VM, in the background: `qemu … -daemonize`
+/// (its stderr kept), the started mark for hugepage reservations (crate::remote::reserve), then
+/// one line with the pid read from the pidfile, as soon as that VM is done.
+fn start_script() -> String {
+    format!(
+        r#"take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
+start() {{
+  i=$1; pf=$2; shift 2
+  if e=$(take "$@" 2>&1 >/dev/null); then
+    : > "${{pf%/*}}/{mark}"; read -r p < "$pf"; echo "{ok} $i $p"
+  else
+    rc=$?; echo "{fail} $i $rc $(printf %s "$e" | base64 -w0)"
+  fi
+}}
+i=0
+while [ $# -ge 2 ]; do
+  n=$1; pf=$2; shift 2
+  start $i "$pf" "$n" "$@" &
+  shift "$n"; i=$((i + 1))
+done
+wait"#,
+        mark = crate::remote::reserve::STARTED_MARK,
+        ok = START_OK,
+        fail = START_FAIL,
+    )
 }
 
-/// The SSH layer's kill on timeout reaches sudo's process group, not QEMU: sudo runs it on its
-/// own pty (Debian's `use_pty`), and QEMU, blocked in the vhost-user accept before its main
-/// loop, does not act on the SIGTERM sudo relays. SIGKILL every process whose argv holds this
-/// VM's own pidfile path (QEMU and its sudo; nothing of anyone else's has it); it has no guest
-/// state yet that a graceful quit could save.
+/// Start `vms` with [`start_script`] and wait for each one's line, each VM within its own
+/// `start_timeout` (QEMU does not daemonize while a vhost-user `server: true` socket waits for
+/// its client: such a VM is stopped on expiry, the others go on). `done` sees each VM's result as
+/// it arrives. An error of the connection itself fails the node.
+async fn start_batch(
+    session: &Session,
+    vms: &[VmPlan],
+    mut done: impl FnMut(&VmPlan, &Result<u32, UpError>),
+) -> Result<Vec<(String, Result<u32, UpError>)>, UpError> {
+    if vms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut argv = vec!["sh".to_string(), "-c".into(), start_script(), "sh".into()];
+    for v in vms {
+        argv.push(v.argv.len().to_string());
+        argv.push(v.paths.pidfile.clone());
+        argv.extend(v.argv.iter().cloned());
+    }
+    let longest = vms.iter().map(|v| v.start_timeout).max().unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    let cmd = RemoteCommand::new(argv).sudo().timeout(longest + Duration::from_secs(30));
+    let mut child = session.spawn(&cmd).await?;
+    let mut results: Vec<Option<Result<u32, UpError>>> = vms.iter().map(|_| None).collect();
+    let (mut line, mut stderr) = (Vec::new(), Vec::new());
+    let mut exited = false;
+    while !exited {
+        // The nearest deadline of a VM still starting; none left: all are done.
+        let Some((next, deadline)) = vms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_none())
+            .map(|(i, v)| (i, started + v.start_timeout))
+            .min_by_key(|(_, d)| *d)
+        else {
+            break;
+        };
+        let Ok(ev) = tokio::time::timeout_at(deadline, child.next()).await else {
+            kill_undaemonized(session, &vms[next]).await;
+            let r = Err(start_timed_out(&vms[next], vms[next].start_timeout));
+            done(&vms[next], &r);
+            results[next] = Some(r);
+            continue;
+        };
+        match ev {
+            Some(ChildEvent::Stdout(b)) => {
+                line.extend_from_slice(&b);
+                while let Some(nl) = line.iter().position(|&c| c == b'\n') {
+                    let l: Vec<u8> = line.drain(..=nl).collect();
+                    if let Some((i, r)) = parse_start_line(&String::from_utf8_lossy(&l), vms)
+                        && results[i].is_none()
+                    {
+                        done(&vms[i], &r);
+                        results[i] = Some(r);
+                    }
+                }
+            }
+            Some(ChildEvent::Stderr(b)) => stderr.extend_from_slice(&b),
+            Some(ChildEvent::Exit(_)) | None => exited = true,
+        }
+    }
+    // Every VM has its result: the script ends right after the last line (killing it would
+    // cost a kill script). Only a start still hanging after its VM timed out needs the kill.
+    let ends = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !exited {
+        match tokio::time::timeout_at(ends, child.next()).await {
+            Ok(Some(ChildEvent::Stderr(b))) => stderr.extend_from_slice(&b),
+            Ok(Some(ChildEvent::Exit(_)) | None) => exited = true,
+            Ok(Some(ChildEvent::Stdout(_))) => {}
+            Err(_) => {
+                let _ = child.kill().await;
+                break;
+            }
+        }
+    }
+    let why = String::from_utf8_lossy(&stderr).trim().to_string();
+    Ok(vms
+        .iter()
+        .zip(results)
+        .map(|(v, r)| {
+            let r = r.unwrap_or_else(|| {
+                let r = Err(fail(format!("the start script ended without a result for this VM: {why}")));
+                done(v, &r);
+                r
+            });
+            (v.name.clone(), r)
+        })
+        .collect())
+}
+
+/// One line of [`start_script`]'s output: which VM, and its pid or why its QEMU failed.
+fn parse_start_line(line: &str, vms: &[VmPlan]) -> Option<(usize, Result<u32, UpError>)> {
+    use base64::Engine as _;
+    let mut f = line.split_whitespace();
+    let (kind, i) = (f.next()?, f.next()?.parse::<usize>().ok()?);
+    let v = vms.get(i)?;
+    let res = match kind {
+        START_OK => {
+            let pid = f.next().unwrap_or("");
+            pid.parse::<u32>().map_err(|_| fail(format!("unreadable pidfile {}: {pid:?}", v.paths.pidfile)))
+        }
+        START_FAIL => {
+            let rc = f.next().unwrap_or("?");
+            let err = base64::engine::general_purpose::STANDARD.decode(f.next().unwrap_or("")).unwrap_or_default();
+            Err(fail(format!("qemu failed to start (exit {rc}): {}", String::from_utf8_lossy(&err).trim())))
+        }
+        _ => return None,
+    };
+    Some((i, res))
+}
+
+/// A start past its `start_timeout`: QEMU, blocked in the vhost-user accept before its main
+/// loop, does not act on a SIGTERM. SIGKILL the process that runs this VM's QEMU binary with
+/// this VM's own pidfile path in its argv (nothing of anyone else's has it; the batch's shell,
+/// whose arguments hold every VM's argv, is not a QEMU and lives on to report the other VMs);
+/// it has no guest state yet that a graceful quit could save.
 async fn kill_undaemonized(session: &Session, v: &VmPlan) {
     let script = format!(
-        r#"pf={pf}
-ours() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | grep -qxF -- "$pf"; }}
+        r#"pf={pf}; bin={bin}
+ours() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | {{ read -r a0 && [ "$a0" = "$bin" ] && grep -qxF -- "$pf"; }}; }}
 pids=; for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; [ "$p" != $$ ] && ours "$p" && pids="$pids $p"; done
 [ -z "$pids" ] || kill -KILL $pids 2>/dev/null
 i=0; while [ $i -lt 40 ]; do left=; for p in $pids; do [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && left=1; done; [ -z "$left" ] && break; sleep 0.05; i=$((i+1)); done
 true"#,
-        pf = crate::quote::quote(&v.paths.pidfile)
+        pf = crate::quote::quote(&v.paths.pidfile),
+        bin = crate::quote::quote(v.argv.first().map(String::as_str).unwrap_or_default())
     );
     let _ = session.run(&RemoteCommand::sh(script).sudo().timeout(Duration::from_secs(10))).await;
 }
@@ -159,5 +260,36 @@ pub(super) async fn check_client_sockets(session: &Session, np: &NodePlan) -> Re
              socket): start the vswitch first"
         ))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch script run by a real `sh`: two "QEMUs" (shell commands standing in for them),
+    /// one writing its pidfile, one failing with a message; each gets its own line, in its own
+    /// slot, with the argv boundaries kept (an argument of the second is never the first's).
+    #[test]
+    fn start_script_reports_each_vm_by_its_index() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (pf0, pf1) = (dir.path().join("a/qemu.pid"), dir.path().join("b/qemu.pid"));
+        std::fs::create_dir_all(pf0.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(pf1.parent().unwrap()).unwrap();
+        let (pf0, pf1) = (pf0.to_str().unwrap(), pf1.to_str().unwrap());
+        let ok_vm = ["sh", "-c", "echo 4242 > \"$0\"; echo chatter", pf0];
+        let bad_vm = ["sh", "-c", "echo \"boom $0\" >&2; exit 3", "it's"];
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(start_script()).arg("sh");
+        cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
+        cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
+        let out = cmd.output().unwrap();
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        lines.sort();
+        let err = base64::engine::general_purpose::STANDARD.encode("boom it's");
+        assert_eq!(lines, vec![format!("fail 1 3 {err}"), "ok 0 4242".to_string()]);
+        let started = |pf: &str| std::path::Path::new(pf).with_file_name(crate::remote::reserve::STARTED_MARK).exists();
+        assert!(started(pf0) && !started(pf1), "only a started VM is marked");
     }
 }

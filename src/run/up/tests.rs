@@ -69,11 +69,21 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
         return Reply::ok(format!("added={} mounted=0 map_was=-\n", b.added));
     }
     if is_qemu_start(call) {
-        let name = call.argv.iter().find(|a| a.ends_with(",debug-threads=on")).cloned().unwrap_or_default();
-        if b.failing_start.iter().any(|v| name == format!("{v},debug-threads=on")) {
-            return Reply::status(1, "qemu-system-x86_64: boom");
+        // The node's batch: per VM its argv length, pidfile and argv; one result line per VM.
+        use base64::Engine as _;
+        let (mut args, mut out, mut i) = (&call.argv[4..], String::new(), 0);
+        while let [n, _pidfile, rest @ ..] = args {
+            let n: usize = n.parse().expect("argv length");
+            let name = rest[..n].iter().find(|a| a.ends_with(",debug-threads=on")).cloned().unwrap_or_default();
+            if b.failing_start.iter().any(|v| name == format!("{v},debug-threads=on")) {
+                let err = base64::engine::general_purpose::STANDARD.encode("qemu-system-x86_64: boom");
+                out.push_str(&format!("fail {i} 1 {err}\n"));
+            } else {
+                out.push_str(&format!("ok {i} 1234\n"));
+            }
+            (args, i) = (&rest[n..], i + 1);
         }
-        return Reply::ok("1234\n");
+        return Reply::ok(out);
     }
     if call.argv.first().is_some_and(|a| a == "cat") {
         return Reply::ok("1234\n");
@@ -163,11 +173,13 @@ fn a_healthy_fake_host_comes_up_with_the_plan_it_was_given() {
     let calls = lab.hosts["DUT1"].calls();
     // The planned argv ran unchanged, with the kernel the facts resolved.
     let qemu: Vec<&Call> = calls.iter().filter(|c| is_qemu_start(c)).collect();
-    assert_eq!(qemu.len(), 2);
+    assert_eq!(qemu.len(), 1, "one start (one sudo) for all the node's QEMUs");
+    let plan = res.vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    assert_eq!(qemu[0].argv.iter().filter(|a| a.as_str() == "-daemonize").count(), plan.len());
     assert!(qemu[0].argv.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/opt/boot/vmlinuz-1"));
     assert!(positions(&calls, "outcome=").is_empty(), "nothing stopped on success");
     // Round trips are what scale costs (each is an sshd channel and a sudo on the host): all the
-    // node's files go in one, each QEMU start reads its pid in the same one.
+    // node's files go in one, all its QEMUs start in one, each reading its pid in that one.
     assert_eq!(positions(&calls, "base64 -d").len(), 1, "one upload for all files");
     assert!(positions(&calls, "cat > \"$1\"").iter().all(|&i| calls[i].text.contains("manifest-")));
     assert!(calls.iter().all(|c| c.argv[0] != "cat"), "no separate pidfile reads");
