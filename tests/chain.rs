@@ -12,7 +12,7 @@
 //! Honours `HARNESS_LAB_DIR` (a private lab) and `VSWITCH_TAP_PREFIX` (distinct taps).
 
 mod common;
-use common::cli::Harness;
+use common::cli::{Harness, echoed};
 use common::lab::{lab_dir, lab_topology, repo};
 use common::procs::assert_nothing_left;
 
@@ -33,15 +33,7 @@ fn tap_prefix() -> String {
 }
 
 fn lab_sh(args: &[&str]) -> Output {
-    let out = Command::new("bash").arg(repo().join("scripts/lab.sh")).args(args).output().expect("lab.sh");
-    eprintln!(
-        "$ lab.sh {}\n--- exit {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    echoed("lab.sh", args, Command::new("bash").arg(repo().join("scripts/lab.sh")).args(args).output().expect("lab.sh"))
 }
 
 /// The shared runner (`common::cli`) plus this file's topology edits.

@@ -3,6 +3,9 @@
 //! 28 cores, SMT, Intel numbering) and `topologies/csit-chain.yaml`. The expansion arithmetic
 //! itself is unit-tested in `src/topology/chains.rs`; here it must come out of the plan intact.
 
+mod common;
+use common::cli::echoed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,15 +27,7 @@ fn facts_dir() -> tempfile::TempDir {
 }
 
 fn harness(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_harness")).args(args).output().unwrap();
-    eprintln!(
-        "$ harness {}\n--- exit {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    echoed("harness", args, Command::new(env!("CARGO_BIN_EXE_harness")).args(args).output().unwrap())
 }
 
 fn write(dir: &Path, text: &str) -> String {

@@ -10,6 +10,7 @@
 //! Needs `scripts/lab.sh up N --vms M` (lab-scale.yaml; set HARNESS_LAB_DIR for a private lab).
 
 mod common;
+use common::cli::echoed;
 use common::lab;
 use common::procs::{alive, processes_mentioning};
 
@@ -90,15 +91,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ harness {}\n--- exit {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        echoed("harness", args, self.cmd(args).output().unwrap())
     }
 
     /// lab-scale.yaml with `edit` applied to the text.

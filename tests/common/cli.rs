@@ -51,15 +51,7 @@ impl Harness {
 
     /// Run to completion with another state dir (a replay elsewhere), echoing everything.
     pub fn run_in(&self, state: &Path, args: &[&str]) -> Output {
-        let out = self.cmd_in(state, args).output().expect("run harness");
-        eprintln!(
-            "$ harness {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        echoed("harness", args, self.cmd_in(state, args).output().expect("run harness"))
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -70,6 +62,19 @@ impl Harness {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// `out` of `$ program args…`, after echoing the command, its exit code and its output into
+/// the test's log (shown when the test fails).
+pub fn echoed(program: &str, args: &[&str], out: Output) -> Output {
+    eprintln!(
+        "$ {program} {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Stdout parsed as JSON, or a panic showing what it was.
