@@ -38,7 +38,8 @@
 # Generated topologies (lab.yaml, lab-scale*.yaml) go to the repo's topologies/ for the default
 # lab dir, else to $LAB/topologies/ (so a private lab never overwrites another one's files).
 # The hlab* users are shared by all labs on the machine; each lab's sshds accept only that lab's
-# client key ($LAB/ssh/id_ed25519, through AuthorizedKeysCommand), whatever the users' homes are.
+# client key ($LAB/ssh/id_ed25519), from an AuthorizedKeysFile of the lab's own under
+# /etc/ssh/harness-lab-keys/, whatever the users' homes are.
 #
 # Idempotent: `up` twice gives the same state and restarts dead nodes. Needs root (users,
 # sudoers.d, sshd privilege separation).
@@ -69,6 +70,13 @@ if [ "$(cd "$(dirname "$LAB")" 2>/dev/null && pwd)/$(basename "$LAB")" = "$DEFAU
 else
     IS_DEFAULT_LAB=0 TOPO_DIR=$LAB/topologies
 fi
+# The lab's authorized key, for every node's sshd. A plain AuthorizedKeysFile, as on a real host:
+# an AuthorizedKeysCommand costs sshd a fork+exec per key check (two per connection, ~9 ms of
+# sshd CPU per connection here), which inflated every tool's share of the fan-out benchmarks.
+# It lives under /etc/ssh because StrictModes refuses a key file below a world-writable
+# directory such as /var/tmp; one file per lab dir keeps side-by-side labs apart.
+AUTH_KEYS_DIR=/etc/ssh/harness-lab-keys
+AUTH_KEYS=$AUTH_KEYS_DIR/$(printf '%s' "$LAB" | tr -c 'A-Za-z0-9._-' '_').pub
 
 # Node i's port: BASE+i below 90, then BASE+i+10, past the special nodes on BASE+90..BASE+99.
 node_port() { if [ "$1" -lt 90 ]; then echo $((BASE_PORT + $1)); else echo $((BASE_PORT + $1 + 10)); fi; }
@@ -111,7 +119,7 @@ ensure_user() { # user password|-
         useradd -M -d "$home" -s /bin/bash "$user"
     elif [ "$IS_DEFAULT_LAB" = 1 ]; then
         # The users are shared by every lab on the machine: only the default lab moves their home.
-        # (Each lab's sshd takes the keys from its own $LAB/ssh, not from the home, see start_node.)
+        # (Each lab's sshd takes the key from its own $AUTH_KEYS, not from the home.)
         usermod -d "$home" "$user" >/dev/null 2>&1 || true
     fi
     if [ "$pass" = - ]; then
@@ -122,6 +130,11 @@ ensure_user() { # user password|-
     install -d -m 0755 -o "$user" -g "$user" "$home"
     install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
     install -m 0600 -o "$user" -g "$user" "$LAB/ssh/id_ed25519.pub" "$home/.ssh/authorized_keys"
+}
+
+install_auth_keys() {
+    install -d -m 0755 "$AUTH_KEYS_DIR"
+    install -m 0644 "$LAB/ssh/id_ed25519.pub" "$AUTH_KEYS"
 }
 
 ensure_sudoers() { # user nopasswd|password
@@ -160,9 +173,7 @@ PidFile $d/sshd.pid
 AllowUsers $user
 PermitRootLogin no
 PubkeyAuthentication $pubkey
-AuthorizedKeysFile none
-AuthorizedKeysCommand /usr/bin/cat $LAB/ssh/id_ed25519.pub
-AuthorizedKeysCommandUser nobody
+AuthorizedKeysFile $AUTH_KEYS
 PasswordAuthentication $pw
 KbdInteractiveAuthentication $kbd
 UsePAM $pam
@@ -293,6 +304,7 @@ write_strict_yaml() {
 cmd_bastion_strict() {
     [ -f "$LAB/ssh/id_ed25519" ] && [ -f "$LAB/ssh/known_hosts" ] || die "no lab in $LAB: run \`$0 up\` first"
     mkdir -p /run/sshd && chmod 0755 /run/sshd
+    install_auth_keys
     : >"$LAB/ssh/known_hosts.new"
     start_bastion BASTIONSTRICT $BASTION_STRICT_PORT 2 "$BASTION_MAXSESSIONS"
     { grep -vF "[127.0.0.1]:$BASTION_STRICT_PORT " "$LAB/ssh/known_hosts" || true; cat "$LAB/ssh/known_hosts.new"; } \
@@ -320,6 +332,7 @@ cmd_up() {
     chmod 0755 "$LAB" "$LAB/home"
     mkdir -p /run/sshd && chmod 0755 /run/sshd       # privilege separation dir; no systemd creates it here
     [ -f "$LAB/ssh/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C harness-lab-client -f "$LAB/ssh/id_ed25519"
+    install_auth_keys
     : >"$LAB/ssh/known_hosts.new"
     local i d users=() ports=()
     for i in $(seq 1 "$n"); do
@@ -458,6 +471,8 @@ cmd_down() {
         fi
         rm -f "$d/sshd.pid"
     done
+    rm -f "$AUTH_KEYS"
+    rmdir "$AUTH_KEYS_DIR" 2>/dev/null || true
     log "down: stopped $stopped sshd"
 }
 
