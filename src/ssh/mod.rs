@@ -15,6 +15,7 @@ mod auth;
 mod config;
 mod error;
 mod hostkey;
+mod quickack;
 pub use error::{KeyTypeChange, SshError};
 
 /// How to reach one node. Built from a topology node (or a `--host` on the command line).

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth;
 use super::config::{self, Resolved};
 use super::hostkey::{self, Client, HandlerError, HostKeyPolicy};
+use super::quickack::QuickAckStream;
 use super::transport::{self, Channel, Transport};
 use super::{ConnectOptions, Output, RemoteCommand, SshError, SshTarget};
 use crate::topology::Auth;
@@ -97,6 +98,22 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(base / 2 + rand::random::<u64>() % base.max(1))
 }
 
+/// The key exchanges to offer: russh's safe list, with `ecdh-sha2-nistp256` moved up to just
+/// after the post-quantum hybrid. Without it (OpenSSH before 9.9, e.g. Debian 12's 9.2) the
+/// choice falls on classical ECDH, and there sshd's curve25519 is OpenSSH's portable C
+/// reference code while its nistp256 runs in OpenSSL's assembly: measured on the lab's sshds,
+/// 3 ms less sshd CPU per connection (28 -> 25 ms, a 32-node fan-out 10% faster). Both are in
+/// OpenSSH's own default list; a server offering neither still gets the rest of the list.
+pub(crate) fn kex_order() -> Vec<russh::kex::Name> {
+    use russh::kex::{ECDH_SHA2_NISTP256, MLKEM768X25519_SHA256};
+    let rest = russh::Preferred::DEFAULT.kex;
+    let mut out = Vec::with_capacity(rest.len() + 1);
+    out.extend(rest.iter().filter(|k| **k == MLKEM768X25519_SHA256).cloned());
+    out.push(ECDH_SHA2_NISTP256);
+    out.extend(rest.iter().filter(|k| **k != MLKEM768X25519_SHA256 && **k != ECDH_SHA2_NISTP256).cloned());
+    out
+}
+
 /// Open a connection: TCP (or a tunnel through the jump host), handshake, host key, auth.
 /// `chain`: the hosts (as written, with their ports) this one is reached through, outermost first.
 /// A handshake the server drops is retried with backoff; returns how many retries it took.
@@ -114,7 +131,11 @@ async fn open(
     // Ask for a key of a type we already know first, as OpenSSH does: otherwise a host recorded
     // with (say) only an RSA key would present ed25519 and be refused as changed.
     let known = hostkey::read_known_keys(&r.known_hosts, &r.host, r.port).unwrap_or_default();
-    let preferred = russh::Preferred { key: hostkey::preferred_key_order(&known).into(), ..Default::default() };
+    let preferred = russh::Preferred {
+        key: hostkey::preferred_key_order(&known).into(),
+        kex: kex_order().into(),
+        ..Default::default()
+    };
     let cfg = Arc::new(russh::client::Config {
         preferred,
         keepalive_interval: Some(opts.keepalive_interval),
@@ -175,7 +196,7 @@ async fn attempt(
                         message: e.to_string(),
                     })?;
             let _ = tcp.set_nodelay(true);
-            handshake_auth(cfg, tcp, handler, r, target, opts, addr).await
+            handshake_auth(cfg, QuickAckStream::new(tcp), handler, r, target, opts, addr).await
         }
         Some(j) => {
             let conn = j.conn();
@@ -950,5 +971,27 @@ impl Drop for SshChild {
             }
             let _ = w.close().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::kex;
+
+    #[test]
+    fn kex_order_keeps_post_quantum_first_then_nistp256_before_curve25519() {
+        let order = kex_order();
+        let pos = |n: kex::Name| order.iter().position(|k| *k == n);
+        assert_eq!(pos(kex::MLKEM768X25519_SHA256), Some(0));
+        assert_eq!(pos(kex::ECDH_SHA2_NISTP256), Some(1));
+        assert!(pos(kex::CURVE25519).unwrap() > 1);
+        // Nothing of russh's list is lost, nothing is offered twice, and the strict-kex and
+        // ext-info markers (needed against Terrapin) are still there.
+        assert_eq!(order.len(), russh::Preferred::DEFAULT.kex.len() + 1);
+        for k in russh::Preferred::DEFAULT.kex.iter() {
+            assert_eq!(order.iter().filter(|o| *o == k).count(), 1, "{k:?}");
+        }
+        assert!(pos(kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT).is_some());
     }
 }
