@@ -12,7 +12,7 @@
 mod common;
 use common::cli::echoed;
 use common::lab;
-use common::procs::{alive, processes_mentioning};
+use common::procs::{alive, processes_mentioning, wait_exit};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -252,20 +252,42 @@ fn fault_sshd_listener_stopped_mid_boot_then_restarted() {
     let topo = env.topology("t.yaml", |t| t);
     let mut p = env.up_paused(&topo, "fault-listener", "serial:DUT1_1");
     let (listener, children, start) = sshd_of(1);
+    let mut restart = RestartOnDrop(Some(start));
     unsafe { libc::kill(listener, libc::SIGTERM) };
+    // Only once it is gone does its port refuse: cleanup's first, silent reconnect came in while
+    // the listener was still handling SIGTERM, got through, and no "reconnecting" was ever shown.
+    assert!(wait_exit(listener as u32, Duration::from_secs(10)), "DUT1's sshd listener ignored SIGTERM");
     for c in children {
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
     p.signal(libc::SIGUSR1);
     // Cleanup announces its reconnect attempts; bring the node back on the first one.
     p.wait_for("reconnecting", Duration::from_secs(60));
-    let st = Command::new(&start[0]).args(&start[1..]).status().unwrap();
-    assert!(st.success(), "restarting DUT1's sshd");
+    assert!(restart.restart(), "restarting DUT1's sshd");
     let (code, out, _) = p.finish();
     assert_eq!(code, Some(3));
     assert!(out.contains("connection lost"), "{out}");
     assert!(out.contains("everything it started was stopped"), "{out}");
     env.assert_nothing_left(ROOT, "fault-listener");
+}
+
+/// A stopped lab sshd, started again however its test ends: a failed assertion must not leave
+/// the node down for the tests after it (they would fail with "connection refused").
+struct RestartOnDrop(Option<Vec<String>>);
+
+impl RestartOnDrop {
+    fn restart(&mut self) -> bool {
+        match self.0.take() {
+            Some(start) => Command::new(&start[0]).args(&start[1..]).status().is_ok_and(|st| st.success()),
+            None => true,
+        }
+    }
+}
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        self.restart();
+    }
 }
 
 /// SIGKILL at a phase, then `down` (with `--run`, or the topology alone for the caller's runs).

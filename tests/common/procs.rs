@@ -13,6 +13,21 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Wait until `pid` (not necessarily our child) has exited, at most `within`; true if it did.
+/// Event-driven: a pidfd turns readable when its process exits (zombie or reaped).
+pub fn wait_exit(pid: u32, within: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return !alive(pid); // already gone (ESRCH)
+    }
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; the fd is ours and closed right after.
+    let n = unsafe { libc::poll(&mut p, 1, within.as_millis().min(i32::MAX as u128) as i32) };
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
 /// Live processes whose argv mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
