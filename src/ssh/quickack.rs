@@ -26,23 +26,30 @@ impl QuickAckStream {
 
     #[cfg(target_os = "linux")]
     fn ack_now(&self) {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket fd owned by self.0, and a c_int option value of the right size.
         // A failure only means the ACK is delayed as before.
-        unsafe {
-            libc::setsockopt(
-                self.0.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = set_quickack(&self.0, 1);
     }
 
     #[cfg(not(target_os = "linux"))]
     fn ack_now(&self) {}
+}
+
+/// `setsockopt(TCP_QUICKACK, on)`: 1 sends a pending ACK now and leaves delayed-ACK mode, 0
+/// enters it.
+#[cfg(target_os = "linux")]
+fn set_quickack(tcp: &TcpStream, on: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket fd owned by `tcp`, and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl AsyncRead for QuickAckStream {
@@ -104,20 +111,6 @@ mod tests {
         v
     }
 
-    fn set_quickack(tcp: &TcpStream, on: libc::c_int) {
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::setsockopt(
-                tcp.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
-    }
-
     // The delayed-ACK stall: after sshd's pid line, its exit status sat behind Nagle for 40 ms
     // waiting for our ACK. Every read must leave the socket out of delayed-ACK mode.
     #[tokio::test]
@@ -129,7 +122,7 @@ mod tests {
         let mut stream = QuickAckStream::new(client);
         for round in 0..3 {
             // What the kernel does to a request/response connection like SSH's.
-            set_quickack(&stream.0, 0);
+            set_quickack(&stream.0, 0).unwrap();
             assert_eq!(quickack(&stream.0), 0, "round {round}: could not enter delayed-ACK mode");
             server.write_all(b"4242\n").await.unwrap();
             let mut buf = [0u8; 5];

@@ -55,9 +55,8 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
 
     ev.phase(Phase::Uploading);
     let t = Instant::now();
-    if uploaded {
-        // Already written with the VM directories (prepare's one round trip).
-    } else if let Err(e) = upload::files(&session, &np).await {
+    // `uploaded`: already written with the VM directories (prepare's one round trip).
+    if !uploaded && let Err(e) = upload::files(&session, &np).await {
         return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
     }
     let upload_s = t.elapsed().as_secs_f64();

@@ -45,24 +45,27 @@ fn manifest_for(tracker: &Tracker, np: &NodePlan, tn: &TrackedNode, run_id: &str
     }
 }
 
+/// `m` serialised, and the path it goes to under `run_dir`.
+fn encoded(run_dir: &str, m: &Manifest) -> (Vec<u8>, String) {
+    (serde_json::to_vec_pretty(m).expect("serialisable"), manifest::path(run_dir, &m.node))
+}
+
 async fn upload(session: &Session, run_dir: &str, m: &Manifest) -> Result<(), SshError> {
-    let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
-    session.upload(&bytes, &manifest::path(run_dir, &m.node), 0o644, true).await
+    let (bytes, path) = encoded(run_dir, m);
+    session.upload(&bytes, &path, 0o644, true).await
 }
 
 /// The manifest as the node stands now.
 pub(super) async fn write_manifest(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
-    let tn = ctx.tracker.get_node(&np.name).ok_or_else(|| fail("node not tracked"))?;
-    let m = manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path);
-    Ok(upload(session, &np.run_dir, &m).await?)
+    let (bytes, path) = manifest_file(ctx, np)?;
+    Ok(session.upload(&bytes, &path, 0o644, true).await?)
 }
 
 /// The node's manifest as it stands now, serialised, and the path it goes to (for a caller
 /// that writes it in the same round trip as other files).
 pub(super) fn manifest_file(ctx: &NodeCtx, np: &NodePlan) -> Result<(Vec<u8>, String), UpError> {
     let tn = ctx.tracker.get_node(&np.name).ok_or_else(|| fail("node not tracked"))?;
-    let m = manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path);
-    Ok((serde_json::to_vec_pretty(&m).expect("serialisable"), manifest::path(&np.run_dir, &m.node)))
+    Ok(encoded(&np.run_dir, &manifest_for(&ctx.tracker, np, &tn, &ctx.run_id, &ctx.topology_path)))
 }
 
 /// After a successful run: every node's manifest with pids, pinning and guest interfaces.
