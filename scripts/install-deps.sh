@@ -4,7 +4,7 @@ set -euo pipefail
 # `install-deps.sh vswitch` adds dpdk-dev (dpdk-testpmd and its net_vhost/net_tap PMDs, ~30 s,
 # 200+ packages) for `scripts/lab.sh vswitch` (NF chains); the default set leaves it out.
 need=(openssh-server openssh-client sudo socat qemu-system-x86 qemu-guest-agent busybox-static libxml2-utils python3-junitparser
-      kmod xz-utils cpio iproute2 procps util-linux ca-certificates binutils)
+      kmod xz-utils cpio iproute2 procps util-linux ca-certificates binutils strace)
 for extra in "$@"; do
   case "$extra" in
     vswitch) need+=(dpdk-dev python3) ;;

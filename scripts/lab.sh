@@ -536,6 +536,15 @@ vswitch_alive() {
     [[ "$cmd" == *"--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "* ]]
 }
 
+# Process PID exists and has not exited (a zombie has). For a child of this shell the pid
+# cannot have been reused: this shell has not reaped it.
+running() { # pid
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
+}
+
 vswitch_install() {
     command -v dpdk-testpmd >/dev/null && return 0
     "$REPO/scripts/install-deps.sh" vswitch >&2
@@ -553,8 +562,10 @@ cmd_vswitch_up() {
     if vswitch_alive; then
         die "vswitch already running (pid $(cat "$VS/testpmd.pid")); 'vswitch down' first"
     fi
-    # Any failure from here on says where, and stops what this call started.
-    trap 'rc=$?; echo "lab.sh: vswitch up failed (line $LINENO, exit $rc)" >&2; cmd_vswitch_down >&2 || true; exit $rc' ERR
+    # Any failure from here on says where, and stops what this call started (by the pid of the
+    # child it forked, once there is one: see the wait loop below).
+    local pid=''
+    trap 'rc=$?; echo "lab.sh: vswitch up failed (line $LINENO, exit $rc)" >&2; cmd_vswitch_down "$pid" >&2 || true; exit $rc' ERR
     vswitch_install
     mkdir -p "$VS" "$sockdir"
     local prefix="hlab-vsw-$(echo "$VS" | md5sum | cut -c1-8)"
@@ -600,28 +611,34 @@ cmd_vswitch_up() {
     # `down` writes a newline. fd 9 (lab.sh's lock) must not be inherited. stdbuf: line-buffered
     # stdout (to a file it would be block-buffered and the log would lag behind).
     setsid stdbuf -oL -eL dpdk-testpmd "${args[@]}" <>"$VS/stdin" >>"$VS/testpmd.log" 2>&1 9>&- &
-    echo $! >"$VS/testpmd.pid"
+    pid=$!
+    echo "$pid" >"$VS/testpmd.pid"
+    # Liveness here is "our child has not exited", not vswitch_alive: until the forked child has
+    # exec'd setsid its cmdline is this script's, so vswitch_alive would call a starting testpmd
+    # dead, and the failure path would leave it running (regression test in tests/chain.rs).
     for i in $(seq 1 100); do
         grep -q "Press enter to exit" "$VS/testpmd.log" && break
-        vswitch_alive || { grep -E 'EAL:|Fail|fail|rror' "$VS/testpmd.log" | tail -8 >&2; cmd_vswitch_down; die "testpmd exited (log: $VS/testpmd.log)"; }
+        running "$pid" || { { grep -E 'EAL:|Fail|fail|rror' "$VS/testpmd.log" || true; } | tail -8 >&2; cmd_vswitch_down "$pid"; die "testpmd exited (log: $VS/testpmd.log)"; }
         sleep 0.1
     done
-    grep -q "Press enter to exit" "$VS/testpmd.log" || { cmd_vswitch_down; die "testpmd did not start forwarding in 10 s ($VS/testpmd.log)"; }
+    grep -q "Press enter to exit" "$VS/testpmd.log" || { cmd_vswitch_down "$pid"; die "testpmd did not start forwarding in 10 s ($VS/testpmd.log)"; }
     for tap in "${taps[@]}"; do ip link set "$tap" up; done
     trap - ERR
     log "vswitch up: testpmd pid $(cat "$VS/testpmd.pid"), $C chain(s) x $N VM(s), ${#names[@]} ports, sockets in $sockdir, taps ${taps[*]}"
 }
 
+# `vswitch down [PID]`: PID is given only by a failing `vswitch up`, for the child it forked
+# (which may not have exec'd testpmd yet); otherwise the recorded pid, if it is our testpmd.
 cmd_vswitch_down() {
-    local pid i tap
-    if vswitch_alive; then
-        pid=$(cat "$VS/testpmd.pid")
+    local pid=${1:-} i tap
+    if [ -n "$pid" ] && running "$pid" || vswitch_alive; then
+        [ -n "$pid" ] || pid=$(cat "$VS/testpmd.pid")
         # Clean exit first (closes the vhost connections), then SIGTERM, then SIGKILL.
         timeout 2 sh -c "echo > '$VS/stdin'" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
-        for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        for i in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+        running "$pid" && kill -TERM "$pid"
+        for i in $(seq 1 30); do running "$pid" || break; sleep 0.1; done
+        running "$pid" && kill -KILL "$pid"
         log "vswitch down: stopped testpmd pid $pid"
     else
         log "vswitch down: not running"

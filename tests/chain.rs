@@ -71,14 +71,15 @@ impl Vswitch {
     fn up(sockets: &Path, chains: &str) -> Vswitch {
         // The guard exists before the assertion: a half-started vswitch is stopped too.
         let guard = Vswitch;
-        let mut out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
-        if !out.status.success() {
-            // Once more from a clean state (a cold first start of testpmd can be slow).
-            lab_sh(&["vswitch", "down"]);
-            out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
-        }
+        let out = lab_sh(&["vswitch", "up", sockets.to_str().unwrap(), chains]);
         assert!(out.status.success(), "vswitch up failed");
         guard
+    }
+
+    /// The pid `vswitch up` recorded.
+    fn pid() -> u32 {
+        let f = lab_dir().join("vswitch/testpmd.pid");
+        std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).trim().parse().unwrap()
     }
 
     /// Port counters by name (`vsw1in`, `sock-1-1`, ...) and tap kernel counters by tap name.
@@ -288,4 +289,48 @@ fn chain_up_places_with_the_hosts_own_cpu_layout() {
         assert!(!err.contains("not enough CPU cores"), "{err}");
     }
     assert_nothing_left(&run);
+}
+
+/// "State" letter of /proc/PID/stat, None when the process is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+/// `vswitch up` polled for testpmd by its cmdline, and until the forked child has exec'd
+/// `setsid` that cmdline is lab.sh's own: a slow fork made it call a starting testpmd dead,
+/// exit 1 (silently, before the fix) and leave the testpmd running. strace holds the child's
+/// execve of setsid for 1 s, which makes that window certain; `-b execve` detaches from each
+/// process at its exec, so strace ends with lab.sh.
+#[test]
+fn regression_vswitch_up_called_a_testpmd_not_yet_execd_dead_and_left_it_running() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let setsid = Command::new("sh").args(["-c", "command -v setsid"]).output().unwrap();
+    let setsid = String::from_utf8(setsid.stdout).unwrap().trim().to_string();
+    assert!(setsid.starts_with('/'), "setsid not found");
+    let sockets = std::env::temp_dir().join(format!("harness-vsw-regression-{}", std::process::id()));
+    let guard = Vswitch;
+    let t0 = Instant::now();
+    let out = echoed(
+        "strace ... lab.sh",
+        &["vswitch", "up", "1x1"],
+        Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-b", "execve", "-P", &setsid])
+            .args(["-e", "trace=execve", "-e", "inject=execve:delay_enter=1000000"])
+            .arg("bash")
+            .arg(repo().join("scripts/lab.sh"))
+            .args(["vswitch", "up", sockets.to_str().unwrap(), "1x1"])
+            .output()
+            .expect("strace (scripts/install-deps.sh installs it)"),
+    );
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(1), "the exec of setsid was not held ({took:?}): the test proves nothing");
+    assert!(out.status.success(), "vswitch up failed while testpmd was starting");
+    let pid = Vswitch::pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "dpdk-testpmd", "the recorded pid {pid} is not testpmd");
+    assert!(lab_sh(&["vswitch", "status"]).status.success());
+    drop(guard); // vswitch down
+    assert!(matches!(proc_state(pid), None | Some('Z')), "testpmd {pid} still running after vswitch down");
+    let _ = std::fs::remove_dir_all(&sockets);
 }
