@@ -105,7 +105,10 @@ pid_alive() {
     [ -s "$pidfile" ] || return 1
     pid=$(cat "$pidfile")
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$cfg"
+    # No pipe into `grep -q` (see vswitch_alive).
+    local cmd
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline") || return 1
+    [[ "$cmd" == *"$cfg"* ]]
 }
 
 # True when something speaking SSH answers on 127.0.0.1:$1.
