@@ -721,3 +721,31 @@ fn keyboard_interactive_password_server() {
         }
     });
 }
+
+/// The host lock's holder was reniced to -20, but where the kernel groups tasks by session
+/// (autogroup, Debian's default) nice only ranks tasks within one session: every daemonized
+/// QEMU is a session of its own, and the holder, in sshd's session, got 1/(QEMUs + 1) of the CPU
+/// (32 lab nodes × 4 tiny VMs: the holds summed to 7.1 s). Its session's autogroup is raised
+/// now; this checks both, as the script sees them through sshd and sudo.
+#[test]
+fn regression_lock_holder_renice_was_void_across_session_autogroups() {
+    use harness::remote::lock::{LOCK_DIR, locked_script};
+    let lab = lab();
+    let scratch = tempfile::tempdir().unwrap();
+    let probe = "cat /proc/$$/autogroup 2>/dev/null || echo 'no autogroup'; echo \"nice $(ps -o ni= -p $$)\"\n";
+    let script =
+        locked_script(probe, "ssh.rs test", Duration::from_secs(5)).replace(LOCK_DIR, scratch.path().to_str().unwrap());
+    let has_autogroup = std::path::Path::new("/proc/self/autogroup").exists();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        let out = s.run_ok(&RemoteCommand::sh(script).sudo()).await.unwrap().stdout_str();
+        assert!(out.lines().any(|l| l.split_whitespace().eq(["nice", "-20"])), "process nice: {out}");
+        if has_autogroup {
+            // "/autogroup-N nice -20"
+            assert!(out.lines().any(|l| l.starts_with("/autogroup-") && l.ends_with(" nice -20")), "autogroup: {out}");
+        } else {
+            eprintln!("kernel without autogroup: only the process nice is checked");
+        }
+        s.close().await;
+    });
+}
