@@ -99,16 +99,19 @@ install_packages() {
     fi
 }
 
+# True when process $1's command line (arguments joined by spaces) contains $2. No pipe into
+# `grep -q`: under pipefail its early exit on a match can fail the pipeline (SIGPIPE).
+cmdline_has() { # pid text
+    local cmd
+    [ -r "/proc/$1/cmdline" ] || return 1
+    cmd=$(tr '\0' ' ' <"/proc/$1/cmdline") || return 1
+    [[ "$cmd" == *"$2"* ]]
+}
+
 # True when the pid in $1 (a pidfile) is alive and is the sshd using config $2.
 pid_alive() {
-    local pidfile=$1 cfg=$2 pid
-    [ -s "$pidfile" ] || return 1
-    pid=$(cat "$pidfile")
-    [ -r "/proc/$pid/cmdline" ] || return 1
-    # No pipe into `grep -q` (see vswitch_alive).
-    local cmd
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline") || return 1
-    [[ "$cmd" == *"$cfg"* ]]
+    [ -s "$1" ] || return 1
+    cmdline_has "$(cat "$1")" "$2"
 }
 
 # True when something speaking SSH answers on 127.0.0.1:$1.
@@ -529,14 +532,8 @@ cmd_status() {
 VS=$LAB/vswitch
 
 vswitch_alive() {
-    local pid
     [ -s "$VS/testpmd.pid" ] || return 1
-    pid=$(cat "$VS/testpmd.pid")
-    [ -r "/proc/$pid/cmdline" ] || return 1
-    # No pipe into `grep -q`: with pipefail its early exit can fail the pipeline (SIGPIPE).
-    local cmd
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline") || return 1
-    [[ "$cmd" == *"--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "* ]]
+    cmdline_has "$(cat "$VS/testpmd.pid")" "--file-prefix $(cat "$VS/prefix" 2>/dev/null || echo none) "
 }
 
 # Process PID exists and has not exited (a zombie has). For a child of this shell the pid

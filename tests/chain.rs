@@ -14,7 +14,7 @@
 mod common;
 use common::cli::{Harness, echoed};
 use common::lab::{lab_dir, lab_topology, repo};
-use common::procs::assert_nothing_left;
+use common::procs::{alive, assert_nothing_left};
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -291,12 +291,6 @@ fn chain_up_places_with_the_hosts_own_cpu_layout() {
     assert_nothing_left(&run);
 }
 
-/// "State" letter of /proc/PID/stat, None when the process is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
-}
-
 /// `vswitch up` polled for testpmd by its cmdline, and until the forked child has exec'd
 /// `setsid` that cmdline is lab.sh's own: a slow fork made it call a starting testpmd dead,
 /// exit 1 (silently, before the fix) and leave the testpmd running. strace holds the child's
@@ -331,6 +325,6 @@ fn regression_vswitch_up_called_a_testpmd_not_yet_execd_dead_and_left_it_running
     assert_eq!(comm.trim(), "dpdk-testpmd", "the recorded pid {pid} is not testpmd");
     assert!(lab_sh(&["vswitch", "status"]).status.success());
     drop(guard); // vswitch down
-    assert!(matches!(proc_state(pid), None | Some('Z')), "testpmd {pid} still running after vswitch down");
+    assert!(!alive(pid), "testpmd {pid} still running after vswitch down");
     let _ = std::fs::remove_dir_all(&sockets);
 }
