@@ -6,7 +6,8 @@
 #      the child, via GNU time);
 #   2. the same through the bastion vs direct ssh (target <= 1.3x);
 #   3. 8 tiny VMs on one node vs 1 VM on one node (target <= 2x: starts are not serialised),
-#      median of BENCH_ONE_REPS (3) interleaved pairs.
+#      median of BENCH_ONE_REPS (3) interleaved pairs, next to the same 1 and 8 QEMUs started
+#      directly (what 8 QEMUs cost this host by themselves) and harness's cost per extra VM.
 # Every timed run starts from the same state of the host's free memory (see settle below).
 # Usage: scripts/bench-scale.sh [--markdown] [N [M]]. Honours HARNESS_LAB_DIR/HARNESS_LAB_PORT_BASE.
 set -euo pipefail
@@ -78,15 +79,21 @@ read -r ju jd _ _ <<<"$(hrun "$TD/lab-scale-jump.yaml")"
 # 8 vs 1: a few seconds a pair, so the median of ONE_REPS interleaved pairs (one pair swung
 # 1.4-2.5x with QEMU's start-up on 2 cores).
 ONE_REPS=${BENCH_ONE_REPS:-3}
-o1s=() o8s=()
+# The same 1 and 8 QEMUs started directly, interleaved too: what 8 QEMUs cost this host against
+# 1 by themselves, and so what harness adds per extra VM.
+o1s=() o8s=() d1s=() d8s=()
 for _ in $(seq "$ONE_REPS"); do
   read -r t _ _ _ <<<"$(hrun "$W/one-1.yaml")"; o1s+=("$t")
   read -r t _ _ _ <<<"$(hrun "$W/one-8.yaml")"; o8s+=("$t")
+  d1s+=("$(direct "$W/one-1.yaml")"); d8s+=("$(direct "$W/one-8.yaml")")
 done
 med() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 o1=$(med "${o1s[@]}"); o8=$(med "${o8s[@]}")
+d1=$(awk -v t="$(med "${d1s[@]}")" 'BEGIN { printf "%.2f", t }'); d8=$(awk -v t="$(med "${d8s[@]}")" 'BEGIN { printf "%.2f", t }')
 vms=$((N * M))
-r1=$(r "$hu" "$d"); r2=$(r "$ju" "$hu"); r3=$(r "$o8" "$o1")
+r1=$(r "$hu" "$d"); r2=$(r "$ju" "$hu"); r3=$(r "$o8" "$o1"); rd=$(r "$d8" "$d1")
+# harness's cost of each of the 7 extra VMs beyond what the 7 extra QEMUs cost by themselves.
+extra=$(awk -v a="$o8" -v b="$o1" -v c="$d8" -v e="$d1" 'BEGIN { printf "%.0f", ((a - b) - (c - e)) * 1000 / 7 }')
 per=$(awk -v h="$hu" -v d="$d" -v n="$vms" 'BEGIN { printf "%.0f", (h - d) * 1000 / n }')
 if [ "$MD" = 1 ]; then
   cat <<OUT
@@ -95,7 +102,7 @@ if [ "$MD" = 1 ]; then
 | \`harness up\` $N nodes × $M tiny VMs vs the same $vms QEMUs started directly in parallel | ${hu} s vs ${d} s: ${r1}× (target ≤ 1.5×: $(v "$r1" 1.5)), ${per} ms overhead per VM; down ${hd} s |
 | harness peak RSS / CPU time, that run | $((rss / 1024)) MiB / ${cpu} s |
 | the same through one bastion vs direct ssh | ${ju} s vs ${hu} s: ${r2}× (target ≤ 1.3×: $(v "$r2" 1.3)); down ${jd} s |
-| 8 tiny VMs on one node vs 1 VM (median of $ONE_REPS each) | ${o8} s vs ${o1} s: ${r3}× (target ≤ 2×: $(v "$r3" 2)) |
+| 8 tiny VMs on one node vs 1 VM (median of $ONE_REPS each) | ${o8} s vs ${o1} s: ${r3}× (target ≤ 2×: $(v "$r3" 2)); the same QEMUs started directly: ${d8} s vs ${d1} s, ${rd}×; harness adds ${extra} ms per extra VM |
 OUT
 else
   cat <<OUT
@@ -106,5 +113,6 @@ bench-scale ($(nproc) cores, load $load):
   through the bastion                 ${ju} s   (down ${jd} s)
   bastion vs direct ssh               ${r2}x   (target <= 1.3x: $(v "$r2" 1.3))
   8 VMs on one node vs 1 VM           ${o8} s vs ${o1} s: ${r3}x   (target <= 2x: $(v "$r3" 2); median of $ONE_REPS each)
+  the same QEMUs started directly     ${d8} s vs ${d1} s: ${rd}x; harness adds ${extra} ms per extra VM
 OUT
 fi

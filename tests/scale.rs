@@ -172,3 +172,78 @@ fn nodes_behind_a_strict_bastion_share_one_connection() {
     assert_eq!(err.matches(": exit 0").count(), NODES, "{err}");
     assert!(err.contains("harness: 0 SSH handshake(s) dropped"), "one shared connection needs no retries: {err}");
 }
+
+/// A node's VMs are waited for as each one's QEMU starts, not after the node's last start: here
+/// DUT1_2's QEMU (behind a wrapper in the node's `bin_dir`) may only start once the output has
+/// shown DUT1_1 ready. Before, every readiness wait began after the last start, so DUT1_1 could
+/// not be ready first and the wrapper gave up after 20 s.
+#[test]
+fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
+    use std::io::BufRead as _;
+    ensure_scale_lab();
+    let tmp = tempfile::tempdir().unwrap();
+    let release = tmp.path().join("release");
+    let wrapper = tmp.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" DUT1_2,\"*) i=0; while [ ! -e {rel} ] && [ $i -lt 400 ]; do sleep 0.05; \
+             i=$((i + 1)); done;; esac\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n",
+            rel = release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // DUT1 and its first two VMs from the scale topology, with the wrapper as its QEMU.
+    let scale = std::fs::read_to_string(lab_topology("lab-scale.yaml")).unwrap();
+    let (head, vms) = scale.split_once("\nvms:\n").unwrap();
+    let node: String = head
+        .lines()
+        .skip_while(|l| *l != "  DUT1:")
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("    "))
+        .map(|(_, l)| {
+            format!(
+                "{}\n",
+                l.replace("qemu: {accel: tcg}", &format!("qemu: {{accel: tcg, bin_dir: {}}}", tmp.path().display()))
+            )
+        })
+        .collect();
+    let two: Vec<&str> = vms.lines().filter(|l| l.contains("node: DUT1,")).take(2).collect();
+    let yaml = format!("metadata: {{version: 0.1, schema: []}}\nnodes:\n{node}vms:\n{}\n", two.join("\n"));
+    let topo = tmp.path().join("pipelined.yaml");
+    std::fs::write(&topo, &yaml).unwrap();
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-pipelined-{}", std::process::id());
+    let _guard = DownOnDrop(topo, &run_id);
+
+    let mut up = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["-F", "none", "--progress", "plain", "--state-dir"])
+        .arg(lab_dir().join("scale-test-state"))
+        .args(["up", topo, "--run-id", &run_id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(up.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.ends_with("DUT1/DUT1_1: ready") {
+            std::fs::write(&release, "").unwrap();
+        }
+        lines.push(line);
+    }
+    assert!(up.wait().unwrap().success(), "{yaml}\n{}", lines.join("\n"));
+    let at = |s: &str| {
+        lines.iter().position(|l| l.ends_with(s)).unwrap_or_else(|| panic!("no {s:?}:\n{}", lines.join("\n")))
+    };
+    assert!(
+        at("DUT1/DUT1_1: ready") < at("DUT1/DUT1_2: booting"),
+        "DUT1_1 must be ready before DUT1_2's QEMU has started:\n{}",
+        lines.join("\n")
+    );
+    let down = harness(&["down", topo, "--run", &run_id]);
+    assert!(down.status.success(), "{}", text(&down));
+    let left = processes_mentioning(&format!("/run/harness/{run_id}/"));
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}

@@ -1,6 +1,5 @@
 //! One node's `up`: the stages in order, over one SSH connection.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -70,45 +69,63 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     let changes = hugepages::ensure(ctx, &session, &np, &reservation).await?;
     ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
     record::write_manifest(ctx, &session, &np).await?;
-    let pids = start::all(ctx, &session, &np).await?;
+    // Each VM's readiness wait starts as soon as its own QEMU is up, not after the node's last.
+    let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut ready = std::pin::pin!(wait_all(ctx, &session, &np, started_rx, upload_s));
+    // `ready` cannot end before the start side has (it waits for `started` to close), so this
+    // drives both until the starts are done. A failed start is the error, and dropping `ready`
+    // then stops the waits already under way.
+    tokio::select! {
+        r = start::all(ctx, &session, &np, started_tx) => r?,
+        r = &mut ready => return r,
+    }
     ev.phase(Phase::Booting);
-    wait_all(ctx, &session, &np, &pids, upload_s).await
+    ready.await
 }
 
-/// Readiness and pinning, every VM concurrently; the first failure stops the wait for the rest.
+/// Readiness and pinning of every VM as it starts, concurrently, until the start side is done
+/// (`started` closed) and every wait has ended; the first failure stops the wait for the rest.
 async fn wait_all(
     ctx: &NodeCtx,
     session: &Session,
     np: &NodePlan,
-    pids: &BTreeMap<String, u32>,
+    mut started: tokio::sync::mpsc::UnboundedReceiver<(String, u32)>,
     upload_s: f64,
 ) -> Result<(), UpError> {
     let mut waits = JoinSet::new();
-    for v in np.vms.iter().cloned() {
-        let (s, tracker, node) = (session.clone(), ctx.tracker.clone(), np.name.clone());
-        let ev = ctx.events.for_vm(&v.name);
-        let pid = pids[&v.name];
-        tracker.vm(&node, &v.name, |r| r.pid = Some(pid));
-        tracker.timing(&node, &v.name, "upload", upload_s);
-        tracker.set_state(&node, &v.name, VmState::Booting);
-        waits.spawn(async move {
-            let res = vm_ready(&s, &v, pid, &tracker, &node, &ev).await;
-            (v.name.clone(), res)
-        });
-    }
     let mut first_err = None;
-    while let Some(r) = waits.join_next().await {
-        match r {
-            Ok((vm, Ok(()))) => ctx.tracker.set_state(&np.name, &vm, VmState::Ready),
-            Ok((vm, Err(e))) => {
-                first_err.get_or_insert(record::vm_failed(ctx, &np.name, &vm, e));
-                // Fail fast: the run is lost, stop waiting for the others.
-                waits.abort_all();
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => {
-                first_err.get_or_insert(fail(format!("wait task: {e}")));
-            }
+    let mut starting = true;
+    while starting || !waits.is_empty() {
+        tokio::select! {
+            s = started.recv(), if starting => match s {
+                // After a failure nothing new is waited for; the start side still runs to its end.
+                Some((name, pid)) if first_err.is_none() => {
+                    let Some(v) = np.vms.iter().find(|v| v.name == name).cloned() else { continue };
+                    let (s, tracker, node) = (session.clone(), ctx.tracker.clone(), np.name.clone());
+                    let ev = ctx.events.for_vm(&v.name);
+                    tracker.vm(&node, &v.name, |r| r.pid = Some(pid));
+                    tracker.timing(&node, &v.name, "upload", upload_s);
+                    tracker.set_state(&node, &v.name, VmState::Booting);
+                    waits.spawn(async move {
+                        let res = vm_ready(&s, &v, pid, &tracker, &node, &ev).await;
+                        (v.name.clone(), res)
+                    });
+                }
+                Some(_) => {}
+                None => starting = false,
+            },
+            Some(r) = waits.join_next(), if !waits.is_empty() => match r {
+                Ok((vm, Ok(()))) => ctx.tracker.set_state(&np.name, &vm, VmState::Ready),
+                Ok((vm, Err(e))) => {
+                    first_err.get_or_insert(record::vm_failed(ctx, &np.name, &vm, e));
+                    // Fail fast: the run is lost, stop waiting for the others.
+                    waits.abort_all();
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    first_err.get_or_insert(fail(format!("wait task: {e}")));
+                }
+            },
         }
     }
     match first_err {

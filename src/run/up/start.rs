@@ -3,7 +3,6 @@
 //! cleanup does not depend on that record (it stops every planned VM of a directory this run
 //! claimed), so a start cut short is still stopped.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::node::NodeCtx;
@@ -13,14 +12,24 @@ use crate::plan::{NodePlan, VmPlan};
 use crate::report::Phase;
 use crate::ssh::{ChildEvent, RemoteCommand, Session};
 
-pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<BTreeMap<String, u32>, UpError> {
+/// Start every VM of the node; each VM's pid goes to `started` the moment its QEMU is up, so
+/// its readiness wait begins while the node's other QEMUs are still starting (a small VM is not
+/// held back by a big one's preallocation). The first failed start is the error.
+pub(super) async fn all(
+    ctx: &NodeCtx,
+    session: &Session,
+    np: &NodePlan,
+    started: tokio::sync::mpsc::UnboundedSender<(String, u32)>,
+) -> Result<(), UpError> {
     for v in &np.vms {
         ctx.events.for_vm(&v.name).phase(Phase::Starting);
         ctx.tracker.set_state(&np.name, &v.name, VmState::Starting);
     }
     let t = Instant::now();
     let results = start_batch(session, &np.vms, |v, res| {
-        if res.is_ok() {
+        if let Ok(pid) = res {
+            // The receiver is gone only when the readiness side has already failed.
+            let _ = started.send((v.name.clone(), *pid));
             ctx.tracker.node(&np.name, |n| {
                 n.launched.push(Launched {
                     vm: v.name.clone(),
@@ -33,13 +42,10 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
         ctx.tracker.timing(&np.name, &v.name, "start", t.elapsed().as_secs_f64());
     })
     .await?;
-    let mut pids = BTreeMap::new();
     let mut first_err = None;
     for (vm, res) in results {
         match res {
-            Ok(pid) => {
-                pids.insert(vm, pid);
-            }
+            Ok(_) => {}
             Err(e) => {
                 let msg = e.to_string();
                 ctx.tracker.vm(&np.name, &vm, |r| {
@@ -54,7 +60,7 @@ pub(super) async fn all(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Resu
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(pids),
+        None => Ok(()),
     }
 }
 
