@@ -176,7 +176,7 @@ fn nodes_behind_a_strict_bastion_share_one_connection() {
 /// A node's VMs are waited for as each one's QEMU starts, not after the node's last start: here
 /// DUT1_2's QEMU (behind a wrapper in the node's `bin_dir`) may only start once the output has
 /// shown DUT1_1 ready. Before, every readiness wait began after the last start, so DUT1_1 could
-/// not be ready first and the wrapper gave up after 20 s.
+/// not be ready first and the wrapper gave up after 90 s.
 #[test]
 fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
     use std::io::BufRead as _;
@@ -187,7 +187,7 @@ fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \" $* \" in *\" DUT1_2,\"*) i=0; while [ ! -e {rel} ] && [ $i -lt 400 ]; do sleep 0.05; \
+            "#!/bin/sh\ncase \" $* \" in *\" DUT1_2,\"*) i=0; while [ ! -e {rel} ] && [ $i -lt 1800 ]; do sleep 0.05; \
              i=$((i + 1)); done;; esac\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n",
             rel = release.display()
         ),
@@ -209,7 +209,17 @@ fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
             )
         })
         .collect();
-    let two: Vec<&str> = vms.lines().filter(|l| l.contains("node: DUT1,")).take(2).collect();
+    // The held VM may wait up to 90 s (a CI host busy with the 16 x 4 test): its start_timeout
+    // must outlast that.
+    let two: Vec<String> = vms
+        .lines()
+        .filter(|l| l.contains("node: DUT1,"))
+        .take(2)
+        .enumerate()
+        .map(
+            |(i, l)| if i == 1 { l.replacen("{node: DUT1,", "{node: DUT1, start_timeout: 120s,", 1) } else { l.into() },
+        )
+        .collect();
     let yaml = format!("metadata: {{version: 0.1, schema: []}}\nnodes:\n{node}vms:\n{}\n", two.join("\n"));
     let topo = tmp.path().join("pipelined.yaml");
     std::fs::write(&topo, &yaml).unwrap();
