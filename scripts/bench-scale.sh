@@ -87,9 +87,8 @@ for _ in $(seq "$ONE_REPS"); do
   read -r t _ _ _ <<<"$(hrun "$W/one-8.yaml")"; o8s+=("$t")
   d1s+=("$(direct "$W/one-1.yaml")"); d8s+=("$(direct "$W/one-8.yaml")")
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-o1=$(med "${o1s[@]}"); o8=$(med "${o8s[@]}")
-d1=$(awk -v t="$(med "${d1s[@]}")" 'BEGIN { printf "%.2f", t }'); d8=$(awk -v t="$(med "${d8s[@]}")" 'BEGIN { printf "%.2f", t }')
+med() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", a[int((NR + 1) / 2)] }'; }
+o1=$(med "${o1s[@]}"); o8=$(med "${o8s[@]}"); d1=$(med "${d1s[@]}"); d8=$(med "${d8s[@]}")
 vms=$((N * M))
 r1=$(r "$hu" "$d"); r2=$(r "$ju" "$hu"); r3=$(r "$o8" "$o1"); rd=$(r "$d8" "$d1")
 # harness's cost of each of the 7 extra VMs beyond what the 7 extra QEMUs cost by themselves.

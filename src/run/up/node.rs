@@ -89,7 +89,7 @@ async fn wait_all(
     ctx: &NodeCtx,
     session: &Session,
     np: &NodePlan,
-    mut started: tokio::sync::mpsc::UnboundedReceiver<(String, u32)>,
+    mut started: tokio::sync::mpsc::UnboundedReceiver<(VmPlan, u32)>,
     upload_s: f64,
 ) -> Result<(), UpError> {
     let mut waits = JoinSet::new();
@@ -99,8 +99,7 @@ async fn wait_all(
         tokio::select! {
             s = started.recv(), if starting => match s {
                 // After a failure nothing new is waited for; the start side still runs to its end.
-                Some((name, pid)) if first_err.is_none() => {
-                    let Some(v) = np.vms.iter().find(|v| v.name == name).cloned() else { continue };
+                Some((v, pid)) if first_err.is_none() => {
                     let (s, tracker, node) = (session.clone(), ctx.tracker.clone(), np.name.clone());
                     let ev = ctx.events.for_vm(&v.name);
                     tracker.vm(&node, &v.name, |r| r.pid = Some(pid));

@@ -19,7 +19,7 @@ pub(super) async fn all(
     ctx: &NodeCtx,
     session: &Session,
     np: &NodePlan,
-    started: tokio::sync::mpsc::UnboundedSender<(String, u32)>,
+    started: tokio::sync::mpsc::UnboundedSender<(VmPlan, u32)>,
 ) -> Result<(), UpError> {
     for v in &np.vms {
         ctx.events.for_vm(&v.name).phase(Phase::Starting);
@@ -29,7 +29,7 @@ pub(super) async fn all(
     let results = start_batch(session, &np.vms, |v, res| {
         if let Ok(pid) = res {
             // The receiver is gone only when the readiness side has already failed.
-            let _ = started.send((v.name.clone(), *pid));
+            let _ = started.send((v.clone(), *pid));
             ctx.tracker.node(&np.name, |n| {
                 n.launched.push(Launched {
                     vm: v.name.clone(),
@@ -43,20 +43,15 @@ pub(super) async fn all(
     })
     .await?;
     let mut first_err = None;
-    for (vm, res) in results {
-        match res {
-            Ok(_) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                ctx.tracker.vm(&np.name, &vm, |r| {
-                    r.state = VmState::Failed;
-                    r.error = Some(msg);
-                    r.failure = Some(e.failure_kind());
-                });
-                ctx.events.for_vm(&vm).phase(Phase::Failed);
-                first_err.get_or_insert(e.context(&vm));
-            }
-        }
+    for (vm, e) in results.into_iter().filter_map(|(vm, r)| Some((vm, r.err()?))) {
+        let msg = e.to_string();
+        ctx.tracker.vm(&np.name, &vm, |r| {
+            r.state = VmState::Failed;
+            r.error = Some(msg);
+            r.failure = Some(e.failure_kind());
+        });
+        ctx.events.for_vm(&vm).phase(Phase::Failed);
+        first_err.get_or_insert(e.context(&vm));
     }
     match first_err {
         Some(e) => Err(e),
