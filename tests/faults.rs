@@ -33,6 +33,8 @@ struct Env {
     hugepages: u64,
     decoy: i32,
     t0: Instant,
+    /// (topology, run id) of every `up` this test ran: stopped if the test fails half-way.
+    ups: std::cell::RefCell<Vec<(String, String)>>,
     _decoy_dir: tempfile::TempDir,
     _g: std::sync::MutexGuard<'static, ()>,
 }
@@ -78,12 +80,16 @@ impl Env {
             hugepages: nr_hugepages(),
             decoy,
             t0: Instant::now(),
+            ups: Default::default(),
             _decoy_dir: decoy_dir,
             _g: g,
         }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
+        if let ["up", topo, .., "--run-id", id] = args {
+            self.ups.borrow_mut().push((topo.to_string(), id.to_string()));
+        }
         let mut c = harness();
         c.args(args).arg("--state-dir").arg(self.state.path()).arg("--progress").arg("plain");
         c.env_remove("HARNESS_TEST_PAUSE_AT");
@@ -136,6 +142,12 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // A failed assertion must not leave a run's QEMUs and hugepages to the next test.
+        if std::thread::panicking() {
+            for (topo, id) in self.ups.borrow().iter() {
+                let _ = harness().args(["down", topo, "--run", id]).arg("--state-dir").arg(self.state.path()).output();
+            }
+        }
         unsafe { libc::kill(self.decoy, libc::SIGKILL) };
     }
 }
