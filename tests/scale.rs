@@ -257,3 +257,66 @@ fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
     let left = processes_mentioning(&format!("/run/harness/{run_id}/"));
     assert!(left.is_empty(), "processes left behind: {left:#?}");
 }
+
+/// The first VM of DUT1 from the scale topology, with `node_extra` added to DUT1's keys.
+fn one_tiny_vm(dir: &Path, node_extra: &str) -> PathBuf {
+    let scale = std::fs::read_to_string(lab_topology("lab-scale.yaml")).unwrap();
+    let (head, vms) = scale.split_once("\nvms:\n").unwrap();
+    let node: String = head
+        .lines()
+        .skip_while(|l| *l != "  DUT1:")
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("    "))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let vm = vms.lines().find(|l| l.contains("node: DUT1,")).unwrap();
+    let yaml = format!("metadata: {{version: 0.1, schema: []}}\nnodes:\n{node}{node_extra}vms:\n{vm}\n");
+    let topo = dir.join("one.yaml");
+    std::fs::write(&topo, yaml).unwrap();
+    topo
+}
+
+#[test]
+fn the_serial_follower_reads_as_the_login_user_and_falls_back_to_sudo_where_it_cannot() {
+    ensure_scale_lab();
+    let user = lab_env("LAB_USERS").trim_matches('"').split_whitespace().next().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    // 1. The default run root: the log is the login user's, readable without sudo.
+    let topo = one_tiny_vm(tmp.path(), "");
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-owner-{}", std::process::id());
+    let guard = DownOnDrop(topo, &run_id);
+    let up = harness(&["up", topo, "--run-id", &run_id]);
+    assert!(up.status.success(), "{}", text(&up));
+    let log = format!("/run/harness/{run_id}/DUT1_1/serial.log");
+    let st = Command::new("stat").args(["-c", "%U %a", &log]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), format!("{user} 600"));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("HARNESS-TINY-READY"));
+    drop(guard);
+
+    // 2. A run root inside a directory closed to the login user: `tail` is refused, says so,
+    // and the follower starts again under sudo (without it, this waits out the boot timeout).
+    let closed = format!("/root/harness-scale-closed-{}", std::process::id());
+    std::fs::create_dir_all(&closed).unwrap();
+    struct RemoveOnDrop(String);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _closed = RemoveOnDrop(closed.clone());
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let topo = one_tiny_vm(tmp.path(), &format!("    run_root: {closed}/runs\n"));
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-closed-{}", std::process::id());
+    let guard = DownOnDrop(topo, &run_id);
+    let t = std::time::Instant::now();
+    let up = harness(&["up", topo, "--run-id", &run_id]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "ready only after {:?}", t.elapsed());
+    let down = harness(&["down", topo, "--run", &run_id]);
+    assert!(down.status.success(), "{}", text(&down));
+    drop(guard);
+    let left = processes_mentioning(&format!("{closed}/runs/{run_id}/"));
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}

@@ -30,6 +30,10 @@ pub enum Put<'a> {
     File { content: &'a [u8], path: &'a str, mode: u32 },
     /// Created with mode 0755; an existing one is an error.
     Dir { path: &'a str },
+    /// An empty file that root writes to (a serial log QEMU appends to) and the login user may
+    /// read without sudo: under sudo it is handed to the user sudo was run by (`SUDO_UID`),
+    /// mode 0600. An existing one is an error.
+    Log { path: &'a str },
 }
 
 /// Total file bytes [`Session::upload_many`] is used for (arguments stay far below ARG_MAX).
@@ -607,31 +611,11 @@ impl Session {
         let puts: Vec<Put<'_>> = files.iter().map(|&(content, path, mode)| Put::File { content, path, mode }).collect();
         self.put_many(&puts, sudo).await
     }
-    /// [`Session::upload_many`] with directories too, created (`mkdir`, never reused) in the
-    /// order given, so one round trip can write a file, then create directories, then fill them.
+    /// [`Session::upload_many`] with directories and logs too, carried out in the order given,
+    /// so one round trip can write a file, then create directories, then fill them.
     pub async fn put_many(&self, items: &[Put<'_>], sudo: bool) -> Result<(), SshError> {
-        use base64::Engine as _;
         let tag = format!("{:016x}", rand::random::<u64>());
-        let script = format!(
-            r#"umask 077; t={tag}
-while [ $# -ge 3 ]; do
-  if [ "$3" = dir ]; then mkdir -m 0755 -- "$1" || exit $?; shift 3; continue; fi
-  printf %s "$2" | base64 -d > "$1.harness-tmp-$t" && chmod "$3" "$1.harness-tmp-$t" && mv -f "$1.harness-tmp-$t" "$1" || {{ rc=$?; rm -f "$1.harness-tmp-$t"; exit $rc; }}
-  shift 3
-done"#
-        );
-        let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
-        for item in items {
-            match item {
-                Put::File { content, path, mode } => {
-                    argv.push((*path).to_string());
-                    argv.push(base64::engine::general_purpose::STANDARD.encode(content));
-                    argv.push(format!("{mode:o}"));
-                }
-                Put::Dir { path } => argv.extend([(*path).to_string(), String::new(), "dir".into()]),
-            }
-        }
-        let mut cmd = RemoteCommand::new(argv);
+        let mut cmd = RemoteCommand::new(put_argv(items, &tag));
         cmd.sudo = sudo;
         // A second run would trip over the directories it created: only plain files retry.
         cmd.idempotent = items.iter().all(|i| matches!(i, Put::File { .. }));
@@ -680,6 +664,72 @@ done"#
             }),
         }
     }
+}
+
+/// The `sh -c` argv of [`Session::put_many`]. Each run of items of one kind is one step, and
+/// each step is as few processes as it can be (a host starting ten VMs pays for every fork
+/// while their QEMUs start): one `mkdir` for all directories, one `chown` for all logs, and per
+/// file one `base64 -d` (its content, base64, is a positional parameter: one argument may be
+/// 128 KiB, the script could not hold them all) into a temp file, one `chmod` per mode, and the
+/// atomic renames. A step only starts once the one before it succeeded; a failed step removes
+/// the temp files.
+fn put_argv(items: &[Put<'_>], tag: &str) -> Vec<String> {
+    use crate::quote::quote;
+    use base64::Engine as _;
+    use std::fmt::Write as _;
+    let tmp = |path: &str| quote(&format!("{path}.harness-tmp-{tag}"));
+    let temps: Vec<String> =
+        items.iter().filter_map(|i| if let Put::File { path, .. } = i { Some(tmp(path)) } else { None }).collect();
+    // umask 077: no content is readable by others before its chmod.
+    let mut script = format!("umask 077\nfail() {{ rc=$?; rm -f -- {}; exit $rc; }}\n", temps.join(" "));
+    let mut data = Vec::new();
+    for run in items.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
+        let paths = |q: fn(&str) -> String| -> Vec<String> {
+            run.iter()
+                .map(|i| match i {
+                    Put::File { path, .. } | Put::Dir { path } | Put::Log { path } => q(path),
+                })
+                .collect()
+        };
+        match run[0] {
+            Put::Dir { .. } => {
+                let _ = writeln!(script, "mkdir -m 0755 -- {} || exit $?", paths(quote).join(" "));
+            }
+            Put::Log { .. } => {
+                let creates: Vec<String> = paths(quote).iter().map(|p| format!(": > {p}")).collect();
+                let _ = writeln!(script, "(set -C; {}) || exit $?", creates.join(" && "));
+                let _ = writeln!(
+                    script,
+                    "[ -z \"${{SUDO_UID:-}}\" ] || chown -- \"$SUDO_UID\" {} || exit $?",
+                    paths(quote).join(" ")
+                );
+            }
+            Put::File { .. } => {
+                let mut by_mode: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+                let mut renames = String::new();
+                for item in run {
+                    let Put::File { content, path, mode } = item else { continue };
+                    data.push(base64::engine::general_purpose::STANDARD.encode(content));
+                    // A here-document, not `printf | base64`: no fork for the writer.
+                    let _ = write!(
+                        script,
+                        "base64 -d > {} <<HARNESS_B64 || fail\n${{{}}}\nHARNESS_B64\n",
+                        tmp(path),
+                        data.len()
+                    );
+                    by_mode.entry(*mode).or_default().push(tmp(path));
+                    let _ = writeln!(renames, "mv -f -- {} {} || fail", tmp(path), quote(path));
+                }
+                for (mode, files) in by_mode {
+                    let _ = writeln!(script, "chmod {mode:o} -- {} || fail", files.join(" "));
+                }
+                script.push_str(&renames);
+            }
+        }
+    }
+    let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
+    argv.extend(data);
+    argv
 }
 
 /// The command line actually sent: the argv behind a pid-reporting `exec`.
@@ -993,5 +1043,106 @@ mod tests {
             assert_eq!(order.iter().filter(|o| *o == k).count(), 1, "{k:?}");
         }
         assert!(pos(kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT).is_some());
+    }
+
+    /// Runs a put_many script with the local `sh` (dash on Debian, as on the hosts).
+    fn run_put(items: &[Put<'_>], env_uid: Option<u32>) -> std::process::Output {
+        let argv = put_argv(items, "0123456789abcdef");
+        let mut c = std::process::Command::new(&argv[0]);
+        c.args(&argv[1..]).env_remove("SUDO_UID");
+        if let Some(uid) = env_uid {
+            c.env("SUDO_UID", uid.to_string());
+        }
+        c.output().unwrap()
+    }
+
+    #[test]
+    fn put_many_script_creates_in_order_with_modes_and_binary_safe_contents() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+        let (manifest, vm1, vm2, log1, log2, init1, conf2) = (
+            p("manifest.json"),
+            p("vm 1"),
+            p("vm'2"),
+            p("vm 1/serial.log"),
+            p("vm'2/serial.log"),
+            p("vm 1/init.sh"),
+            p("vm'2/$x.conf"),
+        );
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let items = [
+            Put::File { content: b"{}", path: &manifest, mode: 0o644 },
+            Put::Dir { path: &vm1 },
+            Put::Dir { path: &vm2 },
+            Put::Log { path: &log1 },
+            Put::Log { path: &log2 },
+            Put::File { content: b"#!/bin/sh\n", path: &init1, mode: 0o755 },
+            Put::File { content: &bytes, path: &conf2, mode: 0o600 },
+            Put::File { content: b"", path: &p("empty"), mode: 0o644 },
+        ];
+        let me = std::fs::metadata(d.path()).unwrap().uid();
+        let out = run_put(&items, Some(me));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mode = |f: &str| std::fs::metadata(f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(std::fs::read(&manifest).unwrap(), b"{}");
+        assert_eq!((mode(&manifest), mode(&vm1), mode(&vm2)), (0o644, 0o755, 0o755));
+        assert_eq!(std::fs::read(&conf2).unwrap(), bytes, "binary content, past one pipe buffer");
+        assert_eq!((mode(&init1), mode(&conf2), mode(&p("empty"))), (0o755, 0o600, 0o644));
+        assert_eq!(std::fs::read(&log1).unwrap(), b"");
+        assert_eq!((mode(&log1), std::fs::metadata(&log2).unwrap().uid()), (0o600, me));
+        let left: Vec<_> = walk(d.path()).into_iter().filter(|f| f.contains("harness-tmp")).collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // Existing directories and logs are errors, never reused; a failed step stops the rest.
+        let later = p("later");
+        let out = run_put(&[Put::Log { path: &log1 }, Put::File { content: b"x", path: &later, mode: 0o644 }], None);
+        assert!(!out.status.success());
+        assert!(!std::path::Path::new(&later).exists());
+        let out = run_put(&[Put::Dir { path: &vm1 }, Put::File { content: b"x", path: &later, mode: 0o644 }], None);
+        assert!(!out.status.success());
+        assert!(!std::path::Path::new(&later).exists());
+        // A file whose directory is missing fails with no temp file left anywhere.
+        // And one failing after another's temp was written removes that temp too, before any
+        // file was renamed into place.
+        let first = p("first");
+        let out = run_put(
+            &[
+                Put::File { content: b"x", path: &first, mode: 0o644 },
+                Put::File { content: b"x", path: &p("no/such/f"), mode: 0o644 },
+            ],
+            None,
+        );
+        assert!(!out.status.success());
+        assert!(!std::path::Path::new(&first).exists());
+        assert!(walk(d.path()).iter().all(|f| !f.contains("harness-tmp")));
+    }
+
+    #[test]
+    fn put_many_script_is_one_process_per_kind_of_step_not_per_vm() {
+        let paths: Vec<String> = (1..=10).map(|i| format!("/run/harness/r/DUT1_{i}")).collect();
+        let logs: Vec<String> = paths.iter().map(|p| format!("{p}/serial.log")).collect();
+        let mut items: Vec<Put<'_>> = paths.iter().map(|p| Put::Dir { path: p }).collect();
+        items.extend(logs.iter().map(|p| Put::Log { path: p }));
+        items.extend(logs.iter().map(|p| Put::File { content: b"x", path: p, mode: 0o644 }));
+        let script = &put_argv(&items, "t")[2];
+        let count = |needle: &str| script.matches(needle).count();
+        assert_eq!(count("mkdir "), 1, "{script}");
+        assert_eq!(count("chown "), 1, "{script}");
+        assert_eq!(count("chmod "), 1, "{script}");
+        assert_eq!(count("base64 -d"), 10);
+        assert_eq!(count("mv -f"), 10);
+        assert!(script.contains("${10}"), "parameters past 9 are braced");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.path().display().to_string());
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            }
+        }
+        out
     }
 }

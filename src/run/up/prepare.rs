@@ -69,7 +69,7 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), 
 }
 
 /// Claim `<run_root>/<run_id>`, write the `preparing` manifest, then create each VM directory
-/// with a plain `mkdir` (an existing one is an error, never reused).
+/// with a plain `mkdir` (an existing one is an error, never reused) and its empty serial log.
 /// True when the VM files went along (see [`super::upload::small_files`]).
 async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, UpError> {
     // Recorded before the claim is sent, so cleanup asks the host whatever happens next.
@@ -99,7 +99,11 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, 
     // usual case) the VM files. Each step only starts once the one before it succeeded.
     let (manifest, manifest_path) = super::record::manifest_file(ctx, np)?;
     let mut puts = vec![Put::File { content: &manifest, path: &manifest_path, mode: 0o644 }];
+    // The serial log exists before QEMU opens it (`append=on` keeps its owner): the login
+    // user's readiness follower then reads it without a sudo per VM.
+    // Directories, then logs: each kind is then one command on the host, not one per VM.
     puts.extend(np.vms.iter().map(|v| Put::Dir { path: &v.paths.run_dir }));
+    puts.extend(np.vms.iter().map(|v| Put::Log { path: &v.paths.serial_log }));
     let files = super::upload::small_files(np);
     puts.extend(files.iter().flatten().map(|&(content, path, mode)| Put::File { content, path, mode }));
     if let Err(e) = session.put_many(&puts, true).await {

@@ -14,25 +14,68 @@ use crate::ssh::{RemoteCommand, Session};
 
 /// Follow the serial log as a stream (`tail -F` from byte 0, ending when QEMU exits) until a
 /// ready or failure marker appears anywhere in it.
+///
+/// The follower runs as the login user: `up` created the log owned by that user before QEMU
+/// started (see `prepare`), which saves a sudo (PAM, sudoers, audit) per VM on the host while
+/// its QEMUs start. Where the user still cannot read it (a run root below a directory closed to
+/// it), the follower says so and is started again under sudo.
 pub(super) async fn wait_serial(
     session: &Session,
     v: &VmPlan,
     pid: u32,
     deadline: tokio::time::Instant,
 ) -> Result<(), UpError> {
-    let cmd = RemoteCommand::new(["tail", "-c", "+0", "-F", "-s", "0.2", &format!("--pid={pid}"), &v.paths.serial_log])
-        .sudo()
-        .single_process()
-        .timeout(v.readiness.timeout + Duration::from_secs(30));
-    let mut child = session.spawn(&cmd).await?;
+    match follow_serial(session, v, pid, deadline, false).await {
+        Err(Follow::Denied) => match follow_serial(session, v, pid, deadline, true).await {
+            Err(Follow::Denied) => Err(fail(format!("cannot read {} even with sudo", v.paths.serial_log))),
+            Err(Follow::Up(e)) => Err(e),
+            Ok(()) => Ok(()),
+        },
+        Err(Follow::Up(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// How one follower ended, when not with a ready marker.
+enum Follow {
+    /// `tail` may not read the log: try again with sudo.
+    Denied,
+    Up(UpError),
+}
+
+impl From<UpError> for Follow {
+    fn from(e: UpError) -> Self {
+        Follow::Up(e)
+    }
+}
+
+/// The serial follower's command: tail from byte 0, by name, until QEMU `pid` exits.
+pub(super) fn follower(v: &VmPlan, pid: u32, sudo: bool) -> RemoteCommand {
+    let mut cmd =
+        RemoteCommand::new(["tail", "-c", "+0", "-F", "-s", "0.2", &format!("--pid={pid}"), &v.paths.serial_log])
+            .single_process()
+            .timeout(v.readiness.timeout + Duration::from_secs(30));
+    cmd.sudo = sudo;
+    cmd
+}
+
+async fn follow_serial(
+    session: &Session,
+    v: &VmPlan,
+    pid: u32,
+    deadline: tokio::time::Instant,
+    sudo: bool,
+) -> Result<(), Follow> {
+    let mut child = session.spawn(&follower(v, pid, sudo)).await.map_err(UpError::from)?;
     super::testpause::at("serial", &v.name).await;
     let mut watch = SerialWatch::new(v.readiness.ready_markers.clone(), v.readiness.fail_markers.clone());
+    let mut stderr = Vec::new();
     let result = loop {
         let ev = match tokio::time::timeout_at(deadline, child.next()).await {
             Ok(ev) => ev,
             Err(_) => {
                 let markers: Vec<String> = v.readiness.ready_markers.iter().map(|m| format!("{m:?}")).collect();
-                break Err(UpError::Guest {
+                break Err(Follow::Up(UpError::Guest {
                     message: format!(
                         "not ready after {}s (boot_timeout): {} never appeared in {}",
                         v.readiness.timeout.as_secs_f64(),
@@ -40,24 +83,31 @@ pub(super) async fn wait_serial(
                         v.paths.serial_log
                     ),
                     tail: watch.tail(),
-                });
+                }));
             }
         };
         match ev {
             Some(crate::ssh::ChildEvent::Stdout(b)) => match watch.feed(&b) {
                 Some(Verdict::Ready { .. }) => break Ok(()),
                 Some(Verdict::Failed { line, .. }) => {
-                    break Err(UpError::Guest {
+                    break Err(Follow::Up(UpError::Guest {
                         message: format!("guest failed: {}", line.trim()),
                         tail: watch.tail(),
-                    });
+                    }));
                 }
                 None => {}
             },
+            // tail -F retries an unreadable file forever: its complaint is the only sign.
+            Some(crate::ssh::ChildEvent::Stderr(b)) if !sudo && stderr.len() < 4096 => {
+                stderr.extend_from_slice(&b);
+                if String::from_utf8_lossy(&stderr).contains("Permission denied") {
+                    break Err(Follow::Denied);
+                }
+            }
             Some(crate::ssh::ChildEvent::Stderr(_)) => {}
             // The end of the stream is not QEMU exiting: the connection may be gone. Ask.
             Some(crate::ssh::ChildEvent::Exit(_)) | None => {
-                break Err(stream_ended(session, v, pid, watch.tail()).await);
+                break Err(Follow::Up(stream_ended(session, v, pid, watch.tail()).await));
             }
         }
     };

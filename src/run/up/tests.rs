@@ -183,6 +183,14 @@ fn a_healthy_fake_host_comes_up_with_the_plan_it_was_given() {
     assert_eq!(positions(&calls, "base64 -d").len(), 1, "one upload for all files");
     assert!(positions(&calls, "cat > \"$1\"").iter().all(|&i| calls[i].text.contains("manifest-")));
     assert!(calls.iter().all(|c| c.argv[0] != "cat"), "no separate pidfile reads");
+    // Each VM's serial log is created for the login user with its directory, so its follower
+    // needs no sudo (one less sudo per VM on the host while its QEMUs start).
+    let followers: Vec<&Call> = calls.iter().filter(|c| c.argv[0] == "tail").collect();
+    assert_eq!(followers.len(), 2);
+    assert!(followers.iter().all(|c| !c.sudo), "serial followers run without sudo");
+    let put = &calls[positions(&calls, "base64 -d")[0]];
+    assert!(put.sudo && put.text.contains("chown -- \"$SUDO_UID\""), "{}", put.text);
+    assert!(plan.iter().all(|vm| put.text.contains(&format!("{vm}/serial.log"))));
     assert!(calls.len() <= 16, "{} commands for one node with 2 VMs", calls.len());
 }
 
