@@ -320,3 +320,56 @@ fn the_serial_follower_reads_as_the_login_user_and_falls_back_to_sudo_where_it_c
     let left = processes_mentioning(&format!("{closed}/runs/{run_id}/"));
     assert!(left.is_empty(), "processes left behind: {left:#?}");
 }
+
+/// The vCPU threads are found by their names (`debug-threads=on`) in the pinning round trip;
+/// a QEMU whose threads have no such names (here a wrapper drops `debug-threads=on`) is still
+/// pinned, with the thread ids from QMP `query-cpus-fast`.
+#[test]
+fn vcpus_are_pinned_through_qmp_where_their_threads_have_no_names() {
+    ensure_scale_lab();
+    let tmp = tempfile::tempdir().unwrap();
+    let wrapper = tmp.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a in \"$@\"; do shift; case \"$a\" in *,debug-threads=on) a=${a%,debug-threads=on};; esac; \
+         set -- \"$@\" \"$a\"; done\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let topo = one_tiny_vm(tmp.path(), "");
+    let yaml = std::fs::read_to_string(&topo)
+        .unwrap()
+        .replace("qemu: {accel: tcg}", &format!("qemu: {{accel: tcg, bin_dir: {}}}", tmp.path().display()))
+        .replace("sched: none,", "cpus: [1], sched: rr,");
+    std::fs::write(&topo, &yaml).unwrap();
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-qmp-pin-{}", std::process::id());
+    let _guard = DownOnDrop(topo, &run_id);
+    let up = harness(&["up", topo, "--run-id", &run_id]);
+    assert!(up.status.success(), "{yaml}\n{}", text(&up));
+    let pid: u32 =
+        std::fs::read_to_string(format!("/run/harness/{run_id}/DUT1_1/qemu.pid")).unwrap().trim().parse().unwrap();
+    // No thread is named as a vCPU: the by-name round trip could not have pinned anything.
+    let named: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|c| c.starts_with("CPU "))
+        .collect();
+    assert!(named.is_empty(), "{named:?}");
+    // Exactly one thread of that QEMU runs SCHED_RR on CPU 1: the vCPU that QMP named.
+    let pinned: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let sched = std::fs::read_to_string(t.path().join("sched")).unwrap_or_default();
+            status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Cpus_allowed_list:", "1"])
+                && sched.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["policy", ":", "2"])
+        })
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pinned.len(), 1, "threads on CPU 1 with SCHED_RR: {pinned:?}");
+    let down = harness(&["down", topo, "--run", &run_id]);
+    assert!(down.status.success(), "{}", text(&down));
+}

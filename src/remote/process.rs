@@ -203,6 +203,63 @@ pub fn pin_script(threads: &[(u32, u32, u32)], rr: bool) -> String {
     s
 }
 
+/// Exit status of [`pin_by_name_script`] when a vCPU has no thread of that name.
+pub const PIN_THREAD_MISSING: u32 = 3;
+
+/// Script: find each vCPU's thread by the name QEMU gives it with `debug-threads=on`
+/// (`CPU <n>/KVM`, `CPU <n>/TCG`: `n` is the vCPU index, so the order is right, unlike CSIT's
+/// weakness 32), pin it (`taskset -pc`, whose "new affinity list" line is the read-back; and
+/// `chrt -r -p 1` with `rr`) and read its policy back (`chrt -p`). One sudo, two or three
+/// processes per vCPU, where discovery over QMP costs a bridge (a channel, sudo and socat) per
+/// VM more. Nothing is pinned unless every vCPU's thread is found: otherwise it exits with
+/// [`PIN_THREAD_MISSING`] and the caller asks QMP. `cpus[i]` is vCPU i's host CPU.
+pub fn pin_by_name_script(pid: u32, cpus: &[u32], rr: bool) -> String {
+    let mut s = format!(
+        "LC_ALL=C; export LC_ALL; pid={pid}\n\
+         tid_of() {{ for t in /proc/$pid/task/*; do read -r c 2>/dev/null < \"$t/comm\" || continue; \
+         case \"$c\" in \"CPU $1/\"*) echo \"${{t##*/}}\"; return 0;; esac; done; return 1; }}\n"
+    );
+    for i in 0..cpus.len() {
+        s.push_str(&format!("t{i}=$(tid_of {i}) || exit {PIN_THREAD_MISSING}\n"));
+    }
+    s.push_str("set -e\n");
+    for (i, cpu) in cpus.iter().enumerate() {
+        s.push_str(&format!("echo \"vcpu {i} tid $t{i}\"; taskset -pc {cpu} \"$t{i}\"\n"));
+        if rr {
+            s.push_str(&format!("chrt -r -p 1 \"$t{i}\"\n"));
+        }
+        s.push_str(&format!("chrt -p \"$t{i}\"\n"));
+    }
+    s
+}
+
+/// [`pin_by_name_script`]'s output: per vCPU its `vcpu N tid T` line, then what `taskset` and
+/// `chrt` say of that tid (in the C locale).
+pub fn parse_pins_by_name(out: &str) -> Vec<PinnedThread> {
+    let mut pins: Vec<PinnedThread> = Vec::new();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("vcpu ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let [n, "tid", t] = f[..]
+                && let (Ok(vcpu), Ok(tid)) = (n.parse(), t.parse())
+            {
+                pins.push(PinnedThread { vcpu, tid, affinity: String::new(), policy: String::new(), priority: 0 });
+            }
+            continue;
+        }
+        let Some(cur) = pins.last_mut() else { continue };
+        let Some(said) = line.strip_prefix(&format!("pid {}'s ", cur.tid)) else { continue };
+        if let Some(a) = said.strip_prefix("new affinity list: ") {
+            cur.affinity = a.trim().to_string();
+        } else if let Some(p) = said.strip_prefix("current scheduling policy: ") {
+            cur.policy = p.trim().to_string();
+        } else if let Some(p) = said.strip_prefix("current scheduling priority: ") {
+            cur.priority = p.trim().parse().unwrap_or(0);
+        }
+    }
+    pins
+}
+
 pub fn parse_pins(out: &str) -> Vec<PinnedThread> {
     out.lines()
         .filter_map(|l| {
@@ -258,6 +315,67 @@ mod tests {
     fn vcpu_threads_sorted_by_vcpu_index_not_tid_string() {
         let out = "100 qemu-system-x86\n1000 CPU 1/KVM\n999 CPU 0/KVM\n1001 worker\n1002 CPU 10/TCG\n";
         assert_eq!(parse_vcpu_threads(out), vec![(0, 999), (1, 1000), (10, 1002)]);
+    }
+
+    /// Against real threads named as QEMU names its vCPUs (`CPU <n>/TCG`), created in this
+    /// process, started in reverse order so that TID order is not vCPU order.
+    #[test]
+    fn pin_by_name_script_pins_each_vcpu_thread_by_its_index_and_reads_it_back() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let mut handles = vec![];
+        for n in [1, 0] {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("CPU {n}/TCG"))
+                    .spawn(move || {
+                        tx.send((n, unsafe { libc::gettid() } as u32)).unwrap();
+                        stop.wait();
+                    })
+                    .unwrap(),
+            );
+        }
+        let tids: std::collections::BTreeMap<u32, u32> = (0..2).map(|_| rx.recv().unwrap()).collect();
+        let cpu = 0; // every machine has CPU 0
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(pin_by_name_script(std::process::id(), &[cpu, cpu], false))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let pins = parse_pins_by_name(&text);
+        // A third vCPU has no thread: nothing is pinned, and the caller is told to ask QMP.
+        let missing = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(pin_by_name_script(std::process::id(), &[cpu, cpu, cpu], false))
+            .output()
+            .unwrap();
+        stop.wait();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(pins.len(), 2, "{text}");
+        for (i, p) in pins.iter().enumerate() {
+            assert_eq!((p.vcpu, p.tid), (i as u32, tids[&(i as u32)]), "{text}");
+            assert_eq!((p.affinity.as_str(), p.policy.as_str(), p.priority), ("0", "SCHED_OTHER", 0), "{text}");
+        }
+        assert_eq!(missing.status.code(), Some(PIN_THREAD_MISSING as i32));
+        assert!(missing.stdout.is_empty(), "nothing pinned: {}", String::from_utf8_lossy(&missing.stdout));
+    }
+
+    #[test]
+    fn pins_by_name_parse_only_lines_about_their_own_tid() {
+        let out = "vcpu 0 tid 41\npid 41's current affinity list: 0,1\npid 41's new affinity list: 3\n\
+                   pid 41's current scheduling policy: SCHED_RR\npid 41's current scheduling priority: 1\n\
+                   vcpu 1 tid 42\npid 41's new affinity list: 9\npid 42's new affinity list: 4\n\
+                   pid 42's current scheduling policy: SCHED_OTHER\npid 42's current scheduling priority: 0\n";
+        let p = parse_pins_by_name(out);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].vcpu, p[0].tid, p[0].affinity.as_str(), p[0].policy.as_str(), p[0].priority),
+            (0, 41, "3", "SCHED_RR", 1)
+        );
+        assert_eq!((p[1].vcpu, p[1].tid, p[1].affinity.as_str(), p[1].policy.as_str()), (1, 42, "4", "SCHED_OTHER"));
     }
 
     #[test]
