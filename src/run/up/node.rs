@@ -68,7 +68,6 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     let reservation = crate::remote::hugepages::own_reservation(&np.run_dir, &ctx.node.name);
     let changes = hugepages::ensure(ctx, &session, &np, &reservation).await?;
     ctx.tracker.node(&np.name, |n| n.hugepages = changes.clone());
-    record::write_manifest(ctx, &session, &np).await?;
     // Each VM's readiness wait starts as soon as its own QEMU is up, not after the node's last.
     let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut ready = std::pin::pin!(wait_all(ctx, &session, &np, started_rx, upload_s));

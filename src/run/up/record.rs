@@ -1,6 +1,7 @@
-//! The node manifest `up` writes: before the first QEMU starts (so `down` finds a half-started
-//! run), and once more at the end with pids, pinning and guest interfaces. It carries the facts
-//! the node was planned with and the exact argv and files that ran.
+//! The node manifest `up` writes: when it claims the run directory, again in the round trip
+//! that starts the QEMUs (before the first one, so `down` finds a half-started run), and once
+//! more at the end with pids, pinning and guest interfaces. It carries the facts the node was
+//! planned with and the exact argv and files that ran.
 
 use super::node::NodeCtx;
 use super::tracker::{TrackedNode, Tracker};
@@ -53,12 +54,6 @@ fn encoded(run_dir: &str, m: &Manifest) -> (Vec<u8>, String) {
 async fn upload(session: &Session, run_dir: &str, m: &Manifest) -> Result<(), SshError> {
     let (bytes, path) = encoded(run_dir, m);
     session.upload(&bytes, &path, 0o644, true).await
-}
-
-/// The manifest as the node stands now.
-pub(super) async fn write_manifest(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<(), UpError> {
-    let (bytes, path) = manifest_file(ctx, np)?;
-    Ok(session.upload(&bytes, &path, 0o644, true).await?)
 }
 
 /// The node's manifest as it stands now, serialised, and the path it goes to (for a caller

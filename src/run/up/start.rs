@@ -25,8 +25,11 @@ pub(super) async fn all(
         ctx.events.for_vm(&v.name).phase(Phase::Starting);
         ctx.tracker.set_state(&np.name, &v.name, VmState::Starting);
     }
+    // The manifest (with the hugepages this run changed) goes in the same round trip, written
+    // before any QEMU starts: `down` finds whatever a start cut short.
+    let (manifest, manifest_path) = super::record::manifest_file(ctx, np)?;
     let t = Instant::now();
-    let results = start_batch(session, &np.vms, |v, res| {
+    let results = start_batch(session, &np.vms, (&manifest, &manifest_path), |v, res| {
         if let Ok(pid) = res {
             // The receiver is gone only when the readiness side has already failed.
             let _ = started.send((v.clone(), *pid));
@@ -64,13 +67,17 @@ const START_OK: &str = "ok";
 const START_FAIL: &str = "fail";
 
 /// Every QEMU of the node under ONE `sudo` (one channel, one sudo and one shell on the host
-/// instead of one of each per VM), all started at once. Arguments: per VM, the argv length, the
-/// pidfile, then the planned argv unchanged. Each VM, in the background: `qemu … -daemonize`
-/// (its stderr kept), the started mark for hugepage reservations (crate::remote::reserve), then
-/// one line with the pid read from the pidfile, as soon as that VM is done.
+/// instead of one of each per VM), all started at once. Arguments: the manifest's path (its
+/// content on stdin, written atomically first: no QEMU starts unless it is there), then per
+/// VM, the argv length, the pidfile, then the planned argv unchanged. Each VM, in the
+/// background: `qemu … -daemonize` (its stderr kept), the started mark for hugepage
+/// reservations (crate::remote::reserve), then one line with the pid read from the pidfile, as
+/// soon as that VM is done.
 fn start_script() -> String {
     format!(
-        r#"take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
+        r#"m=$1; shift
+(umask 077; cat > "$m.harness-tmp" && chmod 644 "$m.harness-tmp" && mv -f "$m.harness-tmp" "$m") || {{ rc=$?; rm -f "$m.harness-tmp"; echo "writing the manifest $m failed" >&2; exit $rc; }}
+take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
 start() {{
   i=$1; pf=$2; shift 2
   if e=$(take "$@" 2>&1 >/dev/null); then
@@ -99,12 +106,13 @@ wait"#,
 async fn start_batch(
     session: &Session,
     vms: &[VmPlan],
+    (manifest, manifest_path): (&[u8], &str),
     mut done: impl FnMut(&VmPlan, &Result<u32, UpError>),
 ) -> Result<Vec<(String, Result<u32, UpError>)>, UpError> {
     if vms.is_empty() {
         return Ok(Vec::new());
     }
-    let mut argv = vec!["sh".to_string(), "-c".into(), start_script(), "sh".into()];
+    let mut argv = vec!["sh".to_string(), "-c".into(), start_script(), "sh".into(), manifest_path.to_string()];
     for v in vms {
         argv.push(v.argv.len().to_string());
         argv.push(v.paths.pidfile.clone());
@@ -112,7 +120,7 @@ async fn start_batch(
     }
     let longest = vms.iter().map(|v| v.start_timeout).max().unwrap_or_default();
     let started = tokio::time::Instant::now();
-    let cmd = RemoteCommand::new(argv).sudo().timeout(longest + Duration::from_secs(30));
+    let cmd = RemoteCommand::new(argv).sudo().stdin(manifest.to_vec()).timeout(longest + Duration::from_secs(30));
     let mut child = session.spawn(&cmd).await?;
     let mut results: Vec<Option<Result<u32, UpError>>> = vms.iter().map(|_| None).collect();
     let (mut line, mut stderr) = (Vec::new(), Vec::new());
@@ -281,16 +289,35 @@ mod tests {
         let (pf0, pf1) = (pf0.to_str().unwrap(), pf1.to_str().unwrap());
         let ok_vm = ["sh", "-c", "echo 4242 > \"$0\"; echo chatter", pf0];
         let bad_vm = ["sh", "-c", "echo \"boom $0\" >&2; exit 3", "it's"];
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c").arg(start_script()).arg("sh");
-        cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
-        cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
-        let out = cmd.output().unwrap();
+        let manifest = dir.path().join("manifest-DUT1.json");
+        let run = |manifest: &std::path::Path| {
+            use std::io::Write as _;
+            let mut cmd = std::process::Command::new("sh");
+            cmd.arg("-c").arg(start_script()).arg("sh").arg(manifest);
+            cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
+            cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
+            cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+            let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+            child.stdin.take().unwrap().write_all(b"{\"run_id\": \"r\"}").unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&manifest);
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         lines.sort();
         let err = base64::engine::general_purpose::STANDARD.encode("boom it's");
         assert_eq!(lines, vec![format!("fail 1 3 {err}"), "ok 0 4242".to_string()]);
         let started = |pf: &str| std::path::Path::new(pf).with_file_name(crate::remote::reserve::STARTED_MARK).exists();
         assert!(started(pf0) && !started(pf1), "only a started VM is marked");
+        // The manifest from stdin, written before the first QEMU, world-readable like the rest.
+        assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "{\"run_id\": \"r\"}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&manifest).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644);
+        // A manifest that cannot be written starts nothing.
+        std::fs::remove_file(pf0).unwrap();
+        std::fs::remove_file(std::path::Path::new(pf0).with_file_name(crate::remote::reserve::STARTED_MARK)).unwrap();
+        let out = run(&dir.path().join("no/such/manifest.json"));
+        assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("writing the manifest"), "{out:?}");
+        assert!(!std::path::Path::new(pf0).exists(), "no QEMU started");
     }
 }
