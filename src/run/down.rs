@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use super::manifest::{self, Manifest};
 use crate::quote::quote;
@@ -79,15 +78,54 @@ pub fn targets(run_root: &str, m: &Manifest) -> Result<(String, Vec<VmPaths>), S
     Ok((rd, vms))
 }
 
-/// Stop one VM (paths recomputed), with a reconnect if the connection dropped.
-pub async fn stop_vm(session: &Session, run_root: &str, vm: &VmPaths, grace: Duration) -> Result<StopReport, String> {
-    let script = process::stop_script(run_root, vm, grace.as_secs() as u32);
-    let cmd = RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30)).idempotent();
-    let out = session.run(&cmd).await.map_err(|e| e.to_string())?;
-    process::parse_stop(&out.stdout_str()).map_err(|_| {
-        let err = out.stderr_str();
-        format!("stop script failed: {}", err.trim())
-    })
+/// Stop a node's VMs (paths recomputed) in ONE round trip, with a reconnect if the connection
+/// dropped: one sudo on the host for all of them, not one per VM. Each VM's
+/// [`process::stop_script`] runs in the background, its output lines prefixed with its index.
+/// One result per VM, in `vms` order.
+pub async fn stop_vms(
+    session: &Session,
+    run_root: &str,
+    vms: &[VmPaths],
+    grace: Duration,
+) -> Vec<Result<StopReport, String>> {
+    if vms.is_empty() {
+        return Vec::new();
+    }
+    let cmd = RemoteCommand::sh(stop_all_script(run_root, vms, grace))
+        .sudo()
+        .timeout(grace + Duration::from_secs(30))
+        .idempotent();
+    match session.run(&cmd).await {
+        Ok(out) => {
+            let text = out.stdout_str();
+            (0..vms.len())
+                .map(|i| {
+                    let prefix = format!("{i} ");
+                    let lines: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(&prefix)).collect();
+                    process::parse_stop(&lines.join("\n")).map_err(|_| {
+                        let said =
+                            if lines.is_empty() { out.stderr_str().trim().to_string() } else { lines.join("; ") };
+                        format!("stop script failed: {said}")
+                    })
+                })
+                .collect()
+        }
+        Err(e) => vms.iter().map(|_| Err(e.to_string())).collect(),
+    }
+}
+
+/// The script of [`stop_vms`]: each VM's stop script in a background subshell whose output
+/// (stderr too) comes back line by line behind the VM's index; then wait for all of them.
+fn stop_all_script(run_root: &str, vms: &[VmPaths], grace: Duration) -> String {
+    let mut s = String::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let one = process::stop_script(run_root, vm, grace.as_secs() as u32);
+        s.push_str(&format!(
+            "(o=$( (\n{one}\n) 2>&1 ); printf '%s\\n' \"$o\" | while IFS= read -r l; do printf '{i} %s\\n' \"$l\"; done) &\n"
+        ));
+    }
+    s.push_str("wait\n");
+    s
 }
 
 /// Stop the selected runs on one node, then clean the caller's run directories that have no
@@ -142,25 +180,19 @@ async fn down_run(
             return vec![row("-", None, Some(format!("refused: {e}")))];
         }
     };
-    let mut set = JoinSet::new();
-    for vm in vms.clone() {
-        let (s, ev, root) = (session.clone(), ev.for_vm(&vm.name), run_root.to_string());
-        set.spawn(async move {
-            ev.phase(Phase::Stopping);
-            let r = stop_vm(&s, &root, &vm, grace).await;
-            match &r {
-                Ok(_) => ev.phase(Phase::Stopped),
-                Err(e) => ev.warn(format!("stop failed: {e}")),
-            }
-            (vm.name, r)
-        });
+    for vm in &vms {
+        ev.for_vm(&vm.name).phase(Phase::Stopping);
     }
     let mut rows = Vec::new();
-    while let Some(r) = set.join_next().await {
-        if let Ok((vm, r)) = r {
-            match r {
-                Ok(rep) => rows.push(row(&vm, Some(rep), None)),
-                Err(e) => rows.push(row(&vm, None, Some(e))),
+    for (vm, r) in vms.iter().zip(stop_vms(session, run_root, &vms, grace).await) {
+        match r {
+            Ok(rep) => {
+                ev.for_vm(&vm.name).phase(Phase::Stopped);
+                rows.push(row(&vm.name, Some(rep), None));
+            }
+            Err(e) => {
+                ev.for_vm(&vm.name).warn(format!("stop failed: {e}"));
+                rows.push(row(&vm.name, None, Some(e)));
             }
         }
     }
@@ -302,8 +334,7 @@ async fn clean_orphans(
         let vms: Vec<VmPaths> = o.vms.iter().filter_map(|v| layout::vm_paths(&rd, v).ok()).collect();
         ev.info(format!("run {}: directory without a manifest (an interrupted up): cleaning it", o.run_id));
         let mut ok = true;
-        for vm in &vms {
-            let r = stop_vm(session, run_root, vm, grace).await;
+        for (vm, r) in vms.iter().zip(stop_vms(session, run_root, &vms, grace).await) {
             ok &= r.is_ok();
             let (report, error) = match r {
                 Ok(rep) => (Some(rep), None),

@@ -200,3 +200,35 @@ impl Lossy for std::process::Output {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 }
+
+/// One round trip stops every VM of a node: each VM's result comes back behind its own index,
+/// in `vms` order, whatever order the background stops finish in; stderr stays with its VM.
+#[test]
+fn stop_all_script_reports_each_vm_behind_its_index() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_str().unwrap();
+    let rd = format!("{root}/r1");
+    let vms: Vec<VmPaths> = ["DUT1_1", "DUT1_2", "DUT1_3"].iter().map(|n| layout::vm_paths(&rd, n).unwrap()).collect();
+    for v in &vms {
+        std::fs::create_dir_all(&v.dir).unwrap();
+    }
+    // DUT1_2 runs (a process carrying its pidfile path, as QEMU's argv does); the others do not.
+    let mut ours =
+        std::process::Command::new("sh").arg("-c").arg("sleep 30; : \"$0\"").arg(&vms[1].pidfile).spawn().unwrap();
+    std::fs::write(&vms[1].pidfile, ours.id().to_string()).unwrap();
+    let out = sh(&stop_all_script(root, &vms, Duration::from_secs(1)));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let reports: Vec<StopReport> = (0..3)
+        .map(|i| {
+            let lines: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(&format!("{i} "))).collect();
+            process::parse_stop(&lines.join("\n")).unwrap()
+        })
+        .collect();
+    assert_eq!(reports[0].outcome, process::StopOutcome::NotRunning, "{text}");
+    assert_eq!((reports[1].outcome, reports[1].pid), (process::StopOutcome::Stopped, Some(ours.id())), "{text}");
+    assert_eq!(reports[1].how.as_deref(), Some("term"), "{text}");
+    assert_eq!(reports[2].outcome, process::StopOutcome::NotRunning, "{text}");
+    assert!(ours.try_wait().unwrap().is_some(), "DUT1_2's process was stopped");
+    assert!(vms.iter().all(|v| !std::path::Path::new(&v.dir).exists()), "VM directories removed");
+}
