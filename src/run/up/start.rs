@@ -175,12 +175,24 @@ async fn start_batch(
         }
     }
     let why = String::from_utf8_lossy(&stderr).trim().to_string();
+    // A script cut short may have lost its connection (the node is then lost, not its QEMUs
+    // failed): the channel's end can arrive before the connection's, so ask.
+    let lost = match results.iter().any(Option::is_none) {
+        true => match session.run(&RemoteCommand::new(["true"]).timeout(Duration::from_secs(10))).await {
+            Err(e) if e.is_connection_lost() => Some(e.to_string()),
+            _ => None,
+        },
+        false => None,
+    };
     Ok(vms
         .iter()
         .zip(results)
         .map(|(v, r)| {
             let r = r.unwrap_or_else(|| {
-                let r = Err(fail(format!("the start script ended without a result for this VM: {why}")));
+                let r = Err(match &lost {
+                    Some(e) => UpError::Lost(format!("its start was cut short: {e}")),
+                    None => fail(format!("the start script ended without a result for this VM: {why}")),
+                });
                 done(v, &r);
                 r
             });

@@ -29,6 +29,8 @@ struct Behaviour {
     added: u64,
     /// Lose the connection at the first upload.
     lost_at_upload: bool,
+    /// Lose the connection while the QEMUs start, after the first one's line.
+    lost_mid_start: bool,
     /// The serial log never shows the ready marker.
     never_ready: bool,
 }
@@ -83,7 +85,13 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
             }
             (args, i) = (&rest[n..], i + 1);
         }
+        if b.lost_mid_start {
+            return Reply::ok(out.lines().next().unwrap_or_default().to_string() + "\n");
+        }
         return Reply::ok(out);
+    }
+    if b.lost_mid_start && call.argv == ["true"] {
+        return Reply::Fail(SshError::Disconnected { node: "x".into(), message: "connection reset".into() });
     }
     if call.argv.first().is_some_and(|a| a == "cat") {
         return Reply::ok("1234\n");
@@ -225,6 +233,22 @@ fn a_node_lost_mid_run_fails_the_run_and_the_other_nodes_vms_are_stopped() {
     // Cleanup stops every planned VM of a claimed node (the stop script only touches our pid).
     assert!(positions(&d1, "outcome=").len() >= starts, "every QEMU DUT1 started is stopped");
     assert!(res.vms.iter().all(|v| v.state != VmState::Ready));
+}
+
+/// The start script's channel can end before its connection does: a VM whose line never came
+/// then failed the run as if its QEMU had (exit 4), not as a lost node (exit 3). CI caught it in
+/// fault_sshd_session_killed_mid_boot.
+#[test]
+fn regression_a_connection_lost_mid_start_is_a_lost_node_not_a_failed_qemu() {
+    let lost = Behaviour { lost_mid_start: true, ..Behaviour::default() };
+    let lab = lab(&[("DUT1", lost)]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(!res.ok);
+    let dut1 = &res.nodes[0];
+    let err = dut1.error.as_deref().unwrap_or("");
+    assert!(dut1.unreachable, "a lost node: {err}");
+    assert!(err.contains("its start was cut short") && err.contains("connection lost"), "{err}");
+    assert!(!err.contains("ended without a result"), "{err}");
 }
 
 #[test]
