@@ -49,12 +49,12 @@ impl From<UpError> for Follow {
     }
 }
 
-/// The serial follower's command: tail from byte 0, by name, until QEMU `pid` exits.
+/// The serial follower's command: tail from byte 0, by name, until QEMU `pid` exits. In the C
+/// locale: its "Permission denied" is what the fallback to sudo looks for.
 pub(super) fn follower(v: &VmPlan, pid: u32, sudo: bool) -> RemoteCommand {
-    let mut cmd =
-        RemoteCommand::new(["tail", "-c", "+0", "-F", "-s", "0.2", &format!("--pid={pid}"), &v.paths.serial_log])
-            .single_process()
-            .timeout(v.readiness.timeout + Duration::from_secs(30));
+    let pid = format!("--pid={pid}");
+    let argv = ["env", "LC_ALL=C", "tail", "-c", "+0", "-F", "-s", "0.2", &pid, &v.paths.serial_log];
+    let mut cmd = RemoteCommand::new(argv).single_process().timeout(v.readiness.timeout + Duration::from_secs(30));
     cmd.sudo = sudo;
     cmd
 }
