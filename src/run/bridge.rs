@@ -62,7 +62,7 @@ impl Bridge {
             status: "-".into(),
             stderr: e.to_string(),
         })?;
-        Self::open(session, RemoteCommand::new(["socat", "-", &addr]).sudo()).await
+        Self::open(session, socat_command(&addr)).await
     }
 
     /// The local end. Taken once; the bridge keeps pumping until it is dropped or closed.
@@ -77,9 +77,27 @@ impl Bridge {
     }
 }
 
+/// `socat` is one process that ends on SIGTERM, and sudo relays the SSH `signal` request to it:
+/// closing a bridge then starts no kill script (another sudo) on the host.
+fn socat_command(addr: &str) -> RemoteCommand {
+    RemoteCommand::new(["socat", "-", addr]).sudo().single_process()
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         // Dropping our end makes the pump see EOF, kill the remote process and exit on its own.
         self.stream.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_is_closed_by_a_signal_not_a_kill_script() {
+        let cmd = socat_command("UNIX-CONNECT:/run/harness/r/DUT1_1/qga.sock");
+        assert!(cmd.sudo && cmd.single_process);
+        assert_eq!(cmd.argv, ["socat", "-", "UNIX-CONNECT:/run/harness/r/DUT1_1/qga.sock"]);
     }
 }
