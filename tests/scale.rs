@@ -195,25 +195,12 @@ fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // DUT1 and its first two VMs from the scale topology, with the wrapper as its QEMU.
-    let scale = std::fs::read_to_string(lab_topology("lab-scale.yaml")).unwrap();
-    let (head, vms) = scale.split_once("\nvms:\n").unwrap();
-    let node: String = head
-        .lines()
-        .skip_while(|l| *l != "  DUT1:")
-        .enumerate()
-        .take_while(|(i, l)| *i == 0 || l.starts_with("    "))
-        .map(|(_, l)| {
-            format!(
-                "{}\n",
-                l.replace("qemu: {accel: tcg}", &format!("qemu: {{accel: tcg, bin_dir: {}}}", tmp.path().display()))
-            )
-        })
-        .collect();
+    let (node, vms) = dut1_of_scale_topology();
+    let node = node.replace("qemu: {accel: tcg}", &format!("qemu: {{accel: tcg, bin_dir: {}}}", tmp.path().display()));
     // The held VM may wait up to 90 s (a CI host busy with the 16 x 4 test): its start_timeout
     // must outlast that.
     let two: Vec<String> = vms
-        .lines()
-        .filter(|l| l.contains("node: DUT1,"))
+        .iter()
         .take(2)
         .enumerate()
         .map(
@@ -258,18 +245,25 @@ fn a_vm_is_ready_while_a_slower_qemu_of_its_node_still_starts() {
     assert!(left.is_empty(), "processes left behind: {left:#?}");
 }
 
-/// The first VM of DUT1 from the scale topology, with `node_extra` added to DUT1's keys.
-fn one_tiny_vm(dir: &Path, node_extra: &str) -> PathBuf {
+/// DUT1's node block (its lines, each ending in a newline) and its VM lines, from the scale
+/// topology `lab.sh` wrote.
+fn dut1_of_scale_topology() -> (String, Vec<String>) {
     let scale = std::fs::read_to_string(lab_topology("lab-scale.yaml")).unwrap();
     let (head, vms) = scale.split_once("\nvms:\n").unwrap();
-    let node: String = head
+    let node = head
         .lines()
         .skip_while(|l| *l != "  DUT1:")
         .enumerate()
         .take_while(|(i, l)| *i == 0 || l.starts_with("    "))
         .map(|(_, l)| format!("{l}\n"))
         .collect();
-    let vm = vms.lines().find(|l| l.contains("node: DUT1,")).unwrap();
+    (node, vms.lines().filter(|l| l.contains("node: DUT1,")).map(str::to_string).collect())
+}
+
+/// The first VM of DUT1 from the scale topology, with `node_extra` added to DUT1's keys.
+fn one_tiny_vm(dir: &Path, node_extra: &str) -> PathBuf {
+    let (node, vms) = dut1_of_scale_topology();
+    let vm = &vms[0];
     let yaml = format!("metadata: {{version: 0.1, schema: []}}\nnodes:\n{node}{node_extra}vms:\n{vm}\n");
     let topo = dir.join("one.yaml");
     std::fs::write(&topo, yaml).unwrap();

@@ -684,24 +684,23 @@ fn put_argv(items: &[Put<'_>], tag: &str) -> Vec<String> {
     let mut script = format!("umask 077\nfail() {{ rc=$?; rm -f -- {}; exit $rc; }}\n", temps.join(" "));
     let mut data = Vec::new();
     for run in items.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
-        let paths = |q: fn(&str) -> String| -> Vec<String> {
-            run.iter()
-                .map(|i| match i {
-                    Put::File { path, .. } | Put::Dir { path } | Put::Log { path } => q(path),
-                })
-                .collect()
-        };
+        let paths: Vec<String> = run
+            .iter()
+            .map(|i| match i {
+                Put::File { path, .. } | Put::Dir { path } | Put::Log { path } => quote(path),
+            })
+            .collect();
         match run[0] {
             Put::Dir { .. } => {
-                let _ = writeln!(script, "mkdir -m 0755 -- {} || exit $?", paths(quote).join(" "));
+                let _ = writeln!(script, "mkdir -m 0755 -- {} || exit $?", paths.join(" "));
             }
             Put::Log { .. } => {
-                let creates: Vec<String> = paths(quote).iter().map(|p| format!(": > {p}")).collect();
+                let creates: Vec<String> = paths.iter().map(|p| format!(": > {p}")).collect();
                 let _ = writeln!(script, "(set -C; {}) || exit $?", creates.join(" && "));
                 let _ = writeln!(
                     script,
                     "[ -z \"${{SUDO_UID:-}}\" ] || chown -- \"$SUDO_UID\" {} || exit $?",
-                    paths(quote).join(" ")
+                    paths.join(" ")
                 );
             }
             Put::File { .. } => {

@@ -25,15 +25,14 @@ pub(super) async fn wait_serial(
     pid: u32,
     deadline: tokio::time::Instant,
 ) -> Result<(), UpError> {
-    match follow_serial(session, v, pid, deadline, false).await {
-        Err(Follow::Denied) => match follow_serial(session, v, pid, deadline, true).await {
-            Err(Follow::Denied) => Err(fail(format!("cannot read {} even with sudo", v.paths.serial_log))),
-            Err(Follow::Up(e)) => Err(e),
-            Ok(()) => Ok(()),
-        },
-        Err(Follow::Up(e)) => Err(e),
-        Ok(()) => Ok(()),
+    let mut r = follow_serial(session, v, pid, deadline, false).await;
+    if matches!(r, Err(Follow::Denied)) {
+        r = follow_serial(session, v, pid, deadline, true).await;
     }
+    r.map_err(|e| match e {
+        Follow::Denied => fail(format!("cannot read {} even with sudo", v.paths.serial_log)),
+        Follow::Up(e) => e,
+    })
 }
 
 /// How one follower ended, when not with a ready marker.
@@ -51,7 +50,7 @@ impl From<UpError> for Follow {
 
 /// The serial follower's command: tail from byte 0, by name, until QEMU `pid` exits. In the C
 /// locale: its "Permission denied" is what the fallback to sudo looks for.
-pub(super) fn follower(v: &VmPlan, pid: u32, sudo: bool) -> RemoteCommand {
+fn follower(v: &VmPlan, pid: u32, sudo: bool) -> RemoteCommand {
     let pid = format!("--pid={pid}");
     let argv = ["env", "LC_ALL=C", "tail", "-c", "+0", "-F", "-s", "0.2", &pid, &v.paths.serial_log];
     let mut cmd = RemoteCommand::new(argv).single_process().timeout(v.readiness.timeout + Duration::from_secs(30));
