@@ -346,3 +346,18 @@ fn the_before_cleanup_hook_sees_the_failed_run_before_anything_is_stopped() {
     );
     assert_eq!(res.vms.iter().find(|v| v.name == "DUT1_2").unwrap().failure, Some(FailureKind::Infrastructure));
 }
+
+/// The fallback to a sudo follower reads tail's "Permission denied": in a translated locale
+/// the message was translated and the VM waited out its boot timeout instead.
+#[test]
+fn regression_the_serial_follower_runs_tail_in_the_c_locale() {
+    let lab = lab(&[("DUT1", Behaviour::default())]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(res.ok, "{res:?}");
+    let calls = lab.hosts["DUT1"].calls();
+    let followers: Vec<&Call> = calls.iter().filter(|c| is_follower(c)).collect();
+    assert!(!followers.is_empty());
+    for f in followers {
+        assert_eq!(f.argv[..3], ["env", "LC_ALL=C", "tail"], "{:?}", f.argv);
+    }
+}
