@@ -32,4 +32,6 @@ pub mod run;
 pub mod slots;
 pub mod ssh;
 pub mod templates;
+#[cfg(test)]
+pub(crate) mod testsupport;
 pub mod topology;

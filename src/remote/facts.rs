@@ -34,26 +34,54 @@ const LSCPU_BEGIN: &str = "==lscpu";
 const LSCPU_END: &str = "==lscpu-end";
 const LOOKUPS: &str = "==lookups";
 
-/// The one probe script. Runs as the login user; root-only parts go through `sudo -n`.
+/// First line of the root part's output: sudo ran it.
+const SUDO_OK: &str = "sudo_ok";
+
+/// The one probe script. Runs as the login user; the root-only parts (the KVM probe and the
+/// kernel/initrd lookups) run in ONE `sudo -n` at the top, whose output says whether sudo works:
+/// every `sudo` costs the host a PAM session and sudoers parse (~12 ms of CPU here), so a
+/// separate `sudo -n true` per node and `up` was one too many. Its output is printed where the
+/// parser expects it; only when sudo fails does `sudo -n true` run, for sudo's own message.
 pub fn script(node: &Node, wanted: &Wanted) -> String {
     let qemu = node.qemu_binary();
+    let q = quote(&qemu);
     let mounts: Vec<String> = [PageSize::M2, PageSize::G1].iter().map(|s| node.hugepage_mount(*s)).collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let probe = wanted.kvm_probe && node.arch == Arch::X86_64;
+    let mut prefixes: Vec<&str> = wanted.lookups.iter().map(String::as_str).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    // As root when possible: boot files may sit in directories only root can list.
+    let lookups = (!prefixes.is_empty()).then(|| process::lookup_script(&prefixes));
+    let mut root = String::new();
+    if probe {
+        let inner = crate::remote::kvm::root_probe(&qemu);
+        root.push_str(&format!("if [ -e /dev/kvm ] && [ -x {q} ]; then sh -c {}; fi\n", quote(&inner)));
+    }
+    if let Some(l) = &lookups {
+        root.push_str(&format!("echo {LOOKUPS}\n{l}"));
+    }
     let mut s = String::new();
-    s.push_str("LC_ALL=C; export LC_ALL\n");
-    s.push_str("err=$(sudo -n true 2>&1); sudo_rc=$?; echo \"sudo_rc=$sudo_rc\"; echo \"sudo_err=$(echo \"$err\" | head -n 1)\"\n");
+    s.push_str("LC_ALL=C; export LC_ALL\nnl='\n'\n");
+    if root.is_empty() {
+        s.push_str("o=; err=$(sudo -n true 2>&1); sudo_rc=$?\n");
+    } else {
+        s.push_str(&format!(
+            "o=$(sudo -n sh -c {r} 2>/dev/null)\n\
+             case \"$o\" in {SUDO_OK}*) sudo_rc=0; err=;; *) o=; err=$(sudo -n true 2>&1); sudo_rc=$?;; esac\n",
+            r = quote(&format!("echo {SUDO_OK}\n{root}"))
+        ));
+    }
+    s.push_str("echo \"sudo_rc=$sudo_rc\"; echo \"sudo_err=${err%%\"$nl\"*}\"\n");
     s.push_str("echo \"arch=$(uname -m)\"\n");
     s.push_str(&format!(
-        "q={q}; echo \"qemu_path=$q\"; if [ -x \"$q\" ]; then echo \"qemu_version=$(\"$q\" --version 2>&1 | head -n 1)\"; fi\n",
-        q = quote(&qemu)
+        "q={q}; echo \"qemu_path=$q\"; if [ -x \"$q\" ]; then v=$(\"$q\" --version 2>&1); echo \"qemu_version=${{v%%\"$nl\"*}}\"; fi\n"
     ));
     s.push_str("[ -e /dev/kvm ] && echo kvm_dev=1 || echo kvm_dev=0\n");
-    if wanted.kvm_probe && node.arch == Arch::X86_64 {
-        let inner = crate::remote::kvm::root_probe(&qemu);
+    if probe {
+        // The probe's lines: between the marker and the lookups, if any.
         s.push_str(&format!(
-            "if [ -e /dev/kvm ] && [ \"$sudo_rc\" = 0 ] && [ -x {q} ]; then sudo -n sh -c {inner}; fi\n",
-            q = quote(&qemu),
-            inner = quote(&inner)
+            "p=${{o#{SUDO_OK}}}; p=${{p%%\"$nl\"{LOOKUPS}*}}; [ -z \"$p\" ] || printf '%s\\n' \"$p\"\n"
         ));
     }
     // `read` builtins, not `cat`: sysfs files (never /proc/sys: dash reads those byte-wise).
@@ -67,15 +95,11 @@ pub fn script(node: &Node, wanted: &Wanted) -> String {
     );
     s.push_str(&hugepages::probe_script(&mount_refs));
     s.push_str(&format!("echo {LSCPU_BEGIN}; lscpu -p 2>/dev/null; echo {LSCPU_END}\n"));
-    let mut prefixes: Vec<&str> = wanted.lookups.iter().map(String::as_str).collect();
-    prefixes.sort();
-    prefixes.dedup();
-    if !prefixes.is_empty() {
-        // As root when possible: boot files may sit in directories only root can list.
-        let lookups = process::lookup_script(&prefixes);
+    if let Some(l) = &lookups {
+        // Without sudo, as the login user.
         s.push_str(&format!(
-            "echo {LOOKUPS}\nif [ \"$sudo_rc\" = 0 ]; then sudo -n sh -c {l}; else sh -c {l}; fi\n",
-            l = quote(&lookups)
+            "echo {LOOKUPS}\nif [ -n \"$o\" ]; then printf '%s\\n' \"${{o#*\"$nl\"{LOOKUPS}\"$nl\"}}\"; else sh -c {}; fi\n",
+            quote(l)
         ));
     }
     s
@@ -278,6 +302,56 @@ mod tests {
         assert_eq!(parse_cpu_list("\n").unwrap(), Vec::<u32>::new());
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("x").is_err());
+    }
+
+    /// The script as it runs on a host whose `sudo` behaves like `body`, KVM probe under TCG.
+    fn run_script_with_sudo(w: &Wanted, body: &str) -> (HostFacts, String) {
+        use crate::testsupport;
+        let node = crate::plan::fixture::dut("DUT1");
+        let script = script(&node, w)
+            .replace("-accel kvm -cpu host", "-accel tcg -cpu max")
+            .replace("[ -e /dev/kvm ] &&", "true &&");
+        let path = testsupport::path_with("sudo", body);
+        let out = testsupport::output(|| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(&script).env("PATH", &path);
+            c
+        });
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (parse(&text, w).unwrap(), text)
+    }
+
+    /// One `sudo` runs the KVM probe and the lookups and tells whether sudo works; no
+    /// `sudo -n true` besides.
+    #[test]
+    fn one_sudo_answers_for_sudo_the_kvm_probe_and_the_lookups() {
+        let w = Wanted { kvm_probe: true, lookups: vec!["/bin/s".into(), "/nonexistent/x".into()] };
+        let s = script(&crate::plan::fixture::dut("DUT1"), &w);
+        assert_eq!(s.matches("sudo -n").count(), 2, "the root part, and `sudo -n true` only when it failed:\n{s}");
+        let (f, out) = run_script_with_sudo(&w, crate::testsupport::PASSTHROUGH_SUDO);
+        assert!(f.sudo.as_ref().unwrap().ok, "{out}");
+        assert_eq!(f.kvm, Some(Kvm::Usable), "{out}");
+        let l = f.lookups.unwrap();
+        assert!(l["/bin/s"].as_deref().is_some_and(|p| p.starts_with("/bin/s")), "{l:?}");
+        assert_eq!(l["/nonexistent/x"], None);
+    }
+
+    /// Where `sudo -n` wants a password: sudo's own message, KVM unverified, and the lookups
+    /// still answered (as the login user).
+    #[test]
+    fn without_sudo_the_facts_say_why_and_the_lookups_run_as_the_login_user() {
+        let w = Wanted { kvm_probe: true, lookups: vec!["/bin/s".into()] };
+        let (f, out) = run_script_with_sudo(&w, crate::testsupport::PASSWORD_SUDO);
+        let sudo = f.sudo.as_ref().unwrap();
+        assert!(!sudo.ok, "{out}");
+        assert_eq!(sudo.error.as_deref(), Some("sudo: a password is required"));
+        assert!(matches!(f.kvm, Some(Kvm::Unverified(_))), "{out}");
+        assert!(f.lookups.unwrap()["/bin/s"].as_deref().is_some_and(|p| p.starts_with("/bin/s")), "{out}");
+        // Nothing to run as root: sudo is still asked.
+        let (f, out) = run_script_with_sudo(&Wanted::default(), crate::testsupport::PASSWORD_SUDO);
+        assert!(!f.sudo.unwrap().ok, "{out}");
+        let (f, out) = run_script_with_sudo(&Wanted::default(), crate::testsupport::PASSTHROUGH_SUDO);
+        assert!(f.sudo.unwrap().ok, "{out}");
     }
 
     /// The whole probe path (script, firmware, lscpu, lookups, parsing) on this machine, with
