@@ -1,7 +1,7 @@
 //! russh session: connect, authenticate, verify host keys, run commands, upload files.
 //!
 //! Every command is started as `echo $$; exec ARGV` (under sudo: `sudo -n -- sh -c 'echo $$;
-//! exec "$@"' sh ARGV`) so the first stdout line is the remote pid of the command itself; it is
+//! exec "$@"' sh ARGV`, or for a script `sudo -n -- sh -c 'echo $$; SCRIPT'`) so the first stdout line is the remote pid of the command itself; it is
 //! stripped from the output and used to kill the process remotely when a command outlives its
 //! timeout or a [`RemoteChild`] is killed. Closing an SSH channel does not kill anything.
 
@@ -734,8 +734,22 @@ fn put_argv(items: &[Put<'_>], tag: &str) -> Vec<String> {
 /// The command line actually sent: the argv behind a pid-reporting `exec`.
 fn wrapped_wire(cmd: &RemoteCommand) -> String {
     if cmd.sudo {
-        let mut argv: Vec<&str> = vec!["sudo", "-n", "--", "sh", "-c", "echo $$; exec \"$@\"", "sh"];
-        argv.extend(cmd.argv.iter().map(String::as_str));
+        let argv: Vec<String> = match cmd.argv.as_slice() {
+            // A script: its own `sh` prints the pid, rather than a second `sh` exec'd into it
+            // (one process start less per root script; the pid is the same either way).
+            [sh, c, script, rest @ ..] if sh == "sh" && c == "-c" => {
+                let mut v: Vec<String> = ["sudo", "-n", "--", "sh", "-c"].map(String::from).into();
+                v.push(format!("echo $$; {script}"));
+                v.extend(rest.iter().cloned());
+                v
+            }
+            argv => {
+                let mut v: Vec<String> =
+                    ["sudo", "-n", "--", "sh", "-c", "echo $$; exec \"$@\"", "sh"].map(String::from).into();
+                v.extend(argv.iter().cloned());
+                v
+            }
+        };
         format!("exec {}", crate::quote::join(&argv))
     } else {
         format!("echo $$; exec {}", crate::quote::join(&cmd.argv))
@@ -1027,6 +1041,45 @@ impl Drop for SshChild {
 mod tests {
     use super::*;
     use russh::kex;
+
+    /// Runs a [`wrapped_wire`] line in a local `bash`, with a `sudo` on PATH that just drops
+    /// `-n --`: what the remote login shell would do, minus the privilege change.
+    fn run_wire_locally(cmd: &RemoteCommand) -> String {
+        use crate::testsupport;
+        let path = testsupport::path_with("sudo", testsupport::PASSTHROUGH_SUDO);
+        let out = testsupport::output(|| {
+            let mut c = std::process::Command::new("bash");
+            c.arg("-c").arg(wrapped_wire(cmd)).env("PATH", &path);
+            c
+        });
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_root_script_reports_its_own_pid_with_one_shell_and_keeps_its_arguments() {
+        let cmd = RemoteCommand::new(["sh", "-c", "echo \"pid=$$ zero=$0 one=$1 two=$2\"", "sh", "a b", "it's"]).sudo();
+        let wire = wrapped_wire(&cmd);
+        assert!(!wire.contains("exec \"$@\""), "a script needs no second shell: {wire}");
+        let out = run_wire_locally(&cmd);
+        let mut lines = out.lines();
+        let pid = lines.next().unwrap();
+        assert!(pid.parse::<u32>().is_ok(), "{out}");
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("pid={pid} zero=sh one=a b two=it's"),
+            "the pid printed is the script's"
+        );
+    }
+
+    #[test]
+    fn a_root_argv_is_still_exec_ed_behind_the_pid_line() {
+        let cmd = RemoteCommand::new(["sh", "-c", "echo \"pid=$$\""]).sudo();
+        assert!(run_wire_locally(&cmd).lines().nth(1).unwrap().starts_with("pid="));
+        let cmd = RemoteCommand::new(["printf", "%s|%s\\n", "x y", "-c"]).sudo();
+        let out = run_wire_locally(&cmd);
+        assert_eq!(out.lines().nth(1), Some("x y|-c"), "{out}");
+    }
 
     #[test]
     fn kex_order_keeps_post_quantum_first_then_nistp256_before_curve25519() {
