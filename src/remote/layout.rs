@@ -84,7 +84,7 @@ pub fn safe_dir_fn() -> &'static str {
 /// Shell function `claimed DIR NONCE`: the run directory's owner file names this invocation.
 pub fn claimed_fn() -> String {
     format!(
-        "claimed() {{ [ -f \"$1/{o}\" ] && [ ! -L \"$1/{o}\" ] && [ \"$(head -n 1 \"$1/{o}\")\" = \"$2\" ]; }}\n",
+        "claimed() {{ c=; [ -f \"$1/{o}\" ] && [ ! -L \"$1/{o}\" ] && {{ read -r c < \"$1/{o}\"; }} 2>/dev/null; [ -n \"$c\" ] && [ \"$c\" = \"$2\" ]; }}\n",
         o = OWNER_FILE
     )
 }

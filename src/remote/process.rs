@@ -71,9 +71,11 @@ pub struct StopReport {
 /// QEMU daemonizes, so init reaps it quickly). The one "is this pid ours" check: `stop`, `status`,
 /// `ping` and readiness all use it.
 pub fn ours_fns() -> &'static str {
-    r#"ours() { [ -r /proc/$1/cmdline ] && tr '\0' '\n' < /proc/$1/cmdline | grep -qxF -- "$2"; }
-alive() { s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }
-ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && p=$(head -c 32 "$1" 2>/dev/null | tr -d ' \n'); case "$p" in ''|*[!0-9]*) p=;; esac; }
+    // `alive` and `ourpid` use only builtins, `ours` one `grep` (NUL-separated lines): `down` of
+    // a node runs them for every VM, and each process started costs the host ~1 ms.
+    r#"ours() { [ -r /proc/$1/cmdline ] && grep -qzxF -- "$2" /proc/$1/cmdline; }
+alive() { s=; { while read -r k v; do [ "$k" = State: ] && { s=${v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$s" ] && [ "$s" != Z ]; }
+ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
 "#
 }
 
@@ -423,6 +425,53 @@ mod tests {
         assert!(!vmdir.exists(), "VM run dir removed");
         let r = parse_stop(&sh(&script)).unwrap();
         assert_eq!(r.outcome, StopOutcome::NotRunning, "idempotent");
+    }
+
+    /// The "is this pid ours" functions against real processes: a live one, a zombie, a pid
+    /// that does not exist (silently), pidfiles well- and ill-formed.
+    #[test]
+    fn ours_alive_and_ourpid_judge_real_processes() {
+        let d = tempfile::tempdir().unwrap();
+        let pf = d.path().join("qemu.pid");
+        let pf = pf.to_str().unwrap();
+        let mut live = std::process::Command::new("sh").args(["-c", "sleep 30; : \"$0\"", pf]).spawn().unwrap();
+        // Exits at once and is never waited for until the end: a zombie.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let q = quote(pf);
+        let script = format!(
+            "{fns}alive {l} && echo live-alive; alive {z} || echo zombie-dead; alive 999999999 || echo none-dead\n\
+             ours {l} {q} && echo live-ours; ours {l} {q}x || echo other-arg-not-ours; ours $$ {q} || echo self-not-ours\n\
+             printf '%s\\n' {l} > {q}; ourpid {q}; echo \"pid=$p\"\n\
+             printf '12x\\n' > {q}; ourpid {q}; echo \"bad=$p\"\n\
+             printf '77' > {q}; ourpid {q}; echo \"no-newline=$p\"\n\
+             rm {q}; ln -s /dev/null {q}; ourpid {q}; echo \"link=$p\"; rm {q}; ourpid {q}; echo \"missing=$p\"\n",
+            fns = ours_fns(),
+            l = live.id(),
+            z = zombie.id(),
+        );
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        live.kill().unwrap();
+        live.wait().unwrap();
+        zombie.wait().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no noise on stderr");
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        assert_eq!(
+            lines,
+            [
+                "live-alive",
+                "zombie-dead",
+                "none-dead",
+                "live-ours",
+                "other-arg-not-ours",
+                "self-not-ours",
+                &format!("pid={}", live.id()),
+                "bad=",
+                "no-newline=77",
+                "link=",
+                "missing="
+            ]
+        );
     }
 
     #[test]
