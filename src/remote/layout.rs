@@ -84,7 +84,7 @@ pub fn safe_dir_fn() -> &'static str {
 /// Shell function `claimed DIR NONCE`: the run directory's owner file names this invocation.
 pub fn claimed_fn() -> String {
     format!(
-        "claimed() {{ c=; [ -f \"$1/{o}\" ] && [ ! -L \"$1/{o}\" ] && {{ read -r c < \"$1/{o}\"; }} 2>/dev/null; [ -n \"$c\" ] && [ \"$c\" = \"$2\" ]; }}\n",
+        "claimed() {{ _claimed_by=; [ -f \"$1/{o}\" ] && [ ! -L \"$1/{o}\" ] && {{ read -r _claimed_by < \"$1/{o}\"; }} 2>/dev/null; [ -n \"$_claimed_by\" ] && [ \"$_claimed_by\" = \"$2\" ]; }}\n",
         o = OWNER_FILE
     )
 }

@@ -71,10 +71,12 @@ pub struct StopReport {
 /// QEMU daemonizes, so init reaps it quickly). The one "is this pid ours" check: `stop`, `status`,
 /// `ping` and readiness all use it.
 pub fn ours_fns() -> &'static str {
-    // `alive` and `ourpid` use only builtins, `ours` one `grep` (NUL-separated lines): `down` of
-    // a node runs them for every VM, and each process started costs the host ~1 ms.
-    r#"ours() { [ -r /proc/$1/cmdline ] && grep -qzxF -- "$2" /proc/$1/cmdline; }
-alive() { s=; { while read -r k v; do [ "$k" = State: ] && { s=${v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$s" ] && [ "$s" != Z ]; }
+    // `alive` and `ourpid` use only builtins, `ours` one `grep` (NUL-separated lines; a grep
+    // without -z, exit 2, falls back to `tr | grep`): `down` of a node runs them for every VM,
+    // and each process started costs the host ~1 ms. Their variables (sh has no locals) are
+    // prefixed so as not to clobber a caller's.
+    r#"ours() { [ -r /proc/$1/cmdline ] || return 1; grep -qzxF -- "$2" /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | grep -qxF -- "$2"; }
+alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] && [ "$_alive_s" != Z ]; }
 ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
 "#
 }
@@ -451,6 +453,24 @@ mod tests {
             z = zombie.id(),
         );
         let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        // A grep without -z (exit 2, as BusyBox builds without it): `ours` still answers.
+        let path = crate::testsupport::path_with(
+            "grep",
+            "case \"$1\" in -*z*) echo \"grep: invalid option -- 'z'\" >&2; exit 2;; esac; exec /bin/grep \"$@\"",
+        );
+        let no_z = crate::testsupport::output(|| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "{fns}ours {l} {q} && echo ours; ours {l} {q}x || echo not-ours",
+                    fns = ours_fns(),
+                    l = live.id()
+                ))
+                .env("PATH", &path);
+            c
+        });
+        assert_eq!(String::from_utf8_lossy(&no_z.stdout), "ours\nnot-ours\n", "{no_z:?}");
+        assert_eq!(String::from_utf8_lossy(&no_z.stderr), "");
         live.kill().unwrap();
         live.wait().unwrap();
         zombie.wait().unwrap();
