@@ -3,7 +3,7 @@
 //!
 //! Node setup phases exist only as progress events, so they are measured from the event log:
 //! `connect` (connecting→preparing), `facts` (→uploading), `upload` (→hugepages), `hugepages`
-//! (→booting: the hugepage check and the QEMU starts under the host lock).
+//! (→booting: the hugepage check under the host lock, then the node's QEMU starts outside it).
 
 use std::time::Duration;
 
