@@ -53,6 +53,14 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), 
     let timeout = ctx.connect.command_timeout.max(Duration::from_secs(20));
     let facts = facts::gather(&session, &ctx.node, &wanted, timeout).await?;
     ctx.tracker.node(&ctx.node.name, |n| n.facts = Some(facts.clone()));
+    // Every step from the claim on runs as root: without passwordless sudo, stop before anything
+    // is written (a claim refused by sudo left cleanup unable to tell that nothing had started).
+    if let Some(s) = facts.sudo.as_ref().filter(|s| !s.ok) {
+        let why = s.error.as_deref().filter(|e| !e.is_empty()).unwrap_or("`sudo -n true` failed");
+        return Err(fail(format!(
+            "passwordless `sudo -n` is needed to start VMs here ({why}); nothing was changed on this host"
+        )));
+    }
     let np = plan::plan_node(&ctx.topology, &ctx.node, Some(&facts), &ctx.plan_options())?
         .ok_or_else(|| fail("no VMs planned on this node"))?;
     if np.accel_requested == Accel::Auto && np.accel == crate::plan::AccelChoice::Tcg {

@@ -33,14 +33,19 @@ struct Behaviour {
     lost_mid_start: bool,
     /// The serial log never shows the ready marker.
     never_ready: bool,
+    /// `sudo -n` wants a password.
+    no_sudo: bool,
 }
 
 /// The answers of a healthy host to each stage's command, with `b`'s faults.
 fn lab_host(call: &Call, b: &Behaviour) -> Reply {
     let t = &call.text;
     if t.contains("sudo_rc=") {
+        let sudo =
+            if b.no_sudo { "sudo_rc=1\nsudo_err=sudo: a password is required\n" } else { "sudo_rc=0\nsudo_err=\n" };
         return Reply::ok(
-            "sudo_rc=0\nsudo_err=\narch=x86_64\nqemu_path=/usr/bin/qemu-system-x86_64\nqemu_version=QEMU 7.2\n\
+            sudo.to_string()
+                + "arch=x86_64\nqemu_path=/usr/bin/qemu-system-x86_64\nqemu_version=QEMU 7.2\n\
              kvm_dev=0\ncpus_online=0-3\ncpus_isolated=\ntool_socat=/usr/bin/socat\ntool_taskset=/usr/bin/taskset\n\
              tool_chrt=/usr/bin/chrt\nnumanode=0\npool 2048 0 0 0 0 0\nmount /dev/hugepages hugetlbfs\n\
              ==lscpu\n# CPU,Core,Socket,Node\n0,0,0,0\n1,1,0,0\n2,2,0,0\n3,3,0,0\n==lscpu-end\n\
@@ -360,4 +365,24 @@ fn regression_the_serial_follower_runs_tail_in_the_c_locale() {
     for f in followers {
         assert_eq!(f.argv[..3], ["env", "LC_ALL=C", "tail"], "{:?}", f.argv);
     }
+}
+
+/// A node without passwordless sudo went on to claim its run directory; sudo refused the claim,
+/// and cleanup, unable to run as root either, reported the VM as possibly still running (and
+/// spent 15 s retrying) although nothing had been started or written.
+#[test]
+fn regression_a_node_without_passwordless_sudo_fails_before_anything_is_written() {
+    let lab = lab(&[("DUT1", Behaviour { no_sudo: true, ..Behaviour::default() })]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(!res.ok);
+    let err = res.nodes[0].error.as_deref().unwrap_or("");
+    assert!(err.contains("passwordless `sudo -n`") && err.contains("a password is required"), "{err}");
+    let calls = lab.hosts["DUT1"].calls();
+    assert!(
+        calls.iter().all(|c| !c.sudo),
+        "nothing ran as root: {:?}",
+        calls.iter().map(|c| &c.text).collect::<Vec<_>>()
+    );
+    assert_eq!(calls.len(), 1, "the facts probe and nothing else");
+    assert!(res.cleanup.as_ref().is_none_or(|c| c.complete && c.left.is_empty()), "{:?}", res.cleanup);
 }
