@@ -159,6 +159,50 @@ fn dropped_handshakes_are_retried_and_counted() {
     assert!(err.contains("handshake retr"), "per-node retries are shown: {err}");
 }
 
+/// `up` on 24 "nodes" that are the strict bastion (`MaxStartups 2`, and no sudo for its user):
+/// the handshakes sshd dropped are retried and counted in `up`'s output too, and a node without
+/// passwordless sudo fails before anything is written on it.
+#[test]
+fn up_counts_retried_handshakes_and_a_node_without_sudo_is_left_untouched() {
+    let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_scale_lab();
+    let port = lab_env("LAB_BASTION_STRICT_PORT");
+    let user = lab_env("LAB_BASTION_USER");
+    let dir = lab_dir();
+    let tiny = dir.join("guest/tiny");
+    let mut yaml = String::from("metadata: {version: 0.1, schema: []}\nnodes:\n");
+    let mut vms = String::from("vms:\n");
+    for i in 1..=24 {
+        yaml.push_str(&format!(
+            "  J{i}:\n    type: DUT\n    host: 127.0.0.1\n    port: {port}\n    username: {user}\n    \
+             identity_file: {k}\n    known_hosts: {kh}\n",
+            k = dir.join("ssh/id_ed25519").display(),
+            kh = dir.join("ssh/known_hosts").display()
+        ));
+        vms.push_str(&format!(
+            "  - {{node: J{i}, qemu_id: 1, smp: 1, mem: 32, guest_hugepages: 0, sched: none, vnf: none, qga: false, \
+             kernel: {t}/vmlinux-tiny, initrd: {t}/initrd-tiny, ready_markers: [HARNESS-TINY-READY]}}\n",
+            t = tiny.display()
+        ));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let topo: PathBuf = tmp.path().join("strict-up.yaml");
+    std::fs::write(&topo, yaml + &vms).unwrap();
+    let run_id = format!("scale-nosudo-{}", std::process::id());
+    let out = harness(&["up", topo.to_str().unwrap(), "--run-id", &run_id]);
+    let (stdout, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(err.contains("passwordless `sudo -n` is needed"), "{}", text(&out));
+    assert!(stdout.contains("everything it started was stopped"), "{}", text(&out));
+    assert!(!Path::new("/run/harness").join(&run_id).exists(), "nothing written on the host");
+    let total: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("harness: ")?.strip_suffix(" SSH handshake(s) dropped by a server and retried"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in up's output: {}", text(&out)));
+    assert!(total > 0, "24 concurrent handshakes against MaxStartups 2 must have been dropped: {err}");
+}
+
 /// Through the strict bastion every node's connection is a channel of one bastion connection:
 /// 16 nodes cost it one handshake, so nothing even needs a retry at the bastion.
 #[test]

@@ -258,7 +258,7 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
         }
     }
     // Every retried handshake, the jump host's and failed nodes' included.
-    eprintln!("harness: {} SSH handshake(s) dropped by a server and retried", crate::ssh::handshake_retries_total());
+    eprintln!("{}", crate::ssh::retries_line(crate::ssh::handshake_retries_total()));
     Ok(if results.iter().any(|r| r.unreachable) {
         exit::UNREACHABLE
     } else if results.iter().all(NodeResult::ok) {

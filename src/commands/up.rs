@@ -262,4 +262,9 @@ fn print_text(res: &RunResult, counters: &Counters) {
         }
         _ => println!("run {} {what}; everything it started was stopped", res.run_id),
     }
+    // A node (or the jump host) whose sshd dropped handshakes (`MaxStartups`) is worth knowing
+    // about even when every retry got through.
+    if res.handshake_retries > 0 {
+        eprintln!("{}", crate::ssh::retries_line(res.handshake_retries));
+    }
 }

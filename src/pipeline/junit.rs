@@ -233,6 +233,7 @@ mod tests {
                 node("DUT2", Some("DUT2 (127.0.0.1:9): connect: refused"), Some(FailureKind::Unreachable)),
             ],
             cleanup: None,
+            handshake_retries: 0,
             run_id_in_use: false,
             vms: vec![
                 vm("DUT1", "DUT1_1", VmState::Failed, Some(FailureKind::NotReady), Some("not ready after 6s")),
@@ -280,6 +281,7 @@ mod tests {
             nodes: vec![node("DUT1", Some("DUT1_1: qemu failed"), Some(FailureKind::Infrastructure))],
             vms: vec![v],
             cleanup: None,
+            handshake_retries: 0,
             run_id_in_use: false,
         };
         let j = for_up("s", &res, &[]);

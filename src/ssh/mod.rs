@@ -185,6 +185,11 @@ impl Output {
 mod session;
 pub mod transport;
 pub use session::{ChildEvent, Put, RemoteChild, Session, UPLOAD_MANY_MAX, handshake_retries_total};
+
+/// The summary line `exec` always prints, and `up` whenever a handshake was retried.
+pub fn retries_line(n: u64) -> String {
+    format!("harness: {n} SSH handshake(s) dropped by a server and retried")
+}
 pub use transport::{Channel, Transport};
 #[cfg(test)]
 pub mod fake;

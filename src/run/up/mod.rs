@@ -145,6 +145,9 @@ pub struct RunResult {
     pub cleanup: Option<CleanupReport>,
     /// The run id was refused: it belongs to another run (nothing of that run was touched).
     pub run_id_in_use: bool,
+    /// SSH handshakes a server dropped (sshd's `MaxStartups`) and this run retried, jump hosts
+    /// included.
+    pub handshake_retries: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +259,8 @@ pub(crate) fn fail(msg: impl Into<String>) -> UpError {
 /// Bring up every selected VM of the topology. Never returns with VMs of a failed run running.
 pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     let started = Instant::now();
+    // The process-wide count: this run's share is what it adds.
+    let retries_before = crate::ssh::handshake_retries_total();
     let tracker = Arc::new(Tracker::new());
     let topo = opts.topology.clone();
     let selected = |name: &str| opts.only_vms.is_empty() || opts.only_vms.iter().any(|v| v == name);
@@ -333,6 +338,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         nodes: node_results.into_values().collect(),
         vms,
         cleanup: report,
+        handshake_retries: crate::ssh::handshake_retries_total().saturating_sub(retries_before),
     }
 }
 
