@@ -10,6 +10,7 @@
 //! include another guest's boot.
 
 use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -70,6 +71,31 @@ fn read_u64(path: &str) -> u64 {
 /// QEMU would then silently put its RAM in a plain file (lab-notes §5).
 struct Hugepages {
     added: u64,
+    /// Shared with the other tests' guards; the regression test below takes it exclusively.
+    _pool: std::sync::RwLockReadGuard<'static, ()>,
+}
+
+/// Tests using the pool share it; the regression test that counts the pool runs alone.
+static POOL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Raise the pool by `pages` under the host lock; returns how many were added.
+fn pool_add(pages: u64) -> u64 {
+    let nr = format!("{HP_SYSFS}/nr_hugepages");
+    let _lock = host_lock();
+    let before = read_u64(&nr);
+    std::fs::write(&nr, (before + pages).to_string()).unwrap();
+    let after = read_u64(&nr);
+    assert!(after >= before + pages, "could only raise nr_hugepages from {before} to {after}, need +{pages}");
+    // Never more than ours: someone else may have raised the pool in between.
+    after.saturating_sub(before).min(pages)
+}
+
+/// Lower the pool by `added` under the host lock.
+fn pool_sub(added: u64) {
+    let nr = format!("{HP_SYSFS}/nr_hugepages");
+    let _lock = host_lock();
+    let now = read_u64(&nr);
+    let _ = std::fs::write(&nr, now.saturating_sub(added).to_string());
 }
 
 impl Hugepages {
@@ -85,23 +111,29 @@ impl Hugepages {
                 .unwrap();
             assert!(st.success(), "mounting hugetlbfs on /dev/hugepages failed");
         }
-        let nr = format!("{HP_SYSFS}/nr_hugepages");
-        let before = read_u64(&nr);
-        std::fs::write(&nr, (before + pages).to_string()).unwrap();
-        let after = read_u64(&nr);
-        // Never more than ours: someone else may have raised the pool in between.
-        let guard = Hugepages { added: after.saturating_sub(before).min(pages) };
-        assert!(after >= before + pages, "could only raise nr_hugepages from {before} to {after}, need +{pages}");
-        guard
+        let pool = POOL.read().unwrap_or_else(|e| e.into_inner());
+        Hugepages { added: pool_add(pages), _pool: pool }
     }
 }
 
 impl Drop for Hugepages {
     fn drop(&mut self) {
-        let nr = format!("{HP_SYSFS}/nr_hugepages");
-        let now = read_u64(&nr);
-        let _ = std::fs::write(&nr, now.saturating_sub(self.added).to_string());
+        pool_sub(self.added);
     }
+}
+
+/// harness's host lock on hugepage changes. The pool is read, then written: two guards dropped
+/// at the same moment (or a guard and a harness run allocating or giving back pages) each wrote
+/// back what they had read less their own, and one change was lost (CI ended with 128 pages
+/// the pool did not have before).
+fn host_lock() -> std::fs::File {
+    use harness::remote::lock::{LOCK_DIR, LOCK_FILE};
+    if !Path::new(LOCK_DIR).exists() {
+        std::fs::DirBuilder::new().mode(0o700).create(LOCK_DIR).unwrap();
+    }
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(LOCK_FILE).expect("the host lock file");
+    f.lock().expect("the host lock");
+    f
 }
 
 /// A qemu started by this test. Drop kills it (SIGKILL) if it still runs, identified by the pid
@@ -470,4 +502,30 @@ fn socat_stdio(
         .expect("spawn socat");
     let io = tokio::io::join(socat.stdout.take().unwrap(), socat.stdin.take().unwrap());
     (socat, io)
+}
+
+/// Two guards dropped at the same moment each wrote back the pool they had read less their own
+/// pages, and one of the two changes was lost: CI ended with 128 pages in the pool it did not
+/// have before. 8 threads adding and removing one page 25 times each must leave the pool as it
+/// was (run alone: the other tests' guards would move it).
+#[test]
+fn regression_concurrent_hugepage_guards_lose_no_pool_update() {
+    require_root();
+    let _alone = POOL.write().unwrap_or_else(|e| e.into_inner());
+    let nr = format!("{HP_SYSFS}/nr_hugepages");
+    let before = read_u64(&nr);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..25 {
+                    let added = pool_add(1);
+                    pool_sub(added);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(read_u64(&nr), before, "the pool must be back where it was");
 }
