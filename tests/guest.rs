@@ -151,14 +151,19 @@ impl Vm {
         self.run_dir.join(name)
     }
 
+    /// Until every thread has exited. A zombie leader (empty cmdline) counts as gone only once it
+    /// is the last thread: QEMU's other threads still hold its memory, hugepages included, and a
+    /// guard that lowered the pool then left surplus pages that the next guard's raise turned
+    /// back into persistent ones (the pool ended 60 or 128 pages larger than it began).
     fn alive(&self) -> bool {
-        std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .map(|c| {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-                // A zombie has an empty cmdline; count it as gone.
-                !c.is_empty() && !stat.contains(") Z ")
-            })
-            .unwrap_or(false)
+        let threads = match std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+            Ok(d) => d.count(),
+            Err(_) => return false,
+        };
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let leader_gone = cmdline.is_empty() || stat.contains(") Z ");
+        !(leader_gone && threads <= 1)
     }
 
     fn ours(&self) -> bool {
@@ -236,10 +241,12 @@ impl Drop for Vm {
         if self.alive() && self.ours() {
             // SAFETY: plain kill(2) on a pid we started and just re-identified.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            let end = Instant::now() + Duration::from_secs(10);
-            while self.alive() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        }
+        // Killed, or exiting by itself (a guest that powered off): its last thread holds its
+        // hugepages until it is gone, and the test's guard gives them back right after this.
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -528,4 +535,26 @@ fn regression_concurrent_hugepage_guards_lose_no_pool_update() {
         t.join().unwrap();
     }
     assert_eq!(read_u64(&nr), before, "the pool must be back where it was");
+}
+
+/// A guest that powered off looked gone as soon as QEMU's main thread was a zombie, while its
+/// other threads still held its memory: the guard then lowered the pool under pages still in
+/// use, and CI ended with the pool 60 or 128 pages larger than it began. Once `Vm` says its
+/// QEMU is gone, every page it used must be free again.
+#[tokio::test]
+async fn regression_a_powered_off_guest_is_gone_only_once_its_hugepages_are_free() {
+    require_root();
+    let _serial = VM_LOCK.lock().await;
+    guest_dir();
+    let _hp = Hugepages::reserve(GUEST_PAGES);
+    let free = || read_u64(&format!("{HP_SYSFS}/free_hugepages"));
+    let free_before = free();
+    let vm = start_vm("#!/bin/sh\nbusybox poweroff -f\n", AgentPort::IsaSerial);
+    // The very moment `alive` says gone (a slower poll would hide the window).
+    let end = Instant::now() + Duration::from_secs(60);
+    while vm.alive() {
+        assert!(Instant::now() < end, "qemu {} did not exit after guest power-off", vm.pid);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(free(), free_before, "qemu {} counted as gone while its hugepages were still in use", vm.pid);
 }
