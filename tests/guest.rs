@@ -174,12 +174,17 @@ impl Vm {
     }
 
     async fn wait_exit(&self, timeout: Duration) -> bool {
+        self.wait_exit_polling(timeout, Duration::from_millis(20)).await
+    }
+
+    /// [`Vm::wait_exit`], checking every `poll`.
+    async fn wait_exit_polling(&self, timeout: Duration, poll: Duration) -> bool {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if !self.alive() {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(poll).await;
         }
         false
     }
@@ -551,10 +556,7 @@ async fn regression_a_powered_off_guest_is_gone_only_once_its_hugepages_are_free
     let free_before = free();
     let vm = start_vm("#!/bin/sh\nbusybox poweroff -f\n", AgentPort::IsaSerial);
     // The very moment `alive` says gone (a slower poll would hide the window).
-    let end = Instant::now() + Duration::from_secs(60);
-    while vm.alive() {
-        assert!(Instant::now() < end, "qemu {} did not exit after guest power-off", vm.pid);
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let gone = vm.wait_exit_polling(Duration::from_secs(60), Duration::from_millis(1)).await;
+    assert!(gone, "qemu {} did not exit after guest power-off", vm.pid);
     assert_eq!(free(), free_before, "qemu {} counted as gone while its hugepages were still in use", vm.pid);
 }

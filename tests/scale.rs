@@ -126,12 +126,8 @@ fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
     assert!(!ledger_mentions(&run_id), "hugepage reservation left behind");
 }
 
-/// 24 "nodes" that are all the strict bastion itself (sshd `MaxStartups 2`): most handshakes
-/// are dropped at first, and every one must get through on a retry, with the retries counted.
-#[test]
-fn dropped_handshakes_are_retried_and_counted() {
-    let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_scale_lab();
+/// Topology `nodes:` of 24 nodes J1..J24 that are all the strict bastion (`MaxStartups 2`).
+fn strict_bastion_nodes() -> String {
     let port = lab_env("LAB_BASTION_STRICT_PORT");
     let user = lab_env("LAB_BASTION_USER");
     let dir = lab_dir();
@@ -144,17 +140,31 @@ fn dropped_handshakes_are_retried_and_counted() {
             kh = dir.join("ssh/known_hosts").display()
         ));
     }
+    yaml
+}
+
+/// The total of `harness: N SSH handshake(s) dropped by a server and retried` in `err`.
+fn retries_counted(err: &str) -> u64 {
+    err.lines()
+        .find_map(|l| l.strip_prefix("harness: ")?.strip_suffix(" SSH handshake(s) dropped by a server and retried"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in the output: {err}"))
+}
+
+/// 24 "nodes" that are all the strict bastion itself (sshd `MaxStartups 2`): most handshakes
+/// are dropped at first, and every one must get through on a retry, with the retries counted.
+#[test]
+fn dropped_handshakes_are_retried_and_counted() {
+    let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_scale_lab();
+    let yaml = strict_bastion_nodes();
     let tmp = tempfile::tempdir().unwrap();
     let topo: PathBuf = tmp.path().join("strict.yaml");
     std::fs::write(&topo, yaml).unwrap();
     let out = harness(&["exec", topo.to_str().unwrap(), "--", "true"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "every node must get through on a retry: {}", text(&out));
-    let total: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("harness: ")?.strip_suffix(" SSH handshake(s) dropped by a server and retried"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no retry count in the output: {err}"));
+    let total = retries_counted(&err);
     assert!(total > 0, "24 concurrent handshakes against MaxStartups 2 must have been dropped: {err}");
     assert!(err.contains("handshake retr"), "per-node retries are shown: {err}");
 }
@@ -166,19 +176,9 @@ fn dropped_handshakes_are_retried_and_counted() {
 fn up_counts_retried_handshakes_and_a_node_without_sudo_is_left_untouched() {
     let _turn = STRICT_BASTION.lock().unwrap_or_else(|e| e.into_inner());
     ensure_scale_lab();
-    let port = lab_env("LAB_BASTION_STRICT_PORT");
-    let user = lab_env("LAB_BASTION_USER");
-    let dir = lab_dir();
-    let tiny = dir.join("guest/tiny");
-    let mut yaml = String::from("metadata: {version: 0.1, schema: []}\nnodes:\n");
+    let tiny = lab_dir().join("guest/tiny");
     let mut vms = String::from("vms:\n");
     for i in 1..=24 {
-        yaml.push_str(&format!(
-            "  J{i}:\n    type: DUT\n    host: 127.0.0.1\n    port: {port}\n    username: {user}\n    \
-             identity_file: {k}\n    known_hosts: {kh}\n",
-            k = dir.join("ssh/id_ed25519").display(),
-            kh = dir.join("ssh/known_hosts").display()
-        ));
         vms.push_str(&format!(
             "  - {{node: J{i}, qemu_id: 1, smp: 1, mem: 32, guest_hugepages: 0, sched: none, vnf: none, qga: false, \
              kernel: {t}/vmlinux-tiny, initrd: {t}/initrd-tiny, ready_markers: [HARNESS-TINY-READY]}}\n",
@@ -187,7 +187,7 @@ fn up_counts_retried_handshakes_and_a_node_without_sudo_is_left_untouched() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let topo: PathBuf = tmp.path().join("strict-up.yaml");
-    std::fs::write(&topo, yaml + &vms).unwrap();
+    std::fs::write(&topo, strict_bastion_nodes() + &vms).unwrap();
     let run_id = format!("scale-nosudo-{}", std::process::id());
     let out = harness(&["up", topo.to_str().unwrap(), "--run-id", &run_id]);
     let (stdout, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -195,11 +195,7 @@ fn up_counts_retried_handshakes_and_a_node_without_sudo_is_left_untouched() {
     assert!(err.contains("passwordless `sudo -n` is needed"), "{}", text(&out));
     assert!(stdout.contains("everything it started was stopped"), "{}", text(&out));
     assert!(!Path::new("/run/harness").join(&run_id).exists(), "nothing written on the host");
-    let total: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("harness: ")?.strip_suffix(" SSH handshake(s) dropped by a server and retried"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no retry count in up's output: {}", text(&out)));
+    let total = retries_counted(&err);
     assert!(total > 0, "24 concurrent handshakes against MaxStartups 2 must have been dropped: {err}");
 }
 
