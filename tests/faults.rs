@@ -110,8 +110,18 @@ impl Env {
 
     /// Start `up` paused at `pause`; returns once it printed the pause line.
     fn up_paused(&self, topo: &Path, run_id: &str, pause: &str) -> Paused {
+        let mut p = self.up_spawned(topo, run_id, Some(pause));
+        p.wait_for("harness-test: paused at", Duration::from_secs(60));
+        p
+    }
+
+    /// Start `up` (paused at `pause`, if any) and return at once.
+    fn up_spawned(&self, topo: &Path, run_id: &str, pause: Option<&str>) -> Paused {
         let mut c = self.cmd(&["up", topo.to_str().unwrap(), "--run-id", run_id]);
-        c.env("HARNESS_TEST_PAUSE_AT", pause).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(pause) = pause {
+            c.env("HARNESS_TEST_PAUSE_AT", pause);
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
         let (tx, rx) = channel();
         let stderr = child.stderr.take().unwrap();
@@ -123,9 +133,7 @@ impl Env {
                 }
             }
         });
-        let mut p = Paused { child, lines: rx, seen: String::new() };
-        p.wait_for("harness-test: paused at", Duration::from_secs(60));
-        p
+        Paused { child, lines: rx, seen: String::new() }
     }
 
     /// Nothing of the run left; hugepages as found; the decoy alive.
@@ -351,6 +359,60 @@ fn fault_sigint_during_hugepage_allocation() {
     assert_eq!(code, Some(130));
     assert!(out.contains("interrupted"), "{out}");
     env.assert_nothing_left(ROOT, "fault-sigint-hp");
+}
+
+/// Ctrl-C while a node's QEMUs were still starting left some running (and their hugepages
+/// taken) although `up` said "everything it started was stopped": with no pidfile written yet,
+/// stop killed the first process carrying the pidfile, often the start's own shell. Here every
+/// QEMU is a stand-in stuck in that window for good: `-daemonize` has forked its child, which
+/// left the session (setsid, as QEMU's does) and never writes the pidfile; the parent waits for
+/// it and, like QEMU's (its SIGTERM handler only requests a shutdown), outlives a SIGTERM.
+#[test]
+fn regression_sigint_while_qemus_start_leaves_none_running() {
+    let env = Env::new();
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fifo = env.dir.path().join("forked");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    // Read and write: never EOF between the stand-ins' writes, never blocks their open.
+    let reader = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in *\" -daemonize \"*) ;; *) exec /usr/bin/qemu-system-x86_64 \"$@\" ;; esac\n\
+             trap '' TERM\n\
+             setsid /bin/sh -c 'echo forked > {fifo}; while :; do sleep 0.1; done' sh \"$@\" &\n\
+             wait\n",
+            fifo = fifo.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let topo = env.topology("slow-start.yaml", |t| {
+        t.replace("qemu: {accel: tcg}", &format!("qemu: {{accel: tcg, bin_dir: {}}}", bin.display()))
+    });
+    let vms = std::fs::read_to_string(&topo).unwrap().matches("qemu_id:").count();
+    assert!(vms >= 2, "{}", topo.display());
+    let mut p = env.up_spawned(&topo, "fault-sigint-start", None);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(reader).lines() {
+            if l.is_err() || tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..vms {
+        assert!(rx.recv_timeout(Duration::from_secs(60)).is_ok(), "only {i} of {vms} QEMUs forked");
+    }
+    p.signal(libc::SIGINT);
+    let (code, out, _) = p.finish();
+    assert_eq!(code, Some(130), "{out}");
+    assert!(out.contains("everything it started was stopped"), "{out}");
+    env.assert_nothing_left(ROOT, "fault-sigint-start");
 }
 
 /// Too few pages and `allocate: false`: `up` says how many pages are missing and how to let it

@@ -67,16 +67,21 @@ pub struct StopReport {
 }
 
 /// Shell functions `ours PID PIDFILE` (the process's argv carries exactly PIDFILE as one
-/// argument: QEMU started with `-pidfile PIDFILE`) and `alive PID` (exists and is not a zombie:
-/// QEMU daemonizes, so init reaps it quickly). The one "is this pid ours" check: `stop`, `status`,
-/// `ping` and readiness all use it.
+/// argument: QEMU started with `-pidfile PIDFILE`), `alive PID` (exists, and its main thread is
+/// not a zombie or another of its threads still runs: QEMU daemonizes, so init reaps it quickly,
+/// but its guest memory, hugepages included, is only freed with its last thread) and
+/// `carriers PIDFILE` (every process whose argv carries PIDFILE, in `$_cr`). The one "is this pid
+/// ours" check: `stop`, `status`, `ping` and readiness all use it.
 pub fn ours_fns() -> &'static str {
     // `alive` and `ourpid` use only builtins, `ours` one `grep` (NUL-separated lines; a grep
     // without -z, exit 2, falls back to `tr | grep`): `down` of a node runs them for every VM,
-    // and each process started costs the host ~1 ms. Their variables (sh has no locals) are
-    // prefixed so as not to clobber a caller's.
+    // and each process started costs the host ~1 ms. `carriers` greps all of /proc at once,
+    // the pattern on stdin so that grep does not find itself (probed on grep's own argv; without
+    // -z or -f -, one `ours` per process). Their variables (sh has no locals) are prefixed so as
+    // not to clobber a caller's.
     r#"ours() { [ -r /proc/$1/cmdline ] || return 1; grep -qzxF -- "$2" /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | grep -qxF -- "$2"; }
-alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] && [ "$_alive_s" != Z ]; }
+alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] || return 1; [ "$_alive_s" != Z ] && return 0; for _alive_t in /proc/$1/task/*; do [ -e "$_alive_t" ] && [ "${_alive_t##*/}" != "$1" ] && return 0; done; return 1; }
+carriers() { _cr=; if printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr="$_cr ${_cr_p%/cmdline}"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
 ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
 "#
 }
@@ -98,9 +103,21 @@ pub fn parse_probe(out: &str) -> (bool, Option<u32>) {
     (it.next() == Some("alive"), it.next().and_then(|p| p.parse().ok()))
 }
 
+/// File in a VM's directory that tells a start still on its way not to launch QEMU: written by
+/// [`stop_script`] before it looks for the VM's processes, checked by `up`'s start script right
+/// before it launches QEMU.
+pub const STOPPING_FENCE: &str = ".stopping";
+
 /// Script that stops the QEMU started with `-pidfile <pidfile>`: QMP `quit`, then SIGTERM, then
-/// SIGKILL, waiting for the process to exit after each (bounded). If the pidfile is missing (an
-/// interrupted start), the process is found by its unique `-pidfile` argument instead. Then the
+/// SIGKILL, waiting for the process (all its threads: its hugepages are free only then) to exit
+/// after each (bounded). Without a live QEMU behind the pidfile, the start may have been cut
+/// short (Ctrl-C while QEMUs start): then every process still carrying the pidfile as an
+/// argument is SIGKILLed, over and over until none is left. Those are the start's own shells
+/// (which would launch QEMU next), QEMU before `-daemonize`'s fork and its child after it, before
+/// the child has written the pidfile; none has guest state yet. A start whose request has not
+/// reached the host yet carries nothing to find: the [`STOPPING_FENCE`], written first, stops
+/// it from launching QEMU (and once the directory is gone, QEMU cannot write its pidfile and
+/// exits). Then the
 /// VM's run directory is removed, but only if it is a real directory exactly below `run_root`
 /// (symlinks resolved). Callers pass paths recomputed by [`crate::remote::layout`], never paths
 /// read from a manifest. Prints `outcome=... pid=... how=...`.
@@ -108,13 +125,10 @@ pub fn stop_script(run_root: &str, vm: &crate::remote::layout::VmPaths, grace_se
     format!(
         r#"root={root}; pidfile={pf}; qmp={qmp}; dir={dir}
 {fns}{safe}gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
+safe=; if safe_dir "$dir"; then safe=1; : > "$dir/{fence}"; fi
 ourpid "$pidfile"; pid=$p
-if [ -z "$pid" ]; then
-  for c in /proc/[0-9]*/cmdline; do q=${{c#/proc/}}; q=${{q%/cmdline}}; ours "$q" "$pidfile" && {{ pid=$q; break; }}; done
-fi
-if [ -z "$pid" ] || ! alive "$pid"; then out="outcome=not_running"
-elif ! ours "$pid" "$pidfile"; then out="outcome=not_ours pid=$pid"
-else
+if [ -n "$pid" ] && alive "$pid" && ! ours "$pid" "$pidfile"; then out="outcome=not_ours pid=$pid"
+elif [ -n "$pid" ] && alive "$pid"; then
   how=
   if [ -S "$qmp" ] && [ ! -L "$qmp" ]; then
     printf '{{"execute":"qmp_capabilities"}}\n{{"execute":"quit"}}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$qmp,shut-none" >/dev/null 2>&1
@@ -123,10 +137,18 @@ else
   if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -TERM "$pid" 2>/dev/null; gone "$pid" 5 && how=term; fi
   if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
   out="outcome=stopped pid=$pid how=$how"
+else
+  killed=; n=0
+  while [ $n -lt 20 ] && carriers "$pidfile" && [ -n "$_cr" ]; do
+    kill -KILL $_cr 2>/dev/null; for q in $_cr; do gone "$q" 5; done
+    killed=${{killed:-$_cr}}; n=$((n + 1))
+  done
+  if [ -n "$killed" ]; then out="outcome=stopped pid=${{killed%% *}} how=kill"; else out="outcome=not_running"; fi
 fi
-if safe_dir "$dir"; then rm -rf -- "$dir"; elif [ -e "$dir" ] || [ -L "$dir" ]; then echo "refused to remove $dir: not a directory below $root" >&2; fi
+if [ -n "$safe" ]; then rm -rf -- "$dir"; elif [ -e "$dir" ] || [ -L "$dir" ]; then echo "refused to remove $dir: not a directory below $root" >&2; fi
 echo "$out"
 "#,
+        fence = STOPPING_FENCE,
         root = quote(run_root),
         pf = quote(&vm.pidfile),
         qmp = quote(&vm.qmp),
@@ -410,23 +432,87 @@ mod tests {
         assert!(decoy.try_wait().unwrap().is_none(), "decoy must survive");
         decoy.kill().unwrap();
         decoy.wait().unwrap();
-        // Ours: argv carries the pidfile path; the pidfile itself is missing (interrupted start).
+        // Ours: argv carries the pidfile path, and the pidfile is there.
         std::fs::create_dir_all(&vmdir).unwrap();
-        let mut ours = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("sleep 30; : \"$0\"")
-            .arg(pidfile.to_str().unwrap())
-            .spawn()
-            .unwrap();
-        std::fs::create_dir_all(&vmdir).unwrap();
+        let mut ours = carrying(pidfile.to_str().unwrap());
+        std::fs::write(&pidfile, format!("{}\n", ours.id())).unwrap();
         let r = parse_stop(&sh(&script)).unwrap();
-        assert_eq!(r.outcome, StopOutcome::Stopped);
-        assert_eq!(r.pid, Some(ours.id()));
-        assert_eq!(r.how.as_deref(), Some("term"));
+        assert_eq!((r.outcome, r.pid, r.how.as_deref()), (StopOutcome::Stopped, Some(ours.id()), Some("term")));
         ours.wait().unwrap();
         assert!(!vmdir.exists(), "VM run dir removed");
         let r = parse_stop(&sh(&script)).unwrap();
         assert_eq!(r.outcome, StopOutcome::NotRunning, "idempotent");
+    }
+
+    /// `sh -c 'sleep 30; : "$0"' ARG`: a process whose argv carries ARG as one argument.
+    fn carrying(arg: &str) -> std::process::Child {
+        std::process::Command::new("sh").arg("-c").arg("sleep 30; : \"$0\"").arg(arg).spawn().unwrap()
+    }
+
+    /// Ctrl-C while a node's QEMUs were starting left QEMUs running after `up` said "everything
+    /// it started was stopped": with no pidfile yet, stop took the first process carrying the
+    /// pidfile (often the start's own shell), TERMed it, and the QEMU lived on. Every carrier
+    /// goes now (launcher, QEMU before and after `-daemonize`'s fork); another VM's does not.
+    #[test]
+    fn regression_a_start_cut_short_leaves_no_process_carrying_the_pidfile() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_str().unwrap();
+        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
+        std::fs::create_dir(&paths.dir).unwrap();
+        let mut carriers: Vec<_> = (0..3).map(|_| carrying(&paths.pidfile)).collect();
+        let mut other = carrying(&format!("{}.other", paths.pidfile));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
+        let gone: Vec<bool> = carriers.iter_mut().map(|c| c.try_wait().unwrap().is_some()).collect();
+        let other_alive = other.try_wait().unwrap().is_none();
+        for c in carriers.iter_mut().chain([&mut other]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert_eq!(gone, [true, true, true], "a process carrying the pidfile survived: {r:?}");
+        assert!(other_alive, "another VM's process was killed");
+        assert_eq!((r.outcome, r.how.as_deref()), (StopOutcome::Stopped, Some("kill")));
+        assert!(carriers.iter().any(|c| Some(c.id()) == r.pid), "{r:?}");
+        assert!(!std::path::Path::new(&paths.dir).exists(), "VM run dir removed");
+    }
+
+    /// A QEMU whose main thread has exited (a zombie) while another of its threads still runs
+    /// still holds its guest memory: stop declared it gone, and the hugepage give-back that
+    /// follows found those pages still in use and left the pool raised for good.
+    #[test]
+    fn regression_a_qemu_is_alive_until_its_last_thread_exits() {
+        // The main thread calls pthread_exit (ctypes releases the GIL), a second one sleeps on.
+        let mut p = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, threading, time\n\
+                 threading.Thread(target=time.sleep, args=(30,)).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = p.id();
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("State:").map(|s| s.trim().chars().next().unwrap_or('?')))
+        };
+        let t = std::time::Instant::now();
+        while state() != Some('Z') && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let alive = |pid: u32| sh(&format!("{}alive {pid} && echo alive || echo dead", ours_fns()));
+        let with_thread = alive(pid);
+        p.kill().unwrap();
+        p.wait().unwrap();
+        assert_eq!(state(), None, "reaped");
+        assert_eq!(with_thread, "alive\n", "main thread a zombie, another thread running");
+        let mut z = std::process::Command::new("true").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let zombie = alive(z.id());
+        z.wait().unwrap();
+        assert_eq!(zombie, "dead\n", "a zombie with no thread left");
     }
 
     /// The "is this pid ours" functions against real processes: a live one, a zombie, a pid

@@ -70,7 +70,8 @@ const START_FAIL: &str = "fail";
 /// instead of one of each per VM), all started at once. Arguments: the manifest's path (its
 /// content on stdin, written atomically first: no QEMU starts unless it is there), then per
 /// VM, the argv length, the pidfile, then the planned argv unchanged. Each VM, in the
-/// background: `qemu … -daemonize` (its stderr kept), the started mark for hugepage
+/// background: unless a stop has fenced its directory (`down` or cleanup got there first),
+/// `qemu … -daemonize` (its stderr kept), the started mark for hugepage
 /// reservations (crate::remote::reserve), then one line with the pid read from the pidfile, as
 /// soon as that VM is done.
 fn start_script() -> String {
@@ -80,6 +81,7 @@ fn start_script() -> String {
 take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
 start() {{
   i=$1; pf=$2; shift 2
+  if [ -e "${{pf%/*}}/{fence}" ]; then echo "{fail} $i 125 $(printf %s 'stopped before QEMU was launched' | base64 -w0)"; return; fi
   if e=$(take "$@" 2>&1 >/dev/null); then
     : > "${{pf%/*}}/{mark}"; read -r p < "$pf"; echo "{ok} $i $p"
   else
@@ -94,6 +96,7 @@ while [ $# -ge 2 ]; do
 done
 wait"#,
         mark = crate::remote::reserve::STARTED_MARK,
+        fence = crate::remote::process::STOPPING_FENCE,
         ok = START_OK,
         fail = START_FAIL,
     )
@@ -230,11 +233,12 @@ fn parse_start_line(line: &str, vms: &[VmPlan]) -> Option<(usize, Result<u32, Up
 async fn kill_undaemonized(session: &Session, v: &VmPlan) {
     let script = format!(
         r#"pf={pf}; bin={bin}
-ours() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | {{ read -r a0 && [ "$a0" = "$bin" ] && grep -qxF -- "$pf"; }}; }}
-pids=; for c in /proc/[0-9]*/cmdline; do p=${{c#/proc/}}; p=${{p%/cmdline}}; [ "$p" != $$ ] && ours "$p" && pids="$pids $p"; done
+{fns}qemu() {{ tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | {{ read -r a0 && [ "$a0" = "$bin" ]; }}; }}
+carriers "$pf"; pids=; for p in $_cr; do qemu "$p" && pids="$pids $p"; done
 [ -z "$pids" ] || kill -KILL $pids 2>/dev/null
-i=0; while [ $i -lt 40 ]; do left=; for p in $pids; do [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && left=1; done; [ -z "$left" ] && break; sleep 0.05; i=$((i+1)); done
+i=0; while [ $i -lt 40 ]; do left=; for p in $pids; do alive "$p" && left=1; done; [ -z "$left" ] && break; sleep 0.05; i=$((i+1)); done
 true"#,
+        fns = crate::remote::process::ours_fns(),
         pf = crate::quote::quote(&v.paths.pidfile),
         bin = crate::quote::quote(v.argv.first().map(String::as_str).unwrap_or_default())
     );
@@ -295,12 +299,17 @@ mod tests {
     fn start_script_reports_each_vm_by_its_index() {
         use base64::Engine as _;
         let dir = tempfile::tempdir().unwrap();
-        let (pf0, pf1) = (dir.path().join("a/qemu.pid"), dir.path().join("b/qemu.pid"));
-        std::fs::create_dir_all(pf0.parent().unwrap()).unwrap();
-        std::fs::create_dir_all(pf1.parent().unwrap()).unwrap();
-        let (pf0, pf1) = (pf0.to_str().unwrap(), pf1.to_str().unwrap());
+        let (pf0, pf1, pf2) =
+            (dir.path().join("a/qemu.pid"), dir.path().join("b/qemu.pid"), dir.path().join("c/qemu.pid"));
+        for pf in [&pf0, &pf1, &pf2] {
+            std::fs::create_dir_all(pf.parent().unwrap()).unwrap();
+        }
+        // A stop got to the third VM first: its QEMU must not be launched.
+        std::fs::write(pf2.with_file_name(crate::remote::process::STOPPING_FENCE), b"").unwrap();
+        let (pf0, pf1, pf2) = (pf0.to_str().unwrap(), pf1.to_str().unwrap(), pf2.to_str().unwrap());
         let ok_vm = ["sh", "-c", "echo 4242 > \"$0\"; echo chatter", pf0];
         let bad_vm = ["sh", "-c", "echo \"boom $0\" >&2; exit 3", "it's"];
+        let fenced_vm = ["sh", "-c", "echo launched > \"$0\"", pf2];
         let manifest = dir.path().join("manifest-DUT1.json");
         let run = |manifest: &std::path::Path| {
             use std::io::Write as _;
@@ -308,6 +317,7 @@ mod tests {
             cmd.arg("-c").arg(start_script()).arg("sh").arg(manifest);
             cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
             cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
+            cmd.arg(fenced_vm.len().to_string()).arg(pf2).args(fenced_vm);
             cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
             let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
             child.stdin.take().unwrap().write_all(b"{\"run_id\": \"r\"}").unwrap();
@@ -316,8 +326,16 @@ mod tests {
         let out = run(&manifest);
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         lines.sort();
-        let err = base64::engine::general_purpose::STANDARD.encode("boom it's");
-        assert_eq!(lines, vec![format!("fail 1 3 {err}"), "ok 0 4242".to_string()]);
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(
+            lines,
+            vec![
+                format!("fail 1 3 {}", b64("boom it's")),
+                format!("fail 2 125 {}", b64("stopped before QEMU was launched")),
+                "ok 0 4242".to_string()
+            ]
+        );
+        assert!(!std::path::Path::new(pf2).exists(), "a fenced VM's QEMU was launched");
         let started = |pf: &str| std::path::Path::new(pf).with_file_name(crate::remote::reserve::STARTED_MARK).exists();
         assert!(started(pf0) && !started(pf1), "only a started VM is marked");
         // The manifest from stdin, written before the first QEMU, world-readable like the rest.
