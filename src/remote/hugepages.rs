@@ -258,13 +258,27 @@ const MAP_COUNT_BOUNDS: (u64, u64) = (65_530, 2_147_483_647);
 /// Largest page count restore gives back for one pool.
 const MAX_PAGES: u64 = 1 << 20;
 
-/// Where restore finds the pools and `vm.max_map_count` (`/sys`, `/proc/sys`; tests use fakes).
+/// Where restore finds the pools, `vm.max_map_count` and the ledger of pages owed back (`/sys`,
+/// `/proc/sys`, [`OWED`]; tests use fakes).
 pub struct Roots<'a> {
     pub sys: &'a str,
     pub proc_sys: &'a str,
+    pub owed: &'a str,
 }
 
-pub const REAL_ROOTS: Roots<'static> = Roots { sys: "/sys", proc_sys: "/proc/sys" };
+pub const REAL_ROOTS: Roots<'static> = Roots { sys: "/sys", proc_sys: "/proc/sys", owed: OWED };
+
+/// Pages runs added and could not give back yet, one `POOL PAGES EXPIRES` line each (expiry in
+/// seconds of host uptime, like reservations), next to the host lock (root-only directory).
+/// A restore gives back only free pages that no other run has reserved: while another run's
+/// QEMUs are taking pages (or, in the same run, a node sharing the host is still being stopped)
+/// a restore finds fewer free pages than it added, and the rest stayed in the pool for good.
+/// Every restore now settles what it can of this ledger, under the same rule.
+pub const OWED: &str = "/run/harness-locks/hugepages.owed";
+
+/// How long a debt waits for its pages to come free; past it, whatever holds them (a long run
+/// that found them free, an administrator's own use) keeps them.
+const OWED_TTL_SECS: u64 = 3600;
 
 /// Script undoing what one node's allocation journal records (run as root under the host lock),
 /// then closing the journal so an allocation still in flight does nothing. Only values the
@@ -275,30 +289,44 @@ pub const REAL_ROOTS: Roots<'static> = Roots { sys: "/sys", proc_sys: "/proc/sys
 /// put back only if it still holds exactly the intended value. The mount and max_map_count are
 /// restored only when no other run (nor another node of this run) remains under `run_root`.
 /// The node's own reservation is dropped first: a node stopped between reserving and starting
-/// its QEMUs must not keep its pages from itself.
+/// its QEMUs must not keep its pages from itself. Every restore first settles what it can of
+/// [`OWED`]; added pages that cannot go yet are recorded there.
 pub fn restore_script(journal: &str, run_root: &str, run_dir: &str, node: &str, roots: &Roots) -> String {
     format!(
-        r#"{free_resv}j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}
-if [ -f "$j" ] && [ ! -L "$j" ]; then
+        r#"{free_resv}j={j}; root={root}; rd={rd}; sys={sys}; psys={psys}; owed={owed}
+num() {{ case "$1" in ''|*[!0-9]*) return 1;; esac; [ ${{#1}} -le 10 ]; }}
+pool_ok() {{ case "$1" in "$sys"/kernel/mm/hugepages/hugepages-*kB|"$sys"/devices/system/node/node*/hugepages/hugepages-*kB) ;; *) return 1;; esac; case "$1" in *..*|*' '*) return 1;; esac; [ -f "$1/nr_hugepages" ]; }}
+# g: pages of pool $1 that may go now, at most $2: free, not reserved, not held for another run's QEMUs.
+givable() {{ case "$1" in *-2048kB) held=$h2;; *-1048576kB) held=$h1g;; *) held=0;; esac; free_resv "$1" "$1"; g=$(( FREE - RESV - held )); g=$(( g < $2 ? g : $2 )); g=$(( g > 0 ? g : 0 )); }}
+shrink() {{ [ "$2" -gt 0 ] || return 0; nr=$(cat "$1/nr_hugepages"); echo $(( nr > $2 ? nr - $2 : 0 )) > "$1/nr_hugepages"; }}
+read -r now _ < /proc/uptime; now=${{now%%.*}}
+jf=; if [ -f "$j" ] && [ ! -L "$j" ]; then jf=1; fi
+if [ -n "$jf" ] || [ -s "$owed" ]; then
 {drop_own}
 {held2}h2=$held
 {held1g}h1g=$held
+fi
+if [ -s "$owed" ] && [ ! -L "$owed" ]; then
+  : > "$owed.tmp"
+  while read -r a b e; do
+    pool_ok "$a" && num "$b" && num "$e" && [ "$b" -le {maxp} ] && [ "$e" -gt "$now" ] || continue
+    givable "$a" "$b"; shrink "$a" "$g"
+    if [ "$g" -lt "$b" ]; then printf '%s %s %s\n' "$a" $(( b - g )) "$e" >> "$owed.tmp"; fi
+  done < "$owed"
+  mv -f "$owed.tmp" "$owed"
+fi
+if [ -n "$jf" ]; then
 exec 8>>"$j"; flock -w 60 8 || true
 echo closed >&8
 others=$(find "$root" -mindepth 1 -maxdepth 1 -type d ! -name '.*' ! -path "$rd" 2>/dev/null | wc -l)
 sib=$(find "$rd" -maxdepth 1 -name 'manifest-*.json' ! -name {mine} 2>/dev/null | wc -l)
 others=$(( others + sib ))
-num() {{ case "$1" in ''|*[!0-9]*) return 1;; esac; [ ${{#1}} -le 10 ]; }}
-pool_ok() {{ case "$1" in "$sys"/kernel/mm/hugepages/hugepages-*kB|"$sys"/devices/system/node/node*/hugepages/hugepages-*kB) ;; *) return 1;; esac; case "$1" in *..*|*' '*) return 1;; esac; [ -f "$1/nr_hugepages" ]; }}
 while read -r k a b c; do
   case "$k" in
     added)
       if pool_ok "$a" && num "$b" && [ "$b" -gt 0 ] && [ "$b" -le {maxp} ]; then
-        # Only free pages no other run has reserved go: its QEMUs may be mapping them now.
-        case "$a" in *-2048kB) held=$h2;; *-1048576kB) held=$h1g;; *) held=0;; esac
-        free_resv "$a" "$a"; f=$(( FREE - RESV - held ))
-        g=$(( f < b ? f : b )); g=$(( g > 0 ? g : 0 ))
-        nr=$(cat "$a/nr_hugepages"); echo $(( nr > g ? nr - g : 0 )) > "$a/nr_hugepages"
+        givable "$a" "$b"; shrink "$a" "$g"
+        if [ "$g" -lt "$b" ]; then printf '%s %s %s\n' "$a" $(( b - g )) $(( now + {ttl} )) >> "$owed"; fi
       fi ;;
     pool)
       if pool_ok "$a" && num "$b" && num "$c" && ! grep -q "^added $a " "$j" && [ "$(cat "$a/nr_hugepages")" = "$c" ]          && [ $(( c - b )) -le {maxp} ]; then echo "$b" > "$a/nr_hugepages"; fi ;;
@@ -316,8 +344,10 @@ true
         rd = quote(run_dir),
         sys = quote(roots.sys),
         psys = quote(roots.proc_sys),
+        owed = quote(roots.owed),
         mine = quote(&format!("manifest-{node}.json")),
         maxp = MAX_PAGES,
+        ttl = OWED_TTL_SECS,
         mapmin = MAP_COUNT_BOUNDS.0,
         mapmax = MAP_COUNT_BOUNDS.1,
         free_resv = HP_FNS,
@@ -559,7 +589,9 @@ mod tests {
         let jpath = d.join("root/r1/hugepages-DUT1.journal");
         std::fs::write(&jpath, journal).unwrap();
         let (sys, psys) = (d.join("sys"), d.join("proc"));
-        let roots = Roots { sys: sys.to_str().unwrap(), proc_sys: psys.to_str().unwrap() };
+        let owed = d.join("owed");
+        let roots =
+            Roots { sys: sys.to_str().unwrap(), proc_sys: psys.to_str().unwrap(), owed: owed.to_str().unwrap() };
         let root = d.join("root");
         let script = restore_script(
             jpath.to_str().unwrap(),
@@ -611,6 +643,37 @@ mod tests {
         let p = pool.to_str().unwrap();
         restore_with(d.path(), &format!("pool {p} 44 300\nadded {p} 256\n"));
         assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "200");
+    }
+
+    /// Interrupting `up` of 32 lab nodes x 4 VMs while QEMUs started left 128-572 free pages in
+    /// the pool: a node's restore ran while QEMUs of other nodes (sharing the host) were still
+    /// taking pages, gave back only what was free then, and nothing ever gave back the rest.
+    /// What cannot go now is owed, and the next restore (any node, any run) gives it back once
+    /// it is free; an expired or malformed debt is dropped without touching the pool.
+    #[test]
+    fn regression_pages_a_restore_could_not_give_back_are_given_back_by_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 300);
+        let p = pool.to_str().unwrap();
+        let nr = || std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim().to_string();
+        let owed = || std::fs::read_to_string(d.path().join("owed")).unwrap_or_default();
+        // 256 added, 100 free now: 100 go, 156 are owed.
+        std::fs::write(pool.join("free_hugepages"), "100\n").unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\nadded {p} 256\n"));
+        assert_eq!(nr(), "200");
+        let line = owed();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[..2], [p, "156"], "{line}");
+        // The QEMUs that held them are gone: the next restore (a node that added nothing) settles.
+        std::fs::write(pool.join("free_hugepages"), "200\n").unwrap();
+        restore_with(d.path(), "");
+        assert_eq!((nr(), owed()), ("44".to_string(), String::new()));
+        // Expired, outside the pools, or not a number: dropped, the pool untouched.
+        std::fs::write(d.path().join("owed"), format!("{p} 10 1\n/etc 10 99999999\n{p} x 99999999\n{p} 5 99999999 \n"))
+            .unwrap();
+        std::fs::write(pool.join("free_hugepages"), "44\n").unwrap();
+        restore_with(d.path(), "");
+        assert_eq!((nr(), owed()), ("39".to_string(), String::new()));
     }
 
     /// Defect 5: an allocation whose result never reached harness (cancelled mid-flight) is

@@ -92,7 +92,7 @@ fn regression_down_trusts_manifest_run_dir() {
         let (rd, vms) = targets(root_s, &m).unwrap();
         assert_eq!(rd, format!("{root_s}/r1"));
         let rel = NodeRelease { node: "DUT1", run_root: root_s, run_dir: &rd, vms: &vms, nonce: None };
-        let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent" };
+        let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent", owed: "/nonexistent/owed" };
         let out = sh(&release_script(&rel, &roots));
         assert!(out.status.success(), "{out:?}");
         assert!(root.join("precious").exists(), "down removed a directory named by a tampered run_dir");
@@ -111,7 +111,7 @@ fn regression_down_trusts_manifest_run_dir_symlink() {
     let root_s = root.to_str().unwrap();
     let (rd, vms) = expected(root_s);
     let rel = NodeRelease { node: "DUT1", run_root: root_s, run_dir: &rd, vms: &vms, nonce: None };
-    let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent" };
+    let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent", owed: "/nonexistent/owed" };
     let out = sh(&release_script(&rel, &roots));
     assert!(!out.status.success());
     assert!(d.path().join("elsewhere/DUT1_1").exists(), "followed a symlinked run dir");
