@@ -122,18 +122,7 @@ impl Env {
             c.env("HARNESS_TEST_PAUSE_AT", pause);
         }
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let (tx, rx) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Paused { child, lines: rx, seen: String::new() }
+        Paused::spawn(c)
     }
 
     /// Nothing of the run left; hugepages as found; the decoy alive.
@@ -177,6 +166,22 @@ impl Drop for Paused {
 }
 
 impl Paused {
+    /// Spawn `c` (stdout and stderr piped) and follow its stderr.
+    fn spawn(mut c: Command) -> Paused {
+        let mut child = c.spawn().unwrap();
+        let (tx, rx) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Paused { child, lines: rx, seen: String::new() }
+    }
+
     fn wait_for(&mut self, needle: &str, within: Duration) {
         let end = Instant::now() + within;
         while Instant::now() < end {
@@ -413,6 +418,30 @@ fn regression_sigint_while_qemus_start_leaves_none_running() {
     assert_eq!(code, Some(130), "{out}");
     assert!(out.contains("everything it started was stopped"), "{out}");
     env.assert_nothing_left(ROOT, "fault-sigint-start");
+}
+
+/// Ctrl-C during `down` ended it silently with 130: nothing said that VMs were left or how to
+/// finish. It now says so, keeps the run's local record, and a second `down` finishes the job.
+#[test]
+fn regression_an_interrupted_down_says_how_to_finish() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let topo = topo.to_str().unwrap();
+    let up = env.run(&["up", topo, "--run-id", "fault-sigint-down"]);
+    assert_eq!(up.status.code(), Some(0));
+    let mut c = env.cmd(&["down", topo, "--run", "fault-sigint-down"]);
+    c.env("HARNESS_TEST_PAUSE_AT", "down").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = Paused::spawn(c);
+    p.wait_for("harness-test: paused at down", Duration::from_secs(60));
+    p.signal(libc::SIGINT);
+    let (code, out, _) = p.finish();
+    assert_eq!(code, Some(130), "{out}");
+    assert!(out.contains("down interrupted") && out.contains("harness down --run fault-sigint-down"), "{out}");
+    let st = env.run(&["status", topo, "--run", "fault-sigint-down"]);
+    assert_ne!(String::from_utf8_lossy(&st.stdout).matches(" ready ").count(), 0, "no VM left to finish");
+    let down = env.run(&["down", "--run", "fault-sigint-down"]);
+    assert_eq!(down.status.code(), Some(0), "the local record was kept: --run alone finds the topology");
+    env.assert_nothing_left(ROOT, "fault-sigint-down");
 }
 
 /// Too few pages and `allocate: false`: `up` says how many pages are missing and how to let it

@@ -79,7 +79,20 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let mut nodes: Vec<(String, Option<String>)> = Vec::new();
     let mut missing = Vec::new();
     let mut unreachable = false;
-    while let Some(r) = set.join_next().await {
+    let signal = crate::run::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let r = tokio::select! {
+            r = set.join_next() => match r { Some(r) => r, None => break },
+            _ = &mut signal => {
+                // Stops already sent run to their end on the hosts; the local record stays.
+                set.abort_all();
+                drop(root);
+                reporter.finish().await;
+                eprintln!("{}", interrupted_hint(&sel));
+                return Ok(exit::INTERRUPTED);
+            }
+        };
         match r {
             Ok(Ok((node, v, m))) => {
                 nodes.push((node, None));
@@ -121,6 +134,18 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// What `down` says when Ctrl-C or SIGTERM cut it short.
+fn interrupted_hint(sel: &Selector) -> String {
+    let again = match &sel.run_id {
+        Some(id) => format!("harness down --run {id}"),
+        None => "harness down with the same arguments".to_string(),
+    };
+    format!(
+        "down interrupted: stops already sent finish on the hosts, the rest may still run \
+         (`harness status` shows what is left); run `{again}` to finish"
+    )
 }
 
 /// `--artifacts` (its `missing.txt`; the rest was written per node) and `--junit`.

@@ -180,6 +180,7 @@ async fn down_run(
             return vec![row("-", None, Some(format!("refused: {e}")))];
         }
     };
+    crate::run::testpause::at("down", node).await;
     for vm in &vms {
         ev.for_vm(&vm.name).phase(Phase::Stopping);
     }

@@ -15,6 +15,7 @@ pub mod qmp;
 pub mod record;
 pub mod serial;
 pub mod status;
+pub(crate) mod testpause;
 pub mod up;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,6 +47,19 @@ pub fn started_by() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     format!("{user}@{host}")
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 #[cfg(test)]

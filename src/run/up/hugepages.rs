@@ -44,7 +44,7 @@ pub(super) async fn ensure(
         ctx.tracker.node(&np.name, |n| n.hugepages_in_flight = true);
     }
     let cmd = RemoteCommand::sh(script).sudo().timeout(LOCK_WAIT + Duration::from_secs(120));
-    let (out, ()) = tokio::join!(session.run(&cmd), super::testpause::at("hugepages", &np.name));
+    let (out, ()) = tokio::join!(session.run(&cmd), crate::run::testpause::at("hugepages", &np.name));
     let out = out?;
     if out.status == Some(LOCK_TIMEOUT_STATUS) {
         let text = out.stderr_str().trim().to_string();

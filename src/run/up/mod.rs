@@ -25,7 +25,6 @@ mod prepare;
 mod readiness;
 mod record;
 mod start;
-mod testpause;
 mod tracker;
 mod upload;
 
@@ -366,10 +365,10 @@ async fn supervise(
     let signal = async move {
         match interrupt {
             Some(n) => tokio::select! {
-                _ = shutdown_signal() => {}
+                _ = crate::run::shutdown_signal() => {}
                 _ = n.notified() => {}
             },
-            None => shutdown_signal().await,
+            None => crate::run::shutdown_signal().await,
         }
     };
     tokio::pin!(signal);
@@ -406,18 +405,6 @@ async fn supervise(
         }
     }
     (failed, interrupted)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
         return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
     }
     let upload_s = t.elapsed().as_secs_f64();
-    super::testpause::at("uploaded", &np.name).await;
+    crate::run::testpause::at("uploaded", &np.name).await;
 
     // Hugepages checked, allocated and reserved under the host lock; the QEMUs start outside it,
     // concurrently with other nodes' (the reservation keeps other runs off these pages until

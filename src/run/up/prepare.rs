@@ -102,7 +102,7 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, 
             }
         });
     }
-    super::testpause::at("claimed", &np.name).await;
+    crate::run::testpause::at("claimed", &np.name).await;
     // One round trip, in this order: the manifest, the VM directories, and (when small, the
     // usual case) the VM files. Each step only starts once the one before it succeeded.
     let (manifest, manifest_path) = super::record::manifest_file(ctx, np)?;

@@ -66,7 +66,7 @@ async fn follow_serial(
     sudo: bool,
 ) -> Result<(), Follow> {
     let mut child = session.spawn(&follower(v, pid, sudo)).await.map_err(UpError::from)?;
-    super::testpause::at("serial", &v.name).await;
+    crate::run::testpause::at("serial", &v.name).await;
     let mut watch = SerialWatch::new(v.readiness.ready_markers.clone(), v.readiness.fail_markers.clone());
     let mut stderr = Vec::new();
     let result = loop {

@@ -1,14 +1,15 @@
 //! Test-only pause points, so the fault suite can act at an exact phase instead of sleeping and
-//! hoping. With `HARNESS_TEST_PAUSE_AT=<phase>[:<node or VM>]`, `up` prints
+//! hoping. With `HARNESS_TEST_PAUSE_AT=<phase>[:<node or VM>]`, `up` or `down` prints
 //! `harness-test: paused at <phase> <name> (pid N)` on stderr when it reaches that phase and waits
 //! for SIGUSR1 (a SIGINT/SIGTERM interrupts it like any other phase). Phases: `claimed` (run
 //! directory claimed, nothing else written), `uploaded` (VM directories and files written),
-//! `hugepages` (the allocation script is in flight), `serial` (a VM's serial stream is open).
+//! `hugepages` (the allocation script is in flight), `serial` (a VM's serial stream is open);
+//! and in `down`, `down` (a node's run found, none of its VMs stopped yet).
 //! Unset, every pause point returns at once.
 
 use tokio::signal::unix::{SignalKind, signal};
 
-pub(super) async fn at(phase: &str, name: &str) {
+pub(crate) async fn at(phase: &str, name: &str) {
     let Ok(want) = std::env::var("HARNESS_TEST_PAUSE_AT") else { return };
     let (p, n) = want.split_once(':').unwrap_or((want.as_str(), ""));
     if p != phase || (!n.is_empty() && n != name) {
