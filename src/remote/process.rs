@@ -460,8 +460,8 @@ mod tests {
         let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
         std::fs::create_dir(&paths.dir).unwrap();
         let mut carriers: Vec<_> = (0..3).map(|_| carrying(&paths.pidfile)).collect();
+        // spawn() returns once the child has exec'd: its argv is in place.
         let mut other = carrying(&format!("{}.other", paths.pidfile));
-        std::thread::sleep(std::time::Duration::from_millis(100));
         let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
         let gone: Vec<bool> = carriers.iter_mut().map(|c| c.try_wait().unwrap().is_some()).collect();
         let other_alive = other.try_wait().unwrap().is_none();
