@@ -74,12 +74,14 @@ pub struct StopReport {
 /// ours" check: `stop`, `status`, `ping` and readiness all use it.
 pub fn ours_fns() -> &'static str {
     // `alive` and `ourpid` use only builtins, `ours` one `grep` (NUL-separated lines; a grep
-    // without -z, exit 2, falls back to `tr | grep`): `down` of a node runs them for every VM,
-    // and each process started costs the host ~1 ms. `carriers` greps all of /proc at once,
-    // the pattern on stdin so that grep does not find itself (probed on grep's own argv; without
-    // -z or -f -, one `ours` per process). Their variables (sh has no locals) are prefixed so as
-    // not to clobber a caller's.
-    r#"ours() { [ -r /proc/$1/cmdline ] || return 1; grep -qzxF -- "$2" /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | grep -qxF -- "$2"; }
+    // without -z, exit 2, falls back to `tr` and a `read` loop): `down` of a node runs them for
+    // every VM, and each process started costs the host ~1 ms. No helper ever has the pidfile
+    // on its own argv (grep takes it on stdin): it would be a carrier itself, and a concurrent
+    // stop of the same VM would kill it (and read "not ours" from its own check).
+    // `carriers` greps all of /proc at once (probed on grep's own argv; without -z or -f -, one
+    // `ours` per process). Their variables (sh has no locals) are prefixed so as not to clobber
+    // a caller's.
+    r#"ours() { [ -r /proc/$1/cmdline ] || return 1; printf '%s\n' "$2" | grep -qzxF -f - /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | { while IFS= read -r _ours_a; do [ "$_ours_a" = "$2" ] && exit 0; done; exit 1; }; }
 alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] || return 1; [ "$_alive_s" != Z ] && return 0; for _alive_t in /proc/$1/task/*; do [ -e "$_alive_t" ] && [ "${_alive_t##*/}" != "$1" ] && return 0; done; return 1; }
 carriers() { _cr=; if printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr="$_cr ${_cr_p%/cmdline}"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
 ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
@@ -112,12 +114,16 @@ pub const STOPPING_FENCE: &str = ".stopping";
 /// SIGKILL, waiting for the process (all its threads: its hugepages are free only then) to exit
 /// after each (bounded). Without a live QEMU behind the pidfile, the start may have been cut
 /// short (Ctrl-C while QEMUs start): then every process still carrying the pidfile as an
-/// argument is SIGKILLed, over and over until none is left. Those are the start's own shells
-/// (which would launch QEMU next), QEMU before `-daemonize`'s fork and its child after it, before
-/// the child has written the pidfile; none has guest state yet. A start whose request has not
+/// argument is SIGKILLed, over and over until two scans 50 ms apart find none (a process in the
+/// middle of `execve` reads as having no argv for that moment). Those are the start's own shells
+/// (which would launch QEMU next), QEMU before `-daemonize`'s fork and its child after it,
+/// before the child has written the pidfile; none has guest state yet. A start whose request has not
 /// reached the host yet carries nothing to find: the [`STOPPING_FENCE`], written first, stops
 /// it from launching QEMU (and once the directory is gone, QEMU cannot write its pidfile and
-/// exits). Then the
+/// exits). Two stops of one VM may run at once (`down` of nodes sharing a host, each cleaning
+/// the other's directory): a QEMU already exiting (its main thread a zombie, or its argv gone)
+/// is waited for rather than called not ours, and a directory the other stop removed is no error.
+/// Then the
 /// VM's run directory is removed, but only if it is a real directory exactly below `run_root`
 /// (symlinks resolved). Callers pass paths recomputed by [`crate::remote::layout`], never paths
 /// read from a manifest. Prints `outcome=... pid=... how=...`.
@@ -125,10 +131,17 @@ pub fn stop_script(run_root: &str, vm: &crate::remote::layout::VmPaths, grace_se
     format!(
         r#"root={root}; pidfile={pf}; qmp={qmp}; dir={dir}
 {fns}{safe}gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
-safe=; if safe_dir "$dir"; then safe=1; : > "$dir/{fence}"; fi
+safe=; if safe_dir "$dir"; then safe=1; printf '' 2>/dev/null > "$dir/{fence}"; fi
 ourpid "$pidfile"; pid=$p
-if [ -n "$pid" ] && alive "$pid" && ! ours "$pid" "$pidfile"; then out="outcome=not_ours pid=$pid"
-elif [ -n "$pid" ] && alive "$pid"; then
+if [ -n "$pid" ] && alive "$pid" && [ "$_alive_s" = Z ]; then gone "$pid" 5; fi
+# ours, other (a live pid that is not ours), or none; judged once: a QEMU exiting under a
+# concurrent stop's signal loses its argv before it is a zombie, so it gets a moment to go.
+state=none
+if [ -n "$pid" ] && alive "$pid"; then
+  if ours "$pid" "$pidfile"; then state=ours; elif ! gone "$pid" 1; then state=other; fi
+fi
+if [ $state = other ]; then out="outcome=not_ours pid=$pid"
+elif [ $state = ours ]; then
   how=
   if [ -S "$qmp" ] && [ ! -L "$qmp" ]; then
     printf '{{"execute":"qmp_capabilities"}}\n{{"execute":"quit"}}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$qmp,shut-none" >/dev/null 2>&1
@@ -138,8 +151,14 @@ elif [ -n "$pid" ] && alive "$pid"; then
   if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
   out="outcome=stopped pid=$pid how=$how"
 else
-  killed=; n=0
-  while [ $n -lt 20 ] && carriers "$pidfile" && [ -n "$_cr" ]; do
+  killed=; n=0; quiet=0
+  while [ $n -lt 40 ]; do
+    carriers "$pidfile"
+    if [ -z "$_cr" ]; then
+      quiet=$((quiet + 1)); [ $quiet -ge 2 ] && break
+      sleep 0.05; n=$((n + 1)); continue
+    fi
+    quiet=0
     kill -KILL $_cr 2>/dev/null; for q in $_cr; do gone "$q" 5; done
     killed=${{killed:-$_cr}}; n=$((n + 1))
   done
@@ -476,37 +495,127 @@ mod tests {
         assert!(!std::path::Path::new(&paths.dir).exists(), "VM run dir removed");
     }
 
+    /// `down` of lab nodes sharing a host ran two stops of one VM at once (a node's own, and
+    /// another's cleaning the run directory once its manifests were gone). The second one's
+    /// fence write into the directory the first had just removed ended its shell (a failed
+    /// redirection of the special builtin `:`), so it printed no outcome: "stop script failed".
+    /// A QEMU exiting under the other's signal, its argv already gone, was "not ours (left
+    /// alone)". And `ours` ran grep with the pidfile on its argv: a concurrent stop's sweep took
+    /// that grep for a carrier and killed it.
+    #[test]
+    fn regression_concurrent_stops_of_one_vm_each_report_an_outcome() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_str().unwrap();
+        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
+        std::fs::create_dir(&paths.dir).unwrap();
+        let mut qemu = carrying(&paths.pidfile);
+        std::fs::write(&paths.pidfile, format!("{}\n", qemu.id())).unwrap();
+        let script = stop_script(root, &paths, 1);
+        let stops: Vec<_> = (0..8)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&script)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = stops.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let _ = qemu.kill();
+        qemu.wait().unwrap();
+        let reports: Vec<StopReport> = outs
+            .iter()
+            .map(|o| parse_stop(&String::from_utf8_lossy(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {o:?}")))
+            .collect();
+        assert!(reports.iter().any(|r| r.outcome == StopOutcome::Stopped), "{reports:?}");
+        assert!(reports.iter().all(|r| r.outcome != StopOutcome::NotOurs), "{reports:?}");
+        assert!(outs.iter().all(|o| o.stderr.is_empty()), "{outs:?}");
+        assert!(!std::path::Path::new(&paths.dir).exists());
+    }
+
+    /// The grep half of the defect above, made likely: while one shell runs `ours` over and
+    /// over, `carriers` must only ever find the real carrier, never a helper of `ours`.
+    #[test]
+    fn regression_no_helper_of_ours_carries_the_pidfile() {
+        let d = tempfile::tempdir().unwrap();
+        let pf = d.path().join("vm/qemu.pid").display().to_string();
+        let mut carrier = carrying(&pf);
+        let c = carrier.id();
+        let (q, done) = (quote(&pf), quote(&d.path().join("done").display().to_string()));
+        // One shell checks `ours` 1000 times in the background; the other scans until it is done.
+        let scans = sh(&format!(
+            "{fns}( i=0; while [ $i -lt 1000 ]; do ours {c} {q}; i=$((i + 1)); done; : > {done} ) &\n\
+             while [ ! -e {done} ]; do carriers {q}; echo \"$_cr\"; done\nwait\n",
+            fns = ours_fns()
+        ));
+        carrier.kill().unwrap();
+        carrier.wait().unwrap();
+        let wrong: Vec<&str> = scans.lines().filter(|l| *l != c.to_string()).collect();
+        assert!(scans.lines().count() > 10, "{scans}");
+        assert!(wrong.is_empty(), "carriers other than {c}: {wrong:?}");
+    }
+
+    /// The exiting half of the defect above, made exact: the pidfile names a process whose main
+    /// thread has exited (argv empty) while a thread still runs for a moment.
+    #[test]
+    fn regression_a_qemu_caught_exiting_is_waited_for_not_called_not_ours() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_str().unwrap();
+        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
+        std::fs::create_dir(&paths.dir).unwrap();
+        let (mut p, pid) = main_thread_exited(1);
+        std::fs::write(&paths.pidfile, format!("{pid}\n")).unwrap();
+        let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
+        let exited = p.try_wait().unwrap().is_some() || state(pid) == Some('Z');
+        let _ = p.kill();
+        p.wait().unwrap();
+        assert_eq!(r.outcome, StopOutcome::NotRunning, "{r:?}");
+        assert!(exited, "stop returned before the process had exited");
+    }
+
+    /// First letter of the `State:` of `pid`, if it exists.
+    fn state(pid: u32) -> Option<char> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("State:").map(|s| s.trim().chars().next().unwrap_or('?')))
+    }
+
+    /// A process whose main thread has exited (a zombie, its argv gone) while a second thread
+    /// sleeps `secs` more (python3: ctypes releases the GIL for pthread_exit). Returns once the
+    /// main thread is a zombie.
+    fn main_thread_exited(secs: u32) -> (std::process::Child, u32) {
+        let p = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import ctypes, threading, time\n\
+                 threading.Thread(target=time.sleep, args=({secs},)).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)"
+            ))
+            .spawn()
+            .unwrap();
+        let pid = p.id();
+        let t = std::time::Instant::now();
+        while state(pid) != Some('Z') && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(state(pid), Some('Z'), "main thread never exited");
+        (p, pid)
+    }
+
     /// A QEMU whose main thread has exited (a zombie) while another of its threads still runs
     /// still holds its guest memory: stop declared it gone, and the hugepage give-back that
     /// follows found those pages still in use and left the pool raised for good.
     #[test]
     fn regression_a_qemu_is_alive_until_its_last_thread_exits() {
-        // The main thread calls pthread_exit (ctypes releases the GIL), a second one sleeps on.
-        let mut p = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import ctypes, threading, time\n\
-                 threading.Thread(target=time.sleep, args=(30,)).start()\n\
-                 ctypes.CDLL(None).pthread_exit(None)",
-            ])
-            .spawn()
-            .unwrap();
-        let pid = p.id();
-        let state = || {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("State:").map(|s| s.trim().chars().next().unwrap_or('?')))
-        };
-        let t = std::time::Instant::now();
-        while state() != Some('Z') && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let (mut p, pid) = main_thread_exited(30);
         let alive = |pid: u32| sh(&format!("{}alive {pid} && echo alive || echo dead", ours_fns()));
         let with_thread = alive(pid);
         p.kill().unwrap();
         p.wait().unwrap();
-        assert_eq!(state(), None, "reaped");
+        assert_eq!(state(pid), None, "reaped");
         assert_eq!(with_thread, "alive\n", "main thread a zombie, another thread running");
         let mut z = std::process::Command::new("true").spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -83,7 +83,7 @@ start() {{
   i=$1; pf=$2; shift 2
   if [ -e "${{pf%/*}}/{fence}" ]; then echo "{fail} $i 125 $(printf %s 'stopped before QEMU was launched' | base64 -w0)"; return; fi
   if e=$(take "$@" 2>&1 >/dev/null); then
-    : > "${{pf%/*}}/{mark}"; read -r p < "$pf"; echo "{ok} $i $p"
+    printf '' 2>/dev/null > "${{pf%/*}}/{mark}"; read -r p < "$pf"; echo "{ok} $i $p"
   else
     rc=$?; echo "{fail} $i $rc $(printf %s "$e" | base64 -w0)"
   fi
