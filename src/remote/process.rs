@@ -78,12 +78,12 @@ pub fn ours_fns() -> &'static str {
     // every VM, and each process started costs the host ~1 ms. No helper ever has the pidfile
     // on its own argv (grep takes it on stdin): it would be a carrier itself, and a concurrent
     // stop of the same VM would kill it (and read "not ours" from its own check).
-    // `carriers` greps all of /proc at once (probed on grep's own argv; without -z or -f -, one
-    // `ours` per process). Their variables (sh has no locals) are prefixed so as not to clobber
+    // `carriers` greps all of /proc at once (whether grep can is probed once, on its own argv;
+    // without -z or -f -, one `ours` per process). Their variables (sh has no locals) are prefixed so as not to clobber
     // a caller's.
     r#"ours() { [ -r /proc/$1/cmdline ] || return 1; printf '%s\n' "$2" | grep -qzxF -f - /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | { while IFS= read -r _ours_a; do [ "$_ours_a" = "$2" ] && exit 0; done; exit 1; }; }
 alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] || return 1; [ "$_alive_s" != Z ] && return 0; for _alive_t in /proc/$1/task/*; do [ -e "$_alive_t" ] && [ "${_alive_t##*/}" != "$1" ] && return 0; done; return 1; }
-carriers() { _cr=; if printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr="$_cr ${_cr_p%/cmdline}"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
+carriers() { _cr=; [ -n "$_cr_z" ] || { printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null && _cr_z=1 || _cr_z=0; }; if [ $_cr_z = 1 ]; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr="$_cr ${_cr_p%/cmdline}"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
 ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
 "#
 }
@@ -463,6 +463,14 @@ mod tests {
         assert_eq!(r.outcome, StopOutcome::NotRunning, "idempotent");
     }
 
+    /// A scratch run root holding one VM directory, and that VM's paths.
+    fn scratch_vm() -> (tempfile::TempDir, crate::remote::layout::VmPaths) {
+        let d = tempfile::tempdir().unwrap();
+        let paths = crate::remote::layout::vm_paths(d.path().to_str().unwrap(), "vm").unwrap();
+        std::fs::create_dir(&paths.dir).unwrap();
+        (d, paths)
+    }
+
     /// `sh -c 'sleep 30; : "$0"' ARG`: a process whose argv carries ARG as one argument.
     fn carrying(arg: &str) -> std::process::Child {
         std::process::Command::new("sh").arg("-c").arg("sleep 30; : \"$0\"").arg(arg).spawn().unwrap()
@@ -474,10 +482,8 @@ mod tests {
     /// goes now (launcher, QEMU before and after `-daemonize`'s fork); another VM's does not.
     #[test]
     fn regression_a_start_cut_short_leaves_no_process_carrying_the_pidfile() {
-        let d = tempfile::tempdir().unwrap();
+        let (d, paths) = scratch_vm();
         let root = d.path().to_str().unwrap();
-        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
-        std::fs::create_dir(&paths.dir).unwrap();
         let mut carriers: Vec<_> = (0..3).map(|_| carrying(&paths.pidfile)).collect();
         // spawn() returns once the child has exec'd: its argv is in place.
         let mut other = carrying(&format!("{}.other", paths.pidfile));
@@ -504,10 +510,8 @@ mod tests {
     /// that grep for a carrier and killed it.
     #[test]
     fn regression_concurrent_stops_of_one_vm_each_report_an_outcome() {
-        let d = tempfile::tempdir().unwrap();
+        let (d, paths) = scratch_vm();
         let root = d.path().to_str().unwrap();
-        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
-        std::fs::create_dir(&paths.dir).unwrap();
         let mut qemu = carrying(&paths.pidfile);
         std::fs::write(&paths.pidfile, format!("{}\n", qemu.id())).unwrap();
         let script = stop_script(root, &paths, 1);
@@ -561,10 +565,8 @@ mod tests {
     /// thread has exited (argv empty) while a thread still runs for a moment.
     #[test]
     fn regression_a_qemu_caught_exiting_is_waited_for_not_called_not_ours() {
-        let d = tempfile::tempdir().unwrap();
+        let (d, paths) = scratch_vm();
         let root = d.path().to_str().unwrap();
-        let paths = crate::remote::layout::vm_paths(root, "vm").unwrap();
-        std::fs::create_dir(&paths.dir).unwrap();
         let (mut p, pid) = main_thread_exited(1);
         std::fs::write(&paths.pidfile, format!("{pid}\n")).unwrap();
         let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
