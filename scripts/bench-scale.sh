@@ -55,7 +55,8 @@ settle() {
     if [ "$v" = "$last" ]; then same=$((same + 1)); else same=0; last=$v; fi
   done
 }
-# harness up (timed, GNU time for RSS/CPU) then down; prints "UP_S DOWN_S RSS_KB CPU_S".
+# harness up (timed, GNU time for RSS/CPU) then down; prints "UP_S DOWN_S RSS_KB CPU_S RETRIED",
+# RETRIED being the handshakes a server dropped and harness retried (its summary line, if any).
 hrun() {
   local topo=$1 id=scale-bench-$RANDOM t0 t1 t2
   settle
@@ -63,7 +64,8 @@ hrun() {
   /usr/bin/time -f "%M %U %S" -o "$W/time" $H up "$topo" --run-id "$id" >/dev/null 2>"$W/up.err" || { cat "$W/up.err" >&2; $H down "$topo" --run "$id" >/dev/null 2>&1; exit 1; }
   t1=$(now); $H down "$topo" --run "$id" >/dev/null 2>&1; t2=$(now)
   read -r rss u s <"$W/time"
-  awk -v a="$t0" -v b="$t1" -v c="$t2" -v r="$rss" -v u="$u" -v s="$s" 'BEGIN { printf "%.2f %.2f %d %.2f\n", b - a, c - b, r, u + s }'
+  n=$(sed -n 's/^harness: \([0-9]*\) SSH handshake(s) dropped.*/\1/p' "$W/up.err" | grep . || echo 0)
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v r="$rss" -v u="$u" -v s="$s" -v n="$n" 'BEGIN { printf "%.2f %.2f %d %.2f %d\n", b - a, c - b, r, u + s, n }'
 }
 direct() {
   target/release/harness render "$1" --format json --run-id "scale-direct-$RANDOM" >"$W/plan.json"
@@ -74,9 +76,9 @@ r() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 v() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t) ? "PASS" : "MISS" }'; }
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 
-read -r hu hd rss cpu <<<"$(hrun "$TD/lab-scale.yaml")"
+read -r hu hd rss cpu hr <<<"$(hrun "$TD/lab-scale.yaml")"
 d=$(direct "$TD/lab-scale.yaml")
-read -r ju jd _ _ <<<"$(hrun "$TD/lab-scale-jump.yaml")"
+read -r ju jd _ _ jr <<<"$(hrun "$TD/lab-scale-jump.yaml")"
 # 8 vs 1: a few seconds a pair, so the median of ONE_REPS interleaved pairs (one pair swung
 # 1.4-2.5x with QEMU's start-up on 2 cores).
 ONE_REPS=${BENCH_ONE_REPS:-3}
@@ -103,17 +105,17 @@ if [ "$MD" = 1 ]; then
 | benchmark ($(nproc) cores, load $load) | result |
 |---|---|
 | \`harness up\` $N nodes × $M tiny VMs vs the same $vms QEMUs started directly in parallel | ${hu} s vs ${d} s: ${r1}× (target ≤ 1.5×: $(v "$r1" 1.5)), ${per} ms overhead per VM; down ${hd} s |
-| harness peak RSS / CPU time, that run | $((rss / 1024)) MiB / ${cpu} s |
+| harness peak RSS / CPU time, that run; handshakes retried | $((rss / 1024)) MiB / ${cpu} s; ${hr} retried (${jr} through the bastion) |
 | the same through one bastion vs direct ssh | ${ju} s vs ${hu} s: ${r2}× (target ≤ 1.3×: $(v "$r2" 1.3)); down ${jd} s |
 | 8 tiny VMs on one node vs 1 VM (median of $ONE_REPS each) | ${o8} s vs ${o1} s: ${r3}× (target ≤ 2×: $(v "$r3" 2)); the same QEMUs started directly: ${d8} s vs ${d1} s, ${rd}×; harness adds ${extra} ms per extra VM; adding none it would be ${best}× |
 OUT
 else
   cat <<OUT
 bench-scale ($(nproc) cores, load $load):
-  harness up, $N x $M tiny VMs       ${hu} s   (down ${hd} s; peak RSS $((rss / 1024)) MiB, CPU ${cpu} s)
+  harness up, $N x $M tiny VMs       ${hu} s   (down ${hd} s; peak RSS $((rss / 1024)) MiB, CPU ${cpu} s; ${hr} handshakes retried)
   direct parallel QEMUs               ${d} s
   ratio                               ${r1}x   (target <= 1.5x: $(v "$r1" 1.5)); overhead ${per} ms per VM
-  through the bastion                 ${ju} s   (down ${jd} s)
+  through the bastion                 ${ju} s   (down ${jd} s; ${jr} handshakes retried)
   bastion vs direct ssh               ${r2}x   (target <= 1.3x: $(v "$r2" 1.3))
   8 VMs on one node vs 1 VM           ${o8} s vs ${o1} s: ${r3}x   (target <= 2x: $(v "$r3" 2); median of $ONE_REPS each)
   the same QEMUs started directly     ${d8} s vs ${d1} s: ${rd}x; harness adds ${extra} ms per extra VM

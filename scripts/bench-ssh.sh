@@ -225,7 +225,9 @@ timed() {
     echo "$(ms "$t0" "$t1") $(( $(sshd_cpu_settled) - c0 ))"
 }
 
-declare -A R
+# Handshakes a server dropped and harness retried, from the summary line `exec` always prints.
+retried() { sed -n 's/^harness: \([0-9]*\) SSH handshake(s) dropped.*/\1/p' "$1" | grep . || echo 0; }
+declare -A R retries
 for k in "${SIZES[@]}"; do
     prepare "$k"
     log "fan-out to $k nodes: warm-up"
@@ -237,6 +239,7 @@ for k in "${SIZES[@]}"; do
             read -r w c <<<"$(timed "$tool" "$k")"
             [ -n "$c" ] || exit 1
             wall[$tool]+="$w "; cpu[$tool]+="$c "
+            [ "$tool" = harness ] && retries[$k]=$(( ${retries[$k]:-0} + $(retried "$W/$k/harness.err") ))
             log "fan-out to $k nodes, rep $rep/$REPS: $tool ${w} ms (sshd CPU ${c} ms)"
         done
     done
@@ -281,6 +284,7 @@ Fan-out: one \`true\` on each of $k nodes, all in flight (median of $REPS; load 
   harness exec --max-parallel $k   $(printf '%6s' "${R[$k,harness]}") ms  $(printf '%6s' "${R[$k,harness,cpu]}") ms  (${R[$k,harness,per]} ms)
   parallel-ssh -p $k               $(printf '%6s' "${R[$k,pssh]}") ms  $(printf '%6s' "${R[$k,pssh,cpu]}") ms  (${R[$k,pssh,per]} ms)
   ansible -f $k -m raw -a true     $(printf '%6s' "${R[$k,ansible]}") ms  $(printf '%6s' "${R[$k,ansible,cpu]}") ms  (${R[$k,ansible,per]} ms)
+  handshakes retried by harness     ${retries[$k]:-0} in $REPS runs
   harness vs parallel-ssh           ${R[$k,r_pssh]}x faster   (target >= 5x: $(verdict "${R[$k,r_pssh]}" 5 ge))
   harness vs ansible                ${R[$k,r_ans]}x faster   (target >= 10x: $(verdict "${R[$k,r_ans]}" 10 ge))
     ceiling on these sshds          ${R[$k,ceil_ans]}x   (ansible's wall time / the sshd CPU floor below)
@@ -294,7 +298,7 @@ if [ "$MD" = 1 ]; then
     echo "| $N sequential \`true\` on one node, one harness connection vs \`ssh\` with ControlMaster vs fresh \`ssh\` (1-min load ${load_start%% *} at start) | $(per "$seq_h") ms vs $(per "$seq_cm") ms vs $(per "$seq_fresh") ms per command: ${r_cm}× faster than ControlMaster (target ≥ 1.5×: $(verdict "$r_cm" 1.5 ge)), ${r_fresh}× faster than fresh \`ssh\` (target ≥ 10×: $(verdict "$r_fresh" 10 ge)) |"
     for k in "${SIZES[@]}"; do
         h=${R[$k,harness]}
-        echo "| \`harness exec -- true\` on $k nodes vs \`parallel-ssh -p $k\` (median of $REPS, 1-min load ${R[$k,load1]}, its own clients included) | $(secs "$h") s vs $(secs "${R[$k,pssh]}") s: ${R[$k,r_pssh]}× faster (target ≥ 5×: $(verdict "${R[$k,r_pssh]}" 5 ge)) |"
+        echo "| \`harness exec -- true\` on $k nodes vs \`parallel-ssh -p $k\` (median of $REPS, 1-min load ${R[$k,load1]}, its own clients included) | $(secs "$h") s vs $(secs "${R[$k,pssh]}") s: ${R[$k,r_pssh]}× faster (target ≥ 5×: $(verdict "${R[$k,r_pssh]}" 5 ge)); handshakes retried by harness: ${retries[$k]:-0} in $REPS runs |"
         echo "| the same vs \`ansible -f $k -m raw -a true\` | $(secs "$h") s vs $(secs "${R[$k,ansible]}") s: ${R[$k,r_ans]}× faster (target ≥ 10×: $(verdict "${R[$k,r_ans]}" 10 ge)); a client finishing at the sshd floor would be ${R[$k,ceil_ans]}× |"
         echo "| the same vs the sshd CPU floor ($k nodes) | the lab's sshds used $(secs "${R[$k,harness,cpu]}") s of CPU during the harness run (${R[$k,harness,per]} ms per connection; parallel-ssh's ${R[$k,pssh,per]}, ansible's ${R[$k,ansible,per]}), / $cores cores = $(secs "${R[$k,floor]}") s; harness $(secs "$h") s: ${R[$k,r_floor]}× the floor (target ≤ 1.15×: $(verdict "${R[$k,r_floor]}" 1.15 le)) |"
     done
