@@ -123,7 +123,8 @@ pub const STOPPING_FENCE: &str = ".stopping";
 /// exits). Two stops of one VM may run at once (`down` of nodes sharing a host, each cleaning
 /// the other's directory): a QEMU already exiting (its main thread a zombie, or its argv gone)
 /// is waited for rather than called not ours, and a directory the other stop removed is no error.
-/// Then the
+/// A QEMU still exiting when the waits end (`outcome=still_exiting`, an error for
+/// [`parse_stop`]: its memory is not free yet) keeps its directory for the next stop. Otherwise the
 /// VM's run directory is removed, but only if it is a real directory exactly below `run_root`
 /// (symlinks resolved). Callers pass paths recomputed by [`crate::remote::layout`], never paths
 /// read from a manifest. Prints `outcome=... pid=... how=...`.
@@ -133,23 +134,32 @@ pub fn stop_script(run_root: &str, vm: &crate::remote::layout::VmPaths, grace_se
 {fns}{safe}gone() {{ i=0; while alive "$1" && [ $i -lt $(( $2 * 20 )) ]; do sleep 0.05; i=$((i + 1)); done; ! alive "$1"; }}
 safe=; if safe_dir "$dir"; then safe=1; printf '' 2>/dev/null > "$dir/{fence}"; fi
 ourpid "$pidfile"; pid=$p
-if [ -n "$pid" ] && alive "$pid" && [ "$_alive_s" = Z ]; then gone "$pid" 5; fi
-# ours, other (a live pid that is not ours), or none; judged once: a QEMU exiting under a
-# concurrent stop's signal loses its argv before it is a zombie, so it gets a moment to go.
+# ours, exiting, other (a live pid that is not ours), or none; judged once. A QEMU exiting
+# under a concurrent stop's signal loses its argv before it is a zombie, so it gets a moment
+# to go; one whose main thread is a zombie while other threads still free its memory (its pid
+# cannot have been reused while that zombie exists) is waited for, never called not ours.
 state=none
 if [ -n "$pid" ] && alive "$pid"; then
-  if ours "$pid" "$pidfile"; then state=ours; elif ! gone "$pid" 1; then state=other; fi
+  if ours "$pid" "$pidfile"; then state=ours
+  elif ! gone "$pid" 1; then if [ "$_alive_s" = Z ]; then state=exiting; else state=other; fi
+  fi
 fi
+keep=
 if [ $state = other ]; then out="outcome=not_ours pid=$pid"
+elif [ $state = exiting ]; then
+  if gone "$pid" 15; then out="outcome=not_running"; else out="outcome=still_exiting pid=$pid"; keep=1; fi
 elif [ $state = ours ]; then
-  how=
+  how=; sent=
   if [ -S "$qmp" ] && [ ! -L "$qmp" ]; then
     printf '{{"execute":"qmp_capabilities"}}\n{{"execute":"quit"}}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$qmp,shut-none" >/dev/null 2>&1
-    gone "$pid" {grace} && how=quit
+    sent=quit; gone "$pid" {grace} && how=quit
   fi
-  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -TERM "$pid" 2>/dev/null; gone "$pid" 5 && how=term; fi
-  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -KILL "$pid" 2>/dev/null; gone "$pid" 5; how=kill; fi
-  out="outcome=stopped pid=$pid how=$how"
+  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -TERM "$pid" 2>/dev/null; sent=term; gone "$pid" 5 && how=term; fi
+  if [ -z "$how" ] && ours "$pid" "$pidfile"; then kill -KILL "$pid" 2>/dev/null; sent=kill; gone "$pid" 5 && how=kill; fi
+  # Caught exiting after a step (its argv gone with its main thread, its memory not yet
+  # freed): no longer ours to signal, not gone either. Stopped only once its last thread is.
+  if [ -z "$how" ]; then gone "$pid" 10 && how=${{sent:-exit}}; fi
+  if [ -n "$how" ]; then out="outcome=stopped pid=$pid how=$how"; else out="outcome=still_exiting pid=$pid"; keep=1; fi
 else
   killed=; n=0; quiet=0
   while [ $n -lt 40 ]; do
@@ -164,7 +174,8 @@ else
   done
   if [ -n "$killed" ]; then out="outcome=stopped pid=${{killed%% *}} how=kill"; else out="outcome=not_running"; fi
 fi
-if [ -n "$safe" ]; then rm -rf -- "$dir"; elif [ -e "$dir" ] || [ -L "$dir" ]; then echo "refused to remove $dir: not a directory below $root" >&2; fi
+# A QEMU still exiting keeps its directory: its pidfile lets the next `down` wait for it again.
+if [ -n "$keep" ]; then :; elif [ -n "$safe" ]; then rm -rf -- "$dir"; elif [ -e "$dir" ] || [ -L "$dir" ]; then echo "refused to remove $dir: not a directory below $root" >&2; fi
 echo "$out"
 "#,
         fence = STOPPING_FENCE,
@@ -187,6 +198,15 @@ pub fn parse_stop(out: &str) -> Result<StopReport, String> {
             Some(("outcome", "stopped")) => rep.outcome = StopOutcome::Stopped,
             Some(("outcome", "not_running")) => rep.outcome = StopOutcome::NotRunning,
             Some(("outcome", "not_ours")) => rep.outcome = StopOutcome::NotOurs,
+            Some(("outcome", "still_exiting")) => {
+                return Err(format!(
+                    "QEMU {} was still exiting when the stop gave up waiting: its memory (hugepages \
+                     included) is not free yet; run `harness down` again",
+                    line.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix("pid="))
+                        .map_or("?".into(), |p| format!("pid {p}"))
+                ));
+            }
             Some(("pid", v)) => rep.pid = v.parse().ok(),
             Some(("how", v)) if !v.is_empty() => rep.how = Some(v.to_string()),
             _ => {}
@@ -234,7 +254,8 @@ pub struct PinnedThread {
 /// Script pinning each `(vcpu, tid, cpu)` with `taskset -pc` (and `chrt -r -p 1` when `rr`),
 /// then reading both back. Prints `pin vcpu=.. tid=.. aff=.. policy=.. prio=..` per thread.
 pub fn pin_script(threads: &[(u32, u32, u32)], rr: bool) -> String {
-    let mut s = String::from("set -e\n");
+    // The read-back parses chrt's English words (as pin_by_name_script does).
+    let mut s = String::from("set -e\nLC_ALL=C; export LC_ALL\n");
     for (vcpu, tid, cpu) in threads {
         s.push_str(&format!("taskset -pc {cpu} {tid} >/dev/null\n"));
         if rr {
@@ -577,6 +598,55 @@ mod tests {
         assert!(exited, "stop returned before the process had exited");
     }
 
+    /// A QEMU that takes longer than the stop's wait after SIGTERM to free its memory (its main
+    /// thread gone, so its argv too, another thread still tearing down) was reported `stopped`
+    /// while it still ran: the SIGKILL step saw no argv and was skipped, nothing waited any
+    /// longer, and the hugepage give-back after it found the pages in use.
+    #[test]
+    fn regression_a_qemu_exiting_past_the_term_wait_is_waited_for_before_stopped() {
+        let (d, paths) = scratch_vm();
+        let root = d.path().to_str().unwrap();
+        // On SIGTERM: a thread lives 6 s more (past the 5 s wait after TERM), the main thread
+        // exits at once. Its argv carries the pidfile, as QEMU's does.
+        let mut p = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import ctypes, signal, sys, threading, time\n\
+                 def term(*_):\n\
+                 \tthreading.Thread(target=time.sleep, args=(6,)).start()\n\
+                 \tctypes.CDLL(None).pthread_exit(None)\n\
+                 signal.signal(signal.SIGTERM, term)\n\
+                 print(flush=True)\n\
+                 time.sleep(60)",
+            )
+            .arg(&paths.pidfile)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = p.id();
+        // Its handler is in place once it has printed.
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(p.stdout.take().unwrap()), &mut String::new())
+            .unwrap();
+        std::fs::write(&paths.pidfile, format!("{pid}\n")).unwrap();
+        let r = parse_stop(&sh(&stop_script(root, &paths, 1)));
+        // Threads besides the main one (a zombie until this test waits for it).
+        let threads_left = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.filter(|t| t.as_ref().is_ok_and(|t| t.file_name() != *pid.to_string())).count())
+            .unwrap_or(0);
+        let _ = p.kill();
+        p.wait().unwrap();
+        assert_eq!(threads_left, 0, "stop returned while the process still ran ({r:?})");
+        let r = r.unwrap();
+        assert_eq!((r.outcome, r.pid, r.how.as_deref()), (StopOutcome::Stopped, Some(pid), Some("term")));
+    }
+
+    #[test]
+    fn a_qemu_still_exiting_when_the_stop_gives_up_is_an_error_naming_it() {
+        let e = parse_stop("outcome=still_exiting pid=4242\n").unwrap_err();
+        assert!(e.contains("pid 4242") && e.contains("still exiting"), "{e}");
+        assert!(parse_stop("outcome=stopped pid=1 how=term").is_ok());
+    }
+
     /// First letter of the `State:` of `pid`, if it exists.
     fn state(pid: u32) -> Option<char> {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -689,6 +759,37 @@ mod tests {
                 "missing="
             ]
         );
+    }
+
+    /// The QMP fallback's pin script read `chrt -p` in the host's language: with a translated
+    /// util-linux and `LANG` passed through, the policy read back empty and an `rr` pin failed
+    /// as "policy  wanted SCHED_RR".
+    #[test]
+    fn regression_the_pin_read_back_is_in_the_c_locale() {
+        let path = crate::testsupport::path_with(
+            "chrt",
+            "if [ \"$LC_ALL\" = C ]; then echo \"pid $2's current scheduling policy: SCHED_OTHER\"; \
+             echo \"pid $2's current scheduling priority: 0\"; \
+             else echo \"Richtlinie von PID $2: SCHED_OTHER\"; echo \"Prioritaet von PID $2: 0\"; fi",
+        );
+        let mut victim = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let tid = victim.id();
+        let cpu = crate::testsupport::output(|| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(format!("taskset -pc {tid} | sed 's/.*: *//'")).env("PATH", &path);
+            c
+        });
+        let cpu: u32 = String::from_utf8_lossy(&cpu.stdout).trim().split([',', '-']).next().unwrap().parse().unwrap();
+        let out = crate::testsupport::output(|| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(pin_script(&[(0, tid, cpu)], false)).env("PATH", &path).env("LANG", "de_DE.UTF-8");
+            c
+        });
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        let pins = parse_pins(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(pins.len(), 1, "{out:?}");
+        assert_eq!((pins[0].policy.as_str(), pins[0].priority), ("SCHED_OTHER", 0), "{out:?}");
     }
 
     #[test]

@@ -70,11 +70,19 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
             ev.warn(format!("connection lost ({last_err}); reconnecting (attempt {attempt} of {ATTEMPTS})"));
             tokio::time::sleep(Duration::from_secs(u64::from(attempt - 1))).await;
         }
-        let (still, err) = stop_all(&tn.session, &tn.run_root, &tn.run_dir, nonce, &pending, grace, ev).await;
-        pending = still;
-        if let Some(e) = err {
+        let stop = stop_all(&tn.session, &tn.run_root, &tn.run_dir, nonce, &pending, grace, ev).await;
+        pending = stop.unreached;
+        if let Some(e) = stop.connection_error {
             last_err = e;
             continue;
+        }
+        if !stop.failed.is_empty() {
+            // Reachable, but not (known to be) stopped: releasing the node now would hand back
+            // hugepages a QEMU may still hold. Left for `harness down --run`, which says so.
+            let mut left: Vec<String> =
+                stop.failed.iter().map(|(v, e)| format!("{name}: {} may still run ({e})", v.name)).collect();
+            left.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
+            return left;
         }
         let rel =
             NodeRelease { node: name, run_root: &tn.run_root, run_dir: &tn.run_dir, vms: &vms, nonce: Some(nonce) };
@@ -95,8 +103,25 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
     left
 }
 
-/// Stop `vms` concurrently; returns the ones not stopped and, if the connection failed, why.
-/// A VM whose stop script failed for another reason is reported through `ev` and counted done.
+/// What [`stop_all`] left undone.
+struct StopAll {
+    /// VMs whose stop never ran or never answered (the connection failed).
+    unreached: Vec<VmPaths>,
+    /// Why the connection failed, if it did.
+    connection_error: Option<String>,
+    /// VMs whose stop ran but did not end with an outcome (a QEMU still exiting, a script that
+    /// failed), with why.
+    failed: Vec<(VmPaths, String)>,
+}
+
+/// How one VM's stop ended.
+enum One {
+    Done,
+    Unreached(String),
+    Failed(String),
+}
+
+/// Stop `vms` concurrently.
 async fn stop_all(
     session: &Session,
     run_root: &str,
@@ -105,7 +130,7 @@ async fn stop_all(
     vms: &[VmPaths],
     grace: Duration,
     ev: &EventSink,
-) -> (Vec<VmPaths>, Option<String>) {
+) -> StopAll {
     let mut set = JoinSet::new();
     for v in vms.iter().cloned() {
         let s = session.clone();
@@ -121,29 +146,40 @@ async fn stop_all(
             let cmd = RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30)).idempotent();
             let res: Result<_, SshError> = s.run(&cmd).await;
             match res {
-                Ok(o) => {
-                    match process::parse_stop(&o.stdout_str()) {
-                        Ok(r) if r.outcome == StopOutcome::NotOurs => {
-                            ev.info("not this run's (left alone)".to_string())
-                        }
-                        Ok(_) => ev.phase(Phase::Stopped),
-                        Err(_) => ev.warn(format!("stop failed: {}", o.stderr_str().trim())),
+                Ok(o) => match process::parse_stop(&o.stdout_str()) {
+                    Ok(r) if r.outcome == StopOutcome::NotOurs => {
+                        ev.info("not this run's (left alone)".to_string());
+                        (v, One::Done)
                     }
-                    (v, None)
-                }
-                Err(e) => (v, Some(e.to_string())),
+                    Ok(_) => {
+                        ev.phase(Phase::Stopped);
+                        (v, One::Done)
+                    }
+                    Err(e) => {
+                        let e = match o.stderr_str().trim() {
+                            "" => e,
+                            said => format!("{e}: {said}"),
+                        };
+                        ev.warn(format!("stop failed: {e}"));
+                        (v, One::Failed(e))
+                    }
+                },
+                Err(e) => (v, One::Unreached(e.to_string())),
             }
         });
     }
-    let mut still = Vec::new();
-    let mut err = None;
+    let mut out = StopAll { unreached: Vec::new(), connection_error: None, failed: Vec::new() };
     while let Some(r) = set.join_next().await {
-        if let Ok((v, e)) = r
-            && let Some(e) = e
-        {
-            err.get_or_insert(e);
-            still.push(v);
+        match r {
+            Ok((_, One::Done)) => {}
+            Ok((v, One::Unreached(why))) => {
+                out.connection_error.get_or_insert(why);
+                out.unreached.push(v);
+            }
+            Ok((v, One::Failed(why))) => out.failed.push((v, why)),
+            // A stop task that panicked has said so on stderr; its VM is not known here.
+            Err(_) => {}
         }
     }
-    (still, err)
+    out
 }
