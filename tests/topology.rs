@@ -1031,3 +1031,29 @@ fn regression_replay_unknown_vm_exited_1_not_2() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("NOPE_9"), "{err}");
 }
+
+/// A hugetlbfs mount point with a space passed validation: the host's hugepage journal, read
+/// back one space-separated word at a time, then named only its first word, so the run's own
+/// mount was never unmounted (and `/dev/hugepages 1G` would have unmounted `/dev/hugepages`).
+#[test]
+fn regression_a_hugepage_mount_path_with_whitespace_is_refused() {
+    one(
+        "nodes:\n  DUT1: {type: DUT, host: h, hugepages: {mounts: {1G: \"/dev/hugepages 1G\"}}}\n",
+        2,
+        55,
+        "nodes.DUT1.hugepages.mounts.1G",
+        "must not contain whitespace or control characters (found U+0020)",
+    );
+    one(
+        "nodes:\n  DUT1: {type: DUT, host: h, hugepages: {mounts: {2M: \"/mnt/h\\tx\"}}}\n",
+        2,
+        55,
+        "nodes.DUT1.hugepages.mounts.2M",
+        "(found U+0009)",
+    );
+    assert_eq!(
+        ok("nodes:\n  DUT1: {type: DUT, host: h, hugepages: {mounts: {2M: \"/mnt/h,x\"}}}\n").nodes[0].hugepages.mounts
+            [&topology::PageSize::M2],
+        "/mnt/h,x"
+    );
+}

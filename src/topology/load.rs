@@ -304,8 +304,14 @@ fn hugepages(cx: &mut Cx, f: &Fields) -> HugepagesConfig {
         && let Some(mf) = cx.fields(v, &hf.path("mounts"), hf.key_pos("mounts"), &["2M", "1G"])
     {
         for (key, size) in [("2M", PageSize::M2), ("1G", PageSize::G1)] {
-            if let Some(p) = mf.get(key).and_then(|v| cx.abs_path(v, &mf.path(key))) {
-                h.mounts.insert(size, p);
+            let Some(v) = mf.get(key) else { continue };
+            if let Some(p) = cx.abs_path(v, &mf.path(key)) {
+                match super::validate::mount_path_problem(&p) {
+                    Some(m) => cx.err(v.pos, &mf.path(key), m),
+                    None => {
+                        h.mounts.insert(size, p);
+                    }
+                }
             }
         }
     }

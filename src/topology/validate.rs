@@ -78,6 +78,18 @@ pub(crate) fn socket_path_problem(s: &str) -> Option<String> {
     })
 }
 
+/// Why `s` cannot be a hugetlbfs mount point (`hugepages.mounts`), or `None`: the kernel writes
+/// whitespace in `/proc/mounts` as octal escapes (the host's mount would not be recognised),
+/// and the host's hugepage journal, which says what to unmount, is one space-separated line per
+/// entry.
+pub(crate) fn mount_path_problem(s: &str) -> Option<String> {
+    let c = s.chars().find(|c| c.is_control() || c.is_whitespace())?;
+    Some(format!(
+        "must not contain whitespace or control characters (found {}): /proc/mounts escapes them",
+        describe(c)
+    ))
+}
+
 /// Why `s` cannot be a template value (`vars`), or `None`: a newline would add lines to
 /// startup.conf or the `.exec` file, and other control characters have no business there.
 pub(crate) fn template_value_problem(s: &str) -> Option<String> {
