@@ -461,6 +461,54 @@ fn fault_missing_hugepages_without_allocate_changes_nothing() {
     env.assert_nothing_left(ROOT, "fault-short-hp");
 }
 
+/// A hugetlbfs mount of 1G pages given as the 2M mount (a host booted with
+/// `default_hugepagesz=1G`, whose `/dev/hugepages` systemd mounts with 1G pages) passed as a
+/// hugetlbfs mount: QEMU's `mem-path` there would take 1G pages nobody reserved, and with
+/// `allocate` the 2M pool was raised for nothing. `check` and `up` now name the page size,
+/// `up` changes nothing and mounts nothing over it.
+#[test]
+fn regression_a_hugetlbfs_mount_of_another_page_size_is_refused() {
+    let env = Env::new();
+    let mnt = env.dir.path().join("huge1g");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap().to_string();
+    let st = Command::new("mount").args(["-t", "hugetlbfs", "-o", "pagesize=1G", "none", &m]).status().unwrap();
+    assert!(st.success(), "mount hugetlbfs pagesize=1G on {m}");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(m.clone());
+    let topo = env.topology("wrong-size.yaml", |t| {
+        t.replace("allocate: true}", &format!("allocate: true, mounts: {{2M: \"{m}\"}}}}"))
+    });
+    let want = format!("{m} is a hugetlbfs mount of 1024M pages, not 2M: set hugepages.mounts.2M");
+    let check = env.run(&["check", topo.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert_ne!(check.status.code(), Some(0), "{text}");
+    assert!(text.contains(&want), "{text}");
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", "fault-wrong-pagesize"]);
+    let text = String::from_utf8_lossy(&up.stderr);
+    assert_ne!(up.status.code(), Some(0));
+    assert!(text.contains(&want), "{text}");
+    env.assert_nothing_left(ROOT, "fault-wrong-pagesize");
+    // Without `allocate`, the same words and no advice to allocate (it would not help).
+    let no_alloc = env.topology("wrong-size-no-alloc.yaml", |t| {
+        t.replace("allocate: true}", &format!("allocate: false, mounts: {{2M: \"{m}\"}}}}"))
+    });
+    let up = env.run(&["up", no_alloc.to_str().unwrap(), "--run-id", "fault-wrong-pagesize"]);
+    let text = String::from_utf8_lossy(&up.stderr);
+    assert_ne!(up.status.code(), Some(0));
+    assert!(text.contains(&want) && !text.contains("allocate: true"), "{text}");
+    env.assert_nothing_left(ROOT, "fault-wrong-pagesize");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let here: Vec<&str> = mounts.lines().filter(|l| l.split(' ').nth(1) == Some(m.as_str())).collect();
+    assert_eq!(here.len(), 1, "mounted over: {here:?}");
+    assert!(here[0].contains("pagesize=1024M"), "{here:?}");
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();

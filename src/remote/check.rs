@@ -148,16 +148,20 @@ fn hugepage_items(items: &mut Vec<Item>, node: &Node, np: Option<&NodePlan>, f: 
         let fstype = hp.mounts.get(&mount).map(String::as_str).unwrap_or("missing");
         let pages: u64 = needs.iter().filter(|h| h.size == size).map(|h| h.pages).sum();
         let needed_here = pages > 0;
-        let st = if fstype == "hugetlbfs" {
-            Status::Ok
-        } else if !needed_here || node.hugepages.allocate {
-            Status::Warn
+        if let Some(m) = crate::remote::hugepages::wrong_page_size(&mount, size, fstype) {
+            items.push(Item::new("hugetlbfs", if needed_here { Status::Fail } else { Status::Warn }, m));
         } else {
-            Status::Fail
-        };
-        let note =
-            if fstype != "hugetlbfs" && node.hugepages.allocate && needed_here { "; up will mount it" } else { "" };
-        items.push(Item::new("hugetlbfs", st, format!("{mount} is {fstype}{note}")));
+            let st = if fstype == "hugetlbfs" {
+                Status::Ok
+            } else if !needed_here || node.hugepages.allocate {
+                Status::Warn
+            } else {
+                Status::Fail
+            };
+            let note =
+                if fstype != "hugetlbfs" && node.hugepages.allocate && needed_here { "; up will mount it" } else { "" };
+            items.push(Item::new("hugetlbfs", st, format!("{mount} is {fstype}{note}")));
+        }
 
         let per_numa: Vec<String> = hp
             .numa

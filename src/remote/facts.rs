@@ -45,8 +45,9 @@ const SUDO_OK: &str = "sudo_ok";
 pub fn script(node: &Node, wanted: &Wanted) -> String {
     let qemu = node.qemu_binary();
     let q = quote(&qemu);
-    let mounts: Vec<String> = [PageSize::M2, PageSize::G1].iter().map(|s| node.hugepage_mount(*s)).collect();
-    let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let mounts: Vec<(String, u64)> =
+        [PageSize::M2, PageSize::G1].iter().map(|s| (node.hugepage_mount(*s), s.kib())).collect();
+    let mount_refs: Vec<(&str, u64)> = mounts.iter().map(|(m, kb)| (m.as_str(), *kb)).collect();
     let probe = wanted.kvm_probe && node.arch == Arch::X86_64;
     let mut prefixes: Vec<&str> = wanted.lookups.iter().map(String::as_str).collect();
     prefixes.sort();

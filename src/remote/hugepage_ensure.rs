@@ -93,13 +93,7 @@ fn need_script(i: usize, n: &Need, req: &Request) -> String {
         ),
     };
     let act = if req.allocate {
-        let alloc = hugepages::allocate_script(n.size, "$hp_need", n.mount, n.numa, req.journal);
-        format!(
-            "  if o=$( {{\n{alloc}}} 2>&1 ); then\n    \
-             while read -r l; do case $l in added=*) echo \"alloc {i} ok $l\";; esac; done <<EOF\n$o\nEOF\n  \
-             else\n    msg=; while read -r l; do msg=\"$msg $l\"; done <<EOF\n$o\nEOF\n    \
-             echo \"alloc {i} fail $msg\"; bad=1\n  fi\n"
-        )
+        allocation(i, &hugepages::allocate_script(n.size, "$hp_need", n.mount, n.numa, req.journal))
     } else {
         "  bad=1\n".to_string()
     };
@@ -114,7 +108,7 @@ $resv
 EOF
 d={dir}
 if [ -d "$d" ]; then {avail}; else avail=none; fi
-mnt_type {mnt}; fst=$FST
+mnt_type {mnt} {kb}; fst=$FST
 echo "need {i} $avail $others $fst"
 hp_need=$(( {pages} + others ))
 if [ "$bad" = 0 ] && {{ [ "$avail" = none ] || [ "$hp_need" -gt "$avail" ] || [ "$fst" != hugetlbfs ]; }}; then
@@ -124,6 +118,19 @@ if [ "$bad" = 0 ] && {{ [ "$avail" = none ] || [ "$hp_need" -gt "$avail" ] || [ 
         dir = quote(&dir),
         mnt = quote(n.mount),
         pages = n.pages,
+    )
+}
+
+/// Run `alloc` (a `set -e` script) in a command substitution and print `alloc I ok added=...`
+/// or `alloc I fail MESSAGE`. Not `if o=$(...)`: a shell ignores `set -e` in an `if` condition,
+/// and bash (`/bin/sh` on RHEL) carries that into the substitution, so a failed `mount` or
+/// sysfs write went on to report `ok`; dash did not, which is why Debian never showed it.
+fn allocation(i: usize, alloc: &str) -> String {
+    format!(
+        "  o=$( {{\n{alloc}}} 2>&1 ); rc=$?\n  if [ $rc = 0 ]; then\n    \
+         while read -r l; do case $l in added=*) echo \"alloc {i} ok $l\";; esac; done <<EOF\n$o\nEOF\n  \
+         else\n    msg=; while read -r l; do msg=\"$msg $l\"; done <<EOF\n$o\nEOF\n    \
+         echo \"alloc {i} fail $msg\"; bad=1\n  fi\n"
     )
 }
 
@@ -154,6 +161,27 @@ pub fn parse(out: &str) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under bash as `/bin/sh`, an allocation whose `mount` or sysfs write failed reported
+    /// `ok`: `set -e` inside `if o=$(...)` is ignored there. Both shells must say `fail`.
+    #[test]
+    fn regression_a_failed_allocation_step_fails_under_bash_too() {
+        let step =
+            allocation(0, "set -e\necho 'mount: permission denied' >&2; false\necho added=4 mounted=1 map_was=-\n");
+        let ok = allocation(1, "set -e\necho added=4 mounted=0 map_was=-\n");
+        for shell in [&["dash", "-c"][..], &["bash", "--posix", "-c"], &["bash", "-c"]] {
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg(format!("bad=0\nif [ \"$bad\" = 0 ]; then\n{step}fi\necho bad=$bad\n{ok}"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                text, "alloc 0 fail  mount: permission denied\nbad=1\nalloc 1 ok added=4 mounted=0 map_was=-\n",
+                "{shell:?}"
+            );
+        }
+    }
 
     fn req<'a>(needs: Vec<Need<'a>>, allocate: bool, pidfiles: &'a [String]) -> Request<'a> {
         Request { needs, allocate, reservation: "r1/DUT1", pidfiles, journal: "/run/harness/r1/hugepages-DUT1.journal" }

@@ -58,8 +58,12 @@ impl HugepageState {
 
 /// Shell functions: `free_resv FREE_DIR RESV_DIR` sets `$FREE` and `$RESV` of a pool
 /// (`free_hugepages` of the first directory, `resv_hugepages` of the second), read so that the
-/// difference never overstates what is available; `mnt_type PATH` sets `$FST` to the type of
-/// the filesystem at PATH (`/proc/mounts`, and `stat` only when that does not say hugetlbfs);
+/// difference never overstates what is available; `mnt_type PATH [KB]` sets `$FST` to the type
+/// of the filesystem at PATH (`/proc/mounts`, and `stat` only when that does not say hugetlbfs),
+/// and given the page size wanted there (kB), to `hugetlbfs:pagesize=1024M` for a hugetlbfs
+/// mount of another page size (a host booted with `default_hugepagesz=1G` has systemd mount
+/// `/dev/hugepages` with 1G pages: QEMU's `mem-path` there takes 1G pages, not the 2M pages
+/// reserved for it);
 /// `hp_read VAR FILE` reads one sysfs value
 /// (sysfs only: dash's `read` takes a byte at a time, and a `/proc/sys` file answers a read at
 /// offset 1 with end-of-file, so `vm.max_map_count` 65530 reads as 6).
@@ -85,14 +89,32 @@ free_resv() {
   if [ "$_r2" -gt "$_r1" ]; then RESV=$_r2; else RESV=$_r1; fi
 }
 mnt_type() {
-  FST=missing
-  case $1 in *\\*|*' '*) ;; *) while read -r _dev _mp _fs _rest; do if [ "$_mp" = "$1" ]; then FST=$_fs; fi; done < /proc/mounts;; esac
+  FST=missing; _mt_o=
+  case $1 in *\\*|*' '*) ;; *) while read -r _dev _mp _fs _mt_opts _rest; do if [ "$_mp" = "$1" ]; then FST=$_fs; _mt_o=$_mt_opts; fi; done < /proc/mounts;; esac
   [ "$FST" = hugetlbfs ] || [ ! -e "$1" ] || FST=$(stat -f -c %T "$1" 2>/dev/null || echo missing)
+  [ "$FST" = hugetlbfs ] && [ -n "$2" ] || return 0
+  case ",$_mt_o," in *,pagesize=*) _mt_o=${_mt_o#*pagesize=}; _mt_o=${_mt_o%%,*};; *) return 0;; esac
+  _mt_n=${_mt_o%[KMG]}; case $_mt_n in ''|*[!0-9]*) return 0;; esac
+  case ${_mt_o#"$_mt_n"} in K) _mt_k=$_mt_n;; M) _mt_k=$((_mt_n * 1024));; G) _mt_k=$((_mt_n * 1048576));; *) return 0;; esac
+  [ "$_mt_k" = "$2" ] || FST=hugetlbfs:pagesize=$_mt_o
 }
 "#;
 
+/// What [`HP_FNS`]'s `mnt_type` says of a hugetlbfs mount of another page size than the one
+/// wanted there (`hugetlbfs:pagesize=1024M`) as a message, or `None` for any other type.
+/// Allocating cannot fix it (harness does not mount over a mount in use), so it is an error
+/// with or without `allocate`.
+pub fn wrong_page_size(mount: &str, size: PageSize, fstype: &str) -> Option<String> {
+    let theirs = fstype.strip_prefix("hugetlbfs:pagesize=")?;
+    let s = size.as_str();
+    Some(format!(
+        "{mount} is a hugetlbfs mount of {theirs} pages, not {s}: set hugepages.mounts.{s} to a mount of {s} pages"
+    ))
+}
+
 /// A shell script that prints the pools and the mount types, one `key value...` line each.
-pub fn probe_script(mounts: &[&str]) -> String {
+/// `mounts`: each mount point with the page size (kB) wanted there.
+pub fn probe_script(mounts: &[(&str, u64)]) -> String {
     let mut s = String::from(HP_FNS);
     // Builtins only (no `cat` or `$(...)` per counter): the probe runs once per node per run,
     // and on a lab of dozens of nodes every fork+exec counts.
@@ -106,8 +128,8 @@ pub fn probe_script(mounts: &[&str]) -> String {
          n=${d#/sys/devices/system/node/node}; n=${n%%/*}; k=${d##*hugepages-}; NR=; FREE=; SURP=; hp_read NR $d/nr_hugepages; \
          hp_read FREE $d/free_hugepages; hp_read SURP $d/surplus_hugepages; echo \"numa $n ${k%kB} $NR $FREE $SURP\"; done\n",
     );
-    for m in mounts {
-        s.push_str(&format!("mnt_type {m}; printf 'mount %s %s\\n' {m} \"$FST\"\n", m = quote(m)));
+    for (m, kb) in mounts {
+        s.push_str(&format!("mnt_type {m} {kb}; printf 'mount %s %s\\n' {m} \"$FST\"\n", m = quote(m)));
     }
     s
 }
@@ -237,8 +259,9 @@ j={j}
 exec 8>>"$j"
 while read -r l; do if [ "$l" = closed ]; then echo "the run is being cleaned up: no hugepages allocated" >&2; exit 5; fi; done < "$j"
 jot() {{ printf '%s\n' "$*" >&8; }}
+mnt_type {mnt} {kb}
+case $FST in hugetlbfs:*) printf '%s is a hugetlbfs mount of %s pages, not {sz}: set hugepages.mounts.{sz} to a mount of {sz} pages\n' {mnt} "${{FST#hugetlbfs:pagesize=}}" >&2; exit 6;; esac
 {raise}mounted=0
-mnt_type {mnt}
 if [ "$FST" != hugetlbfs ]; then
   jot "mount "{mnt}; mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; jot "mounted "{mnt}; mounted=1
 fi
@@ -249,6 +272,7 @@ echo "added=$added mounted=$mounted map_was=$mapwas"
         j = quote(journal),
         raise = raise_pool_script("/sys", size, need, numa),
         mnt = quote(mount),
+        sz = size.as_str(),
     )
 }
 
@@ -437,7 +461,7 @@ mod tests {
     #[test]
     fn scripts_are_valid_shell() {
         for script in [
-            probe_script(&["/dev/hugepages", "/mnt/it's"]),
+            probe_script(&[("/dev/hugepages", 2048), ("/mnt/it's", 1048576)]),
             allocate_script(PageSize::M2, 10, "/dev/hugepages", None, "/run/harness/r/hugepages-DUT1.journal"),
             allocate_script(PageSize::G1, 2, "/dev/hugepages1G", Some(1), "/run/harness/r/hugepages-DUT1.journal"),
             restore_script(
@@ -523,7 +547,7 @@ mod tests {
             allocate_script(PageSize::M2, 10, "/dev/hugepages", None, "/run/harness/r/j"),
             allocate_script(PageSize::G1, "$hp_need", "/dev/hugepages1G", Some(1), "/run/harness/r/j"),
             restore_script("/run/harness/r/j", "/run/harness", "/run/harness/r", "DUT1", &REAL_ROOTS),
-            probe_script(&["/dev/hugepages"]),
+            probe_script(&[("/dev/hugepages", 2048)]),
         ];
         for s in scripts {
             for l in s.lines().flat_map(|l| l.split(';')) {

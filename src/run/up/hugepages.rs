@@ -87,6 +87,9 @@ fn judge(np: &NodePlan, report: &hugepage_ensure::Report) -> Result<Vec<Hugepage
                 format!("{} more {} hugepages needed{on} ({pages} needed{by}, {a} available)", pages - a, size.as_str())
             }
         };
+        if let Some(m) = hugepages::wrong_page_size(&need.mount, size, &found.fstype) {
+            return Err(fail(m));
+        }
         let mnt = if found.fstype == "hugetlbfs" {
             String::new()
         } else {
