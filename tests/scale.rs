@@ -90,9 +90,13 @@ fn ledger_mentions(run_id: &str) -> bool {
     std::fs::read_to_string(harness::remote::reserve::LEDGER).is_ok_and(|l| l.contains(run_id))
 }
 
+/// The two tests that start dozens of QEMUs at once take turns (2 cores).
+static MANY_QEMUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
     ensure_scale_lab();
+    let _turn = MANY_QEMUS.lock().unwrap_or_else(|e| e.into_inner());
     let topo = lab_topology("lab-scale-jump.yaml");
     let topo = topo.to_str().unwrap();
     let run_id = format!("scale-e2e-{}", std::process::id());
@@ -406,4 +410,53 @@ fn vcpus_are_pinned_through_qmp_where_their_threads_have_no_names() {
     assert_eq!(pinned.len(), 1, "threads on CPU 1 with SCHED_RR: {pinned:?}");
     let down = harness(&["down", topo, "--run", &run_id]);
     assert!(down.status.success(), "{}", text(&down));
+}
+
+/// 40 VMs on one node: the commands that carry every VM of a node (the uploads, the start
+/// batch, the stop of all of them) grew past one SSH packet, and sshd dropped the connection
+/// ("Bad packet length 293656"): `up` failed for any node with about 40 VMs, and `down` of
+/// about 30 failed with "Argument list too long". Up, status and down now work at 40 and leave
+/// nothing behind.
+#[test]
+fn regression_forty_vms_on_one_node_come_up_and_go_down() {
+    ensure_scale_lab();
+    let _turn = MANY_QEMUS.lock().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, vms) = dut1_of_scale_topology();
+    let unpinned = without_cpus(&vms[0]);
+    let lines: Vec<String> = (1..=N).map(|i| unpinned.replacen("qemu_id: 1,", &format!("qemu_id: {i},"), 1)).collect();
+    let yaml = format!("metadata: {{version: 0.1, schema: []}}\nnodes:\n{node}vms:\n{}\n", lines.join("\n"));
+    let topo = dir.path().join("forty.yaml");
+    std::fs::write(&topo, yaml).unwrap();
+    let topo = topo.to_str().unwrap();
+    let run_id = format!("scale-forty-{}", std::process::id());
+    let run_dir = Path::new("/run/harness").join(&run_id);
+    let _guard = DownOnDrop(topo, &run_id);
+
+    let up = harness(&["up", topo, "--run-id", &run_id, "--format", "json"]);
+    let res: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&up)));
+    let ready = res["vms"].as_array().expect("vms").iter().filter(|v| v["state"] == "ready").count();
+    assert!(up.status.success() && ready == N, "{ready} of {N} ready: {}", text(&up));
+    let st = harness(&["status", topo, "--run", &run_id, "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&st)));
+    let alive = status["vms"].as_array().expect("vms").iter().filter(|v| v["alive"] == true).count();
+    assert_eq!(alive, N, "{}", text(&st));
+    let down = harness(&["down", topo, "--run", &run_id]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(!run_dir.exists(), "run directory left behind: {}", run_dir.display());
+    let left = processes_mentioning(run_dir.to_str().unwrap());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+    assert!(!ledger_mentions(&run_id), "hugepage reservation left behind");
+}
+
+/// A scale VM line without its `cpus: [N],` (40 VMs share DUT1's CPUs unpinned).
+fn without_cpus(vm: &str) -> String {
+    match vm.find(" cpus: [") {
+        Some(a) => {
+            let b = a + vm[a..].find("],").expect("cpus list ends") + 2;
+            format!("{}{}", &vm[..a], &vm[b..])
+        }
+        None => vm.to_string(),
+    }
 }

@@ -749,3 +749,39 @@ fn regression_lock_holder_renice_was_void_across_session_autogroups() {
         s.close().await;
     });
 }
+
+/// A root script with its arguments past 256 KiB: sshd dropped the connection ("Bad packet
+/// length", a node with 40 VMs lost it at `up`), and past 128 KiB the login shell could not
+/// be started ("Argument list too long", `down` of ~30 VMs on a node). Such a script now goes
+/// on stdin; it runs as root with its arguments intact, and the connection lives on.
+#[test]
+fn regression_a_script_longer_than_an_ssh_packet_runs_with_its_arguments() {
+    let lab = lab();
+    rt().block_on(async {
+        let s = connect(&lab.node(1)).await;
+        let pad = format!("# {}\n", "x".repeat(1000)).repeat(300);
+        let script = format!("{pad}echo \"$(id -un) $0 $# $1 ${{#2}}\"");
+        let big = "y".repeat(120_000);
+        for sudo in [false, true] {
+            let mut cmd = RemoteCommand::new(["sh", "-c", &script, "name", "it's $HOME", &big]);
+            if sudo {
+                cmd = cmd.sudo();
+            }
+            let out = s.run(&cmd).await.unwrap();
+            assert!(out.success(), "{}", out.stderr_str());
+            let user = if sudo { "root" } else { lab.users[0].as_str() };
+            assert_eq!(out.stdout_str(), format!("{user} name 2 it's $HOME 120000\n"));
+        }
+        // A timeout still kills it: the pid reported is the script's own shell.
+        let slow = format!("{pad}sleep 37.125");
+        let t = Instant::now();
+        let err =
+            s.run(&RemoteCommand::new(["sh", "-c", &slow]).sudo().timeout(Duration::from_secs(1))).await.unwrap_err();
+        assert!(matches!(err, SshError::CommandTimeout { .. }), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(15));
+        let left = s.run(&RemoteCommand::sh("pgrep -f '^sleep 37.125$' || true")).await.unwrap();
+        assert!(s.ping().await.is_ok());
+        assert_eq!(left.stdout_str(), "", "the slow script's sleep still runs");
+        s.close().await;
+    });
+}

@@ -481,7 +481,16 @@ impl Session {
                 });
             }
         };
-        let wire = wrapped_wire(cmd);
+        let mut wire = wrapped_wire(cmd);
+        let moved;
+        let cmd = match (wire.len() > WIRE_MAX && !keep_stdin).then(|| via_stdin(cmd)).flatten() {
+            Some(c) => {
+                moved = c;
+                wire = wrapped_wire(&moved);
+                &moved
+            }
+            None => cmd,
+        };
         channel.exec(true, wire).await.map_err(|e| {
             if conn.handle.is_closed() {
                 self.disconnected(&conn, &e)
@@ -729,6 +738,37 @@ fn put_argv(items: &[Put<'_>], tag: &str) -> Vec<String> {
     let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
     argv.extend(data);
     argv
+}
+
+/// Longest command line sent in the `exec` request itself. sshd refuses a packet over 256 KiB
+/// ("Bad packet length", the connection is dropped) and hands the line to the login shell as ONE
+/// argument (`bash -c LINE`), which Linux refuses over 128 KiB: a node with 40 VMs lost its
+/// connection at `up`, and `down` of ~30 failed with "Argument list too long". A longer `sh -c`
+/// script goes on stdin instead ([`via_stdin`]); 32 KiB leaves room for servers with smaller
+/// packets.
+const WIRE_MAX: usize = 32 * 1024;
+
+/// `cmd` (a `sh -c SCRIPT [NAME ARGS...]` without stdin of its own) as `sh -c 'eval "$(cat)"'
+/// NAME`, its stdin `set -- ARGS` and the script: the same shell runs the same script with the
+/// same `$0`, `$@` and pid, and no argument or packet grows with it. `None` for anything else.
+fn via_stdin(cmd: &RemoteCommand) -> Option<RemoteCommand> {
+    let [sh, c, script, rest @ ..] = cmd.argv.as_slice() else { return None };
+    if sh != "sh" || c != "-c" || cmd.stdin.is_some() {
+        return None;
+    }
+    let (name, args) = rest.split_first().map_or(("sh", &[][..]), |(n, a)| (n.as_str(), a));
+    let mut payload = String::with_capacity(script.len() + args.iter().map(|a| a.len() + 3).sum::<usize>() + 8);
+    if !args.is_empty() {
+        payload.push_str("set -- ");
+        payload.push_str(&crate::quote::join(args));
+        payload.push('\n');
+    }
+    payload.push_str(script);
+    Some(RemoteCommand {
+        argv: vec!["sh".into(), "-c".into(), "eval \"$(cat)\"".into(), name.into()],
+        stdin: Some(payload.into_bytes()),
+        ..cmd.clone()
+    })
 }
 
 /// The command line actually sent: the argv behind a pid-reporting `exec`.
@@ -1070,6 +1110,57 @@ mod tests {
             format!("pid={pid} zero=sh one=a b two=it's"),
             "the pid printed is the script's"
         );
+    }
+
+    /// A script too long for one `exec` request, moved to stdin: the same shell (the pid line
+    /// is the script's `$$`), the same `$0` and arguments, quotes and `$` literal.
+    #[test]
+    fn a_long_script_on_stdin_keeps_its_pid_name_and_arguments() {
+        use crate::testsupport;
+        let pad = format!("# {}\n", "x".repeat(1000)).repeat(200);
+        let script = format!("{pad}echo \"pid=$$ zero=$0 n=$# one=$1 two=${{#2}}\"");
+        let big = "y".repeat(150_000);
+        for sudo in [false, true] {
+            let mut cmd = RemoteCommand::new(["sh", "-c", &script, "name", "it's $HOME `x`", &big]);
+            if sudo {
+                cmd = cmd.sudo();
+            }
+            assert!(wrapped_wire(&cmd).len() > WIRE_MAX);
+            let moved = via_stdin(&cmd).unwrap();
+            let wire = wrapped_wire(&moved);
+            assert!(wire.len() < 200, "{wire}");
+            let path = testsupport::path_with("sudo", testsupport::PASSTHROUGH_SUDO);
+            let payload = moved.stdin.clone().unwrap();
+            // As `testsupport::output`, retried while another thread's stand-in is `Text file busy`.
+            let out = (0..50)
+                .map(|_| {
+                    let mut child = std::process::Command::new("bash")
+                        .arg("-c")
+                        .arg(&wire)
+                        .env("PATH", &path)
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    let mut stdin = child.stdin.take().unwrap();
+                    let p = payload.clone();
+                    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &p));
+                    let out = child.wait_with_output().unwrap();
+                    let _ = writer.join().unwrap();
+                    out
+                })
+                .find(|o| !String::from_utf8_lossy(&o.stderr).contains("Text file busy"))
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            let mut lines = text.lines();
+            let pid = lines.next().unwrap();
+            assert_eq!(lines.next(), Some(format!("pid={pid} zero=name n=2 one=it's $HOME `x` two=150000").as_str()));
+        }
+        // Not a script, or stdin of its own: left alone.
+        assert!(via_stdin(&RemoteCommand::new(["true"])).is_none());
+        assert!(via_stdin(&RemoteCommand::sh("cat").stdin(b"x".to_vec())).is_none());
     }
 
     #[test]
