@@ -238,6 +238,13 @@ fn collect_bundle_replay_and_drift() {
 
     let bundle = env.path("repro.tar.gz");
     assert_eq!(env.run(&["bundle", "pipe-repro", "-o", s(&bundle)]).status.code(), Some(0));
+    // The lab topology's CSIT-style node with a plaintext password: not in the bundle.
+    let mut tarball = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&bundle).unwrap()), &mut tarball)
+        .unwrap();
+    let lab_text = std::fs::read_to_string(lab_topology("lab.yaml")).unwrap();
+    let password = lab_text.lines().find_map(|l| l.trim().strip_prefix("password: ")).expect("lab.yaml has a password");
+    assert!(!String::from_utf8_lossy(&tarball).contains(password), "the bundle carries the node's password");
     let first = ran("pipe-repro", "DUT2");
     // down collects the counters (and the rest) before it stops the guest.
     let (dart, djunit) = (env.path("down-artifacts"), env.path("down.xml"));

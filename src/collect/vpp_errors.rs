@@ -115,8 +115,9 @@ fn split_word(s: &str) -> (&str, &str) {
 /// `s` without its last word, and that word.
 fn split_last_word(s: &str) -> (&str, &str) {
     let s = s.trim_end();
-    match s.rfind(char::is_whitespace) {
-        Some(start) => (&s[..start], &s[start + 1..]),
+    // The whitespace may be several bytes long (U+00A0 in a guest's output): skip all of it.
+    match s.char_indices().rev().find(|(_, c)| c.is_whitespace()) {
+        Some((start, c)) => (&s[..start], &s[start + c.len_utf8()..]),
         None => ("", s),
     }
 }
@@ -218,6 +219,17 @@ mod tests {
                 row(7, "ip4-input", "valid ip4 packets", Some("info")),
             ]
         );
+    }
+
+    /// A row whose last separator was a multi-byte space (U+00A0) sliced inside that character:
+    /// a panic in `up`'s collection hook, before its cleanup, left the failed run's VMs running.
+    #[test]
+    fn regression_a_multi_byte_space_before_the_last_word_does_not_panic() {
+        assert_eq!(split_last_word("valid ip4\u{a0}error"), ("valid ip4", "error"));
+        assert_eq!(split_last_word("a\u{3000}b  "), ("a", "b"));
+        let text = "   Count                    Node                  Reason               Severity\n\
+            \x20       5             ip4-input                    valid ip4 packets\u{a0}error\n";
+        let _ = parse(text);
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     };
     let topology = crate::topology::load_str(&text, &path, &templates)?;
     let vms = if a.vms.is_empty() { meta.only_vms.clone() } else { a.vms.clone() };
+    if let Some(n) = redacted_node(&topology, &vms) {
+        bail!(
+            "node {n}: the bundle does not carry its password or private key (redacted): give the nodes with \
+             --topology NEW.yaml (password_env or identity_file keep secrets out of bundles)"
+        );
+    }
     eprintln!(
         "replaying run {} (harness {} {}, {}), planned by: {}",
         meta.run_id,
@@ -112,6 +118,24 @@ fn with_nodes_of(frozen: &str, new: &Path) -> anyhow::Result<String> {
 }
 
 /// Fresh facts of every node with a selected VM, gathered as `up` gathers them.
+/// A node replay would connect to (one of the selected VMs' nodes, or the jump host named by
+/// one) whose password or private key the bundle holds only as [`crate::pipeline::bundle::REDACTED`].
+fn redacted_node(topo: &Topology, vms: &[String]) -> Option<String> {
+    let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));
+    let jumps: Vec<&str> = topo.duts().filter(|n| selected(&n.name)).filter_map(|n| n.proxy_jump.as_deref()).collect();
+    let reached = |n: &str| selected(n) || jumps.iter().any(|j| j.split(['@', ':']).any(|part| part == n));
+    topo.nodes
+        .iter()
+        .filter(|n| reached(&n.name))
+        .find(|n| {
+            n.auth.iter().any(|a| {
+                matches!(a, crate::topology::Auth::Password(s) | crate::topology::Auth::PrivateKeyPem(s)
+                    if s == crate::pipeline::bundle::REDACTED)
+            })
+        })
+        .map(|n| n.name.clone())
+}
+
 async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Result<FactsByNode> {
     let opts = super::connect_options(g);
     let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));

@@ -63,11 +63,48 @@ impl Meta {
     }
 }
 
-/// Write the reproduction record into `run_dir`: meta, topology bytes, template overlays.
+/// What a secret of the topology reads as in a record or bundle (as it does in any output).
+pub const REDACTED: &str = "<redacted>";
+
+/// Node keys whose values are secrets (CSIT's plaintext `password:` and inline `priv_key:`).
+const SECRET_KEYS: [&str; 2] = ["password", "priv_key"];
+
+/// The topology as kept for reproduction: unchanged if no node has a secret in it; otherwise
+/// re-serialised with each `password:` and `priv_key:` value replaced by [`REDACTED`] (comments
+/// are lost then). A bundle is a CI artifact: a plaintext password in it would be published
+/// with it. `replay` of such a bundle needs the nodes from `--topology`.
+pub fn redact_secrets(topology: &[u8]) -> Vec<u8> {
+    let Ok(mut doc) = serde_yaml::from_slice::<serde_yaml::Value>(topology) else { return topology.to_vec() };
+    let mut redacted = false;
+    if let Some(nodes) = doc.get_mut("nodes").and_then(serde_yaml::Value::as_mapping_mut) {
+        for node in nodes.values_mut().filter_map(serde_yaml::Value::as_mapping_mut) {
+            for key in SECRET_KEYS {
+                if let Some(v) = node.get_mut(key) {
+                    *v = serde_yaml::Value::String(REDACTED.into());
+                    redacted = true;
+                }
+            }
+        }
+    }
+    match redacted.then(|| serde_yaml::to_string(&doc)).and_then(Result::ok) {
+        Some(text) => format!("# node passwords and private keys redacted by harness\n{text}").into_bytes(),
+        None if redacted => b"# topology withheld: it holds secrets harness could not redact\n".to_vec(),
+        None => topology.to_vec(),
+    }
+}
+
+/// Write the reproduction record into `run_dir`: meta, topology bytes (secrets redacted, owner
+/// only), template overlays.
 pub fn record(run_dir: &Path, meta: &Meta, topology: &[u8]) -> Result<(), BundleError> {
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let p = run_dir.join("topology.yaml");
-    std::fs::write(&p, topology).map_err(io(&p))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p).map_err(io(&p))?;
+        f.write_all(&redact_secrets(topology)).map_err(io(&p))?;
+    }
     if let Some(dir) = &meta.templates_dir {
         let dest = run_dir.join("templates");
         std::fs::create_dir_all(&dest).map_err(io(&dest))?;
@@ -150,6 +187,39 @@ mod tests {
         assert_eq!(std::fs::read_to_string(root.join("templates/init.sh")).unwrap(), "#!/bin/sh\n");
         assert!(root.join("facts/DUT1.json").is_file());
         assert!(!meta.git_revision.is_empty());
+    }
+
+    /// A CSIT topology's plaintext `password:` and inline `priv_key:` went into every run
+    /// record and bundle verbatim (the bundle is a published CI artifact), world-readable.
+    #[test]
+    fn regression_a_bundle_carries_no_password_or_private_key() {
+        let d = tempfile::tempdir().unwrap();
+        let topo = "nodes:\n  DUT1:\n    type: DUT\n    host: 10.0.0.1\n    password: hunter2\n    \
+                    priv_key: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      c2VjcmV0a2V5\n      \
+                    -----END OPENSSH PRIVATE KEY-----\n  DUT2: {type: DUT, host: 10.0.0.2, password: 'flow secret'}\n";
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/lab.yaml"), None, &[]), topo.as_bytes()).unwrap();
+        let out = d.path().join("b.tar.gz");
+        pack(&run, &out).unwrap();
+        let mut tarball = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&out).unwrap()), &mut tarball)
+            .unwrap();
+        let tar_text = String::from_utf8_lossy(&tarball);
+        for secret in ["hunter2", "c2VjcmV0a2V5", "flow secret", "PRIVATE KEY"] {
+            assert!(!tar_text.contains(secret), "{secret} in the bundle");
+        }
+        let kept = std::fs::read_to_string(run.join("topology.yaml")).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&kept).unwrap();
+        assert_eq!(doc["nodes"]["DUT1"]["password"], REDACTED);
+        assert_eq!(doc["nodes"]["DUT1"]["priv_key"], REDACTED);
+        assert_eq!(doc["nodes"]["DUT2"]["host"], "10.0.0.2");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(run.join("topology.yaml")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing secret: the exact bytes, comments included.
+        let plain = b"nodes:\n  DUT1: {type: DUT, host: h, password_env: PW}  # note\n";
+        assert_eq!(redact_secrets(plain), plain.to_vec());
     }
 
     #[test]

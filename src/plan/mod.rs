@@ -129,18 +129,12 @@ fn check_selection(topology: &Topology, only: &[String]) -> Result<(), PlanError
 }
 
 /// The run id becomes a path component on every node and part of the guest kernel command line.
+/// The one rule for run ids ([`crate::remote::layout::run_id_problem`]): the same that `down`,
+/// `status` and the local records apply, so no run starts that they could not find again.
 fn check_run_id(run_id: &str) -> Result<(), PlanError> {
-    let ok = !run_id.is_empty()
-        && run_id != "."
-        && run_id != ".."
-        && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PlanError::RunId {
-            run_id: run_id.to_string(),
-            message: "use only letters, digits, `-`, `_` and `.`".to_string(),
-        })
+    match crate::remote::layout::run_id_problem(run_id) {
+        None => Ok(()),
+        Some(m) => Err(PlanError::RunId { run_id: run_id.to_string(), message: m.to_string() }),
     }
 }
 

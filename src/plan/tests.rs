@@ -315,6 +315,23 @@ fn invalid_inputs_are_refused() {
     }
 }
 
+/// `up --run-id .x` (or a 129-character `$BUILD_TAG`) started VMs that `down` and `status` then
+/// refused to see (a dot directory escapes their glob, a long id their rule): they leaked with
+/// their hugepages. `up` now applies the same rule, before anything reaches a host.
+#[test]
+fn regression_up_refuses_a_run_id_that_down_could_not_find() {
+    let t = Templates::embedded();
+    let topo = topology(vec![dut("DUT1")], vec![vm("DUT1", 1)]);
+    let long = "x".repeat(129);
+    for bad in [".x", ".hidden-run", long.as_str()] {
+        let r = build(&topo, &FactsByNode::new(), &PlanOptions { run_id: bad.into(), templates: &t, only_vms: &[] });
+        assert!(matches!(r, Err(PlanError::RunId { .. })), "{bad:?}");
+        assert!(crate::remote::layout::run_id_problem(bad).is_some(), "{bad:?}");
+    }
+    let ok = "x".repeat(128);
+    assert!(build(&topo, &FactsByNode::new(), &PlanOptions { run_id: ok, templates: &t, only_vms: &[] }).is_ok());
+}
+
 #[test]
 fn pinning_and_readiness() {
     let mut v = vm("DUT1", 1);

@@ -21,7 +21,7 @@ pub fn run_id_problem(run_id: &str) -> Option<&'static str> {
         && run_id != ".."
         && !run_id.starts_with('.')
         && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    (!ok).then_some("use only letters, digits, `-`, `_` and `.` (not starting with `.`)")
+    (!ok).then_some("use only letters, digits, `-`, `_` and `.`, not starting with `.`, at most 128 characters")
 }
 
 /// Why `name` cannot be a VM or node name in a path, or `None` (the topology's own rule).
