@@ -209,6 +209,24 @@ fn guest_exec_and_read_only_root(env: &Env, topo: &str, run: &str) {
     // What the guest writes goes to its own tmpfs.
     let out = env.run(&["guest-exec", "DUT1_2", topo, "--run", run, "--", "/bin/touch", "/tmp/harness-probe"]);
     assert_eq!(out.status.code(), Some(0));
+    regression_guest_exec_reaches_the_vm_named_not_the_socket_its_manifest_names(env, topo, run);
+}
+
+/// `guest-exec` sent the command (as root in the guest) to the agent socket the host's manifest
+/// named, unchecked: a manifest whose DUT1_2 names DUT1_1's socket ran DUT1_2's command in
+/// DUT1_1. The socket is now recomputed from the run and the VM (as `ping` does): DUT1_2's
+/// command finds the probe only DUT1_2's tmpfs has.
+fn regression_guest_exec_reaches_the_vm_named_not_the_socket_its_manifest_names(env: &Env, topo: &str, run: &str) {
+    let mf = format!("/run/harness/{run}/manifest-DUT1.json");
+    let orig = std::fs::read(&mf).unwrap();
+    let mut m: Value = serde_json::from_slice(&orig).unwrap();
+    let vms = m["vms"].as_array_mut().unwrap();
+    let sock1 = vms.iter().find(|v| v["name"] == "DUT1_1").unwrap()["qga"].clone();
+    vms.iter_mut().filter(|v| v["name"] == "DUT1_2").for_each(|v| v["qga"] = sock1.clone());
+    std::fs::write(&mf, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = env.run(&["guest-exec", "DUT1_2", topo, "--run", run, "--", "/bin/test", "-e", "/tmp/harness-probe"]);
+    std::fs::write(&mf, &orig).unwrap();
+    assert_eq!(out.status.code(), Some(0), "the command ran where the manifest pointed, not in DUT1_2: {out:?}");
 }
 
 #[test]

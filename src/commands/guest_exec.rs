@@ -10,9 +10,15 @@ use crate::cli::{GlobalArgs, GuestExecArgs};
 use crate::run::qga::ExitStatus;
 
 pub async fn run(g: &GlobalArgs, a: &GuestExecArgs) -> anyhow::Result<u8> {
-    let super::LocatedVm { session, node, vm, .. } =
+    let super::LocatedVm { session, node, vm, run_id, run_root } =
         super::locate_vm(g, a.topology.as_deref(), a.run.as_deref(), &a.vm).await?;
-    let res = crate::run::guest::exec(&session, vm.qga.as_deref(), &a.command, a.timeout).await;
+    // The agent socket recomputed from the run and VM, and its QEMU alive: never the path the
+    // manifest names (the command runs as root in whichever guest that socket leads to).
+    let sock = match vm.qga {
+        Some(_) => Some(super::live_agent_socket(&session, &run_root, &run_id, &a.vm).await?),
+        None => None,
+    };
+    let res = crate::run::guest::exec(&session, sock.as_deref(), &a.command, a.timeout).await;
     session.close().await;
     let out = res.map_err(|e| anyhow::anyhow!("VM {} on {node}: {e}", a.vm))?;
     std::io::stdout().write_all(&out.stdout)?;

@@ -133,6 +133,20 @@ pub struct LocatedVm {
     pub vm: VmRecord,
 }
 
+/// A dead QEMU is named as such, not reported as a closed channel by the bridge.
+/// Returns the VM's guest agent socket (recomputed, not read from the manifest).
+pub(crate) async fn live_agent_socket(s: &Session, run_root: &str, run_id: &str, vm: &str) -> anyhow::Result<String> {
+    use crate::remote::{layout, process};
+    let rd = layout::run_dir(run_root, run_id).map_err(anyhow::Error::msg)?;
+    let paths = layout::vm_paths(&rd, vm).map_err(anyhow::Error::msg)?;
+    let out = s.run_ok(&crate::ssh::RemoteCommand::sh(process::probe_script(&paths.pidfile)).sudo()).await?;
+    match process::parse_probe(&out.stdout_str()) {
+        (true, _) => Ok(paths.qga),
+        (false, Some(pid)) => anyhow::bail!("VM {vm} (run {run_id}): qemu (pid {pid}) is not running"),
+        (false, None) => anyhow::bail!("VM {vm} (run {run_id}): qemu is not running (no pid recorded)"),
+    }
+}
+
 /// Find VM `name` in the newest matching run on the topology's DUTs (from the hosts' manifests).
 /// Only the node the topology puts the VM on is asked, when the topology names it.
 pub async fn locate_vm(

@@ -10,24 +10,8 @@ use anyhow::{Context, bail};
 
 use crate::cli::{Format, GlobalArgs, PingArgs};
 use crate::exit;
-use crate::remote::layout;
-use crate::remote::process;
 use crate::run::bridge::Bridge;
 use crate::run::qga::Qga;
-use crate::ssh::{RemoteCommand, Session};
-
-/// A dead QEMU is named as such, not reported as a closed channel by the bridge.
-/// Returns the VM's guest agent socket (recomputed, not read from the manifest).
-async fn alive_or_bail(s: &Session, run_root: &str, run_id: &str, vm: &str) -> anyhow::Result<String> {
-    let rd = layout::run_dir(run_root, run_id).map_err(anyhow::Error::msg)?;
-    let paths = layout::vm_paths(&rd, vm).map_err(anyhow::Error::msg)?;
-    let out = s.run_ok(&RemoteCommand::sh(process::probe_script(&paths.pidfile)).sudo()).await?;
-    match process::parse_probe(&out.stdout_str()) {
-        (true, _) => Ok(paths.qga),
-        (false, Some(pid)) => bail!("VM {vm} (run {run_id}): qemu (pid {pid}) is not running"),
-        (false, None) => bail!("VM {vm} (run {run_id}): qemu is not running (no pid recorded)"),
-    }
-}
 
 pub async fn run(g: &GlobalArgs, a: &PingArgs) -> anyhow::Result<u8> {
     let super::LocatedVm { session: s, node, vm, run_id, run_root } =
@@ -36,7 +20,7 @@ pub async fn run(g: &GlobalArgs, a: &PingArgs) -> anyhow::Result<u8> {
     if vm.qga.is_none() {
         bail!("VM {} has no guest agent channel (qga: false)", a.vm)
     }
-    let sock = alive_or_bail(&s, run_root, &run_id, &a.vm).await?;
+    let sock = super::live_agent_socket(&s, run_root, &run_id, &a.vm).await?;
     let mut bridge = Bridge::unix_socket(&s, &sock).await?;
     let mut qga = Qga::new(bridge.stream());
     qga.sync(Duration::from_secs(5)).await.context("guest-sync-delimited")?;
