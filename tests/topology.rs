@@ -912,7 +912,7 @@ fn regression_socket_path_reaches_socat_unescaped() {
         ("/run/vpp/s:1", "`:`"),
         ("/run/vpp/s!!x", "`!`"),
         ("/run/vpp/s x", "a space"),
-        ("/run/vpp/s\\ty", "control character U+0009"),
+        ("/run/vpp/s\\ty", "control characters (found U+0009)"),
         ("/run/vpp/\\\"q\\\"", "`\"`"),
     ] {
         one(
@@ -1056,4 +1056,19 @@ fn regression_a_hugepage_mount_path_with_whitespace_is_refused() {
             [&topology::PageSize::M2],
         "/mnt/h,x"
     );
+}
+
+/// A newline in a path (`qemu.bin_dir: "/usr/bin\nsudo_rc=0"`) reached the host-facts probe's
+/// `key=value` output as a line of its own: a topology could spoof facts. Paths with control
+/// characters are refused where they are written.
+#[test]
+fn regression_a_path_with_a_control_character_is_refused() {
+    one(
+        "nodes:\n  DUT1: {type: DUT, host: h, qemu: {bin_dir: \"/usr/bin\\nsudo_rc=0\"}}\n",
+        2,
+        46,
+        "nodes.DUT1.qemu.bin_dir",
+        "must not contain control characters (found U+000A)",
+    );
+    one(&vm("    kernel: \"/boot/vm\\tlinuz\"\n"), 14, 13, "vms[0].kernel", "(found U+0009)");
 }

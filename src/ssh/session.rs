@@ -604,11 +604,9 @@ impl Session {
     /// Write `content` to `path` atomically: temp file next to it, then chmod + rename.
     pub async fn upload(&self, content: &[u8], path: &str, mode: u32, sudo: bool) -> Result<(), SshError> {
         let tmp = format!("{path}.harness-tmp-{:016x}", rand::random::<u64>());
-        // umask 077: the content is never readable by others before the chmod.
-        let script =
-            r#"umask 077; cat > "$1" && chmod "$3" "$1" && mv -f "$1" "$2" || { rc=$?; rm -f "$1"; exit $rc; }"#;
-        let mut cmd =
-            RemoteCommand::new(["sh", "-c", script, "sh", &tmp, path, &format!("{mode:o}")]).stdin(content.to_vec());
+        let mut cmd = RemoteCommand::new(["sh", "-c", UPLOAD_SCRIPT, "sh", &tmp, path, &format!("{mode:o}")])
+            .stdin(content.to_vec());
+        cmd.argv.push(content.len().to_string());
         cmd.sudo = sudo;
         cmd.idempotent = true;
         self.run_ok(&cmd).await.map(|_| ())
@@ -674,6 +672,15 @@ impl Session {
         }
     }
 }
+
+/// [`Session::upload`]'s script: `sh -c UPLOAD_SCRIPT sh TMP PATH MODE SIZE`, the content on
+/// stdin. umask 077: the content is never readable by others before the chmod. The size is
+/// checked before the rename: a connection lost mid-transfer ends the remote `cat` with EOF and
+/// status 0, and the cut file used to be renamed into place.
+const UPLOAD_SCRIPT: &str = r#"umask 077; cat > "$1" || { rc=$?; rm -f "$1"; exit $rc; }
+n=$(wc -c < "$1") && n=$((n)) || n=-1
+if [ "$n" != "$4" ]; then rm -f "$1"; echo "upload cut short: $n of $4 bytes arrived" >&2; exit 1; fi
+chmod "$3" "$1" && mv -f "$1" "$2" || { rc=$?; rm -f "$1"; exit $rc; }"#;
 
 /// The `sh -c` argv of [`Session::put_many`]. Each run of items of one kind is one step, and
 /// each step is as few processes as it can be (a host starting ten VMs pays for every fork
@@ -1161,6 +1168,33 @@ mod tests {
         // Not a script, or stdin of its own: left alone.
         assert!(via_stdin(&RemoteCommand::new(["true"])).is_none());
         assert!(via_stdin(&RemoteCommand::sh("cat").stdin(b"x".to_vec())).is_none());
+    }
+
+    /// A connection lost mid-upload ends the remote `cat` with EOF (status 0): the cut file was
+    /// chmod'ed and renamed into place. Now the size is checked first and nothing is renamed.
+    #[test]
+    fn regression_an_upload_cut_short_is_not_renamed_into_place() {
+        let d = tempfile::tempdir().unwrap();
+        let (tmp, dest) = (d.path().join("f.tmp"), d.path().join("f"));
+        let run = |stdin: &[u8], size: usize| {
+            let mut c = std::process::Command::new("sh")
+                .args(["-c", UPLOAD_SCRIPT, "sh", tmp.to_str().unwrap(), dest.to_str().unwrap(), "644"])
+                .arg(size.to_string())
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), stdin).unwrap();
+            c.wait_with_output().unwrap()
+        };
+        let out = run(&[7u8; 1000], 4096);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("upload cut short: 1000 of 4096 bytes"), "{out:?}");
+        assert!(!dest.exists() && !tmp.exists());
+        let out = run(&[7u8; 4096], 4096);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&dest).unwrap().len(), 4096);
+        assert!(!tmp.exists());
     }
 
     #[test]

@@ -95,7 +95,12 @@ impl Cx<'_> {
 
     pub(crate) fn abs_path(&mut self, n: &YNode, path: &str) -> Option<String> {
         let s = self.string(n, path)?;
-        if s.starts_with('/') {
+        // A path goes into remote scripts and their `key=value` output: a newline in
+        // `qemu.bin_dir` added lines of its own to the host facts.
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            self.err(n.pos, path, format!("must not contain control characters (found U+{:04X})", c as u32));
+            None
+        } else if s.starts_with('/') {
             Some(s)
         } else {
             self.err(n.pos, path, format!("must be an absolute path (found `{s}`)"));
