@@ -785,3 +785,33 @@ fn regression_a_script_longer_than_an_ssh_packet_runs_with_its_arguments() {
         s.close().await;
     });
 }
+
+/// A node's `accept_new_host_key: true` was passed on to its jump host: an unknown (possibly
+/// spoofed) bastion key was recorded without the user relaxing checks for the bastion. Now
+/// the jump host's unknown key is refused unless asked for it (`--accept-new-host-keys`).
+#[test]
+fn regression_a_nodes_accept_new_host_key_does_not_extend_to_its_jump_host() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    let jump_port = lab.ports[0];
+    rt().block_on(async {
+        // Learn only the target's key (node 2), through a direct connection.
+        let mut direct = lab.node(2);
+        direct.known_hosts = Some(kh.clone());
+        direct.accept_new_host_key = true;
+        Session::connect(&direct, &opts()).await.unwrap().close().await;
+        let mut t = direct.clone();
+        t.proxy_jump = Some(format!("{}@127.0.0.1:{jump_port}", lab.users[0]));
+        let err = Session::connect(&t, &opts()).await.err().expect("the jump host's unknown key was accepted");
+        assert!(matches!(err, SshError::HostKeyUnknown { .. }), "{err}");
+        assert!(err.to_string().contains("jump host"), "{err}");
+        let recorded = std::fs::read_to_string(&kh).unwrap();
+        assert!(!recorded.contains(&format!("[127.0.0.1]:{jump_port} ")), "jump host key recorded: {recorded}");
+        // Asked for explicitly, it is accepted and recorded.
+        let mut o = opts();
+        o.accept_new_host_keys = true;
+        Session::connect(&t, &o).await.unwrap().close().await;
+        assert!(std::fs::read_to_string(&kh).unwrap().contains(&format!("[127.0.0.1]:{jump_port} ")));
+    });
+}
