@@ -25,7 +25,7 @@ pub use model::*;
 
 use crate::facts::{FactsByNode, HostFacts};
 use crate::templates::{TemplateError, Templates};
-use crate::topology::{Boot, Node, Topology, Vm, VmKind, Vnf};
+use crate::topology::{Boot, Node, Topology, Vm, VmInterface, VmKind, Vnf};
 
 pub struct PlanOptions<'a> {
     /// Run id; remote paths are `<run_root>/<run_id>/<vm>/...`.
@@ -241,8 +241,28 @@ fn check_vm(topology: &Topology, dut_index: usize, vm: &Vm, vm_run_dir: &str) ->
         // The init path goes on the guest kernel command line, which splits on spaces.
         return Err(invalid(vm, format!("run directory {vm_run_dir:?} must not contain spaces or quotes")));
     }
+    // The longest of the VM's own sockets (`qmp.sock`, `qga.sock`) and its vhost-user ones.
+    let own = format!("{vm_run_dir}/qmp.sock");
+    let vhost = vm.interfaces.iter().filter_map(|i| match i {
+        VmInterface::VhostUser(v) => Some(v.socket.as_str()),
+        _ => None,
+    });
+    if let Some(long) = std::iter::once(own.as_str()).chain(vhost).find(|p| p.len() > MAX_SOCKET_PATH) {
+        return Err(invalid(
+            vm,
+            format!(
+                "socket path {long} is {} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket can have \
+                 (shorten run_root, the run id or the VM name)",
+                long.len()
+            ),
+        ));
+    }
     Ok(())
 }
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes, the terminating NUL included (QEMU
+/// failed at start, after hugepages were allocated and files uploaded).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 fn readiness_and_pinning(vm: &Vm) -> Result<(Readiness, Option<Pinning>), PlanError> {
     let mut ready_markers = match &vm.vnf {

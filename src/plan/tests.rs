@@ -328,7 +328,8 @@ fn regression_up_refuses_a_run_id_that_down_could_not_find() {
         assert!(matches!(r, Err(PlanError::RunId { .. })), "{bad:?}");
         assert!(crate::remote::layout::run_id_problem(bad).is_some(), "{bad:?}");
     }
-    let ok = "x".repeat(128);
+    assert!(crate::remote::layout::run_id_problem(&"x".repeat(128)).is_none());
+    let ok = "x".repeat(40);
     assert!(build(&topo, &FactsByNode::new(), &PlanOptions { run_id: ok, templates: &t, only_vms: &[] }).is_ok());
 }
 
@@ -364,4 +365,21 @@ fn select_vms_filters_and_rejects_unknown() {
     assert!(e.to_string().contains("DUT9_1"));
     // `harness render --vm DUT9_1` exits with "invalid input".
     assert_eq!(crate::commands::exit_code_for(&anyhow::Error::from(e)), crate::exit::INVALID_INPUT);
+}
+
+/// A Unix socket path past 107 bytes (a long VM name, run id or run_root) passed the plan and
+/// failed only at QEMU's start, after hugepages were allocated and files uploaded.
+#[test]
+fn regression_a_socket_path_too_long_for_a_unix_socket_is_refused_by_the_plan() {
+    let t = Templates::embedded();
+    let mut v = vm("DUT1", 1);
+    v.name = "v".repeat(64);
+    let topo = topology(vec![dut("DUT1")], vec![v]);
+    // /run/harness/<21>/<64>/qmp.sock: 108 bytes, one too many.
+    let opts = PlanOptions { run_id: "r".repeat(21), templates: &t, only_vms: &[] };
+    let e = build(&topo, &FactsByNode::new(), &opts).unwrap_err().to_string();
+    assert!(e.contains("is 108 bytes, longer than the 107 a Unix socket can have"), "{e}");
+    // A run id one shorter: 107 bytes, planned.
+    let opts = PlanOptions { run_id: "r".repeat(20), templates: &t, only_vms: &[] };
+    assert!(build(&topo, &FactsByNode::new(), &opts).is_ok());
 }
