@@ -198,6 +198,14 @@ impl HostKeyPolicy {
         match judge(&known, key) {
             Verdict::Known => Ok(()),
             Verdict::Unknown if self.accept_new => {
+                // `UserKnownHostsFile /dev/null` with `StrictHostKeyChecking no`, a common lab
+                // setting: accept and record nothing, as OpenSSH does (russh's writer seeks and
+                // reads back a byte, which a device cannot give: every connection failed).
+                if std::fs::metadata(&self.known_hosts)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+                {
+                    return Ok(());
+                }
                 if let Some(dir) = self.known_hosts.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
@@ -340,6 +348,17 @@ mod tests {
             accept_new: true,
         };
         (dir, p)
+    }
+
+    /// `UserKnownHostsFile /dev/null` + `StrictHostKeyChecking no` failed every connection:
+    /// "cannot record host key … failed to fill whole buffer".
+    #[test]
+    fn regression_accepting_into_dev_null_records_nothing_and_connects() {
+        let (_d, mut p) = policy("");
+        p.known_hosts = "/dev/null".into();
+        p.verify(&key(E1)).unwrap();
+        p.accept_new = false;
+        assert!(matches!(p.verify(&key(E1)), Err(SshError::HostKeyUnknown { .. })));
     }
 
     #[test]
