@@ -509,6 +509,51 @@ fn regression_a_hugetlbfs_mount_of_another_page_size_is_refused() {
     assert!(here[0].contains("pagesize=1024M"), "{here:?}");
 }
 
+/// `down OTHER.yaml --run ID` on a topology whose nodes do not have the run found nothing,
+/// said "nothing to stop", exited 0 and deleted ID's local record: the only pointer to the
+/// right topology, so `down --run ID` then failed with "no local record" and the VMs ran on.
+/// The scale topology with only node `keep`: its block under `nodes:` and its VMs.
+fn only_node(t: &str, keep: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in t.lines() {
+        let node_key = l.strip_prefix("  ").and_then(|n| n.strip_suffix(':')).filter(|n| !n.starts_with([' ', '-']));
+        match node_key {
+            Some(name) => skipping = name != keep,
+            None if !l.starts_with("    ") => skipping = false,
+            None => {}
+        }
+        let other_vm = l.contains("node: ") && !l.contains(&format!("node: {keep},"));
+        if !skipping && !other_vm {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn regression_down_of_another_topology_keeps_the_runs_record() {
+    let env = Env::new();
+    let dut1 = env.topology("dut1.yaml", |t| only_node(&t, "DUT1"));
+    let dut2 = env.topology("dut2.yaml", |t| only_node(&t, "DUT2"));
+    for (t, gone) in [(&dut1, "DUT2"), (&dut2, "DUT1")] {
+        let text = std::fs::read_to_string(t).unwrap();
+        assert!(!text.contains(&format!("  {gone}:")) && !text.contains(&format!("node: {gone},")), "{text}");
+    }
+    let run = "fault-other-topology";
+    let up = env.run(&["up", dut1.to_str().unwrap(), "--run-id", run]);
+    assert_eq!(up.status.code(), Some(0));
+    let wrong = env.run(&["down", dut2.to_str().unwrap(), "--run", run]);
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("its local record (another topology) is kept"),
+        "{wrong:?}"
+    );
+    let down = env.run(&["down", "--run", run]);
+    assert_eq!(down.status.code(), Some(0), "the record was lost: {down:?}");
+    env.assert_nothing_left(ROOT, run);
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();

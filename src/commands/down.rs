@@ -45,6 +45,14 @@ pub fn resolve(
     Ok((topo, sel))
 }
 
+/// Whether run `run_id`'s local record names `topology` (or there is no record to keep).
+fn same_topology(state: &std::path::Path, run_id: &str, topology: &std::path::Path) -> bool {
+    match record::load(state, run_id) {
+        Ok(rec) => super::absolute(&rec.topology) == super::absolute(topology),
+        Err(_) => true,
+    }
+}
+
 pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
     let (topo, mut sel) = resolve(g, a.topology.as_deref(), a.run.as_deref())?;
@@ -121,6 +129,16 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         runs.sort();
         runs.dedup();
         for r in runs {
+            let found = stopped.iter().any(|s| s.run_id == r);
+            if !found && !same_topology(&state, r, &topo.path) {
+                // Nothing of it on another topology's nodes says nothing about where it runs:
+                // its record is the only pointer to the right hosts.
+                eprintln!(
+                    "harness: run {r} was not found on the nodes of {}; its local record (another topology) is kept",
+                    topo.path.display()
+                );
+                continue;
+            }
             if stopped.iter().all(|s| s.run_id != r || s.error.is_none()) {
                 record::remove(&state, r);
             }
