@@ -271,8 +271,8 @@ pub struct PingArgs {
     pub topology: Option<PathBuf>,
     #[arg(long = "run", value_name = "ID")]
     pub run: Option<String>,
-    /// Number of guest-ping round trips.
-    #[arg(short = 'c', long, default_value_t = 10)]
+    /// Number of guest-ping round trips (1 to 1000000).
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -349,6 +349,17 @@ mod tests {
         let err = Cli::try_parse_from(["harness", "--connect-timeout", "1e30s", "validate", "t.yaml"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(parse_duration("1.5s").unwrap() == Duration::from_millis(1500));
+    }
+
+    /// `ping -c 4000000000` reserved room for four billion round-trip times up front: a 32 GB
+    /// allocation, and an abort.
+    #[test]
+    fn regression_ping_count_is_bounded() {
+        for bad in ["4000000000", "0"] {
+            let err = Cli::try_parse_from(["harness", "ping", "DUT1_1", "-c", bad]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+        assert!(Cli::try_parse_from(["harness", "ping", "DUT1_1", "-c", "1000000"]).is_ok());
     }
 
     #[test]

@@ -98,7 +98,10 @@ pub fn to_xml(run: &JunitRun) -> String {
     report.set_time(run.duration);
     report.add_test_suite(suite);
     // Serialising into a String cannot fail: the only errors are I/O errors of the writer.
-    report.to_string().expect("JUnit XML into a String")
+    let xml = report.to_string().expect("JUnit XML into a String");
+    // quick-junit drops the C0 controls XML 1.0 forbids, not the noncharacters U+FFFE/U+FFFF it
+    // forbids too (a guest's serial bytes EF BF BE): one makes a CI's parser reject the report.
+    if xml.contains(['\u{fffe}', '\u{ffff}']) { xml.replace(['\u{fffe}', '\u{ffff}'], "") } else { xml }
 }
 
 fn status(outcome: &Outcome, serial_tail: &[String]) -> TestCaseStatus {
@@ -229,6 +232,19 @@ pub(crate) mod tests {
             (None, Some(s)) => &rest[..s],
             _ => panic!("unterminated testcase {name}"),
         }
+    }
+
+    /// A serial tail with U+FFFE (bytes EF BF BE from the guest) made the whole report
+    /// ill-formed XML ("not well-formed" in expat), so the CI dropped every result.
+    #[test]
+    fn regression_xml_forbidden_noncharacters_are_dropped() {
+        let mut run = sample();
+        for vm in &mut run.vms {
+            vm.serial_tail.push("boot \u{fffe}ok\u{ffff}".into());
+        }
+        let xml = to_xml(&run);
+        assert!(!xml.contains(['\u{fffe}', '\u{ffff}']));
+        assert!(xml.contains("boot ok"), "the serial tail of a failed VM is in the report: {xml}");
     }
 
     #[test]

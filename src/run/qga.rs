@@ -31,9 +31,10 @@ use super::jsonlines::{LineError, LineReader, classify};
 /// The flush byte / reply delimiter of `guest-sync-delimited`. Never valid inside UTF-8 JSON.
 const SENTINEL: u8 = 0xFF;
 
-/// A reply line longer than this is a protocol error (the agent's largest replies, e.g.
-/// `guest-exec-status` output, are far smaller with sane use).
-const MAX_REPLY: usize = 16 * 1024 * 1024;
+/// A reply line longer than this is a protocol error. The largest a sane agent sends is a
+/// `guest-exec-status` with both streams at qemu-ga's capture limit (16 MiB each,
+/// `GUEST_EXEC_MAX_OUTPUT`), base64: 2 × 21.3 MiB plus the JSON around them.
+const MAX_REPLY: usize = 48 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QgaError {
@@ -621,6 +622,27 @@ mod tests {
         assert!(out.stderr.is_empty());
         assert!(out.stdout_truncated && out.stderr_truncated);
         assert!(!out.success());
+        drop(q);
+        peer.await.unwrap();
+    }
+
+    /// A program whose output filled qemu-ga's 16 MiB capture failed with "reply longer than
+    /// 16777216 bytes" (base64 makes it 22 MiB): the truncation it should report was never seen.
+    #[tokio::test]
+    async fn regression_output_at_the_agents_capture_limit_is_returned_truncated() {
+        let (client, agent) = duplex(1 << 20);
+        let full = vec![b'x'; 16 * 1024 * 1024];
+        let (out_b64, err_b64) = (b64(&full), b64(&full));
+        let peer = fake_agent(agent, move |req| match req["execute"].as_str().unwrap() {
+            "guest-exec" => json!({"return": {"pid": 7}}),
+            "guest-exec-status" => json!({"return": {"exited": true, "exitcode": 0, "out-data": out_b64,
+                                                     "err-data": err_b64, "out-truncated": true, "err-truncated": true}}),
+            other => panic!("unexpected {other}"),
+        });
+        let mut q = Qga::new(client);
+        let out = q.exec("cat", &[], Duration::from_secs(30)).await.unwrap();
+        assert_eq!((out.stdout.len(), out.stderr.len()), (full.len(), full.len()));
+        assert!(out.stdout_truncated && out.stderr_truncated);
         drop(q);
         peer.await.unwrap();
     }
