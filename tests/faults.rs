@@ -554,6 +554,31 @@ fn regression_down_of_another_topology_keeps_the_runs_record() {
     env.assert_nothing_left(ROOT, run);
 }
 
+/// `--junit reports/up.xml` with no `reports/` made a good `up` exit 1 with no result printed
+/// (a failed one lost its exit code 4 and its artifacts), and `down` exit before removing its
+/// records and printing what it stopped. The directory is created now; a report that still
+/// cannot be written is said, fails the command, and hides nothing else.
+#[test]
+fn regression_a_junit_file_that_cannot_be_written_hides_no_result() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let run = "fault-junit-path";
+    let nested = env.dir.path().join("reports/nightly/up.xml");
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", run, "--junit", nested.to_str().unwrap()]);
+    assert_eq!(up.status.code(), Some(0), "{up:?}");
+    assert!(std::fs::read_to_string(&nested).unwrap().contains("<testsuite"), "JUnit not written");
+    let file = env.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad = file.join("down.xml");
+    let down = env.run(&["down", "--run", run, "--junit", bad.to_str().unwrap()]);
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(String::from_utf8_lossy(&down.stdout).contains("stopped"), "the result was not printed: {down:?}");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("a-file"), "{down:?}");
+    env.assert_nothing_left(ROOT, run);
+    let again = env.run(&["down", "--run", run]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no local record"), "record kept: {again:?}");
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();

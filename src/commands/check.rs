@@ -37,10 +37,14 @@ pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
     for t in tasks {
         reports.push(t.await?);
     }
+    let mut junit_ok = true;
     if let Some(f) = &a.junit {
         let suite = format!("harness check {}", a.topology.file_name().unwrap_or_default().to_string_lossy());
         let run = crate::pipeline::junit::for_check(&suite, &reports, started.elapsed());
-        std::fs::write(f, crate::report::junit::to_xml(&run)).with_context(|| format!("writing {}", f.display()))?;
+        if let Err(e) = super::write_report(f, crate::report::junit::to_xml(&run).as_bytes()) {
+            eprintln!("harness: {e:#}");
+            junit_ok = false;
+        }
     }
     if let Some(dir) = &a.save_facts {
         for r in &reports {
@@ -54,7 +58,10 @@ pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
         Format::Text => print_text(&reports, std::io::stdout().is_terminal()),
     }
-    Ok(exit_code(&reports))
+    Ok(match exit_code(&reports) {
+        exit::OK if !junit_ok => exit::FAILED,
+        code => code,
+    })
 }
 
 fn exit_code(reports: &[NodeReport]) -> u8 {

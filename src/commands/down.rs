@@ -117,7 +117,15 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         }
     }
     nodes.sort();
-    pipeline_outputs(a, &sel, &nodes, &stopped, &missing, started.elapsed())?;
+    // A report that cannot be written is said and fails the command, but never stops it
+    // short of its records and its result.
+    let outputs_ok = match pipeline_outputs(a, &sel, &nodes, &stopped, &missing, started.elapsed()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("harness: {e:#}");
+            false
+        }
+    };
     drop(root);
     reporter.finish().await;
     let state = record::state_dir(g.state_dir.as_deref());
@@ -147,7 +155,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
     let failed = print_result(a, &sel, &stopped, &errors)?;
     Ok(if unreachable {
         exit::UNREACHABLE
-    } else if !errors.is_empty() || failed {
+    } else if !errors.is_empty() || failed || !outputs_ok {
         exit::FAILED
     } else {
         exit::OK
@@ -176,13 +184,13 @@ fn pipeline_outputs(
     took: Duration,
 ) -> anyhow::Result<()> {
     if let Some(dir) = &a.artifacts {
-        std::fs::create_dir_all(dir)?;
+        anyhow::Context::with_context(std::fs::create_dir_all(dir), || format!("creating {}", dir.display()))?;
         crate::pipeline::artifacts::write_missing(dir, missing)?;
     }
     if let Some(f) = &a.junit {
         let suite = format!("harness down {}", sel.run_id.clone().unwrap_or_default());
         let run = crate::pipeline::junit::for_down(suite.trim(), nodes, stopped, took);
-        std::fs::write(f, crate::report::junit::to_xml(&run))?;
+        super::write_report(f, crate::report::junit::to_xml(&run).as_bytes())?;
     }
     Ok(())
 }

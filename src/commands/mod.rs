@@ -57,6 +57,16 @@ pub fn absolute(path: &Path) -> String {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }
 
+/// Write a report file the user named (`--junit`), creating its directory as `--artifacts`
+/// does.
+pub fn write_report(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 /// SSH options from the global flags.
 pub fn connect_options(g: &GlobalArgs) -> ConnectOptions {
     let mut o = ConnectOptions {

@@ -117,7 +117,13 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     reporter.finish().await;
 
     // Kept whatever the outcome: a failed run is the one worth reproducing.
-    save_facts_and_plan(&state, &res).with_context(|| format!("writing the run's facts under {}", state.display()))?;
+    // A local file that cannot be written is said and fails an otherwise good run, but never
+    // hides the run's own result or exit code.
+    let mut outputs_ok = true;
+    if let Err(e) = save_facts_and_plan(&state, &res) {
+        eprintln!("harness: writing the run's facts under {}: {e:#}", state.display());
+        outputs_ok = false;
+    }
     if res.ok {
         rec.state = "ready".into();
         record::save(&state, &rec)?;
@@ -134,8 +140,11 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     let result = prun::result_json(&res, &capture.counters);
     let suite = format!("harness up {}", input.topology_path.file_name().unwrap_or_default().to_string_lossy());
     let junit = crate::report::junit::to_xml(&crate::pipeline::junit::for_up(&suite, &res, &log.events()));
-    if let Some(f) = &input.pipeline.junit {
-        std::fs::write(f, &junit).with_context(|| format!("writing {}", f.display()))?;
+    if let Some(f) = &input.pipeline.junit
+        && let Err(e) = super::write_report(f, junit.as_bytes())
+    {
+        eprintln!("harness: {e:#}");
+        outputs_ok = false;
     }
     if let Some(dir) = &input.pipeline.artifacts
         && (capture.artifacts_written || !res.ok || input.pipeline.artifacts_on == ArtifactsOn::Always)
@@ -147,7 +156,10 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Format::Text => print_text(&res, &capture.counters),
     }
-    Ok(exit_code(&res))
+    Ok(match exit_code(&res) {
+        exit::OK if !outputs_ok => exit::FAILED,
+        code => code,
+    })
 }
 
 /// The run-level artifacts; a failure to write them is a warning, not the run's outcome.
