@@ -579,6 +579,40 @@ fn regression_a_junit_file_that_cannot_be_written_hides_no_result() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("no local record"), "record kept: {again:?}");
 }
 
+/// Ctrl-C during `exec` ended harness at once and left the remote commands running (sshd does
+/// not signal a command without a pty when the connection goes): `exec --sudo -- iperf3 -s`
+/// stayed on every node as root. Now each node's command is killed first, and harness exits 130.
+#[test]
+fn regression_ctrl_c_during_exec_kills_the_remote_commands() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let argv: &[u8] = b"sleep\x0037.3125\x00";
+    let sleeps = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == argv))
+            .filter(|pid| alive(*pid))
+            .collect()
+    };
+    let mut c = harness();
+    c.arg("--state-dir").arg(env.state.path()).args(["--progress", "plain", "exec", topo.to_str().unwrap()]);
+    c.args(["--sudo", "--", "sleep", "37.3125"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let t = Instant::now();
+    while sleeps().len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the remote sleeps never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let left = sleeps();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(left.is_empty(), "remote commands still running after Ctrl-C: {left:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();

@@ -1,6 +1,7 @@
 //! `harness exec`: run one argv on the selected DUTs concurrently (one connection per node),
 //! stream output as `NODE | line`, then a per-node summary. Exit 0 if every run succeeded, 1 if
-//! any exited nonzero, 3 if any node was unreachable, 2 for an unknown `--node`.
+//! any exited nonzero, 3 if any node was unreachable, 2 for an unknown `--node`, 130 when
+//! Ctrl-C or SIGTERM cut it short (the remote commands are killed first).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -40,18 +41,27 @@ impl NodeResult {
     }
 }
 
-/// Writes complete lines with a `NODE | ` prefix; a partial line waits for its end.
+/// Writes complete lines with a `NODE | ` prefix; a partial line waits for its end. Or, for
+/// `--format json`, keeps everything for the result.
 struct Prefixer {
     prefix: String,
     buf: Vec<u8>,
     stderr: bool,
+    captured: Option<Vec<u8>>,
 }
 
 impl Prefixer {
     fn new(prefix: String, stderr: bool) -> Self {
-        Prefixer { prefix, buf: Vec::new(), stderr }
+        Prefixer { prefix, buf: Vec::new(), stderr, captured: None }
+    }
+    fn capturing() -> Self {
+        Prefixer { prefix: String::new(), buf: Vec::new(), stderr: false, captured: Some(Vec::new()) }
     }
     fn push(&mut self, data: &[u8]) {
+        if let Some(c) = &mut self.captured {
+            c.extend_from_slice(data);
+            return;
+        }
         self.buf.extend_from_slice(data);
         if let Some(last_nl) = self.buf.iter().rposition(|&b| b == b'\n') {
             let rest = self.buf.split_off(last_nl + 1);
@@ -81,14 +91,20 @@ impl Prefixer {
     }
 }
 
-/// One run with streamed output; the remote process is killed if it outlives `timeout`.
+/// One run with streamed output; the remote process is killed if it outlives `timeout`, or
+/// when `stop` turns true (Ctrl-C, SIGTERM): sshd does not signal a command without a pty
+/// when the connection goes, so a `--sudo -- iperf3 -s` would run on as root.
 async fn run_streaming(
     s: &Session,
     cmd: &RemoteCommand,
     out: &mut Prefixer,
     err: &mut Prefixer,
     timeout: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Option<u32>, Option<String>), SshError> {
+    if *stop.borrow() {
+        return Err(interrupted(s));
+    }
     let mut child = s.spawn(cmd).await?;
     let stream = async {
         let mut status = None;
@@ -101,7 +117,15 @@ async fn run_streaming(
         }
         status
     };
-    let res = tokio::time::timeout(timeout, stream).await;
+    let res = tokio::select! {
+        r = tokio::time::timeout(timeout, stream) => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            out.flush();
+            err.flush();
+            let _ = child.kill().await;
+            return Err(interrupted(s));
+        }
+    };
     out.flush();
     err.flush();
     match res {
@@ -118,15 +142,29 @@ async fn run_streaming(
     }
 }
 
+fn interrupted(s: &Session) -> SshError {
+    SshError::Channel { node: s.name().to_string(), message: "interrupted: the remote command was killed".into() }
+}
+
+/// What every node runs, and how its output is shown.
+#[derive(Clone)]
+struct Job {
+    cmd: RemoteCommand,
+    repeat: u32,
+    /// Capture output for the JSON result instead of streaming it.
+    json: bool,
+    /// Width of the node-name column.
+    width: usize,
+}
+
 async fn exec_node(
+    mut stop: tokio::sync::watch::Receiver<bool>,
     slots: NodeSlots,
     target: SshTarget,
     opts: ConnectOptions,
-    cmd: RemoteCommand,
-    repeat: u32,
-    json: bool,
-    width: usize,
+    job: Job,
 ) -> NodeResult {
+    let Job { cmd, repeat, json, width } = job;
     let node = target.name.clone();
     let mut r = NodeResult {
         node: node.clone(),
@@ -156,20 +194,13 @@ async fn exec_node(
     r.connect_ms = t.elapsed().as_millis() as u64;
     r.handshake_retries = s.handshake_retries();
     let t = Instant::now();
-    let mut out = Prefixer::new(format!("{node:width$} | "), false);
-    let mut err = Prefixer::new(format!("{node:width$} | "), true);
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let (mut out, mut err) = match json {
+        true => (Prefixer::capturing(), Prefixer::capturing()),
+        false => (Prefixer::new(format!("{node:width$} | "), false), Prefixer::new(format!("{node:width$} | "), true)),
+    };
     for _ in 0..repeat {
         r.runs += 1;
-        let res = if json {
-            s.run(&cmd).await.map(|o| {
-                stdout.extend_from_slice(&o.stdout);
-                stderr.extend_from_slice(&o.stderr);
-                (o.status, o.signal)
-            })
-        } else {
-            run_streaming(&s, &cmd, &mut out, &mut err, opts.command_timeout).await
-        };
+        let res = run_streaming(&s, &cmd, &mut out, &mut err, opts.command_timeout, &mut stop).await;
         match res {
             Ok((status, signal)) => {
                 r.status = status;
@@ -186,8 +217,8 @@ async fn exec_node(
     }
     r.duration_ms = t.elapsed().as_millis() as u64;
     if json {
-        r.stdout = Some(String::from_utf8_lossy(&stdout).into_owned());
-        r.stderr = Some(String::from_utf8_lossy(&stderr).into_owned());
+        r.stdout = out.captured.map(|b| String::from_utf8_lossy(&b).into_owned());
+        r.stderr = err.captured.map(|b| String::from_utf8_lossy(&b).into_owned());
     }
     s.close().await;
     r
@@ -223,17 +254,27 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
     if let Some(note) = slots.queued_note(nodes.len()) {
         eprintln!("harness: {note}");
     }
+    // Ctrl-C or SIGTERM: every node's remote command is killed before harness exits (130).
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        crate::run::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     let tasks: Vec<_> = nodes
         .iter()
         .map(|n| {
             let target = SshTarget::for_node(&topo, n);
-            tokio::spawn(exec_node(slots.clone(), target, opts.clone(), cmd.clone(), a.repeat, json, width))
+            let job = Job { cmd: cmd.clone(), repeat: a.repeat, json, width };
+            let task = exec_node(stop.clone(), slots.clone(), target, opts.clone(), job);
+            tokio::spawn(task)
         })
         .collect();
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
     }
+    signals.abort();
+    let interrupted = *stop.borrow();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
@@ -259,7 +300,9 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
     }
     // Every retried handshake, the jump host's and failed nodes' included.
     eprintln!("{}", crate::ssh::retries_line(crate::ssh::handshake_retries_total()));
-    Ok(if results.iter().any(|r| r.unreachable) {
+    Ok(if interrupted {
+        exit::INTERRUPTED
+    } else if results.iter().any(|r| r.unreachable) {
         exit::UNREACHABLE
     } else if results.iter().all(NodeResult::ok) {
         exit::OK
