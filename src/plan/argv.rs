@@ -225,7 +225,10 @@ fn drives(vm: &Vm, argv: &mut Vec<String>) {
                 None => format!("file={},media=cdrom", qopt(&d.file)),
             }
         } else {
-            format!("file={},format={},cache=none,if=virtio,file.locking=off", qopt(&d.file), qopt(&d.format))
+            // `index` places the disk among the virtio drives (the image, unindexed, takes the
+            // first free one); it was accepted and checked for clashes, then left out.
+            let index = d.index.map(|i| format!(",index={i}")).unwrap_or_default();
+            format!("file={},format={},cache=none,if=virtio{index},file.locking=off", qopt(&d.file), qopt(&d.format))
         });
     }
 }

@@ -223,6 +223,25 @@ fn image_vm_has_no_kernel_and_boots_from_its_drive() {
     assert!(p.readiness.qga && p.readiness.ready_markers.is_empty());
 }
 
+/// `drives[].index` on a disk was accepted, checked for clashes, then left out of the argv
+/// (only a cdrom's made it): the disk landed wherever QEMU put it.
+#[test]
+fn regression_a_disk_drive_keeps_its_index() {
+    let mut v = image_vm("DUT1", 3);
+    v.drives = vec![
+        Drive { file: "/var/lib/vm/data.raw".into(), format: "raw".into(), cdrom: false, index: Some(2) },
+        Drive { file: "/var/lib/vm/more.raw".into(), format: "raw".into(), cdrom: false, index: None },
+    ];
+    let p = build_one(dut("DUT1"), v).unwrap();
+    assert_eq!(
+        value_after(&p.argv, "-drive")[1..],
+        [
+            "file=/var/lib/vm/data.raw,format=raw,cache=none,if=virtio,index=2,file.locking=off",
+            "file=/var/lib/vm/more.raw,format=raw,cache=none,if=virtio,file.locking=off"
+        ]
+    );
+}
+
 #[test]
 fn testpmd_lines() {
     let mut v = vm("DUT1", 1);
