@@ -109,6 +109,10 @@ fn with_nodes_of(frozen: &str, new: &Path) -> anyhow::Result<String> {
     let new_text = std::fs::read_to_string(new).with_context(|| format!("reading {}", new.display()))?;
     let mut doc: serde_yaml::Value = serde_yaml::from_str(frozen).context("the bundle's topology.yaml")?;
     let other: serde_yaml::Value = serde_yaml::from_str(&new_text).with_context(|| format!("{}", new.display()))?;
+    // Indexing a YAML value that is not a mapping panics: say what is wrong instead.
+    if !doc.is_mapping() {
+        bail!("the bundle's topology.yaml is not a mapping of `nodes:`, `vms:` ...");
+    }
     for key in ["nodes", "metadata"] {
         if let Some(v) = other.get(key) {
             doc[key] = v.clone();
@@ -117,7 +121,6 @@ fn with_nodes_of(frozen: &str, new: &Path) -> anyhow::Result<String> {
     Ok(serde_yaml::to_string(&doc)?)
 }
 
-/// Fresh facts of every node with a selected VM, gathered as `up` gathers them.
 /// A node replay would connect to (one of the selected VMs' nodes, or the jump host named by
 /// one) whose password or private key the bundle holds only as [`crate::pipeline::bundle::REDACTED`].
 fn redacted_node(topo: &Topology, vms: &[String]) -> Option<String> {
@@ -136,6 +139,7 @@ fn redacted_node(topo: &Topology, vms: &[String]) -> Option<String> {
         .map(|n| n.name.clone())
 }
 
+/// Fresh facts of every node with a selected VM, gathered as `up` gathers them.
 async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Result<FactsByNode> {
     let opts = super::connect_options(g);
     let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));
@@ -159,4 +163,21 @@ async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Resu
         bail!("no VMs to replay");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle whose topology.yaml is a list, replayed with `--topology`: a panic (serde_yaml's
+    /// `IndexMut` on a non-mapping) instead of an error.
+    #[test]
+    fn regression_a_frozen_topology_that_is_not_a_mapping_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("new.yaml");
+        std::fs::write(&new, "nodes: {DUT1: {type: DUT, host: h}}\n").unwrap();
+        let e = with_nodes_of("- a\n- b\n", &new).unwrap_err().to_string();
+        assert!(e.contains("not a mapping"), "{e}");
+        assert!(with_nodes_of("vms: []\n", &new).unwrap().contains("DUT1"));
+    }
 }
