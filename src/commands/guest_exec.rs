@@ -20,7 +20,8 @@ pub async fn run(g: &GlobalArgs, a: &GuestExecArgs) -> anyhow::Result<u8> {
     };
     let res = crate::run::guest::exec(&session, sock.as_deref(), &a.command, a.timeout).await;
     session.close().await;
-    let out = res.map_err(|e| anyhow::anyhow!("VM {} on {node}: {e}", a.vm))?;
+    // Typed, so an unreachable node exits 3 (`exit_code_for`).
+    let out = res.map_err(|e| anyhow::Error::new(e).context(format!("VM {} on {node}", a.vm)))?;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stdout().flush()?;
     std::io::stderr().write_all(&out.stderr)?;

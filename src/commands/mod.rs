@@ -126,7 +126,12 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         {
             return exit::INVALID_INPUT;
         }
-        if let Some(e) = cause.downcast_ref::<SshError>() {
+        // A guest-exec error wraps its SSH error transparently: not a cause of its own.
+        let ssh = cause.downcast_ref::<SshError>().or(match cause.downcast_ref() {
+            Some(crate::run::guest::GuestExecError::Ssh(e)) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = ssh {
             return if e.is_unreachable() { exit::UNREACHABLE } else { exit::FAILED };
         }
     }
@@ -189,4 +194,21 @@ pub async fn locate_vm(
         session.close().await;
     }
     anyhow::bail!("VM {name} not found in any run on the topology's nodes")
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::*;
+
+    /// `guest-exec` turned its error into a string, and a transparent wrapper hides the SSH
+    /// error from the cause chain anyway: an unreachable node exited 1, not 3.
+    #[test]
+    fn regression_a_guest_exec_ssh_error_keeps_its_exit_code() {
+        let ssh = || SshError::Connect { node: "DUT1".into(), addr: "127.0.0.1:22".into(), message: "refused".into() };
+        let e = anyhow::Error::new(crate::run::guest::GuestExecError::Ssh(ssh())).context("VM DUT1_1 on DUT1");
+        assert_eq!(exit_code_for(&e), exit::UNREACHABLE);
+        assert_eq!(exit_code_for(&anyhow::Error::new(ssh())), exit::UNREACHABLE);
+        let other = anyhow::Error::new(crate::run::guest::GuestExecError::NoAgent);
+        assert_eq!(exit_code_for(&other), exit::FAILED);
+    }
 }
