@@ -613,6 +613,27 @@ fn regression_ctrl_c_during_exec_kills_the_remote_commands() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `exec --format json` (now on the same killable streaming path as text mode) still captures
+/// each node's output and status.
+#[test]
+fn exec_json_captures_each_nodes_output_and_status() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let mut c = harness();
+    c.arg("--state-dir").arg(env.state.path()).args(["--progress", "never", "exec", topo.to_str().unwrap()]);
+    let out = c.args(["--format", "json", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v.as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{v}");
+    for n in nodes {
+        assert_eq!(
+            (n["status"].as_u64(), n["stdout"].as_str(), n["stderr"].as_str()),
+            (Some(3), Some("out\n"), Some("err\n"))
+        );
+    }
+}
+
 #[test]
 fn fault_same_run_id_twice() {
     let env = Env::new();
