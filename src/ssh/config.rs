@@ -32,6 +32,94 @@ impl Resolved {
     }
 }
 
+/// How deep `Include`s may nest (OpenSSH's own limit).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// The ssh config file as russh-config can read it, keeping OpenSSH's meaning:
+/// - options before the first `Host` apply to every host: they become a `Host *` block, first
+///   (the first value found wins, as in OpenSSH). russh-config refused the whole file for them,
+///   so a config opening with `Include config.d/*` or `ServerAliveInterval 30` applied nothing;
+/// - a `Match` block, which it cannot evaluate, never applies (`Host !*`): its options were
+///   merged into the `Host` block before it;
+/// - `Include` is read in place (relative names from the including file's directory, `*` and
+///   `?` in the file name, files in name order);
+/// - `Key=Value`, `Key = Value` and tab-separated lines become `Key Value`.
+fn normalized_config(path: &Path) -> std::io::Result<String> {
+    let (global, blocks) = config_parts(path, 0)?;
+    Ok(if global.is_empty() { blocks } else { format!("Host *\n{global}{blocks}") })
+}
+
+/// A config file's options before its first `Host`/`Match` and its blocks, normalised.
+fn config_parts(path: &Path, depth: usize) -> std::io::Result<(String, String)> {
+    let text = std::fs::read_to_string(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (mut global, mut blocks, mut in_block) = (String::new(), String::new(), false);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.find(|c: char| c.is_whitespace() || c == '=') {
+            Some(i) => (&line[..i], line[i..].trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim_end()),
+            None => (line, ""),
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "include" if depth < MAX_INCLUDE_DEPTH => {
+                for pattern in value.split_whitespace() {
+                    let p = expand_tilde(Path::new(pattern));
+                    let p = if p.is_absolute() { p } else { dir.join(p) };
+                    for f in include_matches(&p) {
+                        let (g, b) = config_parts(&f, depth + 1)?;
+                        // Inside a block, all of it belongs to the block; else each part to its own.
+                        if in_block {
+                            blocks.push_str(&g);
+                        } else {
+                            global.push_str(&g);
+                        }
+                        blocks.push_str(&b);
+                    }
+                }
+            }
+            "host" => {
+                in_block = true;
+                blocks.push_str(&format!("Host {value}\n"));
+            }
+            "match" => {
+                in_block = true;
+                blocks.push_str("Host !*\n");
+            }
+            _ => (if in_block { &mut blocks } else { &mut global }).push_str(&format!("{key} {value}\n")),
+        }
+    }
+    Ok((global, blocks))
+}
+
+/// The files an `Include` names: the path itself, or with `*`/`?` in its file name the matching
+/// files of its directory, in name order.
+fn include_matches(p: &Path) -> Vec<PathBuf> {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return if p.is_file() { vec![p.to_path_buf()] } else { vec![] };
+    }
+    fn glob(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => glob(&p[1..], t) || (!t.is_empty() && glob(p, &t[1..])),
+            (Some(b'?'), Some(_)) => glob(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => glob(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.is_file() && f.file_name().is_some_and(|n| glob(name.as_bytes(), n.as_encoded_bytes())))
+        .collect();
+    found.sort();
+    found
+}
+
 fn expand_tilde(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), dirs::home_dir()) {
         (Ok(rest), Some(home)) => home.join(rest),
@@ -69,9 +157,11 @@ pub(crate) fn resolve_in_chain(
         });
     }
     let hc = match &opts.ssh_config {
-        Some(path) if path.exists() => match russh_config::parse_path(path, &target.host) {
+        Some(path) if path.exists() => match normalized_config(path)
+            .map_err(russh_config::Error::from)
+            .and_then(|text| russh_config::parse(&text, &target.host))
+        {
             Ok(c) => c.host_config,
-            // No matching `Host` block (or options before the first one): nothing applies.
             Err(russh_config::Error::HostNotFound) => Default::default(),
             Err(e) => {
                 return Err(SshError::Config {
@@ -188,6 +278,36 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!(r.host, "other");
         assert!(r.proxy_jump.is_none());
+    }
+
+    /// A config opening with `Include` or a global option was refused whole by russh-config
+    /// ("HostNotFound"), so no `HostName`, `User` or `ProxyJump` of it applied and harness dialled
+    /// the bare names; a `Match` block's options merged into the `Host` block before it; and
+    /// `Key=Value` or tab-separated lines were skipped.
+    #[test]
+    fn regression_global_options_include_match_and_equals_lines_keep_their_meaning() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/10-inc"), "Host dutinc\n  HostName 10.9.9.9\n  Port=2222\n").unwrap();
+        std::fs::write(dir.path().join("config.d/20-other"), "ConnectTimeout 5\n").unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "# global first, as many users have it\nInclude config.d/*\nServerAliveInterval 30\nUser=globaluser\n\n\
+             Host dut1\n    HostName 10.1.1.1\n    ProxyJump gw\n\n\
+             Match host dut2\n    StrictHostKeyChecking no\n    User matchuser\n\n\
+             Host dut2\n    HostName\t10.2.2.2\n    User = dut2user\n",
+        )
+        .unwrap();
+        let opts = ConnectOptions { ssh_config: Some(cfg), ..ConnectOptions::default() };
+        let r = resolve(&target("dut1"), &opts).unwrap();
+        assert_eq!((r.host.as_str(), r.user.as_str()), ("10.1.1.1", "globaluser"));
+        assert_eq!(r.proxy_jump.as_deref(), Some("gw"));
+        let r = resolve(&target("dut2"), &opts).unwrap();
+        // The global User comes first and wins, as in OpenSSH; the Match block applies nothing.
+        assert_eq!((r.host.as_str(), r.user.as_str(), r.accept_new), ("10.2.2.2", "globaluser", false));
+        let r = resolve(&target("dutinc"), &opts).unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("10.9.9.9", 2222));
     }
 
     fn target(host: &str) -> SshTarget {
