@@ -68,8 +68,19 @@ fn wait_for_socket(agent: &mut Agent) {
     }
 }
 
+/// qemu-ga binds its socket (the file appears) a moment before it listens: a connect in that
+/// window is refused (this failed CI once), so refusals are retried until TIMEOUT.
 async fn connect(sock: &Path) -> Qga<UnixStream> {
-    Qga::new(UnixStream::connect(sock).await.expect("connect to qemu-ga"))
+    let t0 = Instant::now();
+    loop {
+        match UnixStream::connect(sock).await {
+            Ok(s) => return Qga::new(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && t0.elapsed() < TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("connect to qemu-ga at {}: {e}", sock.display()),
+        }
+    }
 }
 
 #[tokio::test]
