@@ -12,7 +12,7 @@
 mod common;
 use common::cli::echoed;
 use common::lab;
-use common::procs::{alive, processes_mentioning, wait_exit};
+use common::procs::{alive, processes_mentioning, processes_with_argv, wait_exit};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -587,15 +587,7 @@ fn regression_ctrl_c_during_exec_kills_the_remote_commands() {
     let env = Env::new();
     let topo = env.topology("t.yaml", |t| t);
     let argv: &[u8] = b"sleep\x0037.3125\x00";
-    let sleeps = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == argv))
-            .filter(|pid| alive(*pid))
-            .collect()
-    };
+    let sleeps = || processes_with_argv(argv);
     let mut c = harness();
     c.arg("--state-dir").arg(env.state.path()).args(["--progress", "plain", "exec", topo.to_str().unwrap()]);
     c.args(["--sudo", "--", "sleep", "37.3125"]).stdout(Stdio::null()).stderr(Stdio::piped());

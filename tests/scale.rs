@@ -100,34 +100,39 @@ fn scale_16x4_through_bastion_up_status_down_leaves_nothing() {
     let topo = lab_topology("lab-scale-jump.yaml");
     let topo = topo.to_str().unwrap();
     let run_id = format!("scale-e2e-{}", std::process::id());
-    let run_dir = Path::new("/run/harness").join(&run_id);
-
     let _guard = DownOnDrop(topo, &run_id);
-    let up = harness(&["up", topo, "--run-id", &run_id, "--format", "json"]);
+    up_status_down_leaves_nothing(topo, &run_id, NODES * VMS);
+}
+
+/// `up` of `topo` with every one of its `expected` VMs ready, `status` showing each QEMU alive,
+/// then `down` leaving no run directory, process or hugepage reservation behind.
+fn up_status_down_leaves_nothing(topo: &str, run_id: &str, expected: usize) {
+    let run_dir = Path::new("/run/harness").join(run_id);
+    let up = harness(&["up", topo, "--run-id", run_id, "--format", "json"]);
     let res: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&up)));
     let vms = res["vms"].as_array().expect("vms");
     let ready = vms.iter().filter(|v| v["state"] == "ready").count();
-    if !up.status.success() || ready != NODES * VMS {
+    if !up.status.success() || ready != expected {
         // The errors first: CI shows only the head of a long message.
         let errors: Vec<String> =
             vms.iter().filter(|v| !v["error"].is_null()).map(|v| format!("{}: {}", v["name"], v["error"])).collect();
-        panic!("up: {ready} of {} ready; errors: {errors:#?}\n{}", NODES * VMS, text(&up));
+        panic!("up: {ready} of {expected} ready; errors: {errors:#?}\n{}", text(&up));
     }
     assert!(run_dir.is_dir(), "the run directory exists while the run is up");
-    assert!(!ledger_mentions(&run_id), "a reservation holds nothing once its QEMUs have mapped their pages");
+    assert!(!ledger_mentions(run_id), "a reservation holds nothing once its QEMUs have mapped their pages");
 
-    let st = harness(&["status", topo, "--run", &run_id, "--format", "json"]);
+    let st = harness(&["status", topo, "--run", run_id, "--format", "json"]);
     assert!(st.status.success(), "{}", text(&st));
     let status: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&st)));
     let alive = status["vms"].as_array().expect("vms").iter().filter(|v| v["alive"] == true).count();
-    assert_eq!(alive, NODES * VMS, "status must show every QEMU alive: {}", text(&st));
+    assert_eq!(alive, expected, "status must show every QEMU alive: {}", text(&st));
 
-    let down = harness(&["down", topo, "--run", &run_id]);
+    let down = harness(&["down", topo, "--run", run_id]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(!run_dir.exists(), "run directory left behind: {}", run_dir.display());
     let left = processes_mentioning(run_dir.to_str().unwrap());
     assert!(left.is_empty(), "processes left behind: {left:#?}");
-    assert!(!ledger_mentions(&run_id), "hugepage reservation left behind");
+    assert!(!ledger_mentions(run_id), "hugepage reservation left behind");
 }
 
 /// Topology `nodes:` of 24 nodes J1..J24 that are all the strict bastion (`MaxStartups 2`).
@@ -431,23 +436,8 @@ fn regression_forty_vms_on_one_node_come_up_and_go_down() {
     std::fs::write(&topo, yaml).unwrap();
     let topo = topo.to_str().unwrap();
     let run_id = format!("scale-forty-{}", std::process::id());
-    let run_dir = Path::new("/run/harness").join(&run_id);
     let _guard = DownOnDrop(topo, &run_id);
-
-    let up = harness(&["up", topo, "--run-id", &run_id, "--format", "json"]);
-    let res: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&up)));
-    let ready = res["vms"].as_array().expect("vms").iter().filter(|v| v["state"] == "ready").count();
-    assert!(up.status.success() && ready == N, "{ready} of {N} ready: {}", text(&up));
-    let st = harness(&["status", topo, "--run", &run_id, "--format", "json"]);
-    let status: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&st)));
-    let alive = status["vms"].as_array().expect("vms").iter().filter(|v| v["alive"] == true).count();
-    assert_eq!(alive, N, "{}", text(&st));
-    let down = harness(&["down", topo, "--run", &run_id]);
-    assert!(down.status.success(), "{}", text(&down));
-    assert!(!run_dir.exists(), "run directory left behind: {}", run_dir.display());
-    let left = processes_mentioning(run_dir.to_str().unwrap());
-    assert!(left.is_empty(), "processes left behind: {left:#?}");
-    assert!(!ledger_mentions(&run_id), "hugepage reservation left behind");
+    up_status_down_leaves_nothing(topo, &run_id, N);
 }
 
 /// A scale VM line without its `cpus: [N],` (40 VMs share DUT1's CPUs unpinned).

@@ -100,21 +100,16 @@ fn include_matches(p: &Path) -> Vec<PathBuf> {
     if !name.contains(['*', '?']) {
         return if p.is_file() { vec![p.to_path_buf()] } else { vec![] };
     }
-    fn glob(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => glob(&p[1..], t) || (!t.is_empty() && glob(p, &t[1..])),
-            (Some(b'?'), Some(_)) => glob(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => glob(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
     let dir = p.parent().unwrap_or(Path::new("."));
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| f.is_file() && f.file_name().is_some_and(|n| glob(name.as_bytes(), n.as_encoded_bytes())))
+        .filter(|f| {
+            f.is_file()
+                && f.file_name()
+                    .is_some_and(|n| super::hostkey::glob_match(name.as_bytes(), n.as_encoded_bytes(), false))
+        })
         .collect();
     found.sort();
     found

@@ -63,13 +63,22 @@ fn host_port(host: &str, port: u16) -> String {
     if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
 }
 
-/// `*` and `?` glob of OpenSSH host patterns.
+/// `*` and `?` glob of OpenSSH host patterns (host names: ASCII case ignored).
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    glob_match(pattern, text, true)
+}
+
+/// `*` and `?` glob, for host patterns here and `Include` file names in [`super::config`].
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8], ignore_case: bool) -> bool {
+    let same = |p: &u8, t: &u8| if ignore_case { p.eq_ignore_ascii_case(t) } else { p == t };
     match (pattern.first(), text.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => glob(&pattern[1..], &text[1..]),
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], text, ignore_case)
+                || (!text.is_empty() && glob_match(pattern, &text[1..], ignore_case))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..], ignore_case),
+        (Some(p), Some(t)) if same(p, t) => glob_match(&pattern[1..], &text[1..], ignore_case),
         _ => false,
     }
 }

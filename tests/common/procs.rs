@@ -43,6 +43,18 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Live processes whose argv is exactly `argv` (NUL-terminated arguments, as in
+/// `/proc/PID/cmdline`): the command itself, not the shells and sudos that carry it.
+pub fn processes_with_argv(argv: &[u8]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == argv))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
 /// Live processes whose argv mentions this run's directory (QEMU, sudo, socat).
 pub fn processes_of_run(run_id: &str) -> Vec<u32> {
     processes_mentioning(&format!("/run/harness/{run_id}/"))
