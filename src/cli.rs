@@ -239,7 +239,7 @@ pub struct LogsArgs {
     pub topology: Option<PathBuf>,
     #[arg(long = "run", value_name = "ID")]
     pub run: Option<String>,
-    /// Keep streaming until interrupted or the VM exits.
+    /// Keep streaming until the VM exits (exit 0) or Ctrl-C / SIGTERM (exit 130).
     #[arg(short, long)]
     pub follow: bool,
 }

@@ -382,6 +382,33 @@ fn unreachable_node_fails_the_run_and_stops_the_others() {
     assert_nothing_left("e2e-unreach");
 }
 
+/// `status` exited 3 ("unreachable") for any node error. A node that answered but whose probe
+/// failed (here: its sudo wants a password) is exit 1, and says why; one that cannot be reached
+/// is still exit 3.
+#[test]
+fn regression_status_of_a_reachable_node_whose_probe_fails_exits_1_not_3() {
+    let env = Env::new();
+    let lab = common::lab::lab();
+    let text = std::fs::read_to_string(lab_topology("lab.yaml")).unwrap();
+    let write = |name: &str, port: u16, user: &str| {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        doc["nodes"]["DUT2"]["port"] = serde_yaml::Value::from(port);
+        doc["nodes"]["DUT2"]["username"] = serde_yaml::Value::from(user);
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    };
+    let sudopw = write("sudopw.yaml", lab.sudopw_port, &lab.sudopw_user);
+    let out = env.run(&["status", sudopw.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("DUT2") && err.contains("sudo requires a password"), "{err}");
+    // Nothing listens on 127.0.0.1:9 (discard) in the lab.
+    let gone = write("unreachable.yaml", 9, &lab.sudopw_user);
+    let out = env.run(&["status", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The guest agent's interface list is mapped back to the planned NICs by MAC. A user-mode NIC
 /// (QEMU-internal network, no host traffic) gives the guest a real virtio-net device.
 #[test]
@@ -416,14 +443,7 @@ fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     // The tiny guest: boots in milliseconds, the follower is what is under test.
-    let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).arg("--tiny").status().unwrap();
-    assert!(st.success(), "build-guest.sh --tiny");
-    let tiny = lab_dir().join("guest/tiny");
-    let vm = serde_json::json!({
-        "node": "DUT1", "qemu_id": 1, "smp": 1, "mem": 32, "guest_hugepages": 0, "sched": "none",
-        "vnf": "none", "qga": false, "kernel": tiny.join("vmlinux-tiny"), "initrd": tiny.join("initrd-tiny"),
-        "ready_markers": ["HARNESS-TINY-READY"], "boot_timeout": "60s",
-    });
+    let vm = tiny_vm();
     let topo = env.topology("logs-sigint.yaml", |vms| *vms = vec![vm.clone()]);
     let topo = topo.to_str().unwrap();
     let run = "e2e-logs-sigint";
@@ -471,4 +491,51 @@ fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
     assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
     assert_nothing_left(run);
     assert!(status.is_some(), "logs -f outlived its SIGINT by 30 s");
+    assert_eq!(status.unwrap().code(), Some(130), "an interrupted follow exits 130");
+}
+
+/// SIGTERM (a pipeline's `timeout`, a CI job cancelled) took its default action on `logs -f`:
+/// harness died and the remote `sudo tail -F` followed the serial log on, with nobody reading.
+/// It is now handled like Ctrl-C: the remote tail is killed, and harness exits 130.
+#[test]
+fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
+    use std::io::{BufRead, BufReader};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let vm = tiny_vm();
+    let topo = env.topology("logs-sigterm.yaml", |vms| *vms = vec![vm.clone()]);
+    let topo = topo.to_str().unwrap();
+    let run = "e2e-logs-sigterm";
+    assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
+    let log = format!("/run/harness/{run}/DUT1_1/serial.log");
+    let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HARNESS-TINY-READY"))), "logs -f ended before the marker");
+    // The remote `sudo -n -- tail … -F` and the tail itself (QEMU's argv names the log too).
+    let tails: Vec<u32> = common::procs::processes_mentioning(&log)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"tail"))
+        })
+        .collect();
+    assert!(!tails.is_empty(), "no remote tail follows {log}");
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    let status = follow.wait().unwrap();
+    let gone = tails.iter().all(|p| common::procs::wait_exit(*p, Duration::from_secs(10)));
+    assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
+    assert_nothing_left(run);
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(gone, "the remote tail outlived harness: {tails:?}");
+}
+
+/// A tiny-guest VM on DUT1 (boots in milliseconds; for tests of what follows the boot).
+fn tiny_vm() -> Value {
+    let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).arg("--tiny").status().unwrap();
+    assert!(st.success(), "build-guest.sh --tiny");
+    let tiny = lab_dir().join("guest/tiny");
+    serde_json::json!({
+        "node": "DUT1", "qemu_id": 1, "smp": 1, "mem": 32, "guest_hugepages": 0, "sched": "none",
+        "vnf": "none", "qga": false, "kernel": tiny.join("vmlinux-tiny"), "initrd": tiny.join("initrd-tiny"),
+        "ready_markers": ["HARNESS-TINY-READY"], "boot_timeout": "60s",
+    })
 }

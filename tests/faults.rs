@@ -444,6 +444,37 @@ fn regression_an_interrupted_down_says_how_to_finish() {
     env.assert_nothing_left(ROOT, "fault-sigint-down");
 }
 
+/// `down` that lost its node half-way exited 1 ("a remote command failed"), as if the node had
+/// answered: its reconnect's connect error did not count as the node being unreachable. It is
+/// exit 3 now, the run's record is kept, and a `down --run` once the node is back finishes.
+#[test]
+fn regression_a_down_that_loses_its_node_exits_3() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let topo = topo.to_str().unwrap();
+    let run = "fault-down-lost";
+    assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
+    let mut c = env.cmd(&["down", topo, "--run", run]);
+    c.env("HARNESS_TEST_PAUSE_AT", "down:DUT1").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = Paused::spawn(c);
+    p.wait_for("harness-test: paused at down DUT1", Duration::from_secs(60));
+    let (listener, children, start) = sshd_of(1);
+    let mut restart = RestartOnDrop(Some(start));
+    unsafe { libc::kill(listener, libc::SIGTERM) };
+    assert!(wait_exit(listener as u32, Duration::from_secs(10)), "DUT1's sshd listener ignored SIGTERM");
+    for c in children {
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    p.signal(libc::SIGUSR1);
+    let (code, out, _) = p.finish();
+    assert!(restart.restart(), "restarting DUT1's sshd");
+    assert_eq!(code, Some(3), "a node lost during down is exit 3: {out}");
+    assert!(out.contains("DUT1"), "{out}");
+    let down = env.run(&["down", "--run", run]);
+    assert_eq!(down.status.code(), Some(0), "the local record was kept: --run alone finds the topology");
+    env.assert_nothing_left(ROOT, run);
+}
+
 /// Too few pages and `allocate: false`: `up` says how many pages are missing and how to let it
 /// allocate them, and changes nothing (the hugepage step is one script under the host lock).
 #[test]

@@ -77,7 +77,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
                 .await
-                .map_err(|e| (name.clone(), e.to_string(), e.is_connection_lost()));
+                .map_err(|e| (name.clone(), e.to_string(), e.is_connection_lost() || e.is_unreachable()));
             s.close().await;
             r.map(|v| (name, v, missing))
         });

@@ -1,4 +1,5 @@
-//! `harness logs VM [TOPOLOGY] [--run ID] [-f]`: print or follow a VM's serial log.
+//! `harness logs VM [TOPOLOGY] [--run ID] [-f]`: print or follow a VM's serial log. Ctrl-C or
+//! SIGTERM ends it with exit 130, after the remote `tail` is killed.
 
 use std::io::Write;
 
@@ -29,7 +30,8 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
     // One listener for the whole loop: a `ctrl_c()` made anew each iteration misses a SIGINT
     // that lands between two iterations (while output is written), and since the handler is
     // installed the signal no longer ends the process either: `logs -f` then never returned.
-    let interrupted = tokio::signal::ctrl_c();
+    // SIGTERM too: its default action ended harness without killing the remote `tail -F`.
+    let interrupted = crate::run::shutdown_signal();
     tokio::pin!(interrupted);
     loop {
         tokio::select! {
@@ -39,7 +41,7 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
                 Some(ChildEvent::Exit(st)) => { if st != Some(0) { code = exit::FAILED; } break; }
                 None => break,
             },
-            _ = &mut interrupted => { let _ = child.kill().await; break; }
+            _ = &mut interrupted => { let _ = child.kill().await; code = exit::INTERRUPTED; break; }
         }
     }
     s.close().await;

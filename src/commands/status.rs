@@ -1,7 +1,9 @@
 //! `harness status [TOPOLOGY] [--run ID]`: what runs where, read from the hosts. Exits 1 when a
-//! VM of a listed run is not running (or a run directory has no manifest), 3 when a node could
-//! not be reached: a script can trust exit 0 to mean "everything listed is alive".
+//! VM of a listed run is not running (or a run directory has no manifest) or a node's probe
+//! failed, 3 when a node could not be reached or lost its connection: a script can trust exit 0
+//! to mean "everything listed is alive".
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -25,26 +27,29 @@ pub async fn run(g: &GlobalArgs, a: &StatusArgs) -> anyhow::Result<u8> {
         let (opts, sel) = (opts.clone(), sel.clone());
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
         set.spawn(async move {
-            let s = Session::connect(&target, &opts).await.map_err(|e| super::node_error(&name, &e.to_string()))?;
-            let r = status::status_node(&s, &name, &run_root, &sel)
-                .await
-                .map_err(|e| super::node_error(&name, &e.to_string()));
+            let fail = |e: crate::ssh::SshError| (super::node_error(&name, &e.to_string()), lost(&e));
+            let s = Session::connect(&target, &opts).await.map_err(fail)?;
+            // Where the run directories are: nodes that share it see the same orphans.
+            let place = format!("{}\0{run_root}", s.addr());
+            let r = status::status_node(&s, &name, &run_root, &sel).await.map_err(fail);
             s.close().await;
-            r
+            r.map(|rows| rows.into_iter().map(|r| (place.clone(), r)).collect::<Vec<_>>())
         });
     }
-    let mut rows: Vec<VmStatus> = Vec::new();
+    let mut rows: Vec<(String, VmStatus)> = Vec::new();
     let mut errors = Vec::new();
+    let mut unreachable = false;
     while let Some(r) = set.join_next().await {
         match r {
             Ok(Ok(v)) => rows.extend(v),
-            Ok(Err(e)) => errors.push(e),
+            Ok(Err((e, unr))) => {
+                unreachable |= unr;
+                errors.push(e)
+            }
             Err(e) => errors.push(format!("internal: {e}")),
         }
     }
-    rows.sort_by(|a, b| (&a.run_id, &a.node, &a.vm).cmp(&(&b.run_id, &b.node, &b.vm)));
-    // Nodes sharing a host both see a manifest-less run directory: list it once.
-    rows.dedup_by(|a, b| a.state == "orphan" && b.state == "orphan" && a.run_id == b.run_id && a.vm == b.vm);
+    let rows = list_orphans_once(rows);
     let dead = rows.iter().filter(|r| !r.alive).count();
     match a.format {
         Format::Json => {
@@ -52,13 +57,30 @@ pub async fn run(g: &GlobalArgs, a: &StatusArgs) -> anyhow::Result<u8> {
         }
         Format::Text => print_text(&rows, &errors, dead),
     }
-    Ok(if !errors.is_empty() {
+    Ok(if unreachable {
         exit::UNREACHABLE
-    } else if dead > 0 {
+    } else if !errors.is_empty() || dead > 0 {
         exit::FAILED
     } else {
         exit::OK
     })
+}
+
+/// The node could not be asked at all (as opposed to a probe that failed on a reachable node).
+fn lost(e: &crate::ssh::SshError) -> bool {
+    e.is_unreachable() || e.is_connection_lost()
+}
+
+/// Rows sorted by run, node and VM; a manifest-less run directory seen by several nodes that
+/// share its host and run root is listed once (under the first such node), but the same run id
+/// and VM name orphaned on two hosts are two rows.
+fn list_orphans_once(mut rows: Vec<(String, VmStatus)>) -> Vec<VmStatus> {
+    rows.sort_by(|(_, a), (_, b)| (&a.run_id, &a.node, &a.vm).cmp(&(&b.run_id, &b.node, &b.vm)));
+    let mut seen = HashSet::new();
+    rows.into_iter()
+        .filter(|(place, r)| r.state != "orphan" || seen.insert((place.clone(), r.run_id.clone(), r.vm.clone())))
+        .map(|(_, r)| r)
+        .collect()
 }
 
 fn print_text(rows: &[VmStatus], errors: &[String], dead: usize) {
@@ -85,5 +107,42 @@ fn print_text(rows: &[VmStatus], errors: &[String], dead: usize) {
     }
     for e in errors {
         eprintln!("error: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(node: &str, run: &str, vm: &str, state: &str) -> VmStatus {
+        VmStatus {
+            node: node.into(),
+            run_id: run.into(),
+            vm: vm.into(),
+            state: state.into(),
+            pid: None,
+            alive: false,
+            started_by: "u@h".into(),
+            pinned: vec![],
+            note: None,
+        }
+    }
+
+    /// Orphans were deduplicated by run id and VM only, and only when their rows happened to be
+    /// adjacent: the same orphaned run on two hosts was listed once, and one orphan seen by two
+    /// nodes of a host was listed twice when one of the nodes had other rows between them.
+    #[test]
+    fn regression_orphans_are_listed_once_per_host_not_once_per_name() {
+        let a = "127.0.0.1:2201\0/run/harness".to_string();
+        let b = "127.0.0.1:2202\0/run/harness".to_string();
+        let rows = list_orphans_once(vec![
+            (a.clone(), row("DUT1", "r1", "DUT1_1", "orphan")),
+            (a.clone(), row("DUT1", "r1", "DUT1_2", "ready")),
+            (a.clone(), row("DUT3", "r1", "DUT1_1", "orphan")),
+            (b.clone(), row("DUT4", "r1", "DUT1_1", "orphan")),
+            (b.clone(), row("DUT5", "r1", "DUT1_1", "orphan")),
+        ]);
+        let got: Vec<_> = rows.iter().map(|r| (r.node.as_str(), r.vm.as_str())).collect();
+        assert_eq!(got, [("DUT1", "DUT1_1"), ("DUT1", "DUT1_2"), ("DUT4", "DUT1_1")]);
     }
 }
