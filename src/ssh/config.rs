@@ -87,6 +87,14 @@ fn config_parts(path: &Path, depth: usize) -> std::io::Result<(String, String)> 
                 in_block = true;
                 blocks.push_str("Host !*\n");
             }
+            // russh-config reads every value but `no` as strict. What harness relaxes to is
+            // exactly OpenSSH's `accept-new` (a changed key is always refused), so `accept-new`,
+            // `no` and `off` all become `no`, and `yes`/`ask` stay strict.
+            "stricthostkeychecking" => {
+                let relaxed = matches!(value.to_ascii_lowercase().as_str(), "accept-new" | "no" | "off");
+                (if in_block { &mut blocks } else { &mut global })
+                    .push_str(&format!("{key} {}\n", if relaxed { "no" } else { "yes" }));
+            }
             _ => (if in_block { &mut blocks } else { &mut global }).push_str(&format!("{key} {value}\n")),
         }
     }
@@ -167,15 +175,44 @@ pub(crate) fn resolve_in_chain(
         },
         _ => Default::default(),
     };
-    let host = hc.hostname.clone().unwrap_or_else(|| target.host.clone());
+    let config_error = |message: String| SshError::Config { node: target.name.clone(), message };
+    let host = match &hc.hostname {
+        Some(h) => expand_tokens(h, &[('h', &target.host)]).map_err(|e| config_error(format!("HostName {h}: {e}")))?,
+        None => target.host.clone(),
+    };
     let port = target.port.or(hc.port).unwrap_or(22);
-    let user = target
-        .user
+    let local_user = std::env::var("USER").ok();
+    let user =
+        target.user.clone().or(hc.user.clone()).or_else(|| local_user.clone()).unwrap_or_else(|| "root".to_string());
+    // The tokens OpenSSH expands in IdentityFile and UserKnownHostsFile (`~/.ssh/%h.key`).
+    let (home, port_s) = (dirs::home_dir().unwrap_or_default().display().to_string(), port.to_string());
+    let local_user = local_user.unwrap_or_else(|| user.clone());
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let (uid, local_host) = (unsafe { libc::getuid() }.to_string(), local_hostname());
+    let local_short = local_host.split('.').next().unwrap_or_default().to_string();
+    let tokens = [
+        ('d', home.as_str()),
+        ('h', host.as_str()),
+        ('n', target.host.as_str()),
+        ('p', port_s.as_str()),
+        ('r', user.as_str()),
+        ('u', local_user.as_str()),
+        ('i', uid.as_str()),
+        ('L', local_short.as_str()),
+        ('l', local_host.as_str()),
+    ];
+    let path_tokens = |key: &str, p: &Path| -> Result<PathBuf, SshError> {
+        let s = p.to_string_lossy();
+        let expanded = expand_tokens(&s, &tokens).map_err(|e| config_error(format!("{key} {s}: {e}")))?;
+        Ok(expand_tilde(Path::new(&expanded)))
+    };
+    let config_identities = hc
+        .identity_file
         .clone()
-        .or(hc.user.clone())
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "root".to_string());
-    let config_identities = hc.identity_file.clone().unwrap_or_default().iter().map(|p| expand_tilde(p)).collect();
+        .unwrap_or_default()
+        .iter()
+        .map(|p| path_tokens("IdentityFile", p))
+        .collect::<Result<_, _>>()?;
     // A hop names a host of the chain (or the target) when the names match and, if the hop
     // gives a port, the ports do too (one address may serve several sshd ports).
     let own_port = target.port.or(hc.port).unwrap_or(22);
@@ -189,11 +226,15 @@ pub(crate) fn resolve_in_chain(
     };
     let from_config = hc.proxy_jump.clone().filter(|j| !loops(j));
     let proxy_jump = target.proxy_jump.clone().or(from_config).filter(|j| !j.is_empty() && j != "none");
+    let from_config = match (&target.known_hosts, &hc.user_known_hosts_file) {
+        (None, Some(p)) => Some(path_tokens("UserKnownHostsFile", p)?),
+        _ => None,
+    };
     let known_hosts = target
         .known_hosts
         .as_deref()
-        .or(hc.user_known_hosts_file.as_deref())
         .map(expand_tilde)
+        .or(from_config)
         .or_else(|| dirs::home_dir().map(|h| h.join(".ssh/known_hosts")))
         .ok_or_else(|| SshError::Config {
             node: target.name.clone(),
@@ -204,6 +245,33 @@ pub(crate) fn resolve_in_chain(
     let accept_new =
         opts.accept_new_host_keys || target.accept_new_host_key || hc.strict_host_key_checking == Some(false);
     Ok(Resolved { host, port, user, config_identities, proxy_jump, known_hosts, accept_new })
+}
+
+/// `s` with ssh_config(5)'s `%x` tokens replaced from `tokens` (and `%%` by `%`); an unknown
+/// token is an error, as in OpenSSH, rather than a file name with a `%` in it.
+fn expand_tokens(s: &str, tokens: &[(char, &str)]) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(t) => match tokens.iter().find(|(k, _)| *k == t) {
+                Some((_, v)) => out.push_str(v),
+                None => return Err(format!("unknown or unsupported token %{t}")),
+            },
+            None => return Err("a lone % at the end (write %% for a percent sign)".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// This machine's host name (for `%l`/`%L`).
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 /// Parse one ProxyJump hop, `[user@]host[:port]` (IPv6 as `[addr]:port`).
@@ -303,6 +371,52 @@ mod tests {
         assert_eq!((r.host.as_str(), r.user.as_str(), r.accept_new), ("10.2.2.2", "globaluser", false));
         let r = resolve(&target("dutinc"), &opts).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("10.9.9.9", 2222));
+    }
+
+    /// `StrictHostKeyChecking accept-new` in the ssh config was read as strict (russh-config
+    /// treats every value but `no` so), and a user whose config asks for exactly that got
+    /// "unknown host key" on every new node.
+    #[test]
+    fn regression_strict_host_key_checking_accept_new_in_the_config_accepts_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        for (value, accept_new) in
+            [("accept-new", true), ("no", true), ("off", true), ("Accept-New", true), ("yes", false), ("ask", false)]
+        {
+            std::fs::write(&cfg, format!("Host dut\n  StrictHostKeyChecking {value}\n")).unwrap();
+            assert_eq!(resolve(&target("dut"), &opts).unwrap().accept_new, accept_new, "{value}");
+            std::fs::write(&cfg, format!("StrictHostKeyChecking={value}\nHost dut\n  User u\n")).unwrap();
+            assert_eq!(resolve(&target("dut"), &opts).unwrap().accept_new, accept_new, "global {value}");
+        }
+    }
+
+    /// `%h`, `%p`, `%r`… in HostName, IdentityFile and UserKnownHostsFile were used literally:
+    /// `HostName %h.lab.example` dialled "%h.lab.example" and `IdentityFile ~/.ssh/%h.key`
+    /// looked for a file named "%h.key".
+    #[test]
+    fn regression_percent_tokens_in_the_ssh_config_are_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host dut*\n  HostName %h.lab.example\n  User tester\n  Port 2201\n  \
+             IdentityFile /keys/%h_%p_%r_%n_100%%.key\n  UserKnownHostsFile /kh/%n\n",
+        )
+        .unwrap();
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        let mut t = target("dut7");
+        t.known_hosts = None;
+        let r = resolve(&t, &opts).unwrap();
+        assert_eq!(r.host, "dut7.lab.example");
+        assert_eq!(r.config_identities, [PathBuf::from("/keys/dut7.lab.example_2201_tester_dut7_100%.key")]);
+        assert_eq!(r.known_hosts, PathBuf::from("/kh/dut7"));
+        // The topology's known_hosts is the user's own path, not a config value.
+        assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, PathBuf::from("/tmp/kh"));
+        std::fs::write(&cfg, "Host dut\n  IdentityFile /keys/%C\n").unwrap();
+        let err = resolve(&target("dut"), &opts).unwrap_err().to_string();
+        assert!(err.contains("IdentityFile /keys/%C") && err.contains("%C"), "{err}");
+        assert_eq!(expand_tokens("100%", &[]).unwrap_err(), "a lone % at the end (write %% for a percent sign)");
     }
 
     fn target(host: &str) -> SshTarget {
