@@ -297,4 +297,10 @@ fn collect_bundle_replay_and_drift() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("init.sh (now)"));
     assert_run_gone("pipe-repro");
+    // A file that is no bundle is bad input (exit 2), said with its path; nothing is asked of a host.
+    let junk = env.path("junk.tar.gz");
+    std::fs::write(&junk, b"not a bundle").unwrap();
+    let out = env.run_in(fresh.path(), &["replay", s(&junk)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.tar.gz: not a readable harness bundle"));
 }

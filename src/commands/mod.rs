@@ -126,6 +126,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         {
             return exit::INVALID_INPUT;
         }
+        if cause.downcast_ref::<crate::pipeline::bundle::BundleError>().is_some_and(|b| b.is_bad_input()) {
+            return exit::INVALID_INPUT;
+        }
         // A guest-exec error wraps its SSH error transparently: not a cause of its own.
         let ssh = cause.downcast_ref::<SshError>().or(match cause.downcast_ref() {
             Some(crate::run::guest::GuestExecError::Ssh(e)) => Some(e),

@@ -24,7 +24,7 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     let root = bundle::unpack(&a.bundle, tmp.path())?;
     let meta = bundle::read_meta(&root)?;
     let (templates, templates_dir) = templates(g, &root)?;
-    let frozen_text = std::fs::read_to_string(root.join("topology.yaml")).context("the bundle's topology.yaml")?;
+    let frozen_text = bundle::read_member(&root, "topology.yaml")?;
     let (text, path) = match &a.topology {
         None => (frozen_text, meta.topology_path.clone()),
         Some(new) => (with_nodes_of(&frozen_text, new)?, new.clone()),
@@ -52,8 +52,9 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     plan::build(&topology, &FactsByNode::new(), &opts).map_err(|e| super::positioned(&topology, e))?;
     let facts = gather(g, &topology, &vms).await?;
     let fresh: Value = serde_json::from_str(&plan::render::json(&plan::build(&topology, &facts, &opts)?)?)?;
-    let frozen: Value =
-        serde_json::from_slice(&std::fs::read(root.join("plan.json")).context("the bundle's plan.json")?)?;
+    let frozen: Value = serde_json::from_str(&bundle::read_member(&root, "plan.json")?).map_err(|e| {
+        bundle::BundleError::Member { path: a.bundle.clone(), member: "plan.json", message: e.to_string() }
+    })?;
     let drift = drift::diff(&frozen, &fresh, &vms);
     if drift.is_empty() {
         eprintln!("no drift: every argv and file is as the bundle's plan");

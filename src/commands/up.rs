@@ -208,7 +208,7 @@ fn save_facts_and_plan(state: &Path, res: &RunResult) -> anyhow::Result<()> {
         }
     }
     let plan = Plan { run_id: res.run_id.clone(), nodes: res.nodes.iter().filter_map(|n| n.plan.clone()).collect() };
-    std::fs::write(dir.join("plan.json"), plan::render::json(&plan)?)?;
+    record::write_atomically(&dir.join("plan.json"), plan::render::json(&plan)?.as_bytes())?;
     Ok(())
 }
 

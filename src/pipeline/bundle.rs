@@ -22,6 +22,27 @@ pub enum BundleError {
     Meta { path: PathBuf, source: serde_json::Error },
     #[error("{0}: refusing an entry outside the bundle")]
     UnsafeEntry(String),
+    #[error("{path}: not a readable harness bundle (gzip'd tar): {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{path}: the bundle's {member} is missing or unreadable: {message}")]
+    Member { path: PathBuf, member: &'static str, message: String },
+}
+
+impl BundleError {
+    /// The bundle given is not a good one (exit 2: invalid input), as opposed to a local file
+    /// that could not be written.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, BundleError::Io { .. })
+    }
+}
+
+/// `member` of the unpacked bundle at `root`, as text.
+pub fn read_member(root: &Path, member: &'static str) -> Result<String, BundleError> {
+    std::fs::read_to_string(root.join(member)).map_err(|e| BundleError::Member {
+        path: root.to_path_buf(),
+        member,
+        message: e.to_string(),
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -94,8 +115,13 @@ pub fn redact_secrets(topology: &[u8]) -> Vec<u8> {
 }
 
 /// Write the reproduction record into `run_dir`: meta, topology bytes (secrets redacted, owner
-/// only), template overlays.
+/// only), template overlays. What an earlier run of the same id left there (a failed run's
+/// record is kept) is replaced whole: its overlays and facts must not pass for this run's.
 pub fn record(run_dir: &Path, meta: &Meta, topology: &[u8]) -> Result<(), BundleError> {
+    match std::fs::remove_dir_all(run_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(run_dir)(e)),
+        _ => {}
+    }
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let p = run_dir.join("topology.yaml");
     {
@@ -109,14 +135,16 @@ pub fn record(run_dir: &Path, meta: &Meta, topology: &[u8]) -> Result<(), Bundle
         let dest = run_dir.join("templates");
         std::fs::create_dir_all(&dest).map_err(io(&dest))?;
         // Templates are looked up by file name in that one directory: no recursion needed.
+        // A symlink counts as the file it points to, as it does when the templates are read
+        // (`DirEntry::file_type` does not follow it: symlinked overlays went unrecorded).
         for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
+            if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
                 std::fs::copy(e.path(), dest.join(e.file_name())).map_err(io(&e.path()))?;
             }
         }
     }
     let p = run_dir.join("meta.json");
-    std::fs::write(&p, serde_json::to_vec_pretty(meta).expect("serialisable")).map_err(io(&p))
+    crate::run::record::write_atomically(&p, &serde_json::to_vec_pretty(meta).expect("serialisable")).map_err(io(&p))
 }
 
 pub fn read_meta(dir: &Path) -> Result<Meta, BundleError> {
@@ -141,15 +169,16 @@ pub fn pack(run_dir: &Path, out: &Path) -> Result<(), BundleError> {
 /// Unpack `bundle` into `dest`; returns the directory holding `meta.json`.
 pub fn unpack(bundle: &Path, dest: &Path) -> Result<PathBuf, BundleError> {
     let file = std::fs::File::open(bundle).map_err(io(bundle))?;
+    let bad = |source| BundleError::Unreadable { path: bundle.to_path_buf(), source };
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in ar.entries().map_err(io(bundle))? {
-        let mut entry = entry.map_err(io(bundle))?;
-        let path = entry.path().map_err(io(bundle))?.into_owned();
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
         // `unpack_in` refuses `..` and absolute paths itself; links could still point out.
         if entry.header().entry_type().is_symlink() || entry.header().entry_type().is_hard_link() {
             return Err(BundleError::UnsafeEntry(path.display().to_string()));
         }
-        if !entry.unpack_in(dest).map_err(io(bundle))? {
+        if !entry.unpack_in(dest).map_err(bad)? {
             return Err(BundleError::UnsafeEntry(path.display().to_string()));
         }
     }
@@ -220,6 +249,83 @@ mod tests {
         // Nothing secret: the exact bytes, comments included.
         let plain = b"nodes:\n  DUT1: {type: DUT, host: h, password_env: PW}  # note\n";
         assert_eq!(redact_secrets(plain), plain.to_vec());
+    }
+
+    /// A `--templates` overlay whose files are symlinks (one shared template tree, linked
+    /// into each lab's overlay) was recorded empty: `replay` then planned with the embedded
+    /// templates, and showed no drift for what had really run.
+    #[test]
+    fn regression_symlinked_template_overlays_are_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let (shared, tpl) = (d.path().join("shared"), d.path().join("tpl"));
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::create_dir_all(tpl.join("subdir")).unwrap();
+        std::fs::write(shared.join("init.sh"), "#!/bin/sh\necho shared\n").unwrap();
+        std::os::unix::fs::symlink(shared.join("init.sh"), tpl.join("init.sh")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("nowhere"), tpl.join("dangling.j2")).unwrap();
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/lab.yaml"), Some(&tpl), &[]), b"nodes: {}\n").unwrap();
+        let copy = run.join("templates/init.sh");
+        assert!(!copy.is_symlink(), "the overlay's content is recorded, not a link to it");
+        assert_eq!(std::fs::read_to_string(copy).unwrap(), "#!/bin/sh\necho shared\n");
+        assert!(!run.join("templates/dangling.j2").exists() && !run.join("templates/subdir").exists());
+    }
+
+    /// A run id used again after a failed run (whose record is kept for `bundle`) recorded
+    /// into the old directory: the earlier overlays and facts stayed in, and a bundle of the new
+    /// run carried templates and facts it never used.
+    #[test]
+    fn regression_a_reused_run_id_does_not_mix_record_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (tpl1, tpl2) = (d.path().join("tpl1"), d.path().join("tpl2"));
+        for (t, f) in [(&tpl1, "old.j2"), (&tpl2, "new.j2")] {
+            std::fs::create_dir_all(t).unwrap();
+            std::fs::write(t.join(f), "x").unwrap();
+        }
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/a.yaml"), Some(&tpl1), &[]), b"a: 1\n").unwrap();
+        std::fs::create_dir_all(run.join("facts")).unwrap();
+        std::fs::write(run.join("facts/DUT9.json"), "{}").unwrap();
+        std::fs::write(run.join("plan.json"), "{}").unwrap();
+        record(&run, &Meta::new("r1", Path::new("/t/b.yaml"), Some(&tpl2), &[]), b"b: 2\n").unwrap();
+        let names = |p: &Path| {
+            let mut v: Vec<String> =
+                std::fs::read_dir(p).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&run), ["meta.json", "templates", "topology.yaml"]);
+        assert_eq!(names(&run.join("templates")), ["new.j2"]);
+        assert_eq!(read_meta(&run).unwrap().topology_path, Path::new("/t/b.yaml"));
+    }
+
+    /// `replay` of a file that is not a bundle (or is cut short) exited 1, as if a host had
+    /// failed: it is bad input, exit 2. A local file that cannot be written stays exit 1.
+    #[test]
+    fn regression_a_bad_bundle_is_invalid_input() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("u");
+        std::fs::create_dir_all(&dest).unwrap();
+        let junk = d.path().join("junk.tar.gz");
+        std::fs::write(&junk, b"this is no gzip").unwrap();
+        let e = unpack(&junk, &dest).unwrap_err();
+        assert!(matches!(e, BundleError::Unreadable { .. }), "{e:?}");
+        // A good bundle cut short.
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/lab.yaml"), None, &[]), &vec![b'#'; 100_000]).unwrap();
+        let out = d.path().join("b.tar.gz");
+        pack(&run, &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::write(&out, &bytes[..bytes.len() / 2]).unwrap();
+        let e = unpack(&out, &dest).unwrap_err();
+        assert!(e.is_bad_input(), "{e:?}");
+        let e = read_member(&dest, "plan.json").unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("plan.json"), "{e}");
+        let code = |e: BundleError| crate::commands::exit_code_for(&anyhow::Error::new(e));
+        assert_eq!(code(BundleError::NotABundle(junk.clone())), crate::exit::INVALID_INPUT);
+        assert_eq!(code(unpack(&junk, &dest).unwrap_err()), crate::exit::INVALID_INPUT);
+        let unwritable = BundleError::Io { path: junk, source: std::io::ErrorKind::PermissionDenied.into() };
+        assert_eq!(code(unwritable), crate::exit::FAILED);
     }
 
     #[test]

@@ -34,9 +34,16 @@ pub fn run_dir(dir: &Path, run_id: &str) -> PathBuf {
 pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
     let runs = dir.join("runs");
     std::fs::create_dir_all(&runs)?;
-    let tmp = runs.join(format!(".{}.json.tmp", rec.run_id));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serialisable"))?;
-    std::fs::rename(tmp, runs.join(format!("{}.json", rec.run_id)))
+    write_atomically(&runs.join(format!("{}.json", rec.run_id)), &serde_json::to_vec_pretty(rec).expect("serialisable"))
+}
+
+/// Write `path` whole or not at all (a temporary file beside it, then a rename): a harness
+/// killed mid-write must not leave a truncated record that `down`, `bundle` or `replay` chokes on.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
 }
 
 pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
