@@ -444,6 +444,33 @@ fn regression_an_interrupted_down_says_how_to_finish() {
     env.assert_nothing_left(ROOT, "fault-sigint-down");
 }
 
+/// `down A.yaml` cleaned every run directory of the caller's that had no manifest yet, so the
+/// caller's own `up B.yaml` on the same host, still uploading, had its directory removed under
+/// it and failed. Only A's manifest-less directories are cleaned now; B starts as if alone.
+#[test]
+fn regression_down_of_one_topology_leaves_another_topologys_starting_up_alone() {
+    let env = Env::new();
+    let a = env.topology("a.yaml", |t| t);
+    let b = env.topology("b.yaml", |t| t);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    // Both nodes paused right after the claim (they share the host's run directory, and a
+    // node's manifest goes up with its files: either would make the directory no orphan).
+    let mut p = env.up_paused(Path::new(b), "fault-other-topo", "claimed");
+    p.wait_for("harness-test: paused at claimed", Duration::from_secs(60));
+    let rd = format!("{ROOT}/fault-other-topo");
+    assert!(
+        std::fs::read_dir(&rd).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("manifest"))
+    );
+    let down = env.run(&["down", a]);
+    assert_eq!(down.status.code(), Some(0));
+    assert!(Path::new(&rd).is_dir(), "down of a.yaml removed b.yaml's run directory");
+    p.signal(libc::SIGUSR1);
+    let (code, out, _) = p.finish();
+    assert_eq!(code, Some(0), "b.yaml's up failed: {out}");
+    assert_eq!(env.run(&["down", b]).status.code(), Some(0));
+    env.assert_nothing_left(ROOT, "fault-other-topo");
+}
+
 /// `down` that lost its node half-way exited 1 ("a remote command failed"), as if the node had
 /// answered: its reconnect's connect error did not count as the node being unreachable. It is
 /// exit 3 now, the run's record is kept, and a `down --run` once the node is back finishes.

@@ -93,8 +93,20 @@ pub fn claimed_fn() -> String {
 /// directory with the owner file is renamed into place, so the run directory never exists
 /// without its owner. Another node of the same invocation finds its own nonce and goes on; any
 /// other existing directory is refused (exit 17): the run id is in use.
-pub fn claim_script(run_root: &str, run_dir: &str, node: &str, nonce: &str, started_by: &str) -> String {
+///
+/// The owner file's lines: the nonce, `started_by`, and the topology path (base64: any path,
+/// one line), so `down TOPOLOGY` cleans a manifest-less directory only of its own topology.
+pub fn claim_script(
+    run_root: &str,
+    run_dir: &str,
+    node: &str,
+    nonce: &str,
+    started_by: &str,
+    topology: &str,
+) -> String {
+    use base64::Engine as _;
     let tmp = format!("{}/.claim-{nonce}-{node}", run_root.trim_end_matches('/'));
+    let topology = base64::engine::general_purpose::STANDARD.encode(topology);
     format!(
         r#"set -e
 root={root}; rd={rd}; tmp={tmp}; nonce={nonce}
@@ -102,7 +114,7 @@ root={root}; rd={rd}; tmp={tmp}; nonce={nonce}
 if [ ! -e "$rd" ] && [ ! -L "$rd" ]; then
   rm -rf -- "$tmp"; mkdir -m 0755 "$tmp"
   # A failed write (a full disk) must not leave the private directory behind.
-  printf '%s\n%s\n' "$nonce" {by} > "$tmp/{o}" || {{ rm -rf -- "$tmp"; exit 1; }}
+  printf '%s\n%s\n%s\n' "$nonce" {by} {topology} > "$tmp/{o}" || {{ rm -rf -- "$tmp"; exit 1; }}
   mv -T -- "$tmp" "$rd" 2>/dev/null || rm -rf -- "$tmp"
 fi
 claimed "$rd" "$nonce" || {{ echo "run id already in use on this host: $rd exists (another run; \`harness status\` shows it)" >&2; exit 17; }}
@@ -112,6 +124,7 @@ claimed "$rd" "$nonce" || {{ echo "run id already in use on this host: $rd exist
         tmp = quote(&tmp),
         nonce = quote(nonce),
         by = quote(started_by),
+        topology = quote(&topology),
         claimed = claimed_fn(),
         o = OWNER_FILE,
     )
@@ -149,16 +162,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
         let (root, rd) = (root.to_str().unwrap(), format!("{}/r1", root.to_str().unwrap()));
-        let a1 = sh(&claim_script(root, &rd, "DUT1", "nonceA", "me@h"));
+        let a1 = sh(&claim_script(root, &rd, "DUT1", "nonceA", "me@h", "/t/a.yaml"));
         assert!(a1.status.success(), "{a1:?}");
-        let a2 = sh(&claim_script(root, &rd, "DUT2", "nonceA", "me@h"));
+        let a2 = sh(&claim_script(root, &rd, "DUT2", "nonceA", "me@h", "/t/a.yaml"));
         assert!(a2.status.success(), "sibling node refused: {a2:?}");
-        let b = sh(&claim_script(root, &rd, "DUT1", "nonceB", "me@h"));
+        let b = sh(&claim_script(root, &rd, "DUT1", "nonceB", "me@h", "/t/a.yaml"));
         assert_eq!(b.status.code(), Some(CLAIM_TAKEN as i32));
         assert!(String::from_utf8_lossy(&b.stderr).contains("already in use"));
         // An unowned directory (made by anything else) is refused too.
         std::fs::create_dir(format!("{root}/r2")).unwrap();
-        let c = sh(&claim_script(root, &format!("{root}/r2"), "DUT1", "nonceC", "me@h"));
+        let c = sh(&claim_script(root, &format!("{root}/r2"), "DUT1", "nonceC", "me@h", "/t/a.yaml"));
         assert_eq!(c.status.code(), Some(CLAIM_TAKEN as i32));
         let owner = std::fs::read_to_string(format!("{rd}/.owner")).unwrap();
         assert_eq!(owner, "nonceA\nme@h\n");

@@ -275,13 +275,15 @@ pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink
 }
 
 /// Script listing run directories under `run_root` that hold no manifest at all, as
-/// `orphan <run_id> <owner> <vm>...` (owner: second line of the owner file, `-` if none).
+/// `orphan <run_id> <owner> <topology> <vm>...` (owner: second line of the owner file, topology:
+/// its third, base64; `-` if none).
 pub fn orphans_script(run_root: &str) -> String {
     format!(
         r#"root={root}
 for d in "$root"/*/; do d=${{d%/}}; [ -d "$d" ] && [ ! -L "$d" ] || continue
   ls "$d"/manifest-*.json >/dev/null 2>&1 && continue
-  o=$(sed -n 2p "$d/{o}" 2>/dev/null | tr -d ' '); printf 'orphan %s %s' "${{d##*/}}" "${{o:--}}"
+  o=$(sed -n 2p "$d/{o}" 2>/dev/null | tr -d ' '); t=$(sed -n 3p "$d/{o}" 2>/dev/null | tr -d ' ')
+  printf 'orphan %s %s %s' "${{d##*/}}" "${{o:--}}" "${{t:--}}"
   for v in "$d"/*/; do [ -d "$v" ] && printf ' %s' "$(basename "$v")"; done; echo
 done
 "#,
@@ -295,15 +297,37 @@ done
 pub struct Orphan {
     pub run_id: String,
     pub owner: String,
+    /// The topology the interrupted `up` ran (`None`: not recorded, an older harness).
+    pub topology: Option<String>,
     pub vms: Vec<String>,
 }
 
+impl Orphan {
+    /// `down TOPOLOGY` (no `--run`) cleans only the caller's orphans of that topology: a
+    /// directory without a manifest may be the caller's own `up` of another topology, still
+    /// starting (it writes its manifest only just before launching QEMU).
+    fn selected_by(&self, sel: &Selector, me: &str) -> bool {
+        match &sel.run_id {
+            Some(r) => r == &self.run_id,
+            None => {
+                self.owner == me && sel.topology.as_ref().is_none_or(|t| self.topology.as_ref().is_none_or(|o| o == t))
+            }
+        }
+    }
+}
+
 pub fn parse_orphans(out: &str) -> Vec<Orphan> {
+    use base64::Engine as _;
     out.lines()
         .filter_map(|l| {
             let mut it = l.strip_prefix("orphan ")?.split_whitespace();
-            let (run_id, owner) = (it.next()?.to_string(), it.next()?.to_string());
-            Some(Orphan { run_id, owner, vms: it.map(str::to_string).collect() })
+            let (run_id, owner, topology) = (it.next()?.to_string(), it.next()?.to_string(), it.next()?);
+            let topology = base64::engine::general_purpose::STANDARD
+                .decode(topology)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|t| !t.is_empty());
+            Some(Orphan { run_id, owner, topology, vms: it.map(str::to_string).collect() })
         })
         .filter(|o| layout::run_id_problem(&o.run_id).is_none())
         .collect()
@@ -327,8 +351,7 @@ async fn clean_orphans(
     let me = super::started_by();
     let mut rows = Vec::new();
     for o in list_orphans(session, run_root).await? {
-        let named = sel.run_id.as_ref() == Some(&o.run_id);
-        if !(named || (sel.run_id.is_none() && o.owner == me)) {
+        if !o.selected_by(sel, &me) {
             continue;
         }
         let Ok(rd) = layout::run_dir(run_root, &o.run_id) else { continue };

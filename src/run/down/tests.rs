@@ -172,13 +172,50 @@ fn regression_down_trusts_manifest_hugepages() {
 
 #[test]
 fn orphans_parse_and_refuse_bad_ids() {
-    let o = parse_orphans("orphan r1 me@box DUT1_1 DUT1_2\norphan .. me@box\norphan r2 -\n");
+    let o = parse_orphans("orphan r1 me@box L3QvYS55YW1s DUT1_1 DUT1_2\norphan .. me@box -\norphan r2 - -\n");
     assert_eq!(o.len(), 2);
     assert_eq!(
         o[0],
-        Orphan { run_id: "r1".into(), owner: "me@box".into(), vms: vec!["DUT1_1".into(), "DUT1_2".into()] }
+        Orphan {
+            run_id: "r1".into(),
+            owner: "me@box".into(),
+            topology: Some("/t/a.yaml".into()),
+            vms: vec!["DUT1_1".into(), "DUT1_2".into()]
+        }
     );
-    assert_eq!(o[1].owner, "-");
+    assert_eq!((o[1].owner.as_str(), o[1].topology.as_deref()), ("-", None));
+}
+
+/// `down TOPOLOGY` cleaned every manifest-less run directory of the caller's: its own `up` of
+/// another topology, still uploading on the same host (the manifest is written only just before
+/// QEMU starts), had its directory stopped and removed under it. The owner file now records the
+/// topology, and only that topology's orphans are cleaned (`--run ID` still names any run).
+#[test]
+fn regression_down_of_a_topology_leaves_another_topologys_starting_run_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_str().unwrap();
+    let claim = |run: &str, topo: &str| {
+        let script = crate::remote::layout::claim_script(root, &format!("{root}/{run}"), "DUT1", run, "me@box", topo);
+        assert!(std::process::Command::new("sh").arg("-c").arg(script).status().unwrap().success());
+    };
+    claim("mine", "/t/a b.yaml");
+    claim("starting", "/t/other.yaml");
+    claim("theirs", "/t/a b.yaml");
+    std::fs::write(format!("{root}/theirs/{}", crate::remote::layout::OWNER_FILE), "nonce\nci@agent\n").unwrap();
+    std::fs::create_dir_all(format!("{root}/old")).unwrap();
+    std::fs::write(format!("{root}/old/{}", crate::remote::layout::OWNER_FILE), "nonce\nme@box\n").unwrap();
+    let out = std::process::Command::new("sh").arg("-c").arg(orphans_script(root)).output().unwrap();
+    let orphans = parse_orphans(&out.stdout_str_lossy());
+    let topo = Selector { topology: Some("/t/a b.yaml".into()), started_by: Some("me@box".into()), run_id: None };
+    let mut picked: Vec<&str> =
+        orphans.iter().filter(|o| o.selected_by(&topo, "me@box")).map(|o| o.run_id.as_str()).collect();
+    picked.sort();
+    // An owner file without a topology (an older harness) is still the caller's to clean.
+    assert_eq!(picked, ["mine", "old"], "{orphans:?}");
+    let named = Selector { run_id: Some("starting".into()), ..topo };
+    let picked: Vec<&str> =
+        orphans.iter().filter(|o| o.selected_by(&named, "me@box")).map(|o| o.run_id.as_str()).collect();
+    assert_eq!(picked, ["starting"]);
 }
 
 #[test]

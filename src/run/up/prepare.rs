@@ -88,7 +88,8 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, 
         n.claimed = true;
     });
     let by = crate::run::started_by();
-    let script = layout::claim_script(&ctx.node.run_root, &np.run_dir, &np.name, &ctx.tracker.nonce, &by);
+    let script =
+        layout::claim_script(&ctx.node.run_root, &np.run_dir, &np.name, &ctx.tracker.nonce, &by, &ctx.topology_path);
     let out = session.run(&RemoteCommand::sh(script).sudo()).await?;
     if !out.success() {
         let err = out.stderr_str();
