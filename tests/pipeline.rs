@@ -303,4 +303,26 @@ fn collect_bundle_replay_and_drift() {
     let out = env.run_in(fresh.path(), &["replay", s(&junk)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.tar.gz: not a readable harness bundle"));
+    // What a bundle says reached the terminal raw: an escape sequence in its meta.json (set the
+    // window title, recolour, rewrite lines) was printed as is. It is shown escaped now.
+    let unpacked = env.path("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&bundle).unwrap())).unpack(&unpacked).unwrap();
+    let meta_path = unpacked.join("pipe-repro/meta.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["command_line"] = serde_json::json!(["harness", "up", "\u{1b}]0;pwned\u{7}\u{1b}[2J"]);
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let hostile = env.path("hostile.tar.gz");
+    let gz = flate2::write::GzEncoder::new(std::fs::File::create(&hostile).unwrap(), flate2::Compression::fast());
+    let mut t = tar::Builder::new(gz);
+    t.append_dir_all("pipe-repro", unpacked.join("pipe-repro")).unwrap();
+    t.into_inner().unwrap().finish().unwrap();
+    let out = env.run_in(fresh.path(), &["replay", s(&hostile), "--dry-run", "--allow-drift"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b),
+        "an escape from the bundle reached the terminal"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\\u{1b}]0;pwned\\u{7}"));
+    assert_run_gone("pipe-repro");
 }

@@ -37,13 +37,16 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
              --topology NEW.yaml (password_env or identity_file keep secrets out of bundles)"
         );
     }
+    // A bundle is a file from elsewhere: what it says is printed with its control characters
+    // made visible, never sent to the terminal raw.
+    let esc = |s: &str| crate::report::sanitize::escape_control(s).into_owned();
     eprintln!(
         "replaying run {} (harness {} {}, {}), planned by: {}",
-        meta.run_id,
-        meta.harness_version,
-        meta.git_revision,
-        meta.topology_path.display(),
-        meta.command_line.join(" ")
+        esc(&meta.run_id),
+        esc(&meta.harness_version),
+        esc(&meta.git_revision),
+        esc(&meta.topology_path.display().to_string()),
+        esc(&meta.command_line.join(" "))
     );
 
     let opts = PlanOptions { run_id: meta.run_id.clone(), templates: &templates, only_vms: &vms };
@@ -60,7 +63,8 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
         eprintln!("no drift: every argv and file is as the bundle's plan");
     } else {
         // A closed pipe (`| head`) must not turn into a panic.
-        let _ = writeln!(std::io::stdout(), "{}", drift.join("\n"));
+        let text = drift.join("\n");
+        let _ = writeln!(std::io::stdout(), "{}", crate::report::sanitize::escape_control_lines(&text));
     }
     if !drift.is_empty() && !a.allow_drift {
         eprintln!("refusing to start: the plan differs from the bundle's (see above); --allow-drift to run anyway");
@@ -69,13 +73,13 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     if a.dry_run {
         return Ok(exit::OK);
     }
-    // The recorded path when it still exists here (so `down TOPOLOGY` finds the run), else the
-    // copy in the new run record.
-    let topology_path = if a.topology.is_some() || path.is_file() {
+    let topology_path = if a.topology.is_some() {
         PathBuf::from(super::absolute(&path))
     } else {
         let state = crate::run::record::state_dir(g.state_dir.as_deref());
-        crate::run::record::run_dir(&state, a.run_id.as_deref().unwrap_or(&meta.run_id)).join("topology.yaml")
+        let copy =
+            crate::run::record::run_dir(&state, a.run_id.as_deref().unwrap_or(&meta.run_id)).join("topology.yaml");
+        recorded_path_if_same(&path, text.as_bytes()).unwrap_or(copy)
     };
     let input = UpInput {
         topology_path,
@@ -89,6 +93,17 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
         pipeline: a.pipeline.clone(),
     };
     up::execute(g, input).await
+}
+
+/// The recorded topology path, when the file there is still the bundle's topology byte for
+/// byte, or is once its secrets are redacted as the bundle's were (so `down TOPOLOGY` finds the
+/// run, and `down` has the passwords). Another file at that path (another jumpbox, or the file
+/// edited since) must not become the run's topology: `down --run` would read its nodes.
+fn recorded_path_if_same(recorded: &Path, frozen: &[u8]) -> Option<PathBuf> {
+    std::fs::read(recorded)
+        .ok()
+        .filter(|b| b == frozen || bundle::redact_secrets(b) == frozen)
+        .map(|_| PathBuf::from(super::absolute(recorded)))
 }
 
 /// `--templates` when given (a deliberate change, shown as drift), else the bundle's overlay
@@ -169,6 +184,24 @@ async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replay ran with the recorded topology path whenever a file existed there: on another
+    /// jumpbox (or after an edit) that file is another topology, and the run's record then
+    /// pointed `down --run` at its nodes. The path is kept only for the same bytes.
+    #[test]
+    fn regression_replay_records_the_topology_path_only_if_it_still_holds_the_bundles_topology() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lab.yaml");
+        assert_eq!(recorded_path_if_same(&p, b"nodes: {}\n"), None, "no file there");
+        std::fs::write(&p, b"nodes: {other: {}}\n").unwrap();
+        assert_eq!(recorded_path_if_same(&p, b"nodes: {}\n"), None, "another topology there");
+        std::fs::write(&p, b"nodes: {}\n").unwrap();
+        assert_eq!(recorded_path_if_same(&p, b"nodes: {}\n"), Some(p.clone()));
+        // The original of a bundle whose secrets were redacted: the same topology.
+        let secret = b"nodes:\n  DUT1: {type: DUT, host: h, password: hunter2}\n";
+        std::fs::write(&p, secret).unwrap();
+        assert_eq!(recorded_path_if_same(&p, &bundle::redact_secrets(secret)), Some(p.clone()));
+    }
 
     /// A bundle whose topology.yaml is a list, replayed with `--topology`: a panic (serde_yaml's
     /// `IndexMut` on a non-mapping) instead of an error.
