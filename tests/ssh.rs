@@ -88,6 +88,82 @@ fn agent_auth() {
     });
 }
 
+/// A node that names a password, on a server that also takes keys, with an ssh-agent holding
+/// more keys than sshd's MaxAuthTries: the agent's keys were tried first, each rejection counted,
+/// and sshd dropped the connection ("Too many authentication failures") before the password
+/// was offered. The password now comes before the agent.
+#[test]
+fn regression_an_agent_full_of_keys_does_not_use_up_max_auth_tries_before_the_password() {
+    use std::io::BufRead;
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    // DUTPW's sshd, on a port of its own, taking keys too, and dropping after 3 failures.
+    let port = lab.pw_port + 8;
+    let conf = std::fs::read_to_string(lab.dir.join("nodes/DUTPW/sshd_config")).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| match l.split_whitespace().next() {
+            Some("ListenAddress") => format!("ListenAddress 127.0.0.1:{port}"),
+            Some("PidFile") => "PidFile none".into(),
+            Some("PubkeyAuthentication") => "PubkeyAuthentication yes\nMaxAuthTries 3".into(),
+            _ => l.to_string(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let cfg = dir.path().join("sshd_config");
+    std::fs::write(&cfg, conf).unwrap();
+    let mut sshd = std::process::Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+        }
+    }
+    struct Sshd(std::process::Child);
+    impl Drop for Sshd {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = sshd.stderr.take().unwrap();
+    let _sshd = Sshd(sshd);
+    let mut log = std::io::BufReader::new(stderr).lines();
+    assert!(log.any(|l| l.is_ok_and(|l| l.contains("Server listening"))), "the test sshd did not start");
+    std::thread::spawn(move || log.for_each(drop));
+
+    let sock = dir.path().join("agent.sock");
+    let out = std::process::Command::new("ssh-agent").arg("-a").arg(&sock).arg("-s").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let pid: i32 = text.split("SSH_AGENT_PID=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    let _agent = KillOnDrop(pid);
+    for i in 0..4 {
+        let key = dir.path().join(format!("k{i}"));
+        let st =
+            std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status();
+        assert!(st.unwrap().success());
+        let st = std::process::Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &sock).status();
+        assert!(st.unwrap().success());
+    }
+    let mut t = lab.pw_node();
+    t.port = Some(port);
+    t.known_hosts = Some(dir.path().join("known_hosts"));
+    t.accept_new_host_key = true;
+    let mut o = opts();
+    o.agent_socket = Some(sock);
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap_or_else(|e| panic!("{e}"));
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.pw_user);
+    });
+}
+
 #[test]
 fn password_auth_and_wrong_credentials() {
     let lab = lab();

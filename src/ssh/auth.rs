@@ -1,7 +1,10 @@
 //! Client authentication, in a fixed order of preference: the topology's identity files, the
 //! ssh config's `IdentityFile`s, ssh-agent, default keys (only when no identity is configured),
 //! password from an env var, plaintext password, then keyboard-interactive with that password.
-//! Every attempt is recorded so an auth failure says what was tried.
+//! A node that names a password has it tried right after its own keys, before ssh-agent and
+//! the default keys: every rejected key counts against sshd's `MaxAuthTries` (6 by default),
+//! and an agent holding many keys used them up before the password was ever offered ("Too many
+//! authentication failures"). Every attempt is recorded so an auth failure says what was tried.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +77,23 @@ pub(crate) async fn authenticate(
             return Ok(());
         }
     }
+    let mut passwords: Vec<(String, String)> = Vec::new();
+    for a in explicit {
+        // if-let rather than match: other credential kinds are handled above (or not at all).
+        if let Auth::PasswordEnv(var) = a {
+            match std::env::var(var) {
+                Ok(p) => passwords.push((format!("password from ${var}"), p)),
+                Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
+            }
+        } else if let Auth::Password(p) = a {
+            passwords.push(("password".to_string(), p.clone()));
+        }
+    }
+    // The node's password first when it names one (see the module doc), else last as before.
+    let password_first = !passwords.is_empty();
+    if password_first && try_passwords(handle, &user, &passwords, &mut at).await.map_err(Err)? {
+        return Ok(());
+    }
     if let Step::Done = try_agent(handle, &user, agent_socket, &mut at).await.map_err(Err)? {
         return Ok(());
     }
@@ -87,37 +107,35 @@ pub(crate) async fn authenticate(
             }
         }
     }
-    let mut passwords: Vec<(String, String)> = Vec::new();
-    for a in explicit {
-        // if-let rather than match: other credential kinds are handled above (or not at all).
-        if let Auth::PasswordEnv(var) = a {
-            match std::env::var(var) {
-                Ok(p) => passwords.push((format!("password from ${var}"), p)),
-                Err(_) => at.tried.push(format!("password_env ${var} (not set)")),
-            }
-        } else if let Auth::Password(p) = a {
-            passwords.push(("password".to_string(), p.clone()));
-        }
-    }
-    for (label, pw) in &passwords {
-        if server_refuses(&at, "password") {
-            break;
-        }
-        let res = handle.authenticate_password(user.clone(), pw.clone()).await.map_err(Err)?;
-        if record(&mut at, label.clone(), res) {
-            return Ok(());
-        }
-    }
-    // Password-only servers that offer keyboard-interactive instead of "password".
-    for (label, pw) in &passwords {
-        if server_refuses(&at, "keyboard-interactive") {
-            break;
-        }
-        if try_kbd_interactive(handle, &user, pw, &mut at, label).await.map_err(Err)? {
-            return Ok(());
-        }
-    }
     Err(Ok(at))
+}
+
+/// Each password with the `password` method, then (for password-only servers that offer
+/// keyboard-interactive instead) with keyboard-interactive. True on success.
+async fn try_passwords(
+    handle: &mut Handle<Client>,
+    user: &str,
+    passwords: &[(String, String)],
+    at: &mut Attempts,
+) -> Result<bool, russh::Error> {
+    for (label, pw) in passwords {
+        if server_refuses(at, "password") {
+            break;
+        }
+        let res = handle.authenticate_password(user, pw.clone()).await?;
+        if record(at, label.clone(), res) {
+            return Ok(true);
+        }
+    }
+    for (label, pw) in passwords {
+        if server_refuses(at, "keyboard-interactive") {
+            break;
+        }
+        if try_kbd_interactive(handle, user, pw, at, label).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn server_refuses(at: &Attempts, method: &str) -> bool {
