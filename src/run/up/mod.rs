@@ -307,7 +307,12 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     if let Some(hook) = &opts.before_cleanup {
         let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
         let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
-        hook(RunView { ok, interrupted, nodes: tracker.nodes(), vms }).await;
+        // In a task of its own: a panic in the hook (artifact collection reads whatever the
+        // hosts and guests sent) must not unwind past the cleanup below and leave the VMs running.
+        let view = RunView { ok, interrupted, nodes: tracker.nodes(), vms };
+        if let Err(e) = tokio::spawn(hook(view)).await {
+            events.warn(format!("collecting before cleanup failed: {e}"));
+        }
     }
     let mut report = None;
     if failed || interrupted {

@@ -352,6 +352,21 @@ fn the_before_cleanup_hook_sees_the_failed_run_before_anything_is_stopped() {
     assert_eq!(res.vms.iter().find(|v| v.name == "DUT1_2").unwrap().failure, Some(FailureKind::Infrastructure));
 }
 
+/// A panic in the before-cleanup hook (artifact collection) unwound through `up` past its
+/// cleanup: a failed run's other VMs were left running. The hook now runs in its own task.
+#[test]
+fn regression_a_panicking_collection_hook_does_not_skip_cleanup() {
+    let b = Behaviour { failing_start: vec!["DUT1_2".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let mut opts = options(two_vm_topology(), lab.clone(), None);
+    opts.before_cleanup = Some(Arc::new(|_: RunView| Box::pin(async { panic!("a collector bug") })));
+    let res = run(&opts);
+    assert!(!res.ok);
+    assert!(!positions(&lab.hosts["DUT1"].calls(), "outcome=").is_empty(), "nothing was stopped");
+    let cleanup = res.cleanup.as_ref().expect("cleanup ran");
+    assert!(cleanup.complete && cleanup.left.is_empty(), "{cleanup:?}");
+}
+
 /// The fallback to a sudo follower reads tail's "Permission denied": in a translated locale
 /// the message was translated and the VM waited out its boot timeout instead.
 #[test]
