@@ -174,7 +174,7 @@ mod tests {
         let c = sh(&claim_script(root, &format!("{root}/r2"), "DUT1", "nonceC", "me@h", "/t/a.yaml"));
         assert_eq!(c.status.code(), Some(CLAIM_TAKEN as i32));
         let owner = std::fs::read_to_string(format!("{rd}/.owner")).unwrap();
-        assert_eq!(owner, "nonceA\nme@h\n");
+        assert_eq!(owner, "nonceA\nme@h\nL3QvYS55YW1s\n", "nonce, owner, topology (base64)");
     }
 
     #[test]
