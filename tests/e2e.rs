@@ -443,11 +443,9 @@ fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     // The tiny guest: boots in milliseconds, the follower is what is under test.
-    let vm = tiny_vm();
-    let topo = env.topology("logs-sigint.yaml", |vms| *vms = vec![vm.clone()]);
-    let topo = topo.to_str().unwrap();
     let run = "e2e-logs-sigint";
-    assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
+    let topo = up_tiny(&env, run);
+    let topo = topo.to_str().unwrap();
 
     let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = follow.stdout.take().unwrap();
@@ -502,11 +500,9 @@ fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
     use std::io::{BufRead, BufReader};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
-    let vm = tiny_vm();
-    let topo = env.topology("logs-sigterm.yaml", |vms| *vms = vec![vm.clone()]);
-    let topo = topo.to_str().unwrap();
     let run = "e2e-logs-sigterm";
-    assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
+    let topo = up_tiny(&env, run);
+    let topo = topo.to_str().unwrap();
     let log = format!("/run/harness/{run}/DUT1_1/serial.log");
     let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
@@ -528,14 +524,18 @@ fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
     assert!(gone, "the remote tail outlived harness: {tails:?}");
 }
 
-/// A tiny-guest VM on DUT1 (boots in milliseconds; for tests of what follows the boot).
-fn tiny_vm() -> Value {
+/// `up` of one tiny-guest VM on DUT1 (boots in milliseconds; for tests of what follows the
+/// boot) as run `run`; returns its topology.
+fn up_tiny(env: &Env, run: &str) -> PathBuf {
     let st = Command::new("bash").arg(repo().join("scripts/build-guest.sh")).arg("--tiny").status().unwrap();
     assert!(st.success(), "build-guest.sh --tiny");
     let tiny = lab_dir().join("guest/tiny");
-    serde_json::json!({
+    let vm = serde_json::json!({
         "node": "DUT1", "qemu_id": 1, "smp": 1, "mem": 32, "guest_hugepages": 0, "sched": "none",
         "vnf": "none", "qga": false, "kernel": tiny.join("vmlinux-tiny"), "initrd": tiny.join("initrd-tiny"),
         "ready_markers": ["HARNESS-TINY-READY"], "boot_timeout": "60s",
-    })
+    });
+    let topo = env.topology(&format!("{run}.yaml"), |vms| *vms = vec![vm.clone()]);
+    assert_eq!(env.run(&["up", topo.to_str().unwrap(), "--run-id", run]).status.code(), Some(0));
+    topo
 }

@@ -125,6 +125,16 @@ impl Env {
         Paused::spawn(c)
     }
 
+    /// Start `down ARGS` paused at `pause` (a `down[:NODE]` phase); returns once it printed
+    /// the pause line.
+    fn down_paused(&self, args: &[&str], pause: &str) -> Paused {
+        let mut c = self.cmd(&[&["down"], args].concat());
+        c.env("HARNESS_TEST_PAUSE_AT", pause).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut p = Paused::spawn(c);
+        p.wait_for(&format!("harness-test: paused at {}", pause.replace(':', " ")), Duration::from_secs(60));
+        p
+    }
+
     /// Nothing of the run left; hugepages as found; the decoy alive.
     fn assert_nothing_left(&self, run_root: &str, run_id: &str) {
         let dir = format!("{run_root}/{run_id}");
@@ -276,15 +286,7 @@ fn fault_sshd_listener_stopped_mid_boot_then_restarted() {
     let env = Env::new();
     let topo = env.topology("t.yaml", |t| t);
     let mut p = env.up_paused(&topo, "fault-listener", "serial:DUT1_1");
-    let (listener, children, start) = sshd_of(1);
-    let mut restart = RestartOnDrop(Some(start));
-    unsafe { libc::kill(listener, libc::SIGTERM) };
-    // Only once it is gone does its port refuse: cleanup's first, silent reconnect came in while
-    // the listener was still handling SIGTERM, got through, and no "reconnecting" was ever shown.
-    assert!(wait_exit(listener as u32, Duration::from_secs(10)), "DUT1's sshd listener ignored SIGTERM");
-    for c in children {
-        unsafe { libc::kill(c, libc::SIGKILL) };
-    }
+    let mut restart = lose_node(1);
     p.signal(libc::SIGUSR1);
     // Cleanup announces its reconnect attempts; bring the node back on the first one.
     p.wait_for("reconnecting", Duration::from_secs(60));
@@ -294,6 +296,21 @@ fn fault_sshd_listener_stopped_mid_boot_then_restarted() {
     assert!(out.contains("connection lost"), "{out}");
     assert!(out.contains("everything it started was stopped"), "{out}");
     env.assert_nothing_left(ROOT, "fault-listener");
+}
+
+/// Lab node `i` goes away: its sshd listener is stopped (and gone, so its port refuses) and
+/// its sessions are killed. The returned guard starts the listener again.
+fn lose_node(i: usize) -> RestartOnDrop {
+    let (listener, children, start) = sshd_of(i);
+    let restart = RestartOnDrop(Some(start));
+    unsafe { libc::kill(listener, libc::SIGTERM) };
+    // Only once it is gone does its port refuse: cleanup's first, silent reconnect came in while
+    // the listener was still handling SIGTERM, got through, and no "reconnecting" was ever shown.
+    assert!(wait_exit(listener as u32, Duration::from_secs(10)), "DUT{i}'s sshd listener ignored SIGTERM");
+    for c in children {
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    restart
 }
 
 /// A stopped lab sshd, started again however its test ends: a failed assertion must not leave
@@ -429,10 +446,7 @@ fn regression_an_interrupted_down_says_how_to_finish() {
     let topo = topo.to_str().unwrap();
     let up = env.run(&["up", topo, "--run-id", "fault-sigint-down"]);
     assert_eq!(up.status.code(), Some(0));
-    let mut c = env.cmd(&["down", topo, "--run", "fault-sigint-down"]);
-    c.env("HARNESS_TEST_PAUSE_AT", "down").stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut p = Paused::spawn(c);
-    p.wait_for("harness-test: paused at down", Duration::from_secs(60));
+    let mut p = env.down_paused(&[topo, "--run", "fault-sigint-down"], "down");
     p.signal(libc::SIGINT);
     let (code, out, _) = p.finish();
     assert_eq!(code, Some(130), "{out}");
@@ -481,17 +495,8 @@ fn regression_a_down_that_loses_its_node_exits_3() {
     let topo = topo.to_str().unwrap();
     let run = "fault-down-lost";
     assert_eq!(env.run(&["up", topo, "--run-id", run]).status.code(), Some(0));
-    let mut c = env.cmd(&["down", topo, "--run", run]);
-    c.env("HARNESS_TEST_PAUSE_AT", "down:DUT1").stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut p = Paused::spawn(c);
-    p.wait_for("harness-test: paused at down DUT1", Duration::from_secs(60));
-    let (listener, children, start) = sshd_of(1);
-    let mut restart = RestartOnDrop(Some(start));
-    unsafe { libc::kill(listener, libc::SIGTERM) };
-    assert!(wait_exit(listener as u32, Duration::from_secs(10)), "DUT1's sshd listener ignored SIGTERM");
-    for c in children {
-        unsafe { libc::kill(c, libc::SIGKILL) };
-    }
+    let mut p = env.down_paused(&[topo, "--run", run], "down:DUT1");
+    let mut restart = lose_node(1);
     p.signal(libc::SIGUSR1);
     let (code, out, _) = p.finish();
     assert!(restart.restart(), "restarting DUT1's sshd");

@@ -57,25 +57,34 @@ fn key_auth_exit_codes_and_stderr() {
     });
 }
 
-#[test]
-fn agent_auth() {
-    let lab = lab();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
+/// An ssh-agent listening in `dir`, holding `keys`: its socket, and a guard that ends it.
+fn start_agent(dir: &std::path::Path, keys: &[&std::path::Path]) -> (std::path::PathBuf, KillOnDrop) {
+    let sock = dir.join("agent.sock");
     let out = std::process::Command::new("ssh-agent").arg("-a").arg(&sock).arg("-s").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let pid: i32 = text.split("SSH_AGENT_PID=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
-    struct KillOnDrop(i32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGTERM) };
-        }
+    let agent = KillOnDrop(pid);
+    for key in keys {
+        let st = std::process::Command::new("ssh-add").arg("-q").arg(key).env("SSH_AUTH_SOCK", &sock).status();
+        assert!(st.unwrap().success());
     }
-    let _agent = KillOnDrop(pid);
-    let st =
-        std::process::Command::new("ssh-add").arg("-q").arg(&lab.key).env("SSH_AUTH_SOCK", &sock).status().unwrap();
-    assert!(st.success());
+    (sock, agent)
+}
+
+/// Sends SIGTERM to a pid when dropped.
+struct KillOnDrop(i32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+    }
+}
+
+#[test]
+fn agent_auth() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, _agent) = start_agent(dir.path(), &[lab.key.as_path()]);
     let mut t = lab.node(1);
     t.auth.clear(); // no key file: only the agent can authenticate
     rt().block_on(async {
@@ -118,12 +127,6 @@ fn regression_an_agent_full_of_keys_does_not_use_up_max_auth_tries_before_the_pa
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct KillOnDrop(i32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGTERM) };
-        }
-    }
     struct Sshd(std::process::Child);
     impl Drop for Sshd {
         fn drop(&mut self) {
@@ -137,20 +140,13 @@ fn regression_an_agent_full_of_keys_does_not_use_up_max_auth_tries_before_the_pa
     assert!(log.any(|l| l.is_ok_and(|l| l.contains("Server listening"))), "the test sshd did not start");
     std::thread::spawn(move || log.for_each(drop));
 
-    let sock = dir.path().join("agent.sock");
-    let out = std::process::Command::new("ssh-agent").arg("-a").arg(&sock).arg("-s").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let pid: i32 = text.split("SSH_AGENT_PID=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
-    let _agent = KillOnDrop(pid);
-    for i in 0..4 {
-        let key = dir.path().join(format!("k{i}"));
+    let keys: Vec<std::path::PathBuf> = (0..4).map(|i| dir.path().join(format!("k{i}"))).collect();
+    for key in &keys {
         let st =
-            std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status();
-        assert!(st.unwrap().success());
-        let st = std::process::Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &sock).status();
+            std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(key).status();
         assert!(st.unwrap().success());
     }
+    let (sock, _agent) = start_agent(dir.path(), &keys.iter().map(|k| k.as_path()).collect::<Vec<_>>());
     let mut t = lab.pw_node();
     t.port = Some(port);
     t.known_hosts = Some(dir.path().join("known_hosts"));
