@@ -344,6 +344,11 @@ fn killed_then_down(pause: &str, run_id: &str, down_by_topology: bool, status_co
     assert_eq!(code, None, "killed by a signal");
     let st = env.run(&["status", topo.to_str().unwrap(), "--run", run_id]);
     assert_eq!(st.status.code(), Some(status_code), "status of a half-started run");
+    // The lab's nodes share one host and run root: a directory without a manifest is one row.
+    let st = env.run(&["status", topo.to_str().unwrap(), "--run", run_id, "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let orphans = rows["vms"].as_array().unwrap().iter().filter(|r| r["state"] == "orphan").count();
+    assert!(orphans <= 1, "one orphaned directory listed {orphans} times: {rows}");
     let down = if down_by_topology {
         env.run(&["down", topo.to_str().unwrap()])
     } else {

@@ -29,14 +29,12 @@ pub async fn run(g: &GlobalArgs, a: &StatusArgs) -> anyhow::Result<u8> {
         set.spawn(async move {
             let fail = |e: crate::ssh::SshError| (super::node_error(&name, &e.to_string()), lost(&e));
             let s = Session::connect(&target, &opts).await.map_err(fail)?;
-            // Where the run directories are: nodes that share it see the same orphans.
-            let place = format!("{}\0{run_root}", s.addr());
             let r = status::status_node(&s, &name, &run_root, &sel).await.map_err(fail);
             s.close().await;
-            r.map(|rows| rows.into_iter().map(|r| (place.clone(), r)).collect::<Vec<_>>())
+            r
         });
     }
-    let mut rows: Vec<(String, VmStatus)> = Vec::new();
+    let mut rows: Vec<VmStatus> = Vec::new();
     let mut errors = Vec::new();
     let mut unreachable = false;
     while let Some(r) = set.join_next().await {
@@ -73,14 +71,12 @@ fn lost(e: &crate::ssh::SshError) -> bool {
 
 /// Rows sorted by run, node and VM; a manifest-less run directory seen by several nodes that
 /// share its host and run root is listed once (under the first such node), but the same run id
-/// and VM name orphaned on two hosts are two rows.
-fn list_orphans_once(mut rows: Vec<(String, VmStatus)>) -> Vec<VmStatus> {
-    rows.sort_by(|(_, a), (_, b)| (&a.run_id, &a.node, &a.vm).cmp(&(&b.run_id, &b.node, &b.vm)));
+/// orphaned on two hosts is two rows.
+fn list_orphans_once(mut rows: Vec<VmStatus>) -> Vec<VmStatus> {
+    rows.sort_by(|a, b| (&a.run_id, &a.node, &a.vm).cmp(&(&b.run_id, &b.node, &b.vm)));
     let mut seen = HashSet::new();
-    rows.into_iter()
-        .filter(|(place, r)| r.state != "orphan" || seen.insert((place.clone(), r.run_id.clone(), r.vm.clone())))
-        .map(|(_, r)| r)
-        .collect()
+    rows.retain(|r| r.orphan_dir.as_ref().is_none_or(|d| seen.insert(d.clone())));
+    rows
 }
 
 fn print_text(rows: &[VmStatus], errors: &[String], dead: usize) {
@@ -114,12 +110,13 @@ fn print_text(rows: &[VmStatus], errors: &[String], dead: usize) {
 mod tests {
     use super::*;
 
-    fn row(node: &str, run: &str, vm: &str, state: &str) -> VmStatus {
+    fn row(node: &str, run: &str, vm: &str, dir: Option<&str>) -> VmStatus {
         VmStatus {
+            orphan_dir: dir.map(str::to_string),
             node: node.into(),
             run_id: run.into(),
             vm: vm.into(),
-            state: state.into(),
+            state: if dir.is_some() { "orphan" } else { "ready" }.into(),
             pid: None,
             alive: false,
             started_by: "u@h".into(),
@@ -130,17 +127,18 @@ mod tests {
 
     /// Orphans were deduplicated by run id and VM only, and only when their rows happened to be
     /// adjacent: the same orphaned run on two hosts was listed once, and one orphan seen by two
-    /// nodes of a host was listed twice when one of the nodes had other rows between them.
+    /// nodes of a host was listed twice when one of the nodes had other rows between them. The
+    /// lab's nodes are one host on several sshd ports: the directory itself, not the address,
+    /// says which rows are one.
     #[test]
-    fn regression_orphans_are_listed_once_per_host_not_once_per_name() {
-        let a = "127.0.0.1:2201\0/run/harness".to_string();
-        let b = "127.0.0.1:2202\0/run/harness".to_string();
+    fn regression_orphans_are_listed_once_per_directory_not_once_per_name() {
+        let (a, b) = (Some("boot-a:2049:11"), Some("boot-b:2049:11"));
         let rows = list_orphans_once(vec![
-            (a.clone(), row("DUT1", "r1", "DUT1_1", "orphan")),
-            (a.clone(), row("DUT1", "r1", "DUT1_2", "ready")),
-            (a.clone(), row("DUT3", "r1", "DUT1_1", "orphan")),
-            (b.clone(), row("DUT4", "r1", "DUT1_1", "orphan")),
-            (b.clone(), row("DUT5", "r1", "DUT1_1", "orphan")),
+            row("DUT1", "r1", "DUT1_1", a),
+            row("DUT1", "r1", "DUT1_2", None),
+            row("DUT3", "r1", "DUT1_1", a),
+            row("DUT4", "r1", "DUT1_1", b),
+            row("DUT5", "r1", "DUT1_1", b),
         ]);
         let got: Vec<_> = rows.iter().map(|r| (r.node.as_str(), r.vm.as_str())).collect();
         assert_eq!(got, [("DUT1", "DUT1_1"), ("DUT1", "DUT1_2"), ("DUT4", "DUT1_1")]);

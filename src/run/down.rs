@@ -275,15 +275,16 @@ pub async fn release_node(session: &Session, r: &NodeRelease<'_>, ev: &EventSink
 }
 
 /// Script listing run directories under `run_root` that hold no manifest at all, as
-/// `orphan <run_id> <owner> <topology> <vm>...` (owner: second line of the owner file, topology:
-/// its third, base64; `-` if none).
+/// `orphan <run_id> <owner> <topology> <dir> <vm>...` (owner: second line of the owner file,
+/// topology: its third, base64; `-` if none; dir: the host's boot id and the directory's device
+/// and inode, the same for every node that shares the directory).
 pub fn orphans_script(run_root: &str) -> String {
     format!(
-        r#"root={root}
+        r#"root={root}; b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
 for d in "$root"/*/; do d=${{d%/}}; [ -d "$d" ] && [ ! -L "$d" ] || continue
   ls "$d"/manifest-*.json >/dev/null 2>&1 && continue
   o=$(sed -n 2p "$d/{o}" 2>/dev/null | tr -d ' '); t=$(sed -n 3p "$d/{o}" 2>/dev/null | tr -d ' ')
-  printf 'orphan %s %s %s' "${{d##*/}}" "${{o:--}}" "${{t:--}}"
+  printf 'orphan %s %s %s %s' "${{d##*/}}" "${{o:--}}" "${{t:--}}" "${{b:--}}:$(stat -c %d:%i -- "$d")"
   for v in "$d"/*/; do [ -d "$v" ] && printf ' %s' "$(basename "$v")"; done; echo
 done
 "#,
@@ -299,6 +300,9 @@ pub struct Orphan {
     pub owner: String,
     /// The topology the interrupted `up` ran (`None`: not recorded, an older harness).
     pub topology: Option<String>,
+    /// Which directory this is, whichever node looked (`<boot id>:<device>:<inode>`): nodes
+    /// that share a host and run root see the same one.
+    pub dir: String,
     pub vms: Vec<String>,
 }
 
@@ -322,12 +326,13 @@ pub fn parse_orphans(out: &str) -> Vec<Orphan> {
         .filter_map(|l| {
             let mut it = l.strip_prefix("orphan ")?.split_whitespace();
             let (run_id, owner, topology) = (it.next()?.to_string(), it.next()?.to_string(), it.next()?);
+            let dir = it.next()?.to_string();
             let topology = base64::engine::general_purpose::STANDARD
                 .decode(topology)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|t| !t.is_empty());
-            Some(Orphan { run_id, owner, topology, vms: it.map(str::to_string).collect() })
+            Some(Orphan { run_id, owner, topology, dir, vms: it.map(str::to_string).collect() })
         })
         .filter(|o| layout::run_id_problem(&o.run_id).is_none())
         .collect()

@@ -26,6 +26,9 @@ pub struct VmStatus {
     pub pinned: Vec<String>,
     /// Why the VM is not running, for people.
     pub note: Option<String>,
+    /// An orphan's directory ([`down::Orphan::dir`]): nodes sharing a host list it once.
+    #[serde(skip)]
+    pub orphan_dir: Option<String>,
 }
 
 /// Script probing every VM's pidfile (recomputed paths), one `<id> alive|dead <pid|->` line each.
@@ -94,6 +97,7 @@ pub async fn status_node(
                 started_by: m.started_by.clone(),
                 pinned: vm.pinned.iter().map(|p| format!("vcpu{}->{} {}", p.vcpu, p.affinity, p.policy)).collect(),
                 note: (!alive).then(|| note_for(m, &vm.state, pid)),
+                orphan_dir: None,
             });
         }
     }
@@ -115,6 +119,7 @@ pub async fn status_node(
                     "run directory without a manifest (an interrupted up); clean with `harness down --run {}`",
                     o.run_id
                 )),
+                orphan_dir: Some(o.dir.clone()),
             });
         }
     }

@@ -172,7 +172,9 @@ fn regression_down_trusts_manifest_hugepages() {
 
 #[test]
 fn orphans_parse_and_refuse_bad_ids() {
-    let o = parse_orphans("orphan r1 me@box L3QvYS55YW1s DUT1_1 DUT1_2\norphan .. me@box -\norphan r2 - -\n");
+    let o = parse_orphans(
+        "orphan r1 me@box L3QvYS55YW1s b:1:2 DUT1_1 DUT1_2\norphan .. me@box - b:1:3\norphan r2 - - b:1:4\n",
+    );
     assert_eq!(o.len(), 2);
     assert_eq!(
         o[0],
@@ -180,6 +182,7 @@ fn orphans_parse_and_refuse_bad_ids() {
             run_id: "r1".into(),
             owner: "me@box".into(),
             topology: Some("/t/a.yaml".into()),
+            dir: "b:1:2".into(),
             vms: vec!["DUT1_1".into(), "DUT1_2".into()]
         }
     );
