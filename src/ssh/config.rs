@@ -35,70 +35,178 @@ impl Resolved {
 /// How deep `Include`s may nest (OpenSSH's own limit).
 const MAX_INCLUDE_DEPTH: usize = 16;
 
-/// The ssh config file as russh-config can read it, keeping OpenSSH's meaning:
+/// The ssh config file as russh-config can read it, keeping OpenSSH's meaning for `target`:
 /// - options before the first `Host` apply to every host: they become a `Host *` block, first
 ///   (the first value found wins, as in OpenSSH). russh-config refused the whole file for them,
 ///   so a config opening with `Include config.d/*` or `ServerAliveInterval 30` applied nothing;
-/// - a `Match` block, which it cannot evaluate, never applies (`Host !*`): its options were
-///   merged into the `Host` block before it;
+/// - a `Match` block, which russh-config cannot read, is evaluated here (see [`Normalizer::matches`])
+///   and becomes `Host *` when it applies to `target`, `Host !*` when not;
 /// - `Include` is read in place (relative names from the including file's directory, `*` and
 ///   `?` in the file name, files in name order);
 /// - `Key=Value`, `Key = Value` and tab-separated lines become `Key Value`.
-fn normalized_config(path: &Path) -> std::io::Result<String> {
-    let (global, blocks) = config_parts(path, 0)?;
-    Ok(if global.is_empty() { blocks } else { format!("Host *\n{global}{blocks}") })
+///
+/// Errors (an unreadable file, a `Match` harness cannot evaluate) are `file:line: message`.
+fn normalized_config(path: &Path, target: &SshTarget) -> Result<String, String> {
+    let mut n = Normalizer {
+        original_host: &target.host,
+        explicit_user: target.user.as_deref(),
+        hostname: None,
+        user: None,
+        global: String::new(),
+        blocks: String::new(),
+    };
+    n.read(path, 0, false, true)?;
+    Ok(if n.global.is_empty() { n.blocks } else { format!("Host *\n{}{}", n.global, n.blocks) })
 }
 
-/// A config file's options before its first `Host`/`Match` and its blocks, normalised.
-fn config_parts(path: &Path, depth: usize) -> std::io::Result<(String, String)> {
-    let text = std::fs::read_to_string(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let (mut global, mut blocks, mut in_block) = (String::new(), String::new(), false);
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = match line.find(|c: char| c.is_whitespace() || c == '=') {
-            Some(i) => (&line[..i], line[i..].trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim_end()),
-            None => (line, ""),
-        };
-        match key.to_ascii_lowercase().as_str() {
-            "include" if depth < MAX_INCLUDE_DEPTH => {
-                for pattern in value.split_whitespace() {
-                    let p = expand_tilde(Path::new(pattern));
-                    let p = if p.is_absolute() { p } else { dir.join(p) };
-                    for f in include_matches(&p) {
-                        let (g, b) = config_parts(&f, depth + 1)?;
-                        // Inside a block, all of it belongs to the block; else each part to its own.
-                        if in_block {
-                            blocks.push_str(&g);
-                        } else {
-                            global.push_str(&g);
+/// State of one pass over a config file and its `Include`s.
+struct Normalizer<'a> {
+    /// The destination as written in the topology (OpenSSH's `%n`, `Match originalhost`).
+    original_host: &'a str,
+    /// The topology's user, which wins over the config's (as `ssh -l` does).
+    explicit_user: Option<&'a str>,
+    /// The first `HostName` / `User` among the options applying so far: what `Match host` and
+    /// `Match user` test, as OpenSSH tests the values set by the lines above the `Match`.
+    hostname: Option<String>,
+    user: Option<String>,
+    global: String,
+    blocks: String,
+}
+
+impl Normalizer<'_> {
+    /// Append `path`'s lines. `in_block`: the including line was inside a `Host`/`Match` block;
+    /// `applies`: that block's options (so these lines too, up to their own first block) apply
+    /// to the target.
+    fn read(&mut self, path: &Path, depth: usize, mut in_block: bool, mut applies: bool) -> Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |message: String| format!("{}:{}: {message}", path.display(), number + 1);
+            let (key, value) = match line.find(|c: char| c.is_whitespace() || c == '=') {
+                Some(i) => {
+                    (&line[..i], line[i..].trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim_end())
+                }
+                None => (line, ""),
+            };
+            let out =
+                |n: &mut Self, text: String| if in_block { n.blocks.push_str(&text) } else { n.global.push_str(&text) };
+            match key.to_ascii_lowercase().as_str() {
+                "include" if depth < MAX_INCLUDE_DEPTH => {
+                    for pattern in value.split_whitespace() {
+                        let p = expand_tilde(Path::new(pattern));
+                        let p = if p.is_absolute() { p } else { dir.join(p) };
+                        for f in include_matches(&p) {
+                            self.read(&f, depth + 1, in_block, applies)?;
                         }
-                        blocks.push_str(&b);
                     }
                 }
+                "host" => {
+                    in_block = true;
+                    applies = host_line_matches(value, self.original_host);
+                    self.blocks.push_str(&format!("Host {value}\n"));
+                }
+                "match" => {
+                    in_block = true;
+                    applies = self.matches(value).map_err(|e| at(format!("Match {value}: {e}")))?;
+                    self.blocks.push_str(if applies { "Host *\n" } else { "Host !*\n" });
+                }
+                // russh-config reads every value but `no` as strict. What harness relaxes to is
+                // exactly OpenSSH's `accept-new` (a changed key is always refused), so `accept-new`,
+                // `no` and `off` all become `no`, and `yes`/`ask` stay strict.
+                "stricthostkeychecking" => {
+                    let relaxed = matches!(value.to_ascii_lowercase().as_str(), "accept-new" | "no" | "off");
+                    out(self, format!("{key} {}\n", if relaxed { "no" } else { "yes" }));
+                }
+                lower => {
+                    if applies {
+                        match lower {
+                            "hostname" if self.hostname.is_none() => {
+                                // `%h` here is the name as given; other tokens are left for
+                                // `resolve_in_chain` to expand (or refuse).
+                                self.hostname = Some(value.replace("%h", self.original_host));
+                            }
+                            "user" if self.user.is_none() => self.user = Some(value.to_string()),
+                            _ => {}
+                        }
+                    }
+                    out(self, format!("{key} {value}\n"));
+                }
             }
-            "host" => {
-                in_block = true;
-                blocks.push_str(&format!("Host {value}\n"));
-            }
-            "match" => {
-                in_block = true;
-                blocks.push_str("Host !*\n");
-            }
-            // russh-config reads every value but `no` as strict. What harness relaxes to is
-            // exactly OpenSSH's `accept-new` (a changed key is always refused), so `accept-new`,
-            // `no` and `off` all become `no`, and `yes`/`ask` stay strict.
-            "stricthostkeychecking" => {
-                let relaxed = matches!(value.to_ascii_lowercase().as_str(), "accept-new" | "no" | "off");
-                (if in_block { &mut blocks } else { &mut global })
-                    .push_str(&format!("{key} {}\n", if relaxed { "no" } else { "yes" }));
-            }
-            _ => (if in_block { &mut blocks } else { &mut global }).push_str(&format!("{key} {value}\n")),
+        }
+        Ok(())
+    }
+
+    /// Does a `Match` line's criteria list select the target? All criteria must hold, each
+    /// may be negated with `!`. Evaluated: `all`, `host` (after `HostName`), `originalhost`,
+    /// `user` (the topology's, else the config's so far, else the local user), `localuser`,
+    /// `canonical` (never: harness does not canonicalise) and `final` (always: there is one pass).
+    /// `exec` and the rest are refused by name rather than silently never applying, unless an
+    /// earlier criterion of the line already failed.
+    fn matches(&self, criteria: &str) -> Result<bool, String> {
+        let words = shlex::split(criteria).ok_or("unbalanced quotes")?;
+        if words.is_empty() {
+            return Err("no criteria (use `Match all`)".into());
+        }
+        let local_user = std::env::var("USER").unwrap_or_default();
+        let (mut all_hold, mut words) = (true, words.iter());
+        while let Some(word) = words.next() {
+            let (negated, criterion) = match word.strip_prefix('!') {
+                Some(c) => (true, c),
+                None => (false, word.as_str()),
+            };
+            let mut argument = || words.next().ok_or(format!("`{criterion}` needs an argument"));
+            let holds = match criterion.to_ascii_lowercase().as_str() {
+                "all" | "final" => true,
+                "canonical" => false,
+                "host" => {
+                    let name = self.hostname.as_deref().unwrap_or(self.original_host);
+                    pattern_list_matches(argument()?, name, true)
+                }
+                "originalhost" => pattern_list_matches(argument()?, self.original_host, true),
+                "user" => {
+                    let user = self.explicit_user.or(self.user.as_deref()).unwrap_or(&local_user);
+                    pattern_list_matches(argument()?, user, false)
+                }
+                "localuser" => pattern_list_matches(argument()?, &local_user, false),
+                // As in OpenSSH, a criterion after one that failed is not evaluated: so
+                // `Match host github.com exec "…"` does not stop harness reaching the DUTs.
+                "exec" | "localnetwork" | "tagged" | "command" | "sessiontype" | "version" if !all_hold => {
+                    argument()?;
+                    continue;
+                }
+                "exec" | "localnetwork" | "tagged" | "command" | "sessiontype" | "version" => {
+                    return Err(format!(
+                        "`Match {criterion}` is not supported by harness; use a `Host` block, or -F none"
+                    ));
+                }
+                other => return Err(format!("unknown criterion `{other}`")),
+            };
+            all_hold &= holds != negated;
+        }
+        Ok(all_hold)
+    }
+}
+
+/// A `Host` line: whitespace-separated patterns; it applies when one matches and no `!pattern` does.
+fn host_line_matches(patterns: &str, host: &str) -> bool {
+    pattern_list_matches(&patterns.split_whitespace().collect::<Vec<_>>().join(","), host, true)
+}
+
+/// OpenSSH's pattern lists: comma-separated globs, any `!pattern` that matches vetoes the list.
+fn pattern_list_matches(list: &str, name: &str, ignore_case: bool) -> bool {
+    let mut matched = false;
+    for p in list.split(',').filter(|p| !p.is_empty() && p.len() <= 1024) {
+        match p.strip_prefix('!') {
+            Some(neg) if super::hostkey::glob_match(neg.as_bytes(), name.as_bytes(), ignore_case) => return false,
+            Some(_) => {}
+            None => matched |= super::hostkey::glob_match(p.as_bytes(), name.as_bytes(), ignore_case),
         }
     }
-    Ok((global, blocks))
+    matched
 }
 
 /// The files an `Include` names: the path itself, or with `*`/`?` in its file name the matching
@@ -160,19 +268,20 @@ pub(crate) fn resolve_in_chain(
         });
     }
     let hc = match &opts.ssh_config {
-        Some(path) if path.exists() => match normalized_config(path)
-            .map_err(russh_config::Error::from)
-            .and_then(|text| russh_config::parse(&text, &target.host))
-        {
-            Ok(c) => c.host_config,
-            Err(russh_config::Error::HostNotFound) => Default::default(),
-            Err(e) => {
-                return Err(SshError::Config {
-                    node: target.name.clone(),
-                    message: format!("{}: {e}", path.display()),
-                });
+        Some(path) if path.exists() => {
+            let text = normalized_config(path, target)
+                .map_err(|message| SshError::Config { node: target.name.clone(), message })?;
+            match russh_config::parse(&text, &target.host) {
+                Ok(c) => c.host_config,
+                Err(russh_config::Error::HostNotFound) => Default::default(),
+                Err(e) => {
+                    return Err(SshError::Config {
+                        node: target.name.clone(),
+                        message: format!("{}: {e}", path.display()),
+                    });
+                }
             }
-        },
+        }
         _ => Default::default(),
     };
     let config_error = |message: String| SshError::Config { node: target.name.clone(), message };
@@ -367,10 +476,65 @@ mod tests {
         assert_eq!((r.host.as_str(), r.user.as_str()), ("10.1.1.1", "globaluser"));
         assert_eq!(r.proxy_jump.as_deref(), Some("gw"));
         let r = resolve(&target("dut2"), &opts).unwrap();
-        // The global User comes first and wins, as in OpenSSH; the Match block applies nothing.
-        assert_eq!((r.host.as_str(), r.user.as_str(), r.accept_new), ("10.2.2.2", "globaluser", false));
+        // The global User comes first and wins, as in OpenSSH; the Match block's
+        // StrictHostKeyChecking applies.
+        assert_eq!((r.host.as_str(), r.user.as_str(), r.accept_new), ("10.2.2.2", "globaluser", true));
         let r = resolve(&target("dutinc"), &opts).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("10.9.9.9", 2222));
+    }
+
+    /// `Match` blocks were never evaluated: `Match host 10.2.*` + `User lab` (or any other
+    /// criterion) applied nothing, and harness logged in with the wrong user, port or key.
+    #[test]
+    fn regression_match_blocks_are_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("inc"), "User incuser\n").unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host dut1\n  HostName 10.2.0.1\nHost other\n  Include inc\n\
+             Match host 10.2.*\n  User subnetuser\n  IdentityFile /keys/subnet\n\
+             Match originalhost DUT2 !user root\n  IdentityFile /keys/dut2\n\
+             Match user root\n  Port 2202\n\
+             Match user incuser\n  Port 2300\n\
+             Match all\n  StrictHostKeyChecking accept-new\n\
+             Match canonical all\n  Port 1\n\
+             Match \"!originalhost\" dut*,other localuser *\n  Port 2299\n",
+        )
+        .unwrap();
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        // `host` is tested after HostName; `user` against the config's User so far.
+        let r = resolve(&target("dut1"), &opts).unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.user.as_str(), r.accept_new), ("10.2.0.1", 22, "subnetuser", true));
+        assert_eq!(r.config_identities, [PathBuf::from("/keys/subnet")]);
+        // The topology's user is what `Match user` sees; `!` negates; hosts ignore case.
+        let mut t = target("dut2");
+        t.user = Some("root".into());
+        let r = resolve(&t, &opts).unwrap();
+        assert_eq!((r.port, r.config_identities.len()), (2202, 0));
+        t.user = Some("tester".into());
+        let r = resolve(&t, &opts).unwrap();
+        assert_eq!((r.port, r.config_identities.clone()), (22, vec![PathBuf::from("/keys/dut2")]));
+        // An Include inside a Host block belongs to it: its User counts only for that host.
+        let r = resolve(&target("other"), &opts).unwrap();
+        assert_eq!((r.port, r.user.as_str()), (2300, "incuser"));
+        assert_eq!(resolve(&target("lab9"), &opts).unwrap().port, 2299);
+        // An unsupported criterion after a failed one is not evaluated, as in OpenSSH.
+        std::fs::write(&cfg, "Match originalhost github.com exec \"vpn-up\"\n  User git\nHost dut\n  User u\n")
+            .unwrap();
+        assert_eq!(resolve(&target("dut"), &opts).unwrap().user, "u");
+        // What harness cannot evaluate is refused by file, line and criterion.
+        for (line, message) in [
+            ("Match exec \"ping -c1 gw\"", "`Match exec` is not supported"),
+            ("Match bogus x", "unknown criterion `bogus`"),
+            ("Match host dut exec true", "`Match exec` is not supported"),
+            ("Match host", "`host` needs an argument"),
+            ("Match", "no criteria"),
+        ] {
+            std::fs::write(&cfg, format!("Host dut\n  User u\n{line}\n  User v\n")).unwrap();
+            let err = resolve(&target("dut"), &opts).unwrap_err().to_string();
+            assert!(err.contains(&format!("{}:3: ", cfg.display())) && err.contains(message), "{err}");
+        }
     }
 
     /// `StrictHostKeyChecking accept-new` in the ssh config was read as strict (russh-config
