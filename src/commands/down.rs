@@ -72,7 +72,10 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             let s = Session::connect(&target, &opts).await.map_err(|e| (name.clone(), e.to_string(), true))?;
             // Collected while the VMs still run: counters need a live guest agent.
             let missing = match &artifacts {
-                Some(dir) => crate::pipeline::down::before_down(&s, &name, &run_root, &sel, &topo, dir).await,
+                Some(dir) => {
+                    let (s, name, run_root, sel) = (s.clone(), name.clone(), run_root.clone(), sel.clone());
+                    crate::pipeline::down::before_down(s, name, run_root, sel, topo.clone(), dir.clone()).await
+                }
                 None => vec![],
             };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)

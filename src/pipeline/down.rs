@@ -1,7 +1,9 @@
 //! `down --artifacts DIR`: before a node's runs are stopped, the same artifacts `up` collects
 //! on failure, from the hosts' manifests, under `DIR/<run_id>/<node>/`.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::artifacts::{self, NodeSource, VmSource};
 use super::counters;
@@ -11,8 +13,30 @@ use crate::run::manifest::Manifest;
 use crate::ssh::Session;
 use crate::topology::Topology;
 
-/// Collect the selected runs of one node; returns what is missing, one line each.
+/// Collect the selected runs of one node; returns what is missing, one line each. It runs in a
+/// task of its own: a panic in it (it parses whatever the hosts and guests send) becomes a
+/// missing line and must not unwind past the node's `down`, which would leave its VMs running.
 pub async fn before_down(
+    session: Session,
+    node: String,
+    run_root: String,
+    sel: Selector,
+    topology: Arc<Topology>,
+    dir: PathBuf,
+) -> Vec<String> {
+    let name = node.clone();
+    isolated(&name, async move { collect(&session, &node, &run_root, &sel, &topology, &dir).await }).await
+}
+
+/// `collect` run as a task: its lines, or one saying it failed.
+async fn isolated(node: &str, collect: impl Future<Output = Vec<String>> + Send + 'static) -> Vec<String> {
+    match tokio::spawn(collect).await {
+        Ok(missing) => missing,
+        Err(e) => vec![format!("{node}: collecting artifacts failed: {e}")],
+    }
+}
+
+async fn collect(
     session: &Session,
     node: &str,
     run_root: &str,
@@ -75,6 +99,21 @@ fn sources(run_root: &str, m: &Manifest, topology: &Topology) -> Result<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic while collecting `down --artifacts` unwound through the node's `down` task:
+    /// that node's VMs were left running and the command exited 1. It is a missing line now.
+    #[test]
+    fn regression_a_panic_while_collecting_becomes_a_missing_line() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let missing = rt.block_on(isolated("DUT1", async { panic!("a collector bug") }));
+        assert_eq!(missing.len(), 1);
+        assert!(
+            missing[0].starts_with("DUT1: collecting artifacts failed: ") && missing[0].contains("panicked"),
+            "{missing:?}"
+        );
+        let fine = rt.block_on(isolated("DUT1", async { vec!["x".to_string()] }));
+        assert_eq!(fine, ["x"]);
+    }
 
     /// `down --artifacts` read the serial log (`sudo tail`), the run's manifest (`sudo cat`)
     /// and the agent socket at the paths the manifest named: a manifest edited to name
