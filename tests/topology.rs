@@ -1072,3 +1072,31 @@ fn regression_a_path_with_a_control_character_is_refused() {
     );
     one(&vm("    kernel: \"/boot/vm\\tlinuz\"\n"), 14, 13, "vms[0].kernel", "(found U+0009)");
 }
+
+/// A default `<node>_<qemu_id>` name longer than 64 characters validated (only written names
+/// were checked), and then `up`'s cleanup and `down` could not build its paths: a failed `up`
+/// left that QEMU running.
+#[test]
+fn regression_default_and_chain_vm_names_longer_than_64_characters_are_refused() {
+    let node = "D".repeat(64);
+    let text = format!(
+        "nodes:\n  {node}:\n    type: DUT\n    host: 10.0.0.2\nvms:\n  - node: {node}\n    qemu_id: 200\n    qga: true\n"
+    );
+    one(&text, 6, 5, "vms[0]", &format!("the default name `{node}_200` is longer than 64 characters"));
+    let chain = format!(
+        "nodes:\n  {node}:\n    type: DUT\n    host: 10.0.0.2\nchains:\n  - node: {node}\n    nf_chains: 1\n    \
+         nf_nodes: 1\n    vnf: vppip4_2vhostvr1024\n    vs_dtc: 1\n    nf_dtc: 1\n    \
+         tg_macs: [\"02:00:00:00:00:01\", \"02:00:00:00:00:02\"]\n    vm: {{kernel: /k}}\n"
+    );
+    let d = errors(&chain);
+    let all = d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        d.iter().any(|d| d.line == 6
+            && d.key == "chains[0]"
+            && d.message.contains(&format!("`{node}_1` is longer than 64 characters"))),
+        "{all}"
+    );
+    // 63 characters + `_1` still fits.
+    let fits = "D".repeat(62);
+    ok(&format!("nodes:\n  {fits}:\n    type: DUT\n    host: 10.0.0.2\nvms:\n  - node: {fits}\n    qga: true\n"));
+}

@@ -189,19 +189,34 @@ fn assign_ids(cx: &mut Cx, drafts: &mut [VmDraft], chains: &[LoadedChain]) -> BT
 
 /// Name rules the alphabet check leaves, socket path characters, and unique names.
 fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicate_id: &BTreeSet<usize>) {
-    // The loader checks the alphabet of explicit names; a default `<node>_<id>` is safe when the
-    // node name is (checked with the nodes). This adds what the alphabet allows but a name must
-    // not be (a leading `.`, too long).
+    // The loader checks the alphabet of explicit names. This adds what the alphabet allows but
+    // a name must not be (a leading `.`, too long), for default `<node>_<id>` names too: a
+    // 64-character node name with `qemu_id: 200` made a 68-character name that validated, and
+    // then neither `up`'s cleanup nor `down` could build its paths, so its QEMU was left running.
     for d in drafts {
-        if d.explicit_name
-            && let Some(m) = name_problem(&d.vm.name)
-        {
-            cx.err(d.spans.name.unwrap_or(d.spans.pos), &format!("{}.name", d.spans.path), m);
+        if let Some(m) = name_problem(&d.vm.name) {
+            let (pos, key, m) = match (d.explicit_name, d.spans.name) {
+                (true, Some(p)) => (p, format!("{}.name", d.spans.path), m),
+                (true, None) => (d.spans.pos, format!("{}.name", d.spans.path), m),
+                (false, _) => (
+                    d.spans.pos,
+                    d.spans.path.clone(),
+                    format!("the default name `{}` {m}: give the VM a shorter `name`", d.vm.name),
+                ),
+            };
+            cx.err(pos, &key, m);
         }
         for (sock, pos, key) in &d.spans.sockets {
             if let Some(m) = socket_path_problem(sock) {
                 cx.err(*pos, key, m);
             }
+        }
+    }
+
+    for c in chains {
+        if let Some((name, m)) = c.def.vm_ids().into_iter().find_map(|(_, n)| name_problem(&n).map(|m| (n, m))) {
+            let pos = Pos { line: c.def.line, column: c.def.column };
+            cx.err(pos, &c.def.path, format!("the chain's VM name `{name}` {m}: use a shorter node name"));
         }
     }
 

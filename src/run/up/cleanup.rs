@@ -56,10 +56,15 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
         // Connected (maybe planned) but the run directory was never claimed: nothing exists.
         return vec![];
     }
-    let vms: Vec<VmPaths> = match &tn.plan {
-        Some(p) => p.vms.iter().filter_map(|v| layout::vm_paths(&tn.run_dir, &v.name).ok()).collect(),
-        None => vec![],
-    };
+    // A VM whose paths cannot be built (validation refuses such names) is not silently skipped:
+    // the others are stopped, and the node is not released while it may run.
+    let (mut vms, mut unstoppable) = (Vec::<VmPaths>::new(), Vec::new());
+    for v in tn.plan.iter().flat_map(|p| &p.vms) {
+        match layout::vm_paths(&tn.run_dir, &v.name) {
+            Ok(p) => vms.push(p),
+            Err(e) => unstoppable.push(format!("{name}: {} may still run ({e})", v.name)),
+        }
+    }
     for v in &vms {
         ev.for_vm(&v.name).phase(Phase::Stopping);
     }
@@ -83,6 +88,10 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
                 stop.failed.iter().map(|(v, e)| format!("{name}: {} may still run ({e})", v.name)).collect();
             left.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
             return left;
+        }
+        if !unstoppable.is_empty() {
+            unstoppable.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
+            return unstoppable;
         }
         let rel =
             NodeRelease { node: name, run_root: &tn.run_root, run_dir: &tn.run_dir, vms: &vms, nonce: Some(nonce) };

@@ -401,3 +401,22 @@ fn regression_a_node_without_passwordless_sudo_fails_before_anything_is_written(
     assert_eq!(calls.len(), 1, "the facts probe and nothing else");
     assert!(res.cleanup.as_ref().is_none_or(|c| c.complete && c.left.is_empty()), "{:?}", res.cleanup);
 }
+
+/// Cleanup skipped a VM whose paths it could not build (a default name over 64 characters
+/// that validation let through), then released the node, removing the run directory and the
+/// hugepages under a QEMU that still ran. It now says the VM may run and keeps the node.
+#[test]
+fn regression_cleanup_does_not_release_a_node_with_a_vm_it_cannot_name() {
+    let long = format!("{}_2", "D".repeat(70));
+    let mut second = vm("DUT1", 2);
+    second.name = long.clone();
+    let b = Behaviour { failing_start: vec!["DUT1_1".into()], ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let res = run(&options(topology(vec![dut("DUT1")], vec![vm("DUT1", 1), second]), lab.clone(), None));
+    assert!(!res.ok);
+    let cleanup = res.cleanup.as_ref().expect("cleanup ran");
+    assert!(!cleanup.complete, "{cleanup:?}");
+    assert!(cleanup.left.iter().any(|l| l.contains(&long) && l.contains("may still run")), "{cleanup:?}");
+    assert!(cleanup.left.iter().any(|l| l.contains("not released")), "{cleanup:?}");
+    assert!(positions(&lab.hosts["DUT1"].calls(), "echo released").is_empty(), "the node was released");
+}
