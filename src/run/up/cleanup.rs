@@ -77,19 +77,17 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
         }
         let stop = stop_all(&tn.session, &tn.run_root, &tn.run_dir, nonce, &pending, grace, ev).await;
         pending = stop.unreached;
+        // Reachable, but not (known to be) stopped: releasing the node would remove the VM's
+        // directory and hand back hugepages its QEMU may still hold. Kept across attempts: a
+        // VM that failed in an attempt that also lost the connection is not retried, and was
+        // once forgotten, so the node was released under it and cleanup said "complete".
+        unstoppable.extend(stop.failed.iter().map(|(vm, e)| format!("{name}: {vm} may still run ({e})")));
         if let Some(e) = stop.connection_error {
             last_err = e;
             continue;
         }
-        if !stop.failed.is_empty() {
-            // Reachable, but not (known to be) stopped: releasing the node now would hand back
-            // hugepages a QEMU may still hold. Left for `harness down --run`, which says so.
-            let mut left: Vec<String> =
-                stop.failed.iter().map(|(v, e)| format!("{name}: {} may still run ({e})", v.name)).collect();
-            left.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
-            return left;
-        }
         if !unstoppable.is_empty() {
+            // Left for `harness down --run`, which says so.
             unstoppable.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
             return unstoppable;
         }
@@ -103,8 +101,8 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
             Err(e) => return vec![format!("{name}: {e}")],
         }
     }
-    let mut left: Vec<String> =
-        pending.iter().map(|v| format!("{name}: {} may still run ({last_err})", v.name)).collect();
+    let mut left = unstoppable;
+    left.extend(pending.iter().map(|v| format!("{name}: {} may still run ({last_err})", v.name)));
     left.push(format!(
         "{name}: {} and its hugepages were not released ({last_err})",
         if tn.run_dir.is_empty() { "the run directory" } else { &tn.run_dir }
@@ -118,9 +116,9 @@ struct StopAll {
     unreached: Vec<VmPaths>,
     /// Why the connection failed, if it did.
     connection_error: Option<String>,
-    /// VMs whose stop ran but did not end with an outcome (a QEMU still exiting, a script that
-    /// failed), with why.
-    failed: Vec<(VmPaths, String)>,
+    /// VMs (by name) whose stop ran but did not end with an outcome (a QEMU still exiting, a
+    /// script that failed, a stop task that panicked), with why.
+    failed: Vec<(String, String)>,
 }
 
 /// How one VM's stop ended.
@@ -141,6 +139,7 @@ async fn stop_all(
     ev: &EventSink,
 ) -> StopAll {
     let mut set = JoinSet::new();
+    let mut names = std::collections::HashMap::new();
     for v in vms.iter().cloned() {
         let s = session.clone();
         let script = format!(
@@ -151,7 +150,8 @@ async fn stop_all(
             stop = process::stop_script(run_root, &v, grace.as_secs() as u32),
         );
         let ev = ev.for_vm(&v.name);
-        set.spawn(async move {
+        let name = v.name.clone();
+        let task = set.spawn(async move {
             let cmd = RemoteCommand::sh(script).sudo().timeout(grace + Duration::from_secs(30)).idempotent();
             let res: Result<_, SshError> = s.run(&cmd).await;
             match res {
@@ -176,6 +176,7 @@ async fn stop_all(
                 Err(e) => (v, One::Unreached(e.to_string())),
             }
         });
+        names.insert(task.id(), name);
     }
     let mut out = StopAll { unreached: Vec::new(), connection_error: None, failed: Vec::new() };
     while let Some(r) = set.join_next().await {
@@ -185,9 +186,8 @@ async fn stop_all(
                 out.connection_error.get_or_insert(why);
                 out.unreached.push(v);
             }
-            Ok((v, One::Failed(why))) => out.failed.push((v, why)),
-            // A stop task that panicked has said so on stderr; its VM is not known here.
-            Err(_) => {}
+            Ok((v, One::Failed(why))) => out.failed.push((v.name, why)),
+            Err(e) => out.failed.push((names.get(&e.id()).cloned().unwrap_or_default(), format!("stop task: {e}"))),
         }
     }
     out

@@ -35,6 +35,12 @@ struct Behaviour {
     never_ready: bool,
     /// `sudo -n` wants a password.
     no_sudo: bool,
+    /// VM names whose QEMU is still exiting when their stop gives up.
+    still_exiting: Vec<String>,
+    /// VM names whose first stop loses the connection.
+    lost_at_first_stop: Vec<String>,
+    /// Stops seen so far (shared by the clones of one host's behaviour).
+    stops: Arc<Mutex<Vec<String>>>,
 }
 
 /// The answers of a healthy host to each stage's command, with `b`'s faults.
@@ -105,6 +111,18 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
         return if b.never_ready { Reply::Hang } else { Reply::Hold { stdout: "vpp v24 built by ci\n".into() } };
     }
     if t.contains("outcome=") {
+        let vm = t.split("dir=/run/harness/t1/").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default();
+        let first = {
+            let mut stops = b.stops.lock().unwrap();
+            stops.push(vm.to_string());
+            stops.iter().filter(|s| *s == vm).count() == 1
+        };
+        if first && b.lost_at_first_stop.iter().any(|v| v == vm) {
+            return Reply::Fail(SshError::Disconnected { node: "x".into(), message: "connection reset".into() });
+        }
+        if b.still_exiting.iter().any(|v| v == vm) {
+            return Reply::ok("outcome=still_exiting pid=1234\n");
+        }
         return Reply::ok("outcome=stopped pid=1234 how=quit\n");
     }
     Reply::ok("")
@@ -418,5 +436,30 @@ fn regression_cleanup_does_not_release_a_node_with_a_vm_it_cannot_name() {
     assert!(!cleanup.complete, "{cleanup:?}");
     assert!(cleanup.left.iter().any(|l| l.contains(&long) && l.contains("may still run")), "{cleanup:?}");
     assert!(cleanup.left.iter().any(|l| l.contains("not released")), "{cleanup:?}");
+    assert!(positions(&lab.hosts["DUT1"].calls(), "echo released").is_empty(), "the node was released");
+}
+
+/// A VM whose stop failed (its QEMU still exiting) in the same attempt as another VM's stop
+/// lost the connection was forgotten: only the unreached VM was retried, the node was then
+/// released (its directory removed, its hugepages handed back) and cleanup said "complete".
+#[test]
+fn regression_a_vm_whose_stop_failed_is_not_forgotten_when_another_lost_the_connection() {
+    let b = Behaviour {
+        failing_start: vec!["DUT1_1".into()],
+        still_exiting: vec!["DUT1_2".into()],
+        lost_at_first_stop: vec!["DUT1_3".into()],
+        ..Behaviour::default()
+    };
+    let lab = lab(&[("DUT1", b)]);
+    let topo = topology(vec![dut("DUT1")], vec![vm("DUT1", 1), vm("DUT1", 2), vm("DUT1", 3)]);
+    let res = run(&options(topo, lab.clone(), None));
+    assert!(!res.ok);
+    let cleanup = res.cleanup.as_ref().expect("cleanup ran");
+    assert!(!cleanup.complete, "{cleanup:?}");
+    assert!(
+        cleanup.left.iter().any(|l| l.contains("DUT1_2 may still run") && l.contains("still exiting")),
+        "{cleanup:?}"
+    );
+    assert!(!cleanup.left.iter().any(|l| l.contains("DUT1_3")), "DUT1_3 was stopped on the retry: {cleanup:?}");
     assert!(positions(&lab.hosts["DUT1"].calls(), "echo released").is_empty(), "the node was released");
 }
