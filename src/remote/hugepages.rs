@@ -309,8 +309,9 @@ const OWED_TTL_SECS: u64 = 3600;
 /// journal holds are written, within bounds: pool paths must be sysfs hugepage pools, page
 /// counts at most [`MAX_PAGES`] and never below zero, `max_map_count` within
 /// [`MAP_COUNT_BOUNDS`], and only a hugetlbfs mount this run made is unmounted. A pool whose
-/// change was journalled as intended but never confirmed (the script was killed in between) is
-/// put back only if it still holds exactly the intended value. The mount and max_map_count are
+/// change was journalled as intended but never confirmed (the script was killed in between,
+/// maybe mid-write with the pool raised only part of the way) gives back what it holds above
+/// its old value, if it holds no more than the intended one, as an `added` line would. The mount and max_map_count are
 /// restored only when no other run (nor another node of this run) remains under `run_root`.
 /// The node's own reservation is dropped first: a node stopped between reserving and starting
 /// its QEMUs must not keep its pages from itself. Every restore first settles what it can of
@@ -353,7 +354,16 @@ while read -r k a b c; do
         if [ "$g" -lt "$b" ]; then printf '%s %s %s\n' "$a" $(( b - g )) $(( now + {ttl} )) >> "$owed"; fi
       fi ;;
     pool)
-      if pool_ok "$a" && num "$b" && num "$c" && ! grep -q "^added $a " "$j" && [ "$(cat "$a/nr_hugepages")" = "$c" ]          && [ $(( c - b )) -le {maxp} ]; then echo "$b" > "$a/nr_hugepages"; fi ;;
+      # Intended, never confirmed: the write may have been cut short by a signal (the kernel
+      # stops raising the pool then), so whatever the pool holds between before and intended
+      # goes back, within what is free and not held for other runs.
+      if pool_ok "$a" && num "$b" && num "$c" && ! grep -q "^added $a " "$j" && [ $(( c - b )) -le {maxp} ]; then
+        cur=$(cat "$a/nr_hugepages")
+        if num "$cur" && [ "$cur" -gt "$b" ] && [ "$cur" -le "$c" ]; then
+          x=$(( cur - b )); givable "$a" "$x"; shrink "$a" "$g"
+          if [ "$g" -lt "$x" ]; then printf '%s %s %s\n' "$a" $(( x - g )) $(( now + {ttl} )) >> "$owed"; fi
+        fi
+      fi ;;
     mounted)
       if [ "$others" -eq 0 ] && [ "$(stat -f -c %T "$a" 2>/dev/null)" = hugetlbfs ]; then umount -- "$a" 2>/dev/null || true; fi ;;
     map)
@@ -713,10 +723,33 @@ mod tests {
         std::fs::write(pool.join("nr_hugepages"), "300\n").unwrap();
         restore_with(d.path(), &format!("pool {p} 44 300\n"));
         assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "44");
-        // Intended but the pool holds something else (someone else changed it): left alone.
-        std::fs::write(pool.join("nr_hugepages"), "123\n").unwrap();
+        // Intended but the pool holds more (someone else raised it further) or no more than
+        // before: left alone.
+        for other in ["400", "44", "20"] {
+            std::fs::write(pool.join("nr_hugepages"), format!("{other}\n")).unwrap();
+            restore_with(d.path(), &format!("pool {p} 44 300\n"));
+            assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), other);
+        }
+    }
+
+    /// `up` aborted while the kernel raised a pool (Ctrl-C, or another node failed): the
+    /// signal ends the kernel's allocation loop early, the write "succeeds" with the pool
+    /// raised part of the way, and the script dies before journalling `added`. Restore put a
+    /// pool back only if it held exactly the intended value, so the partial pages stayed.
+    #[test]
+    fn regression_a_pool_raised_part_of_the_way_before_an_interrupt_is_given_back() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = fake_sys(d.path(), 123);
+        let p = pool.to_str().unwrap();
         restore_with(d.path(), &format!("pool {p} 44 300\n"));
-        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "123");
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "44");
+        // Only free pages go; the rest is owed to the next restore.
+        std::fs::write(pool.join("nr_hugepages"), "123\n").unwrap();
+        std::fs::write(pool.join("free_hugepages"), "50\n").unwrap();
+        restore_with(d.path(), &format!("pool {p} 44 300\n"));
+        assert_eq!(std::fs::read_to_string(pool.join("nr_hugepages")).unwrap().trim(), "73");
+        let owed = std::fs::read_to_string(d.path().join("owed")).unwrap();
+        assert!(owed.starts_with(&format!("{p} 29 ")), "{owed}");
     }
 
     /// Hardening 4h: only values this run recorded, within bounds, are written back.
