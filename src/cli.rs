@@ -304,7 +304,8 @@ pub fn main() -> ExitCode {
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors quote what hosts, guests and fact files said: escaped, never raw.
+            eprintln!("error: {}", crate::report::sanitize::escape_control_lines(&format!("{err:#}")));
             commands::exit_code_for(&err)
         }
     };

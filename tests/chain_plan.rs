@@ -290,3 +290,26 @@ fn chain_one_entry_per_node() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("chains[1].node: node DUT1 already has chains[0]"), "{}", stderr(&out));
 }
+
+/// The top-level error was printed raw, and it quotes what fact files and hosts said: an
+/// `lscpu -p` line with `ESC[2J ESC]0;…BEL \r` cleared the terminal, set its title and forged
+/// an "error: all good" line.
+#[test]
+fn regression_errors_quoting_host_output_are_escaped() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("DUT1.lscpu"),
+        "# CPU,Core,Socket,Node\n0,0,0,0\n\u{1b}[2J\u{1b}]0;OWNED\u{7}\rerror: all good,0,0,0\n",
+    )
+    .unwrap();
+    let out = harness(&[
+        "render",
+        repo().join("topologies/csit-chain.yaml").to_str().unwrap(),
+        "--facts",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(!err.contains(['\u{1b}', '\u{7}', '\r']), "{err:?}");
+    assert!(err.contains("\\u{1b}[2J\\u{1b}]0;OWNED\\u{7}\\rerror: all good"), "{err}");
+}

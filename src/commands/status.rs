@@ -1,5 +1,6 @@
 //! `harness status [TOPOLOGY] [--run ID]`: what runs where, read from the hosts. Exits 1 when a
-//! VM of a listed run is not running (or a run directory has no manifest) or a node's probe
+//! VM of a listed run is not running (or a run directory has no manifest, or a manifest cannot
+//! be read) or a node's probe
 //! failed, 3 when a node could not be reached or lost its connection: a script can trust exit 0
 //! to mean "everything listed is alive".
 
@@ -80,30 +81,42 @@ fn list_orphans_once(mut rows: Vec<VmStatus>) -> Vec<VmStatus> {
 }
 
 fn print_text(rows: &[VmStatus], errors: &[String], dead: usize) {
+    use crate::report::sanitize::escape_control_lines as esc_lines;
+    print!("{}", rows_text(rows, dead));
+    for e in errors {
+        eprintln!("error: {}", esc_lines(e));
+    }
+}
+
+/// The rows in text. Every field but the node comes from a manifest on a host: escaped, so a
+/// manifest (a file any root on the host can edit) cannot rewrite the terminal.
+fn rows_text(rows: &[VmStatus], dead: usize) -> String {
+    use crate::report::sanitize::escape_control as esc;
+    use std::fmt::Write;
+    let mut out = String::new();
     if rows.is_empty() {
-        println!("no runs on these hosts");
+        out.push_str("no runs on these hosts\n");
     }
     for r in rows {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<22} {:<8} {:<12} {:<9} pid {:<8} {:<20} {}",
-            r.run_id,
+            esc(&r.run_id),
             r.node,
-            r.vm,
-            r.state,
+            esc(&r.vm),
+            esc(&r.state),
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            r.started_by,
-            r.pinned.join(", ")
+            esc(&r.started_by),
+            esc(&r.pinned.join(", "))
         );
         if let Some(n) = &r.note {
-            println!("{:<22} {}", "", n);
+            let _ = writeln!(out, "{:<22} {}", "", esc(n));
         }
     }
     if dead > 0 {
-        println!("{dead} VM(s) not running");
+        let _ = writeln!(out, "{dead} VM(s) not running");
     }
-    for e in errors {
-        eprintln!("error: {e}");
-    }
+    out
 }
 
 #[cfg(test)]
@@ -123,6 +136,19 @@ mod tests {
             pinned: vec![],
             note: None,
         }
+    }
+
+    /// `status` printed run ids, VM names, states, owners and notes from the hosts' manifests
+    /// as they were: an edited manifest could clear the screen or forge lines on the jumpbox.
+    #[test]
+    fn regression_status_escapes_what_the_manifests_say() {
+        let mut r = row("DUT1", "r1\u{1b}[2J", "DUT1_1\rok", None);
+        r.started_by = "u@h\u{1b}]0;x\u{7}".into();
+        r.note = Some("clean with `harness down --run r1\u{1b}[2J`\nforged".into());
+        let text = rows_text(&[r], 1);
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\r']), "{text:?}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("r1\\u{1b}[2J") && text.contains("DUT1_1\\rok"), "{text}");
     }
 
     /// Orphans were deduplicated by run id and VM only, and only when their rows happened to be

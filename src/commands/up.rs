@@ -17,7 +17,7 @@ use crate::pipeline::run::{self as prun, Capture, Counters, RunFiles, When};
 use crate::plan::{self, Plan, PlanOptions};
 use crate::report::{EventLog, Reporter};
 use crate::run::record::{self, RunRecord};
-use crate::run::up::{self, RunResult, UpOptions};
+use crate::run::up::{self, RunResult, UpOptions, VmResult};
 use crate::templates::Templates;
 use crate::topology::Topology;
 
@@ -212,48 +212,58 @@ fn save_facts_and_plan(state: &Path, res: &RunResult) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One VM's lines of `up`'s text output. Errors, serial lines, guest interface names and
+/// counter output come from hosts and guests: escaped, so a hostile guest cannot rewrite the
+/// terminal.
+fn vm_lines(v: &VmResult, counters: &Counters) -> Vec<String> {
+    use crate::report::sanitize::{escape_control as esc, escape_control_lines as esc_lines};
+    let t = |k: &str| v.timings.get(k).map(|s| format!("{k} {s:.1}s")).unwrap_or_default();
+    let pins: Vec<String> = v.pinned.iter().map(|p| format!("vcpu{}→cpu{} {}", p.vcpu, p.affinity, p.policy)).collect();
+    let ifs: Vec<String> = v
+        .guest_interfaces
+        .iter()
+        .filter(|i| i.name != "lo")
+        .map(|i| esc(&format!("{} {}", i.name, i.mac.clone().unwrap_or_default())).into_owned())
+        .collect();
+    let mut out = vec![format!(
+        "{:<8} {:<12} {:<8} pid {:<8} {} {} {} {}  {}  {}",
+        v.node,
+        v.name,
+        v.state.as_str(),
+        v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        t("start"),
+        t("boot"),
+        t("agent"),
+        t("pin"),
+        pins.join(", "),
+        ifs.join(", ")
+    )];
+    if let Some(e) = &v.error {
+        out.push(format!("         error: {}", esc_lines(e)));
+        out.extend(v.serial_tail.iter().map(|l| format!("         | {}", esc(l))));
+    }
+    for c in counters.get(&v.node).and_then(|m| m.get(&v.name)).into_iter().flatten() {
+        let how = match (&c.error, c.exit_code) {
+            (Some(e), _) => esc(e).into_owned(),
+            (None, Some(code)) => format!("exit {code}, {} lines", c.stdout.lines().count()),
+            (None, None) => "no exit code".into(),
+        };
+        out.push(format!("         collect `{}`: {how}", esc(&c.argv.join(" "))));
+    }
+    out
+}
+
+/// The run in text.
 fn print_text(res: &RunResult, counters: &Counters) {
+    use crate::report::sanitize::escape_control_lines as esc_lines;
     for v in &res.vms {
-        let t = |k: &str| v.timings.get(k).map(|s| format!("{k} {s:.1}s")).unwrap_or_default();
-        let pins: Vec<String> =
-            v.pinned.iter().map(|p| format!("vcpu{}→cpu{} {}", p.vcpu, p.affinity, p.policy)).collect();
-        let ifs: Vec<String> = v
-            .guest_interfaces
-            .iter()
-            .filter(|i| i.name != "lo")
-            .map(|i| format!("{} {}", i.name, i.mac.clone().unwrap_or_default()))
-            .collect();
-        println!(
-            "{:<8} {:<12} {:<8} pid {:<8} {} {} {} {}  {}  {}",
-            v.node,
-            v.name,
-            v.state.as_str(),
-            v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            t("start"),
-            t("boot"),
-            t("agent"),
-            t("pin"),
-            pins.join(", "),
-            ifs.join(", ")
-        );
-        if let Some(e) = &v.error {
-            println!("         error: {e}");
-            for l in &v.serial_tail {
-                println!("         | {l}");
-            }
-        }
-        for c in counters.get(&v.node).and_then(|m| m.get(&v.name)).into_iter().flatten() {
-            let how = match (&c.error, c.exit_code) {
-                (Some(e), _) => e.clone(),
-                (None, Some(code)) => format!("exit {code}, {} lines", c.stdout.lines().count()),
-                (None, None) => "no exit code".into(),
-            };
-            println!("         collect `{}`: {how}", c.argv.join(" "));
+        for line in vm_lines(v, counters) {
+            println!("{line}");
         }
     }
     for n in &res.nodes {
         if let Some(e) = &n.error {
-            eprintln!("{}: {e}", n.name);
+            eprintln!("{}: {}", n.name, esc_lines(e));
         }
     }
     let what = if res.interrupted { "was interrupted" } else { "failed" };
@@ -265,7 +275,7 @@ fn print_text(res: &RunResult, counters: &Counters) {
         Some(c) if !c.complete => {
             println!("run {} {what}; NOT everything it started could be stopped:", res.run_id);
             for l in &c.left {
-                println!("  {l}");
+                println!("  {}", esc_lines(l));
             }
             println!("Finish with: harness down --run {}", res.run_id);
         }
@@ -278,5 +288,41 @@ fn print_text(res: &RunResult, counters: &Counters) {
     // about even when every retry got through.
     if res.handshake_retries > 0 {
         eprintln!("{}", crate::ssh::retries_line(res.handshake_retries));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::manifest::GuestInterfaceRecord;
+    use crate::run::up::VmState;
+
+    /// `up` printed the serial tail, the error and the guest's interface names as they came:
+    /// a guest whose console wrote `ESC]0;…BEL` or `ESC[2J` set the title or cleared the
+    /// jumpbox's terminal, and a `\r` forged a line of harness's own output.
+    #[test]
+    fn regression_up_output_escapes_what_guests_and_hosts_said() {
+        let v = VmResult {
+            node: "DUT1".into(),
+            name: "DUT1_1".into(),
+            state: VmState::Failed,
+            pid: Some(7),
+            guest_interfaces: vec![GuestInterfaceRecord {
+                name: "eth0\u{1b}[2J".into(),
+                mac: Some("02:00:00:00:00:01".into()),
+                ips: vec![],
+                nic: None,
+            }],
+            pinned: vec![],
+            timings: Default::default(),
+            error: Some("boot timeout\n\u{1b}]0;OWNED\u{7}".into()),
+            failure: None,
+            serial_tail: vec!["login: \rrun tiny is up".into(), "\u{1b}[31mred".into()],
+        };
+        let lines = vm_lines(&v, &Counters::default());
+        let text = lines.join("\n");
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\r']), "{text:?}");
+        assert!(text.contains("eth0\\u{1b}[2J") && text.contains("login: \\rrun tiny is up"), "{text}");
+        assert!(text.contains("\\u{1b}]0;OWNED\\u{7}") && text.contains("| \\u{1b}[31mred"), "{text}");
     }
 }

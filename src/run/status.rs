@@ -62,8 +62,14 @@ pub async fn status_node(
     run_root: &str,
     sel: &Selector,
 ) -> Result<Vec<VmStatus>, SshError> {
-    let manifests: Vec<Manifest> =
-        down::discover(session, node, run_root).await?.into_iter().flatten().filter(|m| sel.matches(m)).collect();
+    let (mut manifests, mut unreadable) = (Vec::<Manifest>::new(), Vec::new());
+    for m in down::discover(session, node, run_root).await? {
+        match m {
+            Ok(m) if sel.matches(&m) => manifests.push(m),
+            Ok(_) => {}
+            Err(e) => unreadable.push(e),
+        }
+    }
     let mut probes = Vec::new();
     for m in &manifests {
         if let Ok((_, vms)) = down::targets(run_root, m) {
@@ -101,6 +107,28 @@ pub async fn status_node(
             });
         }
     }
+    // A manifest that cannot be read is a run whose VMs may still run: a row, never skipped
+    // (it was, and `status` exited 0 over QEMUs it could not see). Its run id is its directory's.
+    for (path, why) in unreadable {
+        let run_id = path.rsplit('/').nth(1).unwrap_or("?").to_string();
+        if sel.run_id.as_ref().is_some_and(|r| r != &run_id) {
+            continue;
+        }
+        rows.push(VmStatus {
+            node: node.into(),
+            vm: "-".into(),
+            state: "unreadable".into(),
+            pid: None,
+            alive: false,
+            started_by: "?".into(),
+            pinned: vec![],
+            note: Some(format!(
+                "manifest {path} cannot be read ({why}): its VMs may still run; `harness down` leaves it in place"
+            )),
+            orphan_dir: None,
+            run_id,
+        });
+    }
     if sel.topology.is_none() && sel.started_by.is_none() {
         for o in down::list_orphans(session, run_root).await? {
             if sel.run_id.as_ref().is_some_and(|r| r != &o.run_id) || layout::run_id_problem(&o.run_id).is_some() {
@@ -124,4 +152,34 @@ pub async fn status_node(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::fake::{FakeHost, Reply};
+
+    /// `status` dropped a manifest it could not parse (another harness version's, or a cut
+    /// write) without a word, and exited 0 although that run's QEMUs might be running. `down`
+    /// already warned about it.
+    #[test]
+    fn regression_status_lists_an_unreadable_manifest_instead_of_skipping_it() {
+        let host = FakeHost::new("DUT1", |c| {
+            if c.text.contains("manifest-") {
+                Reply::ok("== /run/harness/r9/manifest-DUT1.json\n{\"format\": 1, \"run_id\": \"r9\"\n")
+            } else {
+                Reply::ok("")
+            }
+        });
+        let session = Session::with_transport("DUT1".to_string(), host as std::sync::Arc<dyn crate::ssh::Transport>);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rows = rt.block_on(status_node(&session, "DUT1", "/run/harness", &Selector::default())).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let r = &rows[0];
+        assert_eq!((r.run_id.as_str(), r.state.as_str(), r.alive), ("r9", "unreadable", false));
+        assert!(r.note.as_ref().unwrap().contains("/run/harness/r9/manifest-DUT1.json cannot be read"), "{r:?}");
+        // Another run named: not listed.
+        let sel = Selector { run_id: Some("r1".into()), ..Selector::default() };
+        assert!(rt.block_on(status_node(&session, "DUT1", "/run/harness", &sel)).unwrap().is_empty());
+    }
 }
