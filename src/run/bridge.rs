@@ -15,7 +15,8 @@ use crate::ssh::{ChildEvent, RemoteCommand, Session, SshError};
 
 pub struct Bridge {
     stream: Option<DuplexStream>,
-    pump: JoinHandle<()>,
+    /// What the remote command said on stderr (its first 4 KiB): socat's reason for ending.
+    pump: JoinHandle<Vec<u8>>,
 }
 
 impl Bridge {
@@ -26,6 +27,7 @@ impl Bridge {
         let pump = tokio::spawn(async move {
             let (mut rd, mut wr) = tokio::io::split(theirs);
             let mut buf = vec![0u8; 16 * 1024];
+            let mut stderr = Vec::new();
             loop {
                 tokio::select! {
                     ev = child.next() => match ev {
@@ -34,7 +36,9 @@ impl Bridge {
                                 break;
                             }
                         }
-                        Some(ChildEvent::Stderr(_)) => {}
+                        Some(ChildEvent::Stderr(b)) => {
+                            stderr.extend_from_slice(&b[..b.len().min(4096usize.saturating_sub(stderr.len()))]);
+                        }
                         Some(ChildEvent::Exit(_)) | None => break,
                     },
                     n = rd.read(&mut buf) => match n {
@@ -49,6 +53,7 @@ impl Bridge {
             }
             let _ = wr.shutdown().await;
             let _ = child.kill().await;
+            stderr
         });
         Ok(Bridge { stream: Some(ours), pump })
     }
@@ -70,10 +75,14 @@ impl Bridge {
         self.stream.take().expect("bridge stream taken once")
     }
 
-    /// Close our end and wait (briefly) until the remote socat is gone.
-    pub async fn close(mut self) {
+    /// Close our end and wait (briefly) until the remote socat is gone. Returns what it said on
+    /// stderr (escaped), for errors.
+    pub async fn close(mut self) -> String {
         self.stream.take();
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.pump).await;
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.pump).await {
+            Ok(Ok(said)) => crate::report::sanitize::escape_control(&String::from_utf8_lossy(&said)).into_owned(),
+            _ => String::new(),
+        }
     }
 }
 

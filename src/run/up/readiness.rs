@@ -139,6 +139,10 @@ pub(super) async fn qga_ready(
 ) -> Result<Vec<GuestInterfaceRecord>, UpError> {
     let path = v.paths.qga.clone().ok_or_else(|| fail("qga requested but no qga socket planned"))?;
     let mut last_err = String::new();
+    // Pause before re-opening a bridge that closed at once (socat could not connect): without
+    // it, a guest whose QEMU died, or a missing socket, cost a `sudo socat` tens of times a
+    // second until boot_timeout.
+    let mut pause = Duration::from_millis(250);
     loop {
         if tokio::time::Instant::now() >= deadline {
             // The guest's fault, not the host's: reported like a boot timeout.
@@ -174,9 +178,29 @@ pub(super) async fn qga_ready(
                     .collect());
             }
             Err(e) => {
-                last_err = e.to_string();
                 drop(qga);
-                bridge.close().await;
+                let closed = matches!(e, crate::run::qga::QgaError::Closed);
+                let said = bridge.close().await;
+                last_err = match said.trim() {
+                    "" => e.to_string(),
+                    said => format!("{e}: {said}"),
+                };
+                if closed {
+                    // The bridge ended by itself: is QEMU still there to answer at all?
+                    let probe = RemoteCommand::sh(process::probe_script(&v.paths.pidfile))
+                        .sudo()
+                        .timeout(Duration::from_secs(20));
+                    let out = session.run(&probe).await.map_err(UpError::Ssh)?;
+                    if let (false, pid) = process::parse_probe(&out.stdout_str()) {
+                        let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
+                        return Err(UpError::Guest {
+                            message: format!("qemu{pid} exited while waiting for the guest agent ({last_err})"),
+                            tail: vec![],
+                        });
+                    }
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
             }
         }
     }

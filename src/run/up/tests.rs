@@ -39,6 +39,8 @@ struct Behaviour {
     still_exiting: Vec<String>,
     /// VM names whose first stop loses the connection.
     lost_at_first_stop: Vec<String>,
+    /// The guest agent's socket refuses (socat ends at once); QEMU alive or not.
+    qga_refused: Option<bool>,
     /// Stops seen so far (shared by the clones of one host's behaviour).
     stops: Arc<Mutex<Vec<String>>>,
 }
@@ -106,6 +108,18 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
     }
     if call.argv.first().is_some_and(|a| a == "cat") {
         return Reply::ok("1234\n");
+    }
+    if let Some(alive) = b.qga_refused {
+        if call.argv.iter().any(|a| a == "socat") {
+            return Reply::Done {
+                stdout: String::new(),
+                stderr: "socat: connect: Connection refused\n".into(),
+                status: 1,
+            };
+        }
+        if t.contains("echo \"alive $p\"") {
+            return Reply::ok(if alive { "alive 1234\n" } else { "dead 1234\n" });
+        }
     }
     if is_follower(call) {
         return if b.never_ready { Reply::Hang } else { Reply::Hold { stdout: "vpp v24 built by ci\n".into() } };
@@ -462,4 +476,31 @@ fn regression_a_vm_whose_stop_failed_is_not_forgotten_when_another_lost_the_conn
     );
     assert!(!cleanup.left.iter().any(|l| l.contains("DUT1_3")), "DUT1_3 was stopped on the retry: {cleanup:?}");
     assert!(positions(&lab.hosts["DUT1"].calls(), "echo released").is_empty(), "the node was released");
+}
+
+/// A guest agent whose socket refused (QEMU died after its ready marker, or the socket went)
+/// was retried with a fresh `sudo socat` tens of times a second until boot_timeout, and the
+/// error said only "the channel was closed". A dead QEMU now ends the wait at once; a live one
+/// is retried with backoff; socat's own words are in the error.
+#[test]
+fn regression_a_refused_guest_agent_is_not_retried_in_a_tight_loop() {
+    let mut v = vm("DUT1", 1);
+    v.qga = true;
+    v.boot_timeout = Duration::from_secs(3);
+    for alive in [false, true] {
+        let b = Behaviour { qga_refused: Some(alive), ..Behaviour::default() };
+        let lab = lab(&[("DUT1", b)]);
+        let res = run(&options(topology(vec![dut("DUT1")], vec![v.clone()]), lab.clone(), None));
+        assert!(!res.ok);
+        let err = res.vms[0].error.clone().unwrap_or_default();
+        let socats = lab.hosts["DUT1"].calls().iter().filter(|c| c.argv.iter().any(|a| a == "socat")).count();
+        if alive {
+            assert!(err.contains("did not answer before boot_timeout") && err.contains("Connection refused"), "{err}");
+            assert!((2..=8).contains(&socats), "{socats} bridges in 3 s");
+        } else {
+            assert!(err.contains("qemu (pid 1234) exited while waiting for the guest agent"), "{err}");
+            assert!(err.contains("Connection refused"), "{err}");
+            assert_eq!(socats, 1);
+        }
+    }
 }
