@@ -887,3 +887,41 @@ fn regression_a_nodes_accept_new_host_key_does_not_extend_to_its_jump_host() {
         assert!(std::fs::read_to_string(&kh).unwrap().contains(&format!("[127.0.0.1]:{jump_port} ")));
     });
 }
+
+/// A dropped child gave its channel slot back at once, while its channel stayed open until the
+/// kill (one more channel, which took no slot) was done: twelve followers dropped and twelve
+/// new commands made up to 36 sessions, past sshd's MaxSessions (20 here, 10 by default), and
+/// commands or kills were refused. The slot is now held until the channel is closed, and kill
+/// channels have a budget of their own (2: the room above the default 8 slots).
+#[test]
+fn regression_dropped_children_keep_their_channel_slot_until_killed() {
+    let lab = lab();
+    rt().block_on(async {
+        let mut o = opts();
+        o.max_channels = 12; // plus 2 kill channels: 14, within the lab sshd's MaxSessions 20
+        let s = Session::connect(&lab.node(1), &o).await.unwrap();
+        let mut children = Vec::new();
+        for _ in 0..12 {
+            let mut child = s.spawn(&RemoteCommand::new(["sleep", "3017"])).await.unwrap();
+            while child.pid().is_none() {
+                let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
+            }
+            children.push(child);
+        }
+        drop(children);
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.run_ok(&RemoteCommand::sh(format!("sleep 0.5; echo {i}"))).await })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let out = task.await.unwrap().unwrap_or_else(|e| panic!("command {i} refused: {e}"));
+            assert_eq!(out.stdout_str(), format!("{i}\n"));
+        }
+        let gone = RemoteCommand::sh(
+            "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f 'sleep 301[7]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
+        );
+        assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
+    });
+}

@@ -57,6 +57,10 @@ struct Inner {
     reconnect: tokio::sync::Mutex<()>,
     /// Bounds concurrent channels below sshd's MaxSessions.
     channels: Arc<Semaphore>,
+    /// Bounds the channels that kill a command ([`Session::kill_pid`]): they take no slot of
+    /// `channels` (they must work when all are held by the commands being killed), so without
+    /// a bound of their own, eight followers dropped at once made sixteen sessions.
+    kills: Arc<Semaphore>,
     /// Dropped handshakes retried by this session's connects (first and reconnects).
     retries: AtomicU32,
 }
@@ -360,6 +364,10 @@ const SIGNAL_GRACE: Duration = Duration::from_millis(1500);
 /// command in its own session, so that group is exactly this command's tree (including `sudo`
 /// and the children of a shell). (`kill -TERM -$g`: dash's builtin rejects `kill -- -$g`.)
 /// Zombies count as gone: an orphan's zombie may wait a while for init to reap it.
+/// Kill channels open at once per connection: with the default `max_channels` 8, exactly
+/// sshd's default MaxSessions 10.
+const KILL_CHANNELS: usize = 2;
+
 fn kill_script(pid: u32) -> String {
     format!(
         "p={pid}; g=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3); \
@@ -395,6 +403,7 @@ impl Session {
                 conn: RwLock::new(Arc::new(conn)),
                 reconnect: tokio::sync::Mutex::new(()),
                 channels: Arc::new(Semaphore::new(max)),
+                kills: Arc::new(Semaphore::new(KILL_CHANNELS)),
                 retries: AtomicU32::new(retries),
             })),
         })
@@ -660,8 +669,13 @@ impl Session {
     }
 
     /// Kill a remote pid over a fresh channel. Does not take a channel slot: it must work even
-    /// when every slot is held by the commands being killed (sshd's MaxSessions leaves room).
+    /// when every slot is held by the commands being killed. It takes one of the
+    /// [`KILL_CHANNELS`] instead, the room sshd's MaxSessions leaves above `max_channels`.
     async fn kill_pid(&self, pid: u32, sudo: bool) -> Result<(), SshError> {
+        let _kill_slot = match &self.backend {
+            Backend::Ssh(i) => Some(i.kills.clone().acquire_owned().await.expect("semaphore never closed")),
+            Backend::Other(_) => None,
+        };
         let mut cmd = RemoteCommand::sh(kill_script(pid)).timeout(Duration::from_secs(10));
         cmd.sudo = sudo;
         let mut child = self.start(&cmd, None, false).await?;
@@ -1078,11 +1092,15 @@ impl Drop for SshChild {
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (w, session, pid, sudo) = (self.write.clone(), self.session.clone(), self.pid, self.sudo);
+        // The channel stays open until the kill is done: its slot is given back only then, or
+        // new commands would open channels beside it and the kill's, past sshd's MaxSessions.
+        let slot = self._permit.take();
         rt.spawn(async move {
             if let Some(pid) = pid.filter(|p| *p > 1) {
                 let _ = session.kill_pid(pid, sudo).await;
             }
             let _ = w.close().await;
+            drop(slot);
         });
     }
 }
