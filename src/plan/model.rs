@@ -172,6 +172,17 @@ impl Marker {
     }
 }
 
+/// For messages: `"login:"`, or `"vpp " and "built by" on one line`.
+impl std::fmt::Display for Marker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.all.iter().map(|p| format!("{p:?}")).collect();
+        match parts.len() {
+            0 | 1 => write!(f, "{}", parts.join("")),
+            _ => write!(f, "{} on one line", parts.join(" and ")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Pinning {
     /// Host CPU per vCPU, vCPU order.

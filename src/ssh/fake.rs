@@ -22,6 +22,8 @@ pub enum Reply {
     Hold { stdout: String },
     /// Run until killed, printing nothing.
     Hang,
+    /// Like `Hold`, with `stdout` arriving only after `after` (a real channel's latency).
+    HoldAfter { after: std::time::Duration, stdout: String },
     /// The channel cannot even be opened.
     Fail(SshError),
 }
@@ -91,10 +93,13 @@ struct FakeChannel {
     stop: Arc<Notify>,
     stopped: bool,
     done: bool,
+    /// Wait this long before the first event.
+    delay: Option<std::time::Duration>,
 }
 
 impl FakeChannel {
     fn new(r: Reply) -> FakeChannel {
+        let mut delay = None;
         let (mut events, hold) = match r {
             Reply::Done { stdout, stderr, status } => {
                 let mut ev = Vec::new();
@@ -109,10 +114,14 @@ impl FakeChannel {
             }
             Reply::Hold { stdout } => (vec![ChildEvent::Stdout(Bytes::from(stdout))], Some(true)),
             Reply::Hang => (vec![], Some(false)),
+            Reply::HoldAfter { after, stdout } => {
+                delay = Some(after);
+                (vec![ChildEvent::Stdout(Bytes::from(stdout))], Some(true))
+            }
             Reply::Fail(_) => unreachable!("handled at start"),
         };
         events.reverse();
-        FakeChannel { events, hold, stop: Arc::new(Notify::new()), stopped: false, done: false }
+        FakeChannel { events, hold, stop: Arc::new(Notify::new()), stopped: false, done: false, delay }
     }
 }
 
@@ -122,6 +131,9 @@ impl Channel for FakeChannel {
     }
     fn next(&mut self) -> BoxFuture<'_, Option<ChildEvent>> {
         Box::pin(async move {
+            if let Some(d) = self.delay.take() {
+                tokio::time::sleep(d).await;
+            }
             if let Some(ev) = self.events.pop() {
                 if matches!(ev, ChildEvent::Exit(_)) {
                     self.done = true;

@@ -58,6 +58,9 @@ fn follower(v: &VmPlan, pid: u32, sudo: bool) -> RemoteCommand {
     cmd
 }
 
+/// How long a follower that started at or past the boot deadline may still read the log.
+const LATE_FOLLOWER_GRACE: Duration = Duration::from_secs(5);
+
 async fn follow_serial(
     session: &Session,
     v: &VmPlan,
@@ -66,6 +69,11 @@ async fn follow_serial(
     sudo: bool,
 ) -> Result<(), Follow> {
     let mut child = session.spawn(&follower(v, pid, sudo)).await.map_err(UpError::from)?;
+    // The spawn may have waited for a channel slot (a node with more VMs than slots: its later
+    // followers wait for earlier VMs to be ready), maybe past the deadline. The log is read
+    // from byte 0, so a marker printed meanwhile is there: give the follower time to read it
+    // rather than failing a ready VM on its first poll.
+    let deadline = deadline.max(tokio::time::Instant::now() + LATE_FOLLOWER_GRACE);
     crate::run::testpause::at("serial", &v.name).await;
     let mut watch = SerialWatch::new(v.readiness.ready_markers.clone(), v.readiness.fail_markers.clone());
     let mut stderr = Vec::new();
@@ -73,7 +81,7 @@ async fn follow_serial(
         let ev = match tokio::time::timeout_at(deadline, child.next()).await {
             Ok(ev) => ev,
             Err(_) => {
-                let markers: Vec<String> = v.readiness.ready_markers.iter().map(|m| format!("{m:?}")).collect();
+                let markers: Vec<String> = v.readiness.ready_markers.iter().map(ToString::to_string).collect();
                 break Err(Follow::Up(UpError::Guest {
                     message: format!(
                         "not ready after {}s (boot_timeout): {} never appeared in {}",
@@ -143,14 +151,18 @@ pub(super) async fn qga_ready(
     // it, a guest whose QEMU died, or a missing socket, cost a `sudo socat` tens of times a
     // second until boot_timeout.
     let mut pause = Duration::from_millis(250);
+    // At least one attempt, however late: the serial wait may have ended at the deadline (its
+    // follower waited for a channel slot), and a guest that is ready deserves one question.
+    let mut asked = false;
     loop {
-        if tokio::time::Instant::now() >= deadline {
+        if asked && tokio::time::Instant::now() >= deadline {
             // The guest's fault, not the host's: reported like a boot timeout.
             return Err(UpError::Guest {
                 message: format!("guest agent did not answer before boot_timeout: {last_err}"),
                 tail: vec![],
             });
         }
+        asked = true;
         let mut bridge = Bridge::unix_socket(session, &path).await?;
         let mut qga = Qga::new(bridge.stream());
         match qga.sync(Duration::from_secs(3)).await {

@@ -41,6 +41,8 @@ struct Behaviour {
     lost_at_first_stop: Vec<String>,
     /// The guest agent's socket refuses (socat ends at once); QEMU alive or not.
     qga_refused: Option<bool>,
+    /// The serial follower's first output arrives after this long (a slow channel).
+    serial_latency: Option<Duration>,
     /// Stops seen so far (shared by the clones of one host's behaviour).
     stops: Arc<Mutex<Vec<String>>>,
 }
@@ -120,6 +122,11 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
         if t.contains("echo \"alive $p\"") {
             return Reply::ok(if alive { "alive 1234\n" } else { "dead 1234\n" });
         }
+    }
+    if is_follower(call)
+        && let Some(after) = b.serial_latency
+    {
+        return Reply::HoldAfter { after, stdout: "vpp v24 built by ci\n".into() };
     }
     if is_follower(call) {
         return if b.never_ready { Reply::Hang } else { Reply::Hold { stdout: "vpp v24 built by ci\n".into() } };
@@ -503,4 +510,30 @@ fn regression_a_refused_guest_agent_is_not_retried_in_a_tight_loop() {
             assert_eq!(socats, 1);
         }
     }
+}
+
+/// A VM's serial follower that got its channel slot only at the boot deadline (a node with
+/// more VMs than slots: later followers wait for earlier VMs) failed on its first poll with
+/// "never appeared in serial.log", although the marker was there from byte 0. It now has a
+/// few seconds to read the log, however late it started.
+#[test]
+fn regression_a_follower_starting_at_the_deadline_still_reads_the_log() {
+    let mut v = vm("DUT1", 1);
+    v.boot_timeout = Duration::ZERO;
+    let b = Behaviour { serial_latency: Some(Duration::from_millis(200)), ..Behaviour::default() };
+    let lab = lab(&[("DUT1", b)]);
+    let res = run(&options(topology(vec![dut("DUT1")], vec![v.clone()]), lab, None));
+    assert!(res.ok, "{:?}", res.vms[0].error);
+}
+
+/// The boot timeout named the markers in Rust's debug form: `Marker { all: ["vpp ", "built
+/// by"] } never appeared`.
+#[test]
+fn regression_the_boot_timeout_names_its_markers_readably() {
+    let mut v = vm("DUT1", 1);
+    v.boot_timeout = Duration::from_millis(100);
+    let lab = lab(&[("DUT1", Behaviour { never_ready: true, ..Behaviour::default() })]);
+    let res = run(&options(topology(vec![dut("DUT1")], vec![v]), lab, None));
+    let err = res.vms[0].error.clone().unwrap_or_default();
+    assert!(err.contains(r#": "vpp " and "built by" on one line never appeared in"#), "{err}");
 }
