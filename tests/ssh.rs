@@ -157,6 +157,15 @@ fn regression_an_agent_full_of_keys_does_not_use_up_max_auth_tries_before_the_pa
         let s = Session::connect(&t, &o).await.unwrap_or_else(|e| panic!("{e}"));
         let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
         assert_eq!(out.stdout_str().trim(), lab.pw_user);
+        // Without the password the agent's keys do use up MaxAuthTries. That failure read
+        // "Could not reach the event loop" (russh's words for a connection gone mid-auth): it
+        // now says what sshd said, why, and what was tried.
+        t.auth.clear();
+        let err = Session::connect(&t, &o).await.err().expect("only wrong keys").to_string();
+        assert!(err.contains("the server ended the connection during authentication"), "{err}");
+        assert!(err.contains("Too many authentication failures") && err.contains("MaxAuthTries"), "{err}");
+        assert!(err.contains("tried: ssh-agent key"), "{err}");
+        assert!(!err.contains("event loop"), "{err}");
     });
 }
 

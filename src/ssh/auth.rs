@@ -30,8 +30,8 @@ impl Attempts {
     pub fn summary(&self) -> String {
         let tried = if self.tried.is_empty() { "no credentials available".to_string() } else { self.tried.join(", ") };
         match &self.remaining {
-            Some(m) => format!("{tried}; server accepts: {}", m.join(",")),
-            None => tried,
+            Some(m) if !m.is_empty() => format!("{tried}; server accepts: {}", m.join(",")),
+            _ => tried,
         }
     }
 }
@@ -41,14 +41,24 @@ enum Step {
     Next,
 }
 
-/// Authenticate `handle`. `Ok(())` on success; `Err(attempts)` when nothing worked.
+/// Authenticate `handle`. `Ok(())` on success; else what was tried, and the error that ended
+/// it early if one did (the server hung up: sshd's `MaxAuthTries`).
 pub(crate) async fn authenticate(
     handle: &mut Handle<Client>,
     r: &Resolved,
     explicit: &[Auth],
     agent_socket: Option<&Path>,
-) -> Result<(), Result<Attempts, russh::Error>> {
+) -> Result<(), (Attempts, Option<russh::Error>)> {
     let mut at = Attempts { tried: Vec::new(), remaining: None };
+    // One step's result, or out with the attempts so far when the connection failed.
+    macro_rules! step {
+        ($e:expr) => {
+            match $e.await {
+                Ok(v) => v,
+                Err(e) => return Err((at, Some(e))),
+            }
+        };
+    }
     let user = r.user.clone();
 
     let mut key_files: Vec<(PathBuf, Option<String>)> = Vec::new();
@@ -66,13 +76,13 @@ pub(crate) async fn authenticate(
     let had_identities = !key_files.is_empty() || explicit.iter().any(|a| matches!(a, Auth::PrivateKeyPem(_)));
 
     for (path, pass) in &key_files {
-        if let Step::Done = try_key_file(handle, &user, path, pass.as_deref(), &mut at).await.map_err(Err)? {
+        if let Step::Done = step!(try_key_file(handle, &user, path, pass.as_deref(), &mut at)) {
             return Ok(());
         }
     }
     for a in explicit {
         if let Auth::PrivateKeyPem(pem) = a
-            && let Step::Done = try_key_pem(handle, &user, pem, &mut at).await.map_err(Err)?
+            && let Step::Done = step!(try_key_pem(handle, &user, pem, &mut at))
         {
             return Ok(());
         }
@@ -91,23 +101,23 @@ pub(crate) async fn authenticate(
     }
     // The node's password first when it names one (see the module doc), else last as before.
     let password_first = !passwords.is_empty();
-    if password_first && try_passwords(handle, &user, &passwords, &mut at).await.map_err(Err)? {
+    if password_first && step!(try_passwords(handle, &user, &passwords, &mut at)) {
         return Ok(());
     }
-    if let Step::Done = try_agent(handle, &user, agent_socket, &mut at).await.map_err(Err)? {
+    if let Step::Done = step!(try_agent(handle, &user, agent_socket, &mut at)) {
         return Ok(());
     }
     if !had_identities && let Some(home) = dirs::home_dir() {
         for name in ["id_ed25519", "id_rsa", "id_ecdsa"] {
             let p = home.join(".ssh").join(name);
             if p.exists()
-                && let Step::Done = try_key_file(handle, &user, &p, None, &mut at).await.map_err(Err)?
+                && let Step::Done = step!(try_key_file(handle, &user, &p, None, &mut at))
             {
                 return Ok(());
             }
         }
     }
-    Err(Ok(at))
+    Err((at, None))
 }
 
 /// Each password with the `password` method, then (for password-only servers that offer
@@ -244,6 +254,11 @@ async fn try_agent(
                 if record(at, format!("ssh-agent key {comment}"), res) {
                     return Ok(Step::Done);
                 }
+            }
+            // The server hung up (MaxAuthTries): no later key can help, and the caller says why.
+            Err(_) if handle.is_closed() => {
+                at.tried.push(format!("ssh-agent key {comment}"));
+                return Err(russh::Error::Disconnect);
             }
             Err(e) => at.tried.push(format!("ssh-agent key {comment} ({e})")),
         }

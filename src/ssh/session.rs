@@ -312,6 +312,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let node = target.name.clone();
+    let disconnect = handler.disconnect.clone();
     let fut = async {
         let mut handle = russh::client::connect_stream(cfg, stream, handler).await.map_err(|e| match e {
             HandlerError::HostKey(e) => *e,
@@ -324,16 +325,31 @@ where
         })?;
         match auth::authenticate(&mut handle, r, &target.auth, opts.agent_socket.as_deref()).await {
             Ok(()) => Ok(handle),
-            Err(Ok(attempts)) => Err(SshError::Auth {
+            Err((attempts, None)) => Err(SshError::Auth {
                 node: node.clone(),
                 addr: addr.to_string(),
                 message: format!("user {}: {}", r.user, attempts.summary()),
             }),
-            Err(Err(e)) => Err(SshError::Auth {
-                node: node.clone(),
-                addr: addr.to_string(),
-                message: format!("user {}: {e}", r.user),
-            }),
+            // The server hung up mid-way; russh only says "Could not reach the event loop",
+            // so say what the server said, and what had been tried.
+            Err((attempts, Some(e))) => {
+                let said = disconnect.lock().ok().and_then(|d| d.clone()).unwrap_or_else(|| e.to_string());
+                let hint = if said.contains("Too many authentication failures") {
+                    " (sshd's MaxAuthTries counts every key offered, ssh-agent's too: name this node's \
+                     key with `identity_file`, or give it a password)"
+                } else {
+                    ""
+                };
+                Err(SshError::Auth {
+                    node: node.clone(),
+                    addr: addr.to_string(),
+                    message: format!(
+                        "user {}: the server ended the connection during authentication: {said}{hint}; tried: {}",
+                        r.user,
+                        attempts.summary()
+                    ),
+                })
+            }
         }
     };
     tokio::time::timeout(opts.auth_timeout, fut).await.map_err(|_| SshError::Timeout {
