@@ -194,6 +194,10 @@ fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicat
     // 64-character node name with `qemu_id: 200` made a 68-character name that validated, and
     // then neither `up`'s cleanup nor `down` could build its paths, so its QEMU was left running.
     for d in drafts {
+        // A default name of a node whose own name is bad repeats that node's error.
+        if !d.explicit_name && name_problem(&d.vm.node).is_some() {
+            continue;
+        }
         if let Some(m) = name_problem(&d.vm.name) {
             let (pos, key, m) = match (d.explicit_name, d.spans.name) {
                 (true, Some(p)) => (p, format!("{}.name", d.spans.path), m),
@@ -201,7 +205,7 @@ fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicat
                 (false, _) => (
                     d.spans.pos,
                     d.spans.path.clone(),
-                    format!("the default name `{}` {m}: give the VM a shorter `name`", d.vm.name),
+                    format!("the default name `{}` {m}: give the VM a `name`", d.vm.name),
                 ),
             };
             cx.err(pos, &key, m);
@@ -213,7 +217,7 @@ fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicat
         }
     }
 
-    for c in chains {
+    for c in chains.iter().filter(|c| name_problem(&c.def.spec.node).is_none()) {
         if let Some((name, m)) = c.def.vm_ids().into_iter().find_map(|(_, n)| name_problem(&n).map(|m| (n, m))) {
             let pos = Pos { line: c.def.line, column: c.def.column };
             cx.err(pos, &c.def.path, format!("the chain's VM name `{name}` {m}: use a shorter node name"));
