@@ -90,11 +90,28 @@ pub const REDACTED: &str = "<redacted>";
 /// Node keys whose values are secrets (CSIT's plaintext `password:` and inline `priv_key:`).
 const SECRET_KEYS: [&str; 2] = ["password", "priv_key"];
 
+/// What the record keeps instead of a topology it cannot show without its secrets.
+const WITHHELD: &[u8] =
+    b"# topology withheld by harness: it may hold node passwords or private keys that could not be redacted\n";
+
 /// The topology as kept for reproduction: unchanged if no node has a secret in it; otherwise
 /// re-serialised with each `password:` and `priv_key:` value replaced by [`REDACTED`] (comments
 /// are lost then). A bundle is a CI artifact: a plaintext password in it would be published
-/// with it. `replay` of such a bundle needs the nodes from `--topology`.
+/// with it. `replay` of such a bundle needs the nodes from `--topology`. Fails closed: text
+/// that still holds a secret as the loader reads it (or that it cannot read) is [`WITHHELD`].
 pub fn redact_secrets(topology: &[u8]) -> Vec<u8> {
+    let kept = serde_redacted(topology);
+    // serde_yaml refuses some files the loader accepts (nesting past its 128 levels), and then
+    // redacted nothing: the loader's own parser judges what is kept.
+    let clean = std::str::from_utf8(&kept)
+        .ok()
+        .and_then(|text| crate::topology::nodes_have_other_values(text, &SECRET_KEYS, REDACTED));
+    if clean == Some(false) { kept } else { WITHHELD.to_vec() }
+}
+
+/// `topology` with its nodes' secrets replaced by serde_yaml, or unchanged when serde_yaml finds
+/// none (or cannot read it).
+fn serde_redacted(topology: &[u8]) -> Vec<u8> {
     let Ok(mut doc) = serde_yaml::from_slice::<serde_yaml::Value>(topology) else { return topology.to_vec() };
     let mut redacted = false;
     if let Some(nodes) = doc.get_mut("nodes").and_then(serde_yaml::Value::as_mapping_mut) {
@@ -109,7 +126,7 @@ pub fn redact_secrets(topology: &[u8]) -> Vec<u8> {
     }
     match redacted.then(|| serde_yaml::to_string(&doc)).and_then(Result::ok) {
         Some(text) => format!("# node passwords and private keys redacted by harness\n{text}").into_bytes(),
-        None if redacted => b"# topology withheld: it holds secrets harness could not redact\n".to_vec(),
+        None if redacted => WITHHELD.to_vec(),
         None => topology.to_vec(),
     }
 }
@@ -249,6 +266,33 @@ mod tests {
         // Nothing secret: the exact bytes, comments included.
         let plain = b"nodes:\n  DUT1: {type: DUT, host: h, password_env: PW}  # note\n";
         assert_eq!(redact_secrets(plain), plain.to_vec());
+    }
+
+    /// A topology the loader reads but serde_yaml refuses (metadata nested past serde_yaml's 128
+    /// levels; the loader allows 256) was kept byte for byte, plaintext `password:` included,
+    /// and published by `harness bundle`: redaction failed open.
+    #[test]
+    fn regression_a_topology_serde_yaml_cannot_parse_keeps_no_password() {
+        let deep = format!("{}x{}", "[".repeat(130), "]".repeat(130));
+        let topo = format!(
+            "metadata: {{note: {deep}}}\nnodes:\n  DUT1:\n    type: DUT\n    host: 10.0.0.2\n    password: hunter2\n"
+        );
+        assert!(serde_yaml::from_str::<serde_yaml::Value>(&topo).is_err(), "the case needs serde_yaml to refuse it");
+        crate::topology::load_str_with(&topo, Path::new("t.yaml"), &|_| false).expect("the loader reads it");
+        let kept = redact_secrets(topo.as_bytes());
+        assert_eq!(kept, WITHHELD);
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/lab.yaml"), None, &[]), topo.as_bytes()).unwrap();
+        assert!(!std::fs::read_to_string(run.join("topology.yaml")).unwrap().contains("hunter2"));
+        // A private key too; and the same depth without a secret is kept exactly.
+        let key = topo.replace("password: hunter2", "priv_key: |\n      c2VjcmV0a2V5");
+        assert_eq!(redact_secrets(key.as_bytes()), WITHHELD);
+        let plain = topo.replace("password: hunter2", "password_env: PW");
+        assert_eq!(redact_secrets(plain.as_bytes()), plain.as_bytes());
+        // What neither parser reads cannot be judged: withheld.
+        let broken = b"nodes: {DUT1: {password: hunter2}\n";
+        assert_eq!(redact_secrets(broken), WITHHELD);
     }
 
     /// A `--templates` overlay whose files are symlinks (one shared template tree, linked

@@ -101,6 +101,27 @@ pub fn load(text: &str, file: &Path, has_vnf: &dyn Fn(&str) -> bool) -> Result<T
     }
 }
 
+/// Whether some node of `text`, read as [`load`] reads it, has one of `keys` with a value
+/// other than null or `except`; `None` when the loader would not read the text at all. The run
+/// record's secret redaction asks this so that what it keeps is judged by the parser that
+/// decides what a node's password is, not only by the one that redacted it.
+pub(crate) fn nodes_have_other_values(text: &str, keys: &[&str], except: &str) -> Option<bool> {
+    let parsed = yaml::parse(text);
+    if !parsed.errors.is_empty() {
+        return None;
+    }
+    let Some(Value::Map(top)) = parsed.root.map(|r| r.value) else { return Some(false) };
+    let nodes = top.iter().filter(|(k, _)| k.as_scalar() == Some("nodes")).filter_map(|(_, v)| match &v.value {
+        Value::Map(nodes) => Some(nodes),
+        _ => None,
+    });
+    let other = |v: &YNode| !v.is_null() && v.as_scalar() != Some(except);
+    Some(nodes.flatten().any(|(_, node)| match &node.value {
+        Value::Map(e) => e.iter().any(|(k, v)| k.as_scalar().is_some_and(|k| keys.contains(&k)) && other(v)),
+        _ => false,
+    }))
+}
+
 fn convert(cx: &mut Cx, root: &YNode, has_vnf: &dyn Fn(&str) -> bool) -> Option<Topology> {
     let top = cx.fields(root, "", root.pos, TOP_KEYS)?;
     let unique_macs = top.get("unique_macs").and_then(|n| cx.boolean(n, "unique_macs")).unwrap_or(false);

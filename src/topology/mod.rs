@@ -61,6 +61,8 @@ fn render_diagnostics(d: &[Diagnostic]) -> String {
     format!("{} error(s) in topology{file}:\n{}", d.len(), lines.join("\n"))
 }
 
+pub(crate) use load::nodes_have_other_values;
+
 /// Load and validate a topology file.
 pub fn load(path: &Path, templates: &Templates) -> Result<Topology, TopologyError> {
     let text =
