@@ -1100,3 +1100,97 @@ fn regression_default_and_chain_vm_names_longer_than_64_characters_are_refused()
     let fits = "D".repeat(62);
     ok(&format!("nodes:\n  {fits}:\n    type: DUT\n    host: 10.0.0.2\nvms:\n  - node: {fits}\n    qga: true\n"));
 }
+
+/// A node's `interfaces.*.mac_address` was read as any string: it becomes a `testpmd_mac`
+/// chain VM's `vif1_mac`/`vif2_mac`, testpmd's `--eth-peer` and `render` output, so
+/// `mac_address: "x'$(touch /tmp/pwn)'"` went into the guest's init script.
+#[test]
+fn regression_a_node_mac_address_is_not_validated() {
+    let node = |mac: &str| {
+        format!(
+            "nodes:\n  DUT1:\n    type: DUT\n    host: h\n    interfaces:\n      vhost1: {{mac_address: \"{mac}\"}}\n"
+        )
+    };
+    let key = "nodes.DUT1.interfaces.vhost1.mac_address";
+    for mac in ["x'$(touch /tmp/pwn)'", "aa:bb", "3c:fd:fe:aa:bb:0g", "3c-fd-fe-aa-bb-01", "3c:fd:fe:aa:bb:01:02"] {
+        one(&node(mac), 6, 29, key, "is not a MAC address like `3c:fd:fe:aa:bb:01`");
+    }
+    one(&node("aa:bb\\e]0;PWNED\\a"), 6, 29, key, "must not contain control characters (found U+001B)");
+    let t = ok(&node("3C:FD:FE:aa:bb:01"));
+    assert_eq!(t.nodes[0].interfaces["vhost1"].mac_address.as_deref(), Some("3C:FD:FE:aa:bb:01"));
+    // The reviewer's chain: both host ports refused, nothing reaches the chain's VMs.
+    let d = errors(
+        "nodes:\n  DUT1:\n    type: DUT\n    host: 10.0.0.2\n    interfaces:\n      \
+         vhost1: {mac_address: \"aa:bb\\e]0;PWNED\\a\\e[2J\"}\n      \
+         vhost2: {mac_address: \"x'$(touch /tmp/pwn)'\\nreboot\"}\nchains:\n  - node: DUT1\n    nf_chains: 1\n    \
+         nf_nodes: 1\n    vnf: testpmd_mac\n    vs_dtc: 0\n    nf_dtc: 1\n    \
+         tg_macs: [\"3c:fd:fe:aa:bb:01\", \"3c:fd:fe:aa:bb:02\"]\n    vm: {cpus: [2, 3], kernel: /opt/boot/vmlinuz}\n",
+    );
+    let keys: Vec<&str> = d.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["nodes.DUT1.interfaces.vhost1.mac_address", "nodes.DUT1.interfaces.vhost2.mac_address"]);
+}
+
+/// Strings the loader read (`host`, `username`, markers, `extra_args`, `collect`,
+/// `init_command`, ...) were never checked for control characters: `harness render` wrote a
+/// `host: "10.0.0.2\e[2J"` raw to the terminal, and a CR in `username` overwrote its line.
+#[test]
+fn regression_control_characters_in_topology_strings_are_refused() {
+    let node = |extra: &str| format!("nodes:\n  DUT1:\n    type: DUT\n    host: h\n{extra}");
+    let cases = [
+        ("    username: \"u\\rFAKE LINE\"\n", 15, "nodes.DUT1.username", "U+000D"),
+        ("    password: \"hunter2\\a\"\n", 15, "nodes.DUT1.password", "U+0007"),
+        ("    proxy_jump: \"jump\\x9b2J\"\n", 17, "nodes.DUT1.proxy_jump", "U+009B"),
+        ("    identity_file: \"~/.ssh/id\\x7f\"\n", 20, "nodes.DUT1.identity_file", "U+007F"),
+        ("    interfaces: {port1: {model: \"X\\e[5m\"}}\n", 33, "nodes.DUT1.interfaces.port1.model", "U+001B"),
+        ("    interfaces: {\"port\\e[1\": {link: l}}\n", 18, "nodes.DUT1.interfaces", "U+001B"),
+    ];
+    for (extra, column, key, code) in cases {
+        one(&node(extra), 5, column, key, &format!("must not contain control characters (found {code})"));
+    }
+    one(
+        "nodes:\n  DUT1:\n    type: DUT\n    host: \"10.0.0.2\\e[2J\\e]0;host-title\\a\"\n",
+        4,
+        11,
+        "nodes.DUT1.host",
+        "must not contain control characters (found U+001B)",
+    );
+    let d = errors(&node("    password: \"hunter2\\e\"\n"));
+    assert!(!d[0].to_string().contains("hunter2"), "the message must not show the password: {}", d[0]);
+    let vm_cases = [
+        ("    ready_markers: [\"READY\\e[31m red\"]\n", 21, "vms[0].ready_markers[0]"),
+        ("    fail_markers: [\"\\e]0;fail-title\\a\"]\n", 20, "vms[0].fail_markers[0]"),
+        ("    init_command: \"echo hi\\e[5m\"\n", 19, "vms[0].init_command"),
+        ("    extra_args: [\"-device\", \"virtio-rng-pci\\e[1A\"]\n", 29, "vms[0].extra_args[1]"),
+        ("    collect: [[\"cat\", \"/proc/x\\e[7m\"]]\n", 23, "vms[0].collect[0][1]"),
+        ("    collect: [\"cat /proc/x\\e[7m\"]\n", 15, "vms[0].collect[0]"),
+        ("    extra_args: [\"-device\", \"a\\nb\"]\n", 29, "vms[0].extra_args[1]"),
+    ];
+    for (extra, column, key) in vm_cases {
+        one(&vm(extra), 14, column, key, "must not contain control characters (found U+00");
+    }
+    // Tabs are fine; a private key and the init commands are several lines by nature.
+    let t = ok(&format!(
+        "{}  - node: DUT1\n    qga: true\n    init_command: |\n      modprobe vfio\n      /opt/lab/agent &\n    \
+         ready_markers: [\"READY\\tok\"]\n",
+        BASE.replace(
+            "    host: 10.0.0.2\n",
+            "    host: 10.0.0.2\n    priv_key: |\n      -----BEGIN KEY-----\n      \
+                      c2VjcmV0\n      -----END KEY-----\n"
+        )
+    ));
+    assert_eq!(t.vms[0].init_command.as_deref(), Some("modprobe vfio\n/opt/lab/agent &\n"));
+    assert_eq!(t.vms[0].ready_markers[0], "READY\tok");
+    assert_eq!(
+        t.node("DUT1").unwrap().auth,
+        vec![Auth::PrivateKeyPem("-----BEGIN KEY-----\nc2VjcmV0\n-----END KEY-----\n".into())]
+    );
+    // ... but not with a CR; and no string may reorder what the terminal shows.
+    one(&vm("    init_command: \"a\\r\\nb\"\n"), 14, 19, "vms[0].init_command", "(found U+000D)");
+    one(
+        &vm("    extra_args: [\"-device\", \"a\\u202eb\"]\n"),
+        14,
+        29,
+        "vms[0].extra_args[1]",
+        "bidirectional overrides (found U+202E)",
+    );
+}

@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 /// Characters that change what the terminal shows rather than being shown: C0 and C1 controls
 /// and DEL, plus the Unicode bidirectional overrides that can reorder a line ("Trojan Source").
-fn is_dangerous(c: char) -> bool {
+pub(crate) fn is_dangerous(c: char) -> bool {
     (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -414,11 +414,6 @@ pub const CHAIN_KEYS: &[&str] = &[
     "vm",
 ];
 
-fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 /// `nf_dtc`: whole cores, or `0.5` (one SMT thread).
 fn read_nf_dtc(cx: &mut Cx, v: &yaml::Node, path: &str) -> Option<NfDtc> {
     let text = match &v.value {
@@ -448,7 +443,7 @@ fn read_tg_macs(cx: &mut Cx, v: &yaml::Node, p: &str) -> Option<[String; 2]> {
     for (i, it) in items.iter().enumerate() {
         let ip = join(p, &format!("[{i}]"));
         let s = cx.string(it, &ip)?;
-        if !is_mac(&s) {
+        if !super::validate::is_mac(&s) {
             cx.err(it.pos, &ip, format!("`{s}` is not a MAC address like `3c:fd:fe:aa:bb:01`"));
             return None;
         }

@@ -28,10 +28,34 @@ impl Cx<'_> {
         });
     }
 
-    /// Any scalar, as text (`username: 123` is the string "123").
+    /// Any scalar, as text (`username: 123` is the string "123"), without control characters
+    /// other than tabs (nor bidirectional overrides). Every string read ends up in an argv, a
+    /// script, a config line or `render`'s output: a newline adds a line there, an ESC drives
+    /// the terminal, an override reorders what it shows.
     pub(crate) fn string(&mut self, n: &YNode, path: &str) -> Option<String> {
+        self.scalar(n, path, false)
+    }
+
+    /// [`Cx::string`] for the values that are several lines by nature (a PEM key, lines of an
+    /// init script): newlines are allowed too.
+    pub(crate) fn lines(&mut self, n: &YNode, path: &str) -> Option<String> {
+        self.scalar(n, path, true)
+    }
+
+    fn scalar(&mut self, n: &YNode, path: &str, multiline: bool) -> Option<String> {
         match &n.value {
-            Value::Scalar { text, .. } if !n.is_null() => Some(text.clone()),
+            Value::Scalar { text, .. } if !n.is_null() => {
+                // What the terminal sanitizer would have to escape (tabs pass).
+                let bad = |c: &char| crate::report::sanitize::is_dangerous(*c) && !(multiline && *c == '\n');
+                match text.chars().find(bad) {
+                    Some(c) => {
+                        let what = if c.is_control() { "control characters" } else { "bidirectional overrides" };
+                        self.err(n.pos, path, format!("must not contain {what} (found U+{:04X})", c as u32));
+                        None
+                    }
+                    None => Some(text.clone()),
+                }
+            }
             _ => {
                 self.err(n.pos, path, format!("expected a string, found {}", n.kind_name()));
                 None
@@ -96,7 +120,7 @@ impl Cx<'_> {
     pub(crate) fn abs_path(&mut self, n: &YNode, path: &str) -> Option<String> {
         let s = self.string(n, path)?;
         // A path goes into remote scripts and their `key=value` output: a newline in
-        // `qemu.bin_dir` added lines of its own to the host facts.
+        // `qemu.bin_dir` added lines of its own to the host facts. Tabs too, here.
         if let Some(c) = s.chars().find(|c| c.is_control()) {
             self.err(n.pos, path, format!("must not contain control characters (found U+{:04X})", c as u32));
             None

@@ -209,7 +209,7 @@ fn convert_node(cx: &mut Cx, name: &str, key_pos: Pos, n: &YNode) -> Option<Node
     } else if passphrase_env.is_some() {
         cx.err(f.key_pos("identity_passphrase_env"), &f.path("identity_passphrase_env"), "needs `identity_file`");
     }
-    if let Some(s) = f.get("priv_key").and_then(|v| cx.string(v, &f.path("priv_key"))) {
+    if let Some(s) = f.get("priv_key").and_then(|v| cx.lines(v, &f.path("priv_key"))) {
         auth.push(Auth::PrivateKeyPem(s));
     }
     if let Some(s) = f.get("password_env").and_then(|v| cx.string(v, &f.path("password_env"))) {
@@ -273,11 +273,25 @@ fn csit_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
         && let Some(entries) = cx.map(v, &f.path("interfaces"))
     {
         for (k, v) in entries {
-            let Some(port) = k.as_scalar() else { continue };
-            if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), port), k.pos, IFACE_KEYS) {
+            // Port names are looked up (`vhost1`...) and shown like any other string.
+            let Some(port) = cx.string(k, &f.path("interfaces")) else { continue };
+            if let Some(fp) = cx.fields(v, &join(&f.path("interfaces"), &port), k.pos, IFACE_KEYS) {
+                let mac_address = fp.get("mac_address").and_then(|v| {
+                    let mac = cx.string(v, &fp.path("mac_address"))?;
+                    // It becomes a chain VM's `vif1_mac`/`vif2_mac` (testpmd's `--eth-peer`).
+                    if validate::is_mac(&mac) {
+                        return Some(mac);
+                    }
+                    cx.err(
+                        v.pos,
+                        &fp.path("mac_address"),
+                        format!("`{mac}` is not a MAC address like `3c:fd:fe:aa:bb:01`"),
+                    );
+                    None
+                });
                 let mut s = |key: &str| fp.get(key).and_then(|v| cx.string(v, &fp.path(key)));
                 let mut iface = CsitInterface {
-                    mac_address: s("mac_address"),
+                    mac_address,
                     pci_address: s("pci_address"),
                     link: s("link"),
                     driver: s("driver"),
@@ -295,7 +309,7 @@ fn csit_interfaces(cx: &mut Cx, f: &Fields) -> BTreeMap<String, CsitInterface> {
                         }
                     }
                 }
-                interfaces.insert(port.to_string(), iface);
+                interfaces.insert(port, iface);
             }
         }
     }

@@ -36,6 +36,12 @@ pub(crate) fn name_problem(s: &str) -> Option<String> {
     None
 }
 
+/// `3c:fd:fe:aa:bb:01`: six pairs of hex digits separated by `:`.
+pub(crate) fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// A character as messages show it: control and space characters by code point, so that the
 /// message itself stays one printable line.
 fn describe(c: char) -> String {

@@ -558,7 +558,8 @@ fn vm_runtime(cx: &mut Cx, f: &Fields, kind: VmKind) -> Runtime {
     }
     let qga_written = f.get("qga").map(|v| cx.boolean(v, &f.path("qga")));
     let qga = qga_written.flatten().unwrap_or(kind == VmKind::Image);
-    let init_command = f.get("init_command").and_then(|v| cx.string(v, &f.path("init_command")));
+    // Lines of the guest's init script: a block scalar of several commands is fine.
+    let init_command = f.get("init_command").and_then(|v| cx.lines(v, &f.path("init_command")));
     let extra_args = f.get("extra_args").and_then(|v| cx.strings(v, &f.path("extra_args"))).unwrap_or_default();
 
     Runtime {
