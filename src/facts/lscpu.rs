@@ -77,6 +77,9 @@ impl Columns {
 pub fn parse(text: &str) -> Result<Vec<LscpuRow>, LscpuError> {
     let mut cols = Columns::DEFAULT;
     let mut rows = Vec::new();
+    // CPU id -> its line: a CPU listed twice would pass for its own SMT sibling, and a chain
+    // VM would get two vCPUs pinned to one host CPU.
+    let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
         let line = line.trim();
@@ -102,6 +105,9 @@ pub fn parse(text: &str) -> Result<Vec<LscpuRow>, LscpuError> {
             f.parse::<u32>().map_err(|_| err(format!("{name} `{f}` is not a number")))
         };
         let cpu = number(cols.cpu, "CPU")?;
+        if let Some(first) = seen.insert(cpu, lineno) {
+            return Err(err(format!("CPU {cpu} is listed twice (first on line {first})")));
+        }
         // Without a Core column every CPU is its own core; without Socket, one socket.
         let core = match cols.core {
             Some(c) => number(c, "Core")?,
@@ -253,6 +259,19 @@ mod tests {
         assert_eq!(e, LscpuError::Line { line: 3, message: "CPU `x` is not a number".into() });
         let e = parse("0,0\n").unwrap_err();
         assert!(e.to_string().contains("line 1: no Socket field"), "{e}");
+    }
+
+    /// A CPU row repeated (a concatenated or corrupted facts file) was accepted: the chain
+    /// placement took the repeat for an SMT sibling of the same CPU and pinned two vCPUs of a
+    /// VM to one host CPU (`vCPU1->4 vCPU2->4`).
+    #[test]
+    fn regression_a_repeated_cpu_row_is_accepted() {
+        let text = "# CPU,Core,Socket,Node,,L1d,L1i,L2,L3\n0,0,0,0,,0,0,0,0\n1,1,0,0,,1,1,1,0\n0,0,0,0,,0,0,0,0\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e, LscpuError::Line { line: 4, message: "CPU 0 is listed twice (first on line 2)".into() });
+        assert!(e.to_string().contains("line 4: CPU 0 is listed twice"), "{e}");
+        // The same id on another core or socket is no better.
+        assert!(parse("0,0,0,0\n1,1,0,0\n1,0,1,0\n").is_err());
     }
 
     #[test]
