@@ -524,6 +524,52 @@ fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
     assert!(gone, "the remote tail outlived harness: {tails:?}");
 }
 
+/// `logs -f VM | grep -m1 …`: when the reader went away, harness returned on the failed write
+/// (exit 1, "Broken pipe") and its runtime dropped the background kill of the remote
+/// `sudo tail -F`, which followed the log on until the VM exited. The tail is killed now, and
+/// a closed stdout is exit 0.
+#[test]
+fn regression_logs_follow_whose_reader_went_away_left_the_remote_tail_running() {
+    use std::io::{BufRead, BufReader};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let run = "e2e-logs-epipe";
+    let topo = up_tiny(&env, run);
+    let topo = topo.to_str().unwrap();
+    let log = format!("/run/harness/{run}/DUT1_1/serial.log");
+    let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HARNESS-TINY-READY"))), "logs -f ended before the marker");
+    let tails: Vec<u32> = common::procs::processes_mentioning(&log)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"tail"))
+        })
+        .collect();
+    assert!(!tails.is_empty(), "no remote tail follows {log}");
+    drop(lines);
+    // More serial output: harness's next write finds the pipe closed.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"more guest output\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = follow.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let gone = tails.iter().all(|p| common::procs::wait_exit(*p, Duration::from_secs(10)));
+    assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
+    assert_nothing_left(run);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a follow whose reader went away exits 0");
+    assert!(gone, "the remote tail outlived harness: {tails:?}");
+}
+
 /// `up` of one tiny-guest VM on DUT1 (boots in milliseconds; for tests of what follows the
 /// boot) as run `run`; returns its topology.
 fn up_tiny(env: &Env, run: &str) -> PathBuf {

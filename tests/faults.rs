@@ -298,6 +298,29 @@ fn fault_sshd_listener_stopped_mid_boot_then_restarted() {
     env.assert_nothing_left(ROOT, "fault-listener");
 }
 
+/// Every process below `root` (children, grandchildren, …), as seen now.
+fn descendants(root: i32) -> Vec<i32> {
+    let parent_of = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+    };
+    let pids: Vec<i32> =
+        std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let mut found = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &p in &pids {
+            if !found.contains(&p) && parent_of(p).is_some_and(|pp| found.contains(&pp)) {
+                found.push(p);
+                grew = true;
+            }
+        }
+    }
+    found.retain(|&p| p != root);
+    found
+}
+
 /// Lab node `i` goes away: its sshd listener is stopped (and gone, so its port refuses) and
 /// its sessions are killed. The returned guard starts the listener again.
 fn lose_node(i: usize) -> RestartOnDrop {
@@ -671,6 +694,47 @@ fn regression_ctrl_c_during_exec_kills_the_remote_commands() {
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(left.is_empty(), "remote commands still running after Ctrl-C: {left:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A node lost while `exec` ran its command was exit 1 ("error: … disconnected"), though the
+/// README's exit 3 is "lost its connection mid-run" (as `up` and `down` say it).
+#[test]
+fn regression_exec_that_loses_a_node_mid_command_exits_3() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let argv: &[u8] = b"sleep\x004.4375\x00";
+    let sleeps = || processes_with_argv(argv);
+    let mut c = harness();
+    c.arg("--state-dir").arg(env.state.path()).args(["--progress", "never", "exec", topo.to_str().unwrap()]);
+    c.args(["--", "sleep", "4.4375"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let t = Instant::now();
+    while sleeps().len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the remote sleeps never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The listener and every sshd process under it: a connection lives in its privileged
+    // monitor and the unprivileged child both (lose_node kills only the first).
+    // Found before the listener goes (its orphans are re-parented then).
+    let (listener, ..) = sshd_of(1);
+    let sessions: Vec<i32> = descendants(listener)
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sshd"))
+        .collect();
+    let mut restart = lose_node(1);
+    for p in sessions {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(restart.restart(), "restarting DUT1's sshd");
+    // The remote sleep lost its session; it is ours (this test started it): end it.
+    for p in sleeps() {
+        unsafe { libc::kill(p as i32, libc::SIGTERM) };
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("DUT1") && l.contains("unreachable")), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("DUT2") && l.contains("exit 0")), "{err}");
 }
 
 /// `exec --format json` (now on the same killable streaming path as text mode) still captures

@@ -210,6 +210,8 @@ async fn exec_node(
                 }
             }
             Err(e) => {
+                // A connection lost mid-command is exit 3 like one never made (README).
+                r.unreachable = e.is_connection_lost() || e.is_unreachable();
                 r.error = Some(e.to_string());
                 break;
             }
@@ -292,9 +294,13 @@ pub async fn run(g: &GlobalArgs, a: &ExecArgs) -> anyhow::Result<u8> {
                 n => format!(", {n} handshake retr{}", if n == 1 { "y" } else { "ies" }),
             };
             let queued = if r.queued { ", queued" } else { "" };
+            // `what` may quote the server (a disconnect message): escaped, never raw.
             eprintln!(
-                "{:width$} : {what} ({} ms{runs}, connect {} ms{retries}{queued})",
-                r.node, r.duration_ms, r.connect_ms
+                "{:width$} : {} ({} ms{runs}, connect {} ms{retries}{queued})",
+                r.node,
+                crate::report::sanitize::escape_control_lines(&what),
+                r.duration_ms,
+                r.connect_ms
             );
         }
     }

@@ -1,5 +1,6 @@
 //! `harness logs VM [TOPOLOGY] [--run ID] [-f]`: print or follow a VM's serial log. Ctrl-C or
-//! SIGTERM ends it with exit 130, after the remote `tail` is killed.
+//! SIGTERM ends it with exit 130, a closed stdout with 0, both after the remote `tail` is
+//! killed; a connection lost on the way is exit 3.
 
 use std::io::Write;
 
@@ -36,8 +37,22 @@ pub async fn run(g: &GlobalArgs, a: &LogsArgs) -> anyhow::Result<u8> {
     loop {
         tokio::select! {
             ev = child.next() => match ev {
-                Some(ChildEvent::Stdout(b)) => { out.write_all(&b)?; out.flush()?; }
-                Some(ChildEvent::Stderr(b)) => { std::io::stderr().write_all(&b)?; }
+                Some(ChildEvent::Stdout(b)) => {
+                    // The reader went away (`logs -f VM | grep -m1 login:`): the remote
+                    // `tail -F` is killed here, as on Ctrl-C. Returning with it left a root
+                    // tail running on the host until the VM exited (the runtime dropped the
+                    // child's background kill before it ran).
+                    if out.write_all(&b).and_then(|()| out.flush()).is_err() {
+                        let _ = child.kill().await;
+                        break;
+                    }
+                }
+                Some(ChildEvent::Stderr(b)) => {
+                    let said = String::from_utf8_lossy(&b);
+                    let _ = write!(std::io::stderr(), "{}", crate::report::sanitize::escape_control_lines(&said));
+                }
+                // No status and the connection gone: lost mid-run, exit 3 (README).
+                Some(ChildEvent::Exit(None)) | None if s.is_closed() => { code = exit::UNREACHABLE; break; }
                 Some(ChildEvent::Exit(st)) => { if st != Some(0) { code = exit::FAILED; } break; }
                 None => break,
             },

@@ -135,7 +135,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             _ => None,
         });
         if let Some(e) = ssh {
-            return if e.is_unreachable() { exit::UNREACHABLE } else { exit::FAILED };
+            // Lost mid-run counts as unreachable (README exit code 3), as in `up` and `down`.
+            return if e.is_unreachable() || e.is_connection_lost() { exit::UNREACHABLE } else { exit::FAILED };
         }
     }
     exit::FAILED
