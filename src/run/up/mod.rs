@@ -303,17 +303,32 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
             (ctx.node.name.clone(), res)
         });
     }
-    let (failed, interrupted) = supervise(&mut set, &mut node_results, &events, opts.interrupt.clone()).await;
+    // One listener for the whole run: a signal while collecting (after the node tasks) must
+    // stop the run too. Once tokio's handler is installed a signal no longer ends the process,
+    // and one that came after `supervise` returned was ignored: `up` went on to exit 0 with
+    // its VMs running.
+    let (signalled, listener) = signal_watch(opts.interrupt.clone());
+    let (failed, mut interrupted) = supervise(&mut set, &mut node_results, &events, signalled.clone()).await;
     if let Some(hook) = &opts.before_cleanup {
         let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
         let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
         // In a task of its own: a panic in the hook (artifact collection reads whatever the
         // hosts and guests sent) must not unwind past the cleanup below and leave the VMs running.
         let view = RunView { ok, interrupted, nodes: tracker.nodes(), vms };
-        if let Err(e) = tokio::spawn(hook(view)).await {
-            events.warn(format!("collecting before cleanup failed: {e}"));
+        let mut task = tokio::spawn(hook(view));
+        let mut signal = signalled.clone();
+        tokio::select! {
+            r = &mut task => if let Err(e) = r {
+                events.warn(format!("collecting before cleanup failed: {e}"));
+            },
+            _ = signal.wait_for(|s| *s), if !interrupted => {
+                task.abort();
+                interrupted = true;
+                events.warn("interrupted while collecting: stopping everything this run started");
+            }
         }
     }
+    interrupted |= *signalled.borrow();
     let mut report = None;
     if failed || interrupted {
         let r = cleanup(&tracker, opts.stop_grace, &events).await;
@@ -331,6 +346,7 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         }
         tn.session.close().await;
     }
+    listener.abort();
     let vms: Vec<VmResult> = order.iter().filter_map(|(n, v)| tracker.vm_result(n, v)).collect();
     let ok = !failed && !interrupted && vms.iter().all(|v| v.state == VmState::Ready);
     RunResult {
@@ -359,15 +375,13 @@ fn mark_stopped(tracker: &Tracker, report: &CleanupReport) {
     });
 }
 
-/// Wait for the node tasks; the first failure or a signal aborts the rest. Returns
-/// `(failed, interrupted)`.
-async fn supervise(
-    set: &mut JoinSet<(String, Result<(), UpError>)>,
-    node_results: &mut BTreeMap<String, NodeResult>,
-    events: &EventSink,
+/// True once Ctrl-C, SIGTERM or `interrupt` came, at any point of the run; and the listener
+/// task, to abort when the run is over.
+fn signal_watch(
     interrupt: Option<Arc<tokio::sync::Notify>>,
-) -> (bool, bool) {
-    let signal = async move {
+) -> (tokio::sync::watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::spawn(async move {
         match interrupt {
             Some(n) => tokio::select! {
                 _ = crate::run::shutdown_signal() => {}
@@ -375,6 +389,21 @@ async fn supervise(
             },
             None => crate::run::shutdown_signal().await,
         }
+        let _ = tx.send(true);
+    });
+    (rx, listener)
+}
+
+/// Wait for the node tasks; the first failure or a signal aborts the rest. Returns
+/// `(failed, interrupted)`.
+async fn supervise(
+    set: &mut JoinSet<(String, Result<(), UpError>)>,
+    node_results: &mut BTreeMap<String, NodeResult>,
+    events: &EventSink,
+    mut signalled: tokio::sync::watch::Receiver<bool>,
+) -> (bool, bool) {
+    let signal = async move {
+        let _ = signalled.wait_for(|s| *s).await;
     };
     tokio::pin!(signal);
     let mut interrupted = false;

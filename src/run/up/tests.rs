@@ -537,3 +537,28 @@ fn regression_the_boot_timeout_names_its_markers_readably() {
     let err = res.vms[0].error.clone().unwrap_or_default();
     assert!(err.contains(r#": "vpp " and "built by" on one line never appeared in"#), "{err}");
 }
+
+/// Ctrl-C or SIGTERM while the before-cleanup hook collected counters and artifacts (after
+/// the node tasks) was ignored: tokio's handler was installed, nobody listened any more, and
+/// `up` went on to exit 0 with its VMs running. It now interrupts the collection and stops
+/// the run.
+#[test]
+fn regression_a_signal_while_collecting_stops_the_run() {
+    let interrupt = Arc::new(tokio::sync::Notify::new());
+    let lab = lab(&[("DUT1", Behaviour::default())]);
+    let mut opts = options(two_vm_topology(), lab.clone(), Some(interrupt.clone()));
+    opts.before_cleanup = Some(Arc::new(move |_: RunView| {
+        let interrupt = interrupt.clone();
+        Box::pin(async move {
+            interrupt.notify_one();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+    }));
+    let t = std::time::Instant::now();
+    let res = run(&opts);
+    assert!(res.interrupted && !res.ok, "{res:?}");
+    assert!(t.elapsed() < Duration::from_secs(4), "the collection ran to its end: {:?}", t.elapsed());
+    let cleanup = res.cleanup.as_ref().expect("cleanup ran");
+    assert!(cleanup.complete, "{cleanup:?}");
+    assert!(!positions(&lab.hosts["DUT1"].calls(), "outcome=").is_empty(), "nothing was stopped");
+}
