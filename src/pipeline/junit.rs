@@ -70,8 +70,20 @@ fn vm_case(v: &VmResult, res: &RunResult, events: &[LoggedEvent]) -> JunitVm {
         (Some((node, _)), _) => format!("node {node} failed"),
         (None, _) => "the run failed".to_string(),
     };
+    // Cleanup turns whatever ran into `Stopped`: what the VM had reached is in its events.
+    let reached: Option<&str> = events
+        .iter()
+        .filter(|e| e.node == v.node && e.vm.as_deref() == Some(v.name.as_str()))
+        .filter_map(|e| e.phase)
+        .rfind(|p| !matches!(*p, "stopping" | "stopped"));
     let outcome = match (v.state, v.failure) {
         (VmState::Ready, _) => Outcome::Passed,
+        // Ready before another node's failure stopped the run: its own test passed.
+        (VmState::Stopped, _) if reached == Some("ready") => Outcome::Passed,
+        (VmState::Stopped, _) => {
+            let was = reached.unwrap_or("starting");
+            Outcome::Skipped { message: format!("stopped while {was}: {}", why_not()) }
+        }
         (VmState::Failed, Some(FailureKind::NotReady)) => {
             Outcome::Failure { message: v.error.clone().unwrap_or_default(), detail: String::new() }
         }
@@ -267,6 +279,43 @@ mod tests {
             matches!(&j.vms[2].outcome, Outcome::Skipped { message } if message.contains("node DUT2 failed: DUT2 (127.0.0.1:9)")),
             "{:?}",
             j.vms[2].outcome
+        );
+    }
+
+    /// After cleanup every VM that ran is `Stopped`, and a VM that had become ready before
+    /// another node failed was reported `<skipped message="stopped while stopped: …">`.
+    #[test]
+    fn regression_a_vm_ready_before_another_node_failed_passes() {
+        let res = RunResult {
+            run_id: "r".into(),
+            ok: false,
+            interrupted: false,
+            duration_s: 9.0,
+            nodes: vec![node("DUT1", None, None), node("DUT2", Some("DUT2_1: not ready"), Some(FailureKind::NotReady))],
+            cleanup: None,
+            handshake_retries: 0,
+            run_id_in_use: false,
+            vms: vec![
+                vm("DUT1", "DUT1_1", VmState::Stopped, None, None),
+                vm("DUT1", "DUT1_2", VmState::Stopped, None, None),
+                vm("DUT2", "DUT2_1", VmState::Failed, Some(FailureKind::NotReady), Some("not ready after 6s")),
+            ],
+        };
+        let events = vec![
+            ev("DUT1", Some("DUT1_1"), "starting", 1.0),
+            ev("DUT1", Some("DUT1_1"), "booting", 1.5),
+            ev("DUT1", Some("DUT1_1"), "ready", 3.0),
+            ev("DUT1", Some("DUT1_1"), "stopping", 8.0),
+            ev("DUT1", Some("DUT1_1"), "stopped", 8.5),
+            ev("DUT1", Some("DUT1_2"), "booting", 1.5),
+            ev("DUT1", Some("DUT1_2"), "stopping", 8.0),
+        ];
+        let j = for_up("s", &res, &events);
+        assert_eq!(j.vms[0].outcome, Outcome::Passed);
+        assert!(
+            matches!(&j.vms[1].outcome, Outcome::Skipped { message } if message == "stopped while booting: node DUT2 failed"),
+            "{:?}",
+            j.vms[1].outcome
         );
     }
 
