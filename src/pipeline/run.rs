@@ -71,7 +71,8 @@ pub fn node_sources(view: &RunView, topology: &Topology) -> Vec<NodeSource> {
     view.nodes
         .iter()
         .map(|(name, tn)| {
-            let vms = tn.plan.iter().flat_map(|p| &p.vms).map(|vp| {
+            // An unclaimed node has a plan but nothing on the host to collect.
+            let vms = tn.plan.iter().filter(|_| tn.claimed).flat_map(|p| &p.vms).map(|vp| {
                 let r = view.vms.iter().find(|r| &r.node == name && r.name == vp.name);
                 let error = r.and_then(|r| r.error.clone());
                 let start_failed = r.is_some_and(|r| r.failure == Some(FailureKind::Infrastructure))

@@ -53,6 +53,13 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), 
     let timeout = ctx.connect.command_timeout.max(Duration::from_secs(20));
     let facts = facts::gather(&session, &ctx.node, &wanted, timeout).await?;
     ctx.tracker.node(&ctx.node.name, |n| n.facts = Some(facts.clone()));
+    let np = plan::plan_node(&ctx.topology, &ctx.node, Some(&facts), &ctx.plan_options())?
+        .ok_or_else(|| fail("no VMs planned on this node"))?;
+    // The plan goes into the run record however the node fails from here (no sudo, a missing
+    // socket): a replay of the failed run compares against it, and without it every VM of the
+    // node was "drift" (exit 5) although nothing had changed. Nothing acts on an unclaimed
+    // node's plan (cleanup and artifacts look at claimed nodes only).
+    ctx.tracker.node(&np.name, |n| n.plan = Some(np.clone()));
     // Every step from the claim on runs as root: without passwordless sudo, stop before anything
     // is written (a claim refused by sudo left cleanup unable to tell that nothing had started).
     if let Some(s) = facts.sudo.as_ref().filter(|s| !s.ok) {
@@ -61,8 +68,6 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), 
             "passwordless `sudo -n` is needed to start VMs here ({why}); nothing was changed on this host"
         )));
     }
-    let np = plan::plan_node(&ctx.topology, &ctx.node, Some(&facts), &ctx.plan_options())?
-        .ok_or_else(|| fail("no VMs planned on this node"))?;
     if np.accel_requested == Accel::Auto && np.accel == crate::plan::AccelChoice::Tcg {
         ev.info("KVM not usable here (probe failed); using TCG");
     }

@@ -562,3 +562,18 @@ fn regression_a_signal_while_collecting_stops_the_run() {
     assert!(cleanup.complete, "{cleanup:?}");
     assert!(!positions(&lab.hosts["DUT1"].calls(), "outcome=").is_empty(), "nothing was stopped");
 }
+
+/// A node that failed before claiming its run directory (no passwordless sudo, a missing
+/// vhost-user socket) had no plan in the run record, so `replay` of that failed run called
+/// every VM of the node drift ("planned now, not in the bundle") and refused with exit 5
+/// although nothing had changed. Its plan is recorded as soon as it is made.
+#[test]
+fn regression_a_node_that_failed_before_its_claim_keeps_its_plan_for_replay() {
+    let lab = lab(&[("DUT1", Behaviour { no_sudo: true, ..Behaviour::default() })]);
+    let res = run(&options(two_vm_topology(), lab.clone(), None));
+    assert!(!res.ok);
+    let plan = res.nodes[0].plan.as_ref().expect("the node's plan is in the result");
+    let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["DUT1_1", "DUT1_2"]);
+    assert!(lab.hosts["DUT1"].calls().iter().all(|c| !c.sudo), "nothing ran as root");
+}
