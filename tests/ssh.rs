@@ -934,3 +934,44 @@ fn regression_dropped_children_keep_their_channel_slot_until_killed() {
         assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
     });
 }
+
+/// A login user whose `~/.bashrc` prints (no interactive guard; bash sources it for commands
+/// sshd starts): its first line was taken as the wrapper's pid line, so the command's output
+/// began with the rc text and the real pid, and every remote kill (timeouts, Ctrl-C, dropped
+/// followers) silently did nothing. The pid line now carries a marker; rc lines are dropped.
+#[test]
+fn regression_a_chatty_bashrc_neither_pollutes_output_nor_disables_kills() {
+    let lab = lab();
+    let t = lab.node(2);
+    let home = lab.dir.join("home").join(&lab.users[1]);
+    let rc = home.join(".bashrc");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    std::fs::write(&rc, "echo rc-noise from bashrc\necho 4242\n").unwrap();
+    let _rc = Remove(rc);
+    rt().block_on(async {
+        let s = connect(&t).await;
+        let out = s.run_ok(&RemoteCommand::new(["echo", "hi"])).await.unwrap();
+        assert_eq!(out.stdout_str(), "hi\n");
+        let out = s.run_ok(&RemoteCommand::sh("echo root script").sudo()).await.unwrap();
+        assert_eq!(out.stdout_str(), "root script\n");
+        let mut child = s.spawn(&RemoteCommand::new(["sleep", "3019"])).await.unwrap();
+        let pid = loop {
+            if let Some(p) = child.pid() {
+                break p;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
+        };
+        assert_ne!(pid, 4242, "the rc's number was taken as the pid");
+        assert!(std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0")), "pid {pid}");
+        child.kill().await.unwrap();
+        let gone = RemoteCommand::sh(
+            "for i in $(seq 50); do pgrep -f 'sleep 301[9]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
+        );
+        assert!(s.run(&gone).await.unwrap().success(), "the killed child still runs");
+    });
+}

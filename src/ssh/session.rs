@@ -1,9 +1,11 @@
 //! russh session: connect, authenticate, verify host keys, run commands, upload files.
 //!
-//! Every command is started as `echo $$; exec ARGV` (under sudo: `sudo -n -- sh -c 'echo $$;
-//! exec "$@"' sh ARGV`, or for a script `sudo -n -- sh -c 'echo $$; SCRIPT'`) so the first stdout line is the remote pid of the command itself; it is
-//! stripped from the output and used to kill the process remotely when a command outlives its
-//! timeout or a [`RemoteChild`] is killed. Closing an SSH channel does not kill anything.
+//! Every command is started as `echo harness-pid:$$; exec ARGV` (under sudo: `sudo -n -- sh -c
+//! 'echo harness-pid:$$; exec "$@"' sh ARGV`, or for a script `sudo -n -- sh -c 'echo
+//! harness-pid:$$; SCRIPT'`) so a stdout line names the remote pid of the command itself; it
+//! (and whatever the login shell's rc files printed before it) is stripped from the output, and
+//! the pid is used to kill the process remotely when a command outlives its timeout or a
+//! [`RemoteChild`] is killed. Closing an SSH channel does not kill anything.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -811,6 +813,14 @@ fn via_stdin(cmd: &RemoteCommand) -> Option<RemoteCommand> {
     })
 }
 
+/// What the wrapper prints before the pid: a login shell's rc file may print lines of its own
+/// first (a `~/.bashrc` without an interactive guard), and the first line used to be taken as
+/// the pid: no pid, and every remote kill silently did nothing.
+const PID_MARKER: &str = "harness-pid:";
+
+/// Bytes of rc-file output kept while waiting for the pid line, before giving up on it.
+const PID_HEAD_MAX: usize = 64 * 1024;
+
 /// The command line actually sent: the argv behind a pid-reporting `exec`.
 fn wrapped_wire(cmd: &RemoteCommand) -> String {
     if cmd.sudo {
@@ -819,20 +829,22 @@ fn wrapped_wire(cmd: &RemoteCommand) -> String {
             // (one process start less per root script; the pid is the same either way).
             [sh, c, script, rest @ ..] if sh == "sh" && c == "-c" => {
                 let mut v: Vec<String> = ["sudo", "-n", "--", "sh", "-c"].map(String::from).into();
-                v.push(format!("echo $$; {script}"));
+                v.push(format!("echo {PID_MARKER}$$; {script}"));
                 v.extend(rest.iter().cloned());
                 v
             }
             argv => {
                 let mut v: Vec<String> =
-                    ["sudo", "-n", "--", "sh", "-c", "echo $$; exec \"$@\"", "sh"].map(String::from).into();
+                    ["sudo", "-n", "--", "sh", "-c", &format!("echo {PID_MARKER}$$; exec \"$@\""), "sh"]
+                        .map(String::from)
+                        .into();
                 v.extend(argv.iter().cloned());
                 v
             }
         };
         format!("exec {}", crate::quote::join(&argv))
     } else {
-        format!("echo $$; exec {}", crate::quote::join(&cmd.argv))
+        format!("echo {PID_MARKER}$$; exec {}", crate::quote::join(&cmd.argv))
     }
 }
 
@@ -948,24 +960,26 @@ impl SshChild {
             return;
         }
         self.head.extend_from_slice(&data);
-        if let Some(nl) = self.head.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&self.head[..nl]).trim().to_string();
-            match line.parse::<u32>() {
-                Ok(pid) => {
-                    self.pid = Some(pid);
-                    let rest = self.head.split_off(nl + 1);
-                    self.head.clear();
-                    if !rest.is_empty() {
-                        self.pending.push_back(ChildEvent::Stdout(Bytes::from(rest)));
-                    }
+        // Lines before the marker are the login shell's, not the command's: dropped.
+        let mut start = 0;
+        while let Some(nl) = self.head[start..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.head[start..start + nl]).trim().to_string();
+            start += nl + 1;
+            if let Some(pid) = line.strip_prefix(PID_MARKER).and_then(|p| p.parse::<u32>().ok()) {
+                self.pid = Some(pid);
+                let rest = self.head.split_off(start);
+                self.head.clear();
+                if !rest.is_empty() {
+                    self.pending.push_back(ChildEvent::Stdout(Bytes::from(rest)));
                 }
-                Err(_) => {
-                    // Not our wrapper's line (should not happen): pass everything through.
-                    self.pid = Some(0);
-                    let all = std::mem::take(&mut self.head);
-                    self.pending.push_back(ChildEvent::Stdout(Bytes::from(all)));
-                }
+                return;
             }
+        }
+        if self.head.len() > PID_HEAD_MAX {
+            // No wrapper line in sight (should not happen): pass everything through.
+            self.pid = Some(0);
+            let all = std::mem::take(&mut self.head);
+            self.pending.push_back(ChildEvent::Stdout(Bytes::from(all)));
         }
     }
 
@@ -1147,7 +1161,7 @@ mod tests {
         assert!(!wire.contains("exec \"$@\""), "a script needs no second shell: {wire}");
         let out = run_wire_locally(&cmd);
         let mut lines = out.lines();
-        let pid = lines.next().unwrap();
+        let pid = lines.next().unwrap().strip_prefix(PID_MARKER).unwrap();
         assert!(pid.parse::<u32>().is_ok(), "{out}");
         assert_eq!(
             lines.next().unwrap(),
@@ -1199,7 +1213,7 @@ mod tests {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let text = String::from_utf8(out.stdout).unwrap();
             let mut lines = text.lines();
-            let pid = lines.next().unwrap();
+            let pid = lines.next().unwrap().strip_prefix(PID_MARKER).unwrap();
             assert_eq!(lines.next(), Some(format!("pid={pid} zero=name n=2 one=it's $HOME `x` two=150000").as_str()));
         }
         // Not a script, or stdin of its own: left alone.
