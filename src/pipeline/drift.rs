@@ -1,5 +1,6 @@
 //! Drift between a frozen plan (a bundle's `plan.json`) and the plan made now: per VM, the
-//! qemu argv and every file (path, mode, bytes), as a readable line diff.
+//! qemu argv and every file (path, mode, bytes), as a readable line diff, and the vCPU pinning
+//! and guest memory's NUMA node, which the argv does not show.
 //!
 //! Both sides are the plan's JSON form (`plan::render::json`), so a bundle from an older
 //! harness compares without the plan types having to deserialise.
@@ -40,6 +41,16 @@ fn strings(v: &Value) -> Vec<String> {
 
 fn diff_vm(key: &str, old: &Value, new: &Value) -> Vec<String> {
     let mut out = Vec::new();
+    // Where the VM runs on the host is not in its argv (taskset/chrt come after the start):
+    // a chain placed from another `lscpu` pinned to other cores with "no drift". A bundle
+    // from a harness that did not record a field is not drift for it.
+    for (field, what) in [("pinning", "vCPU pinning"), ("numa", "NUMA node of guest memory")] {
+        if let (Some(a), Some(b)) = (old.get(field), new.get(field))
+            && a != b
+        {
+            out.push(format!("{key}: {what} {} (bundle) vs {} (now)", compact(a), compact(b)));
+        }
+    }
     let (a, b) = (strings(&old["argv"]), strings(&new["argv"]));
     if a != b {
         out.push(format!("--- {key} argv (bundle)\n+++ {key} argv (now)"));
@@ -66,6 +77,14 @@ fn diff_vm(key: &str, old: &Value, new: &Value) -> Vec<String> {
         out.push(format!("{key}: file {}: planned now, not in the bundle", g["path"].as_str().unwrap_or_default()));
     }
     out
+}
+
+/// A plan value in one line: `{"cpus":[3,4],"sched":"rr"}`, or `none`.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Null => "none".into(),
+        v => v.to_string(),
+    }
 }
 
 /// Changed lines only, `-`/`+` with their 1-based line numbers, from a longest common
@@ -121,6 +140,31 @@ mod tests {
         assert!(text.contains("-   2: b\n+   2: B"), "{text}");
         // --vm limits the comparison.
         assert!(diff(&plan("/a", ""), &plan("/b", ""), &["DUT9_9".into()]).is_empty());
+    }
+
+    /// Only argv and files were compared: a chain re-placed from another host's `lscpu`
+    /// (same CPU count, other numbering) pinned its vCPUs to other cores, and `replay` started
+    /// it with "no drift".
+    #[test]
+    fn regression_other_vcpu_pinning_is_drift() {
+        let pinned = |cpus: Value, numa: Value| {
+            let mut p = plan("/k", "");
+            p["nodes"][0]["vms"][0]["pinning"] = json!({"cpus": cpus, "sched": "rr"});
+            p["nodes"][0]["vms"][0]["numa"] = numa;
+            p
+        };
+        let a = pinned(json!([3, 4]), json!(0));
+        assert!(diff(&a, &a.clone(), &[]).is_empty());
+        let d = diff(&a, &pinned(json!([29, 30]), json!(1)), &[]);
+        assert_eq!(
+            d,
+            [
+                r#"DUT1/DUT1_1: vCPU pinning {"cpus":[3,4],"sched":"rr"} (bundle) vs {"cpus":[29,30],"sched":"rr"} (now)"#,
+                "DUT1/DUT1_1: NUMA node of guest memory 0 (bundle) vs 1 (now)",
+            ]
+        );
+        // A bundle without the fields (an older harness) is no drift for them.
+        assert!(diff(&plan("/k", ""), &a, &[]).is_empty());
     }
 
     #[test]
