@@ -36,8 +36,13 @@ pub enum Kvm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QemuFacts {
     pub path: String,
-    /// First line of `qemu-system-* --version`; `None` when the binary is missing.
+    /// First line of `qemu-system-* --version`, only when it ran cleanly and names QEMU; `None`
+    /// when the binary is missing or cannot run.
     pub version: Option<String>,
+    /// Why an executable at `path` does not count as QEMU: `--version`'s exit status and first
+    /// line (e.g. a missing shared library).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `sudo -n` as the login user.

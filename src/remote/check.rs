@@ -92,7 +92,10 @@ pub fn evaluate(node: &Node, pinned: &[u32], plan: Result<Option<&NodePlan>, Str
     let qemu_path = f.qemu.as_ref().map(|q| q.path.clone()).unwrap_or_else(|| node.qemu_binary());
     items.push(match f.qemu.as_ref().and_then(|q| q.version.as_ref()) {
         Some(v) => Item::new("qemu", Status::Ok, format!("{qemu_path} ({v})")),
-        None => Item::new("qemu", Status::Fail, format!("{qemu_path} not found or not executable")),
+        None => match f.qemu.as_ref().and_then(|q| q.error.as_ref()) {
+            Some(e) => Item::new("qemu", Status::Fail, format!("{qemu_path} cannot run: {e}")),
+            None => Item::new("qemu", Status::Fail, format!("{qemu_path} not found or not executable")),
+        },
     });
     let np = match plan {
         Ok(np) => np,

@@ -75,8 +75,15 @@ pub fn script(node: &Node, wanted: &Wanted) -> String {
     }
     s.push_str("echo \"sudo_rc=$sudo_rc\"; echo \"sudo_err=${err%%\"$nl\"*}\"\n");
     s.push_str("echo \"arch=$(uname -m)\"\n");
+    // An executable file is not yet a working QEMU (one missing a shared library still is `-x`):
+    // the version counts only when `--version` exits 0 and names QEMU; else what it said, so
+    // `check` fails naming it.
     s.push_str(&format!(
-        "q={q}; echo \"qemu_path=$q\"; if [ -x \"$q\" ]; then v=$(\"$q\" --version 2>&1); echo \"qemu_version=${{v%%\"$nl\"*}}\"; fi\n"
+        "q={q}; echo \"qemu_path=$q\"; if [ -x \"$q\" ]; then v=$(\"$q\" --version 2>&1); rc=$?; \
+         l=${{v%%\"$nl\"*}}; l=${{l:-(no output)}}; case \"$rc:$l\" in \
+         \"0:QEMU emulator version\"*) echo \"qemu_version=$l\";; \
+         0:*) echo \"qemu_error=--version printed: $l\";; \
+         *) echo \"qemu_error=--version exited $rc: $l\";; esac; fi\n"
     ));
     s.push_str("[ -e /dev/kvm ] && echo kvm_dev=1 || echo kvm_dev=0\n");
     if probe {
@@ -151,6 +158,7 @@ pub fn parse(out: &str, wanted: &Wanted) -> Result<HostFacts, String> {
     let qemu = QemuFacts {
         path: kv.get("qemu_path").copied().unwrap_or_default().to_string(),
         version: kv.get("qemu_version").map(|v| v.to_string()),
+        error: kv.get("qemu_error").map(|v| v.to_string()),
     };
     let kvm = if kv.get("kvm_dev") != Some(&"1") {
         Some(Kvm::Absent)
@@ -164,6 +172,8 @@ pub fn parse(out: &str, wanted: &Wanted) -> Result<HostFacts, String> {
             _ if !wanted.kvm_probe => None,
             _ => Some(Kvm::Unverified(if !sudo.ok {
                 "no passwordless sudo to run the probe".to_string()
+            } else if let Some(e) = &qemu.error {
+                format!("QEMU cannot run: {e}")
             } else if qemu.version.is_none() {
                 "no QEMU to run the probe".to_string()
             } else {
@@ -338,6 +348,51 @@ mod tests {
         assert!(!f.sudo.unwrap().ok, "{out}");
         let (f, out) = run_script_with_sudo(&Wanted::default(), crate::testsupport::PASSTHROUGH_SUDO);
         assert!(f.sudo.unwrap().ok, "{out}");
+    }
+
+    /// The facts and `check`'s `qemu` item for a node whose QEMU binary is a script with `body`.
+    fn with_fake_qemu(body: &str) -> (crate::facts::QemuFacts, crate::remote::check::Item) {
+        use crate::testsupport;
+        let path = testsupport::path_with("qemu-system-x86_64", body);
+        let mut node = crate::plan::fixture::dut("DUT1");
+        node.qemu.bin_dir = path.split(':').next().unwrap().to_string();
+        let script = script(&node, &Wanted::default());
+        let sudo = testsupport::path_with("sudo", testsupport::PASSTHROUGH_SUDO);
+        let out = testsupport::output(|| {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(&script).env("PATH", &sudo);
+            c
+        });
+        let f = parse(&String::from_utf8_lossy(&out.stdout), &Wanted::default()).unwrap();
+        let items = crate::remote::check::evaluate(&node, &[], Ok(None), &f);
+        let item = items.into_iter().find(|i| i.name == "qemu").unwrap();
+        (f.qemu.unwrap(), item)
+    }
+
+    /// `check` said `qemu` ok for any executable at the QEMU path: the probe printed the first
+    /// line of `--version` whatever its exit status, so a QEMU that could not load its shared
+    /// libraries, or a program printing nothing, had a "version".
+    #[test]
+    fn regression_a_qemu_that_cannot_run_has_no_version_and_fails_the_check() {
+        use crate::remote::check::Status;
+        let (q, item) = with_fake_qemu(
+            "echo \"$0: error while loading shared libraries: libslirp.so.0: cannot open shared object file\" >&2; \
+             exit 127",
+        );
+        assert_eq!(q.version, None, "{q:?}");
+        assert_eq!(item.status, Status::Fail, "{item:?}");
+        assert!(item.detail.contains("cannot run: --version exited 127: "), "{item:?}");
+        assert!(item.detail.contains("error while loading shared libraries: libslirp.so.0"), "{item:?}");
+
+        let (q, item) = with_fake_qemu("exit 0");
+        assert_eq!(q.version, None, "{q:?}");
+        assert_eq!(item.status, Status::Fail, "{item:?}");
+        assert!(item.detail.ends_with("cannot run: --version printed: (no output)"), "{item:?}");
+
+        let (q, item) = with_fake_qemu("echo 'QEMU emulator version 8.2.2'; echo 'Copyright (c) 2003-2023'");
+        assert_eq!(q.version.as_deref(), Some("QEMU emulator version 8.2.2"));
+        assert_eq!(q.error, None);
+        assert_eq!(item.status, Status::Ok, "{item:?}");
     }
 
     /// The whole probe path (script, one sudo, firmware, lscpu, lookups, parsing) on this
