@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::run::guest;
 use crate::ssh::Session;
-use crate::topology::{Vm, Vnf};
+use crate::topology::{Topology, Vm, Vnf};
 
 /// How long one collect command may take, agent sync included: a dead guest must not hang
 /// artifact collection or cleanup.
@@ -33,6 +33,18 @@ pub fn commands_for(vm: &Vm) -> Vec<Vec<String>> {
             argv(&["vppctl", "show", "interface"]),
             argv(&["vppctl", "show", "runtime"]),
         ],
+        _ => vec![],
+    }
+}
+
+/// The commands of VM `name` on `node`: a `vms:` entry's, or for a chain's VM its chain
+/// template's. Chain VMs are only expanded into VMs by the plan, so `topology.vms` never has them.
+pub fn commands_in(topology: &Topology, node: &str, name: &str) -> Vec<Vec<String>> {
+    if let Some(vm) = topology.vms.iter().find(|v| v.node == node && v.name == name) {
+        return commands_for(vm);
+    }
+    match topology.chain_on(node) {
+        Some(c) if c.vm_ids().iter().any(|(_, n)| n == name) => commands_for(&c.template),
         _ => vec![],
     }
 }
@@ -195,6 +207,32 @@ mod tests {
         vpp.collect = None;
         vpp.qga = false;
         assert!(commands_for(&vpp).is_empty(), "no agent, no default counters");
+    }
+
+    /// `topologies/csit-chain.yaml` with these keys added to the chain's `vm:` template.
+    fn chain_topology(vm_keys: &str) -> Topology {
+        let path = format!("{}/topologies/csit-chain.yaml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = format!("{}\n{vm_keys}", text.trim_end());
+        crate::topology::load_str_with(&text, std::path::Path::new(&path), &|_| true).unwrap()
+    }
+
+    /// Chain VMs never collected counters, not even an explicit `collect:`: `up` and `down`
+    /// looked the commands up in `topology.vms`, where only `vms:` entries are (chain VMs exist
+    /// once the plan expands the chain).
+    #[test]
+    fn regression_chain_vms_collect_their_templates_commands() {
+        let t = chain_topology("      qga: true\n      collect: [\"cat /proc/net/snmp6\"]\n");
+        assert!(t.vms.is_empty(), "the fixture has chain VMs only");
+        for q in 1..=4 {
+            assert_eq!(commands_in(&t, "DUT1", &format!("DUT1_{q}")), [v(&["cat", "/proc/net/snmp6"])], "DUT1_{q}");
+        }
+        assert!(commands_in(&t, "DUT1", "DUT1_5").is_empty(), "not a VM of the chain");
+        assert!(commands_in(&t, "TG", "DUT1_1").is_empty(), "another node's chain");
+        // Without `collect:`, the chain's VPP VNF gives its defaults when the VMs have an agent.
+        let t = chain_topology("      qga: true\n");
+        assert_eq!(commands_in(&t, "DUT1", "DUT1_2")[0], v(&["vppctl", "show", "errors"]));
+        assert!(commands_in(&chain_topology(""), "DUT1", "DUT1_2").is_empty(), "no agent, no defaults");
     }
 
     #[test]

@@ -50,7 +50,7 @@ async fn collect(
     };
     let mut missing = Vec::new();
     for m in manifests.into_iter().flatten().filter(|m| sel.matches(m)) {
-        let (run_dir, vms) = match sources(run_root, &m, topology) {
+        let (run_dir, vms) = match sources(node, run_root, &m, topology) {
             Ok(s) => s,
             Err(e) => {
                 missing.push(format!("{node}: run {:?}: {e}", m.run_id));
@@ -68,7 +68,7 @@ async fn collect(
 /// The run directory and VMs to collect from, with every path recomputed from `run_root`, the
 /// run id and the VM names ([`crate::remote::layout`]), never taken from the manifest: the files
 /// are read as root, and a manifest is only a file on the host.
-fn sources(run_root: &str, m: &Manifest, topology: &Topology) -> Result<(String, Vec<VmSource>), String> {
+fn sources(node: &str, run_root: &str, m: &Manifest, topology: &Topology) -> Result<(String, Vec<VmSource>), String> {
     let run_dir = layout::run_dir(run_root, &m.run_id)?;
     let vms = m
         .vms
@@ -84,12 +84,7 @@ fn sources(run_root: &str, m: &Manifest, topology: &Topology) -> Result<(String,
                 error: None,
                 qemu_stderr: None,
                 ready: v.state == "ready",
-                commands: topology
-                    .vms
-                    .iter()
-                    .find(|t| t.name == v.name)
-                    .map(counters::commands_for)
-                    .unwrap_or_default(),
+                commands: counters::commands_in(topology, node, &v.name),
             })
         })
         .collect::<Result<_, String>>()?;
@@ -129,12 +124,29 @@ mod tests {
             Err(e) => panic!("fixture no longer matches the manifest format: {e}"),
         };
         let topo = crate::plan::fixture::topology(vec![], vec![]);
-        let (run_dir, vms) = sources("/run/harness", &m, &topo).unwrap();
+        let (run_dir, vms) = sources("DUT1", "/run/harness", &m, &topo).unwrap();
         assert_eq!(run_dir, "/run/harness/r1");
         assert_eq!(vms[0].serial_log, "/run/harness/r1/DUT1_1/serial.log");
         assert_eq!(vms[0].qga.as_deref(), Some("/run/harness/r1/DUT1_1/qga.sock"));
         let mut bad = m.clone();
         bad.run_id = "../etc".into();
-        assert!(sources("/run/harness", &bad, &topo).is_err());
+        assert!(sources("DUT1", "/run/harness", &bad, &topo).is_err());
+    }
+
+    /// `down --artifacts` never collected a chain VM's counters, not even an explicit
+    /// `collect:`: it looked the VM up in `topology.vms`, which holds only `vms:` entries.
+    #[test]
+    fn regression_down_collects_chain_vms_counters() {
+        let json = r#"{"format":1,"run_id":"r1","node":"DUT1","host":"h","topology":"/t.yaml","started_by":"u@j",
+            "created_unix":0,"run_dir":"/run/harness/r1","hugepages":[],"vms":[{"name":"DUT1_3","qemu_id":3,
+            "run_dir":"/run/harness/r1/DUT1_3","pidfile":"p","serial_log":"s","qga":"q","qmp":"m","argv":[],
+            "files":[],"state":"ready","pid":7,"pinned":[],"guest_interfaces":[]}]}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        let path = format!("{}/topologies/csit-chain.yaml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = format!("{}\n      qga: true\n      collect: [\"cat /proc/net/snmp6\"]\n", text.trim_end());
+        let topo = crate::topology::load_str_with(&text, Path::new(&path), &|_| true).unwrap();
+        let (_, vms) = sources("DUT1", "/run/harness", &m, &topo).unwrap();
+        assert_eq!(vms[0].commands, [["cat", "/proc/net/snmp6"]]);
     }
 }

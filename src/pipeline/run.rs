@@ -86,12 +86,7 @@ pub fn node_sources(view: &RunView, topology: &Topology) -> Vec<NodeSource> {
                     qemu_stderr: if start_failed { error.clone() } else { None },
                     error,
                     ready: r.is_some_and(|r| r.state == VmState::Ready),
-                    commands: topology
-                        .vms
-                        .iter()
-                        .find(|v| v.name == vp.name)
-                        .map(counters::commands_for)
-                        .unwrap_or_default(),
+                    commands: counters::commands_in(topology, name, &vp.name),
                 }
             });
             NodeSource {
