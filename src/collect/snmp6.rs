@@ -12,10 +12,13 @@ use std::collections::BTreeMap;
 pub enum Snmp6Error {
     #[error("snmp6: line {line}: expected `Name value`, got {text:?}")]
     BadLine { line: usize, text: String },
+    #[error("snmp6: no counters")]
+    Empty,
 }
 
 /// All counters by name. Blank lines are ignored; anything else that is not a name and an
-/// unsigned number is an error (a truncated read should not pass for zeros).
+/// unsigned number is an error (a truncated read should not pass for zeros), and so is text
+/// with no counter at all (the kernel always has some: an empty read is a failed one).
 pub fn parse(text: &str) -> Result<BTreeMap<String, u64>, Snmp6Error> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -27,6 +30,9 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, u64>, Snmp6Error> {
         };
         let value: u64 = value.parse().map_err(|_| Snmp6Error::BadLine { line: i + 1, text: line.to_string() })?;
         out.insert(name.to_string(), value);
+    }
+    if out.is_empty() {
+        return Err(Snmp6Error::Empty);
     }
     Ok(out)
 }
@@ -72,6 +78,15 @@ mod tests {
         };
         let all = parse(&text).unwrap();
         assert!(all.contains_key("Icmp6InMsgs"), "{all:?}");
+    }
+
+    /// `parse("")` returned `Ok({})`: a read that got nothing (IPv6 disabled in the guest)
+    /// passed for a kernel with no ICMPv6 errors.
+    #[test]
+    fn regression_text_without_counters_is_an_error() {
+        assert_eq!(parse(""), Err(Snmp6Error::Empty));
+        assert_eq!(parse("\n  \n"), Err(Snmp6Error::Empty));
+        assert_eq!(parse("Icmp6InErrors 0\n").unwrap()["Icmp6InErrors"], 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Parsed forms: VPP `show errors` becomes `[{count, node, reason, severity}]`
 //! ([`crate::collect::vpp_errors`]); `cat /proc/net/snmp6` becomes its `Icmp6*` counters
 //! ([`crate::collect::snmp6`]). A parse failure is recorded next to the raw output, never fatal.
+//! A command that did not exit 0 is not parsed at all: its `error` says how it ended.
 
 use std::time::Duration;
 
@@ -115,30 +116,41 @@ pub async fn run_all(session: &Session, qga: Option<&str>, commands: &[Vec<Strin
         let c = match res {
             Err(_) => failed(argv, format!("no answer within {COMMAND_TIMEOUT:?}")),
             Ok(Err(e)) => failed(argv, e.to_string()),
-            Ok(Ok(o)) => {
-                let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-                let (parsed, error) = match parse(argv, &stdout) {
-                    Some(Ok(v)) => (Some(v), None),
-                    Some(Err(e)) => (None, Some(format!("unparsed: {e}"))),
-                    None => (None, None),
-                };
-                let exit_code = match o.status {
-                    crate::run::qga::ExitStatus::Code(c) => Some(c),
-                    _ => None,
-                };
-                Collected {
-                    argv: argv.clone(),
-                    exit_code,
-                    stdout,
-                    stderr: String::from_utf8_lossy(&o.stderr).into(),
-                    parsed,
-                    error,
-                }
-            }
+            Ok(Ok(o)) => outcome(argv, &o),
         };
         out.push(c);
     }
     out
+}
+
+/// A command that ran. Its output is parsed only when it exited 0: a failed `cat` prints
+/// nothing, and nothing must not pass for a set of counters.
+fn outcome(argv: &[String], o: &crate::run::qga::ExecOutput) -> Collected {
+    use crate::run::qga::ExitStatus;
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let exit_code = match o.status {
+        ExitStatus::Code(c) => Some(c),
+        _ => None,
+    };
+    let (parsed, error) = if o.success() {
+        match parse(argv, &stdout) {
+            Some(Ok(v)) => (Some(v), None),
+            Some(Err(e)) => (None, Some(format!("unparsed: {e}"))),
+            None => (None, None),
+        }
+    } else {
+        let how = match o.status {
+            ExitStatus::Code(c) => format!("exited {c}"),
+            ExitStatus::Signal(s) => format!("killed by signal {s}"),
+            ExitStatus::Unknown => "no exit status from the guest agent".to_string(),
+        };
+        match stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(said) => (None, Some(format!("{how}: {said}"))),
+            None => (None, Some(how)),
+        }
+    };
+    Collected { argv: argv.to_vec(), exit_code, stdout, stderr, parsed, error }
 }
 
 fn failed(argv: &[String], error: String) -> Collected {
@@ -233,6 +245,41 @@ mod tests {
         let t = chain_topology("      qga: true\n");
         assert_eq!(commands_in(&t, "DUT1", "DUT1_2")[0], v(&["vppctl", "show", "errors"]));
         assert!(commands_in(&chain_topology(""), "DUT1", "DUT1_2").is_empty(), "no agent, no defaults");
+    }
+
+    fn ran(status: crate::run::qga::ExitStatus, stdout: &str, stderr: &str) -> crate::run::qga::ExecOutput {
+        crate::run::qga::ExecOutput {
+            pid: 1,
+            status,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }
+    }
+
+    /// A guest with IPv6 disabled: `cat /proc/net/snmp6` exits 1 with nothing on stdout, and
+    /// that was parsed as no counters at all (`parsed: {}`, no error, nothing in missing.txt),
+    /// so a check like `Icmp6InErrors == 0` passed.
+    #[test]
+    fn regression_a_failed_command_is_not_parsed_and_is_an_error() {
+        use crate::run::qga::ExitStatus;
+        let cat = v(&["cat", "/proc/net/snmp6"]);
+        let c = outcome(&cat, &ran(ExitStatus::Code(1), "", "cat: /proc/net/snmp6: No such file or directory\n"));
+        assert_eq!(c.parsed, None);
+        assert_eq!(c.exit_code, Some(1));
+        assert_eq!(c.error.as_deref(), Some("exited 1: cat: /proc/net/snmp6: No such file or directory"));
+        // Even output that would parse is not counters of a command that failed.
+        let c = outcome(&cat, &ran(ExitStatus::Signal(9), "Icmp6InErrors 0\n", ""));
+        assert_eq!((c.parsed, c.error.as_deref()), (None, Some("killed by signal 9")));
+        let c = outcome(&cat, &ran(ExitStatus::Unknown, "Icmp6InErrors 0\n", ""));
+        assert_eq!(c.parsed, None);
+        assert!(c.error.is_some());
+        // Exit 0: parsed as before.
+        let c = outcome(&cat, &ran(ExitStatus::Code(0), "Icmp6InErrors 0\n", ""));
+        assert_eq!((c.parsed, c.error), (Some(serde_json::json!({"Icmp6InErrors": 0})), None));
+        let c = outcome(&v(&["vppctl", "show", "runtime"]), &ran(ExitStatus::Code(0), "x", ""));
+        assert_eq!((c.parsed, c.error), (None, None));
     }
 
     #[test]
