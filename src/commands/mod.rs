@@ -58,13 +58,14 @@ pub fn absolute(path: &Path) -> String {
 }
 
 /// Write a report file the user named (`--junit`), creating its directory as `--artifacts`
-/// does.
+/// does. Whole or not at all: a CI step reading it must never get a truncated XML, and a failed
+/// write must not destroy the previous report.
 pub fn write_report(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context as _;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    crate::run::record::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// SSH options from the global flags.
@@ -214,5 +215,30 @@ mod exit_code_tests {
         assert_eq!(exit_code_for(&anyhow::Error::new(ssh())), exit::UNREACHABLE);
         let other = anyhow::Error::new(crate::run::guest::GuestExecError::NoAgent);
         assert_eq!(exit_code_for(&other), exit::FAILED);
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// `--junit FILE` was written in place (truncate, then write): a CI step reading it during
+    /// the write saw a truncated XML, and a write that failed half-way left one for good.
+    #[test]
+    fn regression_a_report_is_replaced_whole_not_rewritten_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out/junit.xml");
+        write_report(&path, b"<old/>").unwrap();
+        // A reader that opened the previous report keeps reading it whole.
+        let mut reader = std::fs::File::open(&path).unwrap();
+        write_report(&path, b"<testsuites>new</testsuites>").unwrap();
+        let mut seen = String::new();
+        reader.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "<old/>");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "<testsuites>new</testsuites>");
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["junit.xml"], "no temporary file left");
     }
 }

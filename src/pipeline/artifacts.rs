@@ -177,8 +177,9 @@ async fn read_remote(session: &Session, path: &str, max: Option<u64>) -> Result<
     }
 }
 
+/// Each file whole or not at all: an upload step must not publish a truncated one as complete.
 fn put(path: &Path, bytes: &[u8], missing: &mut Vec<String>) {
-    if let Err(e) = std::fs::write(path, bytes) {
+    if let Err(e) = crate::run::record::write_atomically(path, bytes) {
         missing.push(format!("{}: {e}", path.display()));
     }
 }
@@ -194,7 +195,7 @@ pub fn safe(name: &str) -> String {
 /// `missing.txt`: one line per missing source (an empty file when nothing is missing).
 pub fn write_missing(dir: &Path, missing: &[String]) -> std::io::Result<()> {
     let text: String = missing.iter().map(|m| format!("{m}\n")).collect();
-    std::fs::write(dir.join("missing.txt"), text)
+    crate::run::record::write_atomically(&dir.join("missing.txt"), text.as_bytes())
 }
 
 #[cfg(test)]

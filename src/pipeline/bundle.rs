@@ -170,14 +170,27 @@ pub fn read_meta(dir: &Path) -> Result<Meta, BundleError> {
     serde_json::from_slice(&bytes).map_err(|source| BundleError::Meta { path: p, source })
 }
 
-/// Pack `run_dir` into `out` (gzip'd tar, entries under `<run_id>/`).
+/// Pack `run_dir` into `out` (gzip'd tar, entries under `<run_id>/`). Packed into a temporary
+/// file beside `out`, renamed over it once complete and removed on failure: a failed pack
+/// leaves neither a truncated bundle nor a damaged earlier one at `out`.
 pub fn pack(run_dir: &Path, out: &Path) -> Result<(), BundleError> {
     let meta = read_meta(run_dir)?;
-    let file = std::fs::File::create(out).map_err(io(out))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let packed = pack_to(&meta.run_id, run_dir, &tmp, out).and_then(|()| std::fs::rename(&tmp, out).map_err(io(out)));
+    if packed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    packed
+}
+
+/// The tarball of `run_dir` written to `tmp`; errors name `out`, the file the user asked for.
+fn pack_to(run_id: &str, run_dir: &Path, tmp: &Path, out: &Path) -> Result<(), BundleError> {
+    let file = std::fs::File::create(tmp).map_err(io(out))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
-    tar.append_dir_all(&meta.run_id, run_dir).map_err(io(run_dir))?;
+    tar.append_dir_all(run_id, run_dir).map_err(io(run_dir))?;
     let gz = tar.into_inner().map_err(io(out))?;
     gz.finish().map_err(io(out))?;
     Ok(())
@@ -211,6 +224,30 @@ pub fn unpack(bundle: &Path, dest: &Path) -> Result<PathBuf, BundleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `pack` wrote the bundle in place and left it when it failed: in place of the good one an
+    /// earlier `harness bundle` had written, a file that looked like a bundle (tar and gzip
+    /// finish the stream when dropped) but lacked what came after the failure.
+    #[test]
+    fn regression_a_failed_pack_leaves_no_bundle_and_keeps_the_previous_one() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("b.tar.gz");
+        let earlier = d.path().join("runs/r0");
+        record(&earlier, &Meta::new("r0", Path::new("/t/lab.yaml"), None, &[]), b"nodes: {}\n").unwrap();
+        pack(&earlier, &out).unwrap();
+        let good = std::fs::read(&out).unwrap();
+        let run = d.path().join("runs/r1");
+        record(&run, &Meta::new("r1", Path::new("/t/lab.yaml"), None, &[]), b"nodes: {}\n").unwrap();
+        // tar cannot archive a socket: the pack fails part-way.
+        let _sock = std::os::unix::net::UnixListener::bind(run.join("agent.sock")).unwrap();
+        let e = pack(&run, &out).unwrap_err();
+        assert!(e.to_string().contains("socket can not be archived"), "{e}");
+        assert!(std::fs::read(&out).unwrap() == good, "the previous bundle is kept as it was");
+        std::fs::remove_file(&out).unwrap();
+        assert!(pack(&run, &out).is_err());
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["runs"], "no bundle and no temporary file left");
+    }
 
     #[test]
     fn record_pack_unpack_round_trip() {

@@ -124,12 +124,14 @@ pub struct RunFiles<'a> {
     pub missing: Vec<String>,
 }
 
+/// Every file whole or not at all (a temporary file, then a rename), as `--junit` is.
 pub fn write_run_files(dir: &Path, f: RunFiles<'_>) -> std::io::Result<()> {
+    use crate::run::record::write_atomically;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("events.jsonl"), f.events.to_jsonl())?;
-    std::fs::write(dir.join("result.json"), serde_json::to_vec_pretty(f.result).expect("serialisable"))?;
+    write_atomically(&dir.join("events.jsonl"), f.events.to_jsonl().as_bytes())?;
+    write_atomically(&dir.join("result.json"), &serde_json::to_vec_pretty(f.result).expect("serialisable"))?;
     if let Some(x) = f.junit {
-        std::fs::write(dir.join("junit.xml"), x)?;
+        write_atomically(&dir.join("junit.xml"), x.as_bytes())?;
     }
     let mut missing = f.missing;
     match f.record_dir {
@@ -141,4 +143,37 @@ pub fn write_run_files(dir: &Path, f: RunFiles<'_>) -> std::io::Result<()> {
         None => missing.push("bundle.tar.gz: no run record".into()),
     }
     artifacts::write_missing(dir, &missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// The run's artifacts (`events.jsonl`, `result.json`, `junit.xml`, `missing.txt`) were
+    /// written in place: an upload step reading them, or a failure half-way, got truncated files.
+    #[test]
+    fn regression_run_files_are_replaced_whole_not_rewritten_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let names = ["events.jsonl", "result.json", "junit.xml", "missing.txt"];
+        for n in names {
+            std::fs::write(d.path().join(n), "old").unwrap();
+        }
+        let mut readers: Vec<_> = names.iter().map(|n| std::fs::File::open(d.path().join(n)).unwrap()).collect();
+        let result = serde_json::json!({"ok": true});
+        let events = EventLog::default();
+        let files =
+            RunFiles { result: &result, events: &events, junit: Some("<x/>"), record_dir: None, missing: vec![] };
+        write_run_files(d.path(), files).unwrap();
+        for (n, r) in names.iter().zip(&mut readers) {
+            let mut seen = String::new();
+            r.read_to_string(&mut seen).unwrap();
+            assert_eq!(seen, "old", "{n}: the previous file was rewritten in place");
+        }
+        assert_eq!(std::fs::read_to_string(d.path().join("junit.xml")).unwrap(), "<x/>");
+        assert_eq!(std::fs::read_to_string(d.path().join("missing.txt")).unwrap(), "bundle.tar.gz: no run record\n");
+        let mut left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["events.jsonl", "junit.xml", "missing.txt", "result.json"], "no temporary file left");
+    }
 }

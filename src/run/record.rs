@@ -39,11 +39,15 @@ pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
 
 /// Write `path` whole or not at all (a temporary file beside it, then a rename): a harness
 /// killed mid-write must not leave a truncated record that `down`, `bundle` or `replay` chokes on.
+/// A failed write removes its temporary file and leaves `path` as it was.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 pub fn load(dir: &Path, run_id: &str) -> std::io::Result<RunRecord> {
@@ -108,5 +112,18 @@ mod tests {
         assert_eq!(list(d.path()).iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
         remove(d.path(), "b");
         assert_eq!(list(d.path()).len(), 1);
+    }
+
+    /// A failed `write_atomically` left its temporary file (`.NAME.tmp`) behind, next to the
+    /// file it was meant to replace.
+    #[test]
+    fn regression_a_failed_atomic_write_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("taken");
+        std::fs::create_dir(&path).unwrap();
+        // A directory cannot be renamed over: the write fails after the temporary file is whole.
+        assert!(write_atomically(&path, b"x").is_err());
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["taken"]);
     }
 }
