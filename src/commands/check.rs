@@ -87,6 +87,15 @@ fn mark(s: Status, tty: bool) -> &'static str {
 
 /// One line per node, then an indented line for every item that is not plainly ok.
 fn print_text(reports: &[NodeReport], tty: bool) {
+    print!("{}", text(reports, tty));
+}
+
+/// The text of [`print_text`]. An item's detail is the host's words (sudo's and KVM's errors,
+/// QEMU's version line): escaped, so a host cannot rewrite the terminal or forge a line.
+fn text(reports: &[NodeReport], tty: bool) -> String {
+    use crate::report::sanitize::escape_control as esc;
+    use std::fmt::Write;
+    let mut out = String::new();
     let width = reports.iter().map(|r| r.node.len()).max().unwrap_or(0);
     for r in reports {
         let mut line = format!("{:width$}  {:21}", r.node, r.addr);
@@ -109,9 +118,43 @@ fn print_text(reports: &[NodeReport], tty: bool) {
         if r.reachable {
             line.push_str(&format!("  ({} ms + {} ms)", r.connect_ms, r.probe_ms));
         }
-        println!("{line}");
+        let _ = writeln!(out, "{line}");
         for it in r.items.iter().filter(|i| i.status != Status::Ok || !r.reachable) {
-            println!("{:width$}    {} {}: {}", "", mark(it.status, tty), it.name, it.detail);
+            let _ = writeln!(out, "{:width$}    {} {}: {}", "", mark(it.status, tty), it.name, esc(&it.detail));
         }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::check::Item;
+
+    /// `check` printed each item's detail raw, and the detail is what the host said (sudo's
+    /// message, the KVM probe's error, QEMU's `--version` line): an escape sequence in it could
+    /// rewrite the terminal, and a newline forge an `ok` line for another node.
+    #[test]
+    fn regression_check_escapes_what_the_hosts_say() {
+        let item = |name: &str, detail: &str| Item { name: name.into(), status: Status::Fail, detail: detail.into() };
+        let r = NodeReport {
+            node: "DUT1".into(),
+            addr: "10.0.0.2:22".into(),
+            reachable: true,
+            error: None,
+            connect_ms: 1,
+            probe_ms: 2,
+            accel: None,
+            items: vec![
+                item("sudo", "`sudo -n true` failed: \x1b]0;pwned\x07\x1b[2Jsorry"),
+                item("qemu", "/usr/bin/qemu-system-x86_64 cannot run: x\nDUT2  10.0.0.3:22  ok:ssh\r"),
+            ],
+            facts: None,
+        };
+        let out = text(&[r], false);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 3, "one line per node and per failed item: {out}");
+        assert!(out.contains("failed: \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jsorry"), "{out}");
+        assert!(out.contains("cannot run: x\\nDUT2  10.0.0.3:22  ok:ssh\\r\n"), "{out}");
     }
 }
