@@ -58,9 +58,13 @@ pub(crate) enum Verdict {
     },
 }
 
-/// The name a host is recorded under: `host`, or `[host]:port` for a port other than 22.
+/// The name a host is looked up and recorded under: `host`, or `[host]:port` for a port other
+/// than 22. A host name (not an address) is lowercased first, as OpenSSH does before matching
+/// and before hashing (`HashKnownHosts`): a hashed entry it wrote for `dut1.lab` must match a
+/// topology saying `DUT1.lab`.
 fn host_port(host: &str, port: u16) -> String {
-    if port == 22 { host.to_string() } else { format!("[{host}]:{port}") }
+    let host = if host.parse::<std::net::IpAddr>().is_ok() { host.to_string() } else { host.to_ascii_lowercase() };
+    if port == 22 { host } else { format!("[{host}]:{port}") }
 }
 
 /// `*` and `?` glob of OpenSSH host patterns (host names: ASCII case ignored).
@@ -218,7 +222,13 @@ impl HostKeyPolicy {
                 if let Some(dir) = self.known_hosts.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts).map_err(
+                // Recorded lowercased, as OpenSSH records it (see `host_port`).
+                let host = if self.host.parse::<std::net::IpAddr>().is_ok() {
+                    self.host.clone()
+                } else {
+                    self.host.to_ascii_lowercase()
+                };
+                russh::keys::known_hosts::learn_known_hosts_path(&host, self.port, key, &self.known_hosts).map_err(
                     |e| SshError::Config {
                         node: self.node.clone(),
                         message: format!("cannot record host key {fingerprint} in {kh}: {e}"),
@@ -440,6 +450,36 @@ mod tests {
         assert_eq!((hashed.len(), hashed[0].line), (1, 3));
         assert!(known_keys(&text, "dut.example", 22).is_empty());
         assert!(known_keys(&text, "h", 22).is_empty(), "bad lines and @cert-authority are skipped");
+    }
+
+    /// `|1|salt|hash` for `name`, as `ssh-keygen -H` writes it.
+    fn hashed(name: &str) -> String {
+        let salt = [0x5au8; 20];
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt);
+        format!("|1|{}|{}", BASE64.encode(&salt), BASE64.encode(ring::hmac::sign(&key, name.as_bytes()).as_ref()))
+    }
+
+    /// OpenSSH lowercases a host name before hashing it, harness hashed it as the topology spelled
+    /// it: `DUT1.lab.example` missed the entry OpenSSH wrote for `dut1.lab.example`, so the host
+    /// was "unknown", accept-new recorded whatever key it offered (a changed key accepted) and a
+    /// hashed `@revoked` line was skipped.
+    #[test]
+    fn regression_hashed_known_hosts_entries_ignored_upper_case_host_names() {
+        let text =
+            format!("{} {E1}\n@revoked {} {E2}\n", hashed("dut1.lab.example"), hashed("[dut1.lab.example]:2222"));
+        let (_d, mut p) = policy(&text);
+        p.host = "DUT1.Lab.Example".into();
+        p.verify(&key(E1)).unwrap();
+        assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyChanged { line: 1, .. })));
+        p.port = 2222;
+        assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyRevoked { line: 2, .. })));
+        // A new host is recorded under the lowercased name, which OpenSSH then finds too.
+        p.host = "New.Lab.Example".into();
+        p.verify(&key(E1)).unwrap();
+        let written = std::fs::read_to_string(&p.known_hosts).unwrap();
+        assert!(written.lines().last().unwrap().starts_with("[new.lab.example]:2222 ssh-ed25519 "), "{written}");
+        // Addresses are left as written.
+        assert_eq!(host_port("fe80::A", 22), "fe80::A");
     }
 
     #[test]
