@@ -16,7 +16,8 @@ pub(crate) struct Resolved {
     /// `IdentityFile` entries of the config (tried after the topology's own identities).
     pub config_identities: Vec<PathBuf>,
     pub proxy_jump: Option<String>,
-    pub known_hosts: PathBuf,
+    /// known_hosts files, never empty: all are read, new keys are recorded in the first.
+    pub known_hosts: Vec<PathBuf>,
     /// Record unknown host keys instead of refusing.
     pub accept_new: bool,
 }
@@ -43,7 +44,10 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 ///   and becomes `Host *` when it applies to `target`, `Host !*` when not;
 /// - `Include` is read in place (relative names from the including file's directory, `*` and
 ///   `?` in the file name, files in name order);
-/// - `Key=Value`, `Key = Value` and tab-separated lines become `Key Value`.
+/// - `Key=Value`, `Key = Value` and tab-separated lines become `Key Value`;
+/// - `UserKnownHostsFile`'s list of files (quotes allowed) becomes the files joined by NUL,
+///   which no path contains: russh-config keeps the value as one path and strips quotes only
+///   around the whole value.
 ///
 /// Errors (an unreadable file, a `Match` harness cannot evaluate) are `file:line: message`.
 fn normalized_config(path: &Path, target: &SshTarget) -> Result<String, String> {
@@ -120,6 +124,10 @@ impl Normalizer<'_> {
                 "stricthostkeychecking" => {
                     let relaxed = matches!(value.to_ascii_lowercase().as_str(), "accept-new" | "no" | "off");
                     out(self, format!("{key} {}\n", if relaxed { "no" } else { "yes" }));
+                }
+                "userknownhostsfile" => {
+                    let files = shlex::split(value).ok_or_else(|| at(format!("{key} {value}: unbalanced quotes")))?;
+                    out(self, format!("{key} {}\n", files.join("\0")));
                 }
                 lower => {
                     if applies {
@@ -335,20 +343,23 @@ pub(crate) fn resolve_in_chain(
     };
     let from_config = hc.proxy_jump.clone().filter(|j| !loops(j));
     let proxy_jump = target.proxy_jump.clone().or(from_config).filter(|j| !j.is_empty() && j != "none");
-    let from_config = match (&target.known_hosts, &hc.user_known_hosts_file) {
-        (None, Some(p)) => Some(path_tokens("UserKnownHostsFile", p)?),
-        _ => None,
+    // The topology's file, else the config's list (see `normalized_config`), else OpenSSH's
+    // default list.
+    let known_hosts: Vec<PathBuf> = match (&target.known_hosts, &hc.user_known_hosts_file) {
+        (Some(p), _) => vec![expand_tilde(p)],
+        (None, Some(list)) => list
+            .to_string_lossy()
+            .split('\0')
+            .filter(|f| !f.is_empty())
+            .map(|f| path_tokens("UserKnownHostsFile", Path::new(f)))
+            .collect::<Result<_, _>>()?,
+        (None, None) => {
+            dirs::home_dir().map(|h| vec![h.join(".ssh/known_hosts"), h.join(".ssh/known_hosts2")]).unwrap_or_default()
+        }
     };
-    let known_hosts = target
-        .known_hosts
-        .as_deref()
-        .map(expand_tilde)
-        .or(from_config)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".ssh/known_hosts")))
-        .ok_or_else(|| SshError::Config {
-            node: target.name.clone(),
-            message: "no known_hosts file: set `known_hosts` on the node (no home directory)".into(),
-        })?;
+    if known_hosts.is_empty() {
+        return Err(config_error("no known_hosts file: set `known_hosts` on the node (no home directory)".into()));
+    }
     // russh-config maps `StrictHostKeyChecking accept-new` (and `yes`) to true and `no` to false;
     // we only ever relax to "accept new", never to "accept changed".
     let accept_new =
@@ -439,7 +450,7 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("10.9.8.7", 2222, "cfguser"));
         assert_eq!(r.proxy_jump.as_deref(), Some("bastion"));
-        assert_eq!(r.known_hosts, PathBuf::from("/tmp/kh"));
+        assert_eq!(r.known_hosts, [PathBuf::from("/tmp/kh")]);
         assert!(r.config_identities[0].ends_with(".ssh/lab_key"));
         assert!(!r.config_identities[0].starts_with("~"));
         t.port = Some(22);
@@ -574,13 +585,43 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!(r.host, "dut7.lab.example");
         assert_eq!(r.config_identities, [PathBuf::from("/keys/dut7.lab.example_2201_tester_dut7_100%.key")]);
-        assert_eq!(r.known_hosts, PathBuf::from("/kh/dut7"));
+        assert_eq!(r.known_hosts, [PathBuf::from("/kh/dut7")]);
         // The topology's known_hosts is the user's own path, not a config value.
-        assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, PathBuf::from("/tmp/kh"));
+        assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
         std::fs::write(&cfg, "Host dut\n  IdentityFile /keys/%C\n").unwrap();
         let err = resolve(&target("dut"), &opts).unwrap_err().to_string();
         assert!(err.contains("IdentityFile /keys/%C") && err.contains("%C"), "{err}");
         assert_eq!(expand_tokens("100%", &[]).unwrap_err(), "a lone % at the end (write %% for a percent sign)");
+    }
+
+    /// `UserKnownHostsFile ~/.ssh/a ~/.ssh/b` (a list, OpenSSH's default being
+    /// `~/.ssh/known_hosts ~/.ssh/known_hosts2`) was read as ONE path, "/home/u/.ssh/a ~/.ssh/b":
+    /// no file was read, so every host was unknown and accept-new recorded any key.
+    #[test]
+    fn regression_user_known_hosts_file_lists_were_read_as_one_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        let home = dirs::home_dir().unwrap();
+        let mut t = target("dut7");
+        t.known_hosts = None;
+        std::fs::write(&cfg, "Host dut*\n  UserKnownHostsFile ~/.ssh/kh1 /kh/%n\t\"/with space/kh\" ~/kh2\n").unwrap();
+        assert_eq!(
+            resolve(&t, &opts).unwrap().known_hosts,
+            [home.join(".ssh/kh1"), "/kh/dut7".into(), "/with space/kh".into(), home.join("kh2")]
+        );
+        std::fs::write(&cfg, "UserKnownHostsFile=\"/with space/kh\"\n").unwrap();
+        assert_eq!(resolve(&t, &opts).unwrap().known_hosts, [PathBuf::from("/with space/kh")]);
+        std::fs::write(&cfg, "Host dut*\n  UserKnownHostsFile \"/kh/a\n").unwrap();
+        let err = resolve(&t, &opts).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:2: ", cfg.display())) && err.contains("unbalanced quotes"), "{err}");
+        // Without a config: OpenSSH's default list. The topology's file is the only one.
+        let none = ConnectOptions { ssh_config: None, ..ConnectOptions::default() };
+        assert_eq!(
+            resolve(&t, &none).unwrap().known_hosts,
+            [home.join(".ssh/known_hosts"), home.join(".ssh/known_hosts2")]
+        );
+        assert_eq!(resolve(&target("dut7"), &none).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
     }
 
     fn target(host: &str) -> SshTarget {

@@ -8,8 +8,13 @@
 //! recorded under `--accept-new-host-keys`, which is exactly the downgrade an attacker holding
 //! some RSA key wants. As in OpenSSH, such a host is "changed" unless the offered type is known
 //! too, and a revoked key is refused whatever the flags say.
+//!
+//! `UserKnownHostsFile` may list several files (OpenSSH's default is `~/.ssh/known_hosts
+//! ~/.ssh/known_hosts2`): their entries are judged together, as OpenSSH does (a key any file
+//! records is known; else a recorded key of its type makes it changed; `@revoked` anywhere wins),
+//! and new keys are recorded in the first.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use data_encoding::BASE64;
@@ -26,13 +31,16 @@ pub(crate) struct HostKeyPolicy {
     /// Name the key is recorded under (the connect host; `[host]:port` is added for non-22).
     pub host: String,
     pub port: u16,
-    pub known_hosts: PathBuf,
+    /// The known_hosts files, never empty: all are read, new keys go to the first.
+    pub known_hosts: Vec<PathBuf>,
     pub accept_new: bool,
 }
 
 /// A known_hosts line that names the host we connect to.
 #[derive(Debug, Clone)]
 pub(crate) struct KnownKey {
+    /// Index of its file in [`HostKeyPolicy::known_hosts`].
+    pub file: usize,
     /// 1-based line in the file (comments counted).
     pub line: usize,
     pub revoked: bool,
@@ -46,14 +54,17 @@ pub(crate) enum Verdict {
     Unknown,
     /// A key of the same type is recorded and differs.
     Changed {
+        file: usize,
         line: usize,
     },
     /// The host is known only by keys of other types.
     TypeChanged {
+        file: usize,
         line: usize,
         known: String,
     },
     Revoked {
+        file: usize,
         line: usize,
     },
 }
@@ -147,7 +158,7 @@ pub(crate) fn known_keys(text: &str, host: &str, port: u16) -> Vec<KnownKey> {
             continue;
         }
         if let Ok(key) = russh::keys::parse_public_key_base64(b64) {
-            out.push(KnownKey { line: i + 1, revoked, key });
+            out.push(KnownKey { file: 0, line: i + 1, revoked, key });
         }
     }
     out
@@ -162,7 +173,7 @@ fn same_type(a: &Algorithm, b: &Algorithm) -> bool {
 pub(crate) fn judge(known: &[KnownKey], key: &PublicKey) -> Verdict {
     let data = key.key_data();
     if let Some(k) = known.iter().find(|k| k.revoked && k.key.key_data() == data) {
-        return Verdict::Revoked { line: k.line };
+        return Verdict::Revoked { file: k.file, line: k.line };
     }
     let plain: Vec<&KnownKey> = known.iter().filter(|k| !k.revoked).collect();
     if plain.iter().any(|k| k.key.key_data() == data) {
@@ -170,13 +181,13 @@ pub(crate) fn judge(known: &[KnownKey], key: &PublicKey) -> Verdict {
     }
     let alg = key.algorithm();
     if let Some(k) = plain.iter().find(|k| same_type(&k.key.algorithm(), &alg)) {
-        return Verdict::Changed { line: k.line };
+        return Verdict::Changed { file: k.file, line: k.line };
     }
     match plain.first() {
         Some(k) => {
             let mut types: Vec<String> = plain.iter().map(|k| k.key.algorithm().as_str().to_string()).collect();
             types.dedup();
-            Verdict::TypeChanged { line: k.line, known: types.join(", ") }
+            Verdict::TypeChanged { file: k.file, line: k.line, known: types.join(", ") }
         }
         None => Verdict::Unknown,
     }
@@ -193,33 +204,42 @@ pub(crate) fn preferred_key_order(known: &[KnownKey]) -> Vec<Algorithm> {
     out
 }
 
-/// Read the recorded keys of `host`:`port` from `path`; a missing file knows nothing.
-pub(crate) fn read_known_keys(path: &Path, host: &str, port: u16) -> std::io::Result<Vec<KnownKey>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(known_keys(&String::from_utf8_lossy(&bytes), host, port)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
+/// Read the recorded keys of `host`:`port` from every file of `paths` (in order, each key
+/// tagged with its file's index); a missing file knows nothing. Errors are `path: error`.
+pub(crate) fn read_known_keys(paths: &[PathBuf], host: &str, port: u16) -> Result<Vec<KnownKey>, String> {
+    let mut out = Vec::new();
+    for (file, path) in paths.iter().enumerate() {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        out.extend(known_keys(&text, host, port).into_iter().map(|k| KnownKey { file, ..k }));
     }
+    Ok(out)
 }
 
 impl HostKeyPolicy {
     pub fn verify(&self, key: &PublicKey) -> Result<(), SshError> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let kh = self.known_hosts.display().to_string();
-        let known = read_known_keys(&self.known_hosts, &self.host, self.port)
-            .map_err(|e| SshError::Config { node: self.node.clone(), message: format!("{kh}: {e}") })?;
+        let config_error = |message: String| SshError::Config { node: self.node.clone(), message };
+        let first = self.known_hosts.first().ok_or_else(|| config_error("no known_hosts file".into()))?;
+        let kh = first.display().to_string();
+        // Where a verdict's line is: the file that says so.
+        let file = |i: usize| self.known_hosts.get(i).unwrap_or(first).display().to_string();
+        let known = read_known_keys(&self.known_hosts, &self.host, self.port).map_err(config_error)?;
         match judge(&known, key) {
             Verdict::Known => Ok(()),
             Verdict::Unknown if self.accept_new => {
                 // `UserKnownHostsFile /dev/null` with `StrictHostKeyChecking no`, a common lab
                 // setting: accept and record nothing, as OpenSSH does (russh's writer seeks and
                 // reads back a byte, which a device cannot give: every connection failed).
-                if std::fs::metadata(&self.known_hosts)
+                if std::fs::metadata(first)
                     .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
                 {
                     return Ok(());
                 }
-                if let Some(dir) = self.known_hosts.parent() {
+                if let Some(dir) = first.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
                 // Recorded lowercased, as OpenSSH records it (see `host_port`).
@@ -228,12 +248,12 @@ impl HostKeyPolicy {
                 } else {
                     self.host.to_ascii_lowercase()
                 };
-                russh::keys::known_hosts::learn_known_hosts_path(&host, self.port, key, &self.known_hosts).map_err(
-                    |e| SshError::Config {
+                russh::keys::known_hosts::learn_known_hosts_path(&host, self.port, key, first).map_err(|e| {
+                    SshError::Config {
                         node: self.node.clone(),
                         message: format!("cannot record host key {fingerprint} in {kh}: {e}"),
-                    },
-                )
+                    }
+                })
             }
             Verdict::Unknown => Err(SshError::HostKeyUnknown {
                 node: self.node.clone(),
@@ -241,28 +261,30 @@ impl HostKeyPolicy {
                 fingerprint,
                 known_hosts: kh,
             }),
-            Verdict::Changed { line } => Err(SshError::HostKeyChanged {
+            Verdict::Changed { file: f, line } => Err(SshError::HostKeyChanged {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
                 line,
-                known_hosts: kh,
+                known_hosts: file(f),
             }),
-            Verdict::TypeChanged { line, known } => Err(SshError::HostKeyTypeChanged(Box::new(KeyTypeChange {
+            Verdict::TypeChanged { file: f, line, known } => {
+                Err(SshError::HostKeyTypeChanged(Box::new(KeyTypeChange {
+                    node: self.node.clone(),
+                    addr: self.addr.clone(),
+                    fingerprint,
+                    algorithm: key.algorithm().as_str().to_string(),
+                    known,
+                    line,
+                    known_hosts: file(f),
+                })))
+            }
+            Verdict::Revoked { file: f, line } => Err(SshError::HostKeyRevoked {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
-                algorithm: key.algorithm().as_str().to_string(),
-                known,
                 line,
-                known_hosts: kh,
-            }))),
-            Verdict::Revoked { line } => Err(SshError::HostKeyRevoked {
-                node: self.node.clone(),
-                addr: self.addr.clone(),
-                fingerprint,
-                line,
-                known_hosts: kh,
+                known_hosts: file(f),
             }),
         }
     }
@@ -363,7 +385,7 @@ mod tests {
             addr: "10.0.0.2:22".into(),
             host: "10.0.0.2".into(),
             port: 22,
-            known_hosts: path,
+            known_hosts: vec![path],
             accept_new: true,
         };
         (dir, p)
@@ -374,7 +396,7 @@ mod tests {
     #[test]
     fn regression_accepting_into_dev_null_records_nothing_and_connects() {
         let (_d, mut p) = policy("");
-        p.known_hosts = "/dev/null".into();
+        p.known_hosts = vec!["/dev/null".into()];
         p.verify(&key(E1)).unwrap();
         p.accept_new = false;
         assert!(matches!(p.verify(&key(E1)), Err(SshError::HostKeyUnknown { .. })));
@@ -385,7 +407,7 @@ mod tests {
         let text = format!("# c\n10.0.0.2 {E1}\n");
         let known = known_keys(&text, "10.0.0.2", 22);
         assert_eq!(judge(&known, &key(E1)), Verdict::Known);
-        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { line: 2 });
+        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { file: 0, line: 2 });
         assert_eq!(judge(&known_keys(&text, "10.0.0.3", 22), &key(E2)), Verdict::Unknown);
         // Non-22 ports are recorded as [host]:port and only match that way.
         assert_eq!(judge(&known_keys(&text, "10.0.0.2", 2222), &key(E1)), Verdict::Unknown);
@@ -403,7 +425,7 @@ mod tests {
             e => panic!("expected HostKeyTypeChanged, got {e}"),
         }
         assert!(err.is_unreachable());
-        assert_eq!(std::fs::read_to_string(&p.known_hosts).unwrap().lines().count(), 1, "must not record");
+        assert_eq!(std::fs::read_to_string(&p.known_hosts[0]).unwrap().lines().count(), 1, "must not record");
         // When that type is known too, its key is simply checked.
         let (_d, p) = policy(&format!("10.0.0.2 {E1}\n10.0.0.2 {R1}\n"));
         p.verify(&key(R1)).unwrap();
@@ -417,14 +439,14 @@ mod tests {
             Err(SshError::HostKeyRevoked { line: 1, .. }) => {}
             r => panic!("expected HostKeyRevoked, got {r:?}"),
         }
-        assert_eq!(std::fs::read_to_string(&p.known_hosts).unwrap().lines().count(), 1, "must not record");
+        assert_eq!(std::fs::read_to_string(&p.known_hosts[0]).unwrap().lines().count(), 1, "must not record");
         // Revoked wins over a plain entry of the same key; wildcards apply to markers too.
         let (_d, p) = policy(&format!("10.0.0.2 {E2}\n@revoked * {E2}\n"));
         assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyRevoked { line: 2, .. })));
         // A revoked key does not make other keys "known" or "changed".
         let (_d, p) = policy(&format!("@revoked 10.0.0.2 {E2}\n"));
         p.verify(&key(E1)).unwrap();
-        assert!(std::fs::read_to_string(&p.known_hosts).unwrap().contains(E1), "new key recorded");
+        assert!(std::fs::read_to_string(&p.known_hosts[0]).unwrap().contains(E1), "new key recorded");
     }
 
     #[test]
@@ -432,7 +454,7 @@ mod tests {
         let text = format!("10.0.0.2\t{}\n", E1.replace(' ', "\t"));
         let known = known_keys(&text, "10.0.0.2", 22);
         assert_eq!(known.len(), 1);
-        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { line: 1 });
+        assert_eq!(judge(&known, &key(E2)), Verdict::Changed { file: 0, line: 1 });
         let (_d, p) = policy(&text);
         assert!(matches!(p.verify(&key(E2)), Err(SshError::HostKeyChanged { line: 1, .. })));
     }
@@ -476,10 +498,43 @@ mod tests {
         // A new host is recorded under the lowercased name, which OpenSSH then finds too.
         p.host = "New.Lab.Example".into();
         p.verify(&key(E1)).unwrap();
-        let written = std::fs::read_to_string(&p.known_hosts).unwrap();
+        let written = std::fs::read_to_string(&p.known_hosts[0]).unwrap();
         assert!(written.lines().last().unwrap().starts_with("[new.lab.example]:2222 ssh-ed25519 "), "{written}");
         // Addresses are left as written.
         assert_eq!(host_port("fe80::A", 22), "fe80::A");
+    }
+
+    /// `UserKnownHostsFile a b` was read as one file named "a b": neither was read, every host
+    /// was unknown and, under accept-new, any key offered was recorded (a changed key accepted).
+    #[test]
+    fn regression_known_hosts_files_after_the_first_were_ignored() {
+        let (d, mut p) = policy(&format!("10.0.0.2 {E1}\n"));
+        let second = d.path().join("known_hosts2");
+        std::fs::write(&second, format!("# c\n10.0.0.3 {E1}\n@revoked 10.0.0.4 {E2}\n10.0.0.4 {E2}\n")).unwrap();
+        p.known_hosts.push(second.clone());
+        let kh2 = second.display().to_string();
+        p.verify(&key(E1)).unwrap();
+        p.host = "10.0.0.3".into();
+        p.verify(&key(E1)).unwrap();
+        match p.verify(&key(E2)) {
+            Err(SshError::HostKeyChanged { line: 2, known_hosts, .. }) if known_hosts == kh2 => {}
+            r => panic!("expected a changed key at {kh2}:2, got {r:?}"),
+        }
+        p.host = "10.0.0.4".into();
+        match p.verify(&key(E2)) {
+            Err(SshError::HostKeyRevoked { line: 3, known_hosts, .. }) if known_hosts == kh2 => {}
+            r => panic!("expected a revoked key at {kh2}:3, got {r:?}"),
+        }
+        // As in OpenSSH, a key any file records is known, whatever other files say.
+        std::fs::write(&second, format!("10.0.0.2 {E2}\n")).unwrap();
+        p.host = "10.0.0.2".into();
+        p.verify(&key(E1)).unwrap();
+        p.verify(&key(E2)).unwrap();
+        // New keys go to the first file only.
+        p.host = "10.0.0.9".into();
+        p.verify(&key(E1)).unwrap();
+        assert!(std::fs::read_to_string(&p.known_hosts[0]).unwrap().contains("10.0.0.9 ssh-ed25519 "));
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), format!("10.0.0.2 {E2}\n"));
     }
 
     #[test]
