@@ -13,8 +13,12 @@
 //! ~/.ssh/known_hosts2`): their entries are judged together, as OpenSSH does (a key any file
 //! records is known; else a recorded key of its type makes it changed; `@revoked` anywhere wins),
 //! and new keys are recorded in the first.
+//!
+//! A new key is recorded under an exclusive `flock` of that file, after judging the host again:
+//! nodes sharing a host, or two harness runs, may accept a key at once. The line is written,
+//! flushed and synced here, and a failure is an error naming the file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use data_encoding::BASE64;
@@ -205,10 +209,14 @@ pub(crate) fn preferred_key_order(known: &[KnownKey]) -> Vec<Algorithm> {
 }
 
 /// Read the recorded keys of `host`:`port` from every file of `paths` (in order, each key
-/// tagged with its file's index); a missing file knows nothing. Errors are `path: error`.
+/// tagged with its file's index); a missing file knows nothing, nor does a device such as
+/// /dev/null (/dev/zero or /dev/full would be read forever). Errors are `path: error`.
 pub(crate) fn read_known_keys(paths: &[PathBuf], host: &str, port: u16) -> Result<Vec<KnownKey>, String> {
     let mut out = Vec::new();
     for (file, path) in paths.iter().enumerate() {
+        if std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())) {
+            continue;
+        }
         let text = match std::fs::read(path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -221,45 +229,68 @@ pub(crate) fn read_known_keys(paths: &[PathBuf], host: &str, port: u16) -> Resul
 
 impl HostKeyPolicy {
     pub fn verify(&self, key: &PublicKey) -> Result<(), SshError> {
-        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let config_error = |message: String| SshError::Config { node: self.node.clone(), message };
-        let first = self.known_hosts.first().ok_or_else(|| config_error("no known_hosts file".into()))?;
-        let kh = first.display().to_string();
-        // Where a verdict's line is: the file that says so.
-        let file = |i: usize| self.known_hosts.get(i).unwrap_or(first).display().to_string();
-        let known = read_known_keys(&self.known_hosts, &self.host, self.port).map_err(config_error)?;
+        let first = self.first()?;
+        let known = self.read()?;
         match judge(&known, key) {
+            Verdict::Unknown if self.accept_new => self.record(first, key),
+            verdict => self.outcome(verdict, key),
+        }
+    }
+
+    /// The file new keys are recorded in.
+    fn first(&self) -> Result<&Path, SshError> {
+        self.known_hosts
+            .first()
+            .map(PathBuf::as_path)
+            .ok_or_else(|| SshError::Config { node: self.node.clone(), message: "no known_hosts file".into() })
+    }
+
+    /// The recorded keys of the host, from every file.
+    fn read(&self) -> Result<Vec<KnownKey>, SshError> {
+        read_known_keys(&self.known_hosts, &self.host, self.port)
+            .map_err(|message| SshError::Config { node: self.node.clone(), message })
+    }
+
+    /// Record `key` in `first`. Under an exclusive lock on the file the host is judged again: a
+    /// node sharing this host, or another harness run, may have recorded a key since our
+    /// judgement. The same key is not written twice; a different one makes ours a changed key.
+    fn record(&self, first: &Path, key: &PublicKey) -> Result<(), SshError> {
+        let fail = |e: String| SshError::Config {
+            node: self.node.clone(),
+            message: format!("cannot record host key {} in {}: {e}", key.fingerprint(HashAlg::Sha256), first.display()),
+        };
+        if let Some(dir) = first.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut file = lock_known_hosts(first).map_err(|e| fail(e.to_string()))?;
+        match judge(&self.read()?, key) {
+            Verdict::Unknown => {}
+            verdict => return self.outcome(verdict, key),
+        }
+        // A last line without its newline must not swallow ours.
+        let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, len - 1).map_err(|e| fail(e.to_string()))?;
+        }
+        let openssh = key.to_openssh().map_err(|e| fail(e.to_string()))?;
+        let line =
+            format!("{}{} {openssh}\n", if last[0] == b'\n' { "" } else { "\n" }, host_port(&self.host, self.port));
+        append(&mut file, line.as_bytes()).map_err(|e| fail(e.to_string()))
+    }
+
+    /// What a verdict means for the connection (`Unknown` here: not to be recorded).
+    fn outcome(&self, verdict: Verdict, key: &PublicKey) -> Result<(), SshError> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        // Where a verdict's line is: the file that says so.
+        let file = |i: usize| self.known_hosts.get(i).map(|p| p.display().to_string()).unwrap_or_default();
+        match verdict {
             Verdict::Known => Ok(()),
-            Verdict::Unknown if self.accept_new => {
-                // `UserKnownHostsFile /dev/null` with `StrictHostKeyChecking no`, a common lab
-                // setting: accept and record nothing, as OpenSSH does (russh's writer seeks and
-                // reads back a byte, which a device cannot give: every connection failed).
-                if std::fs::metadata(first)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
-                {
-                    return Ok(());
-                }
-                if let Some(dir) = first.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                // Recorded lowercased, as OpenSSH records it (see `host_port`).
-                let host = if self.host.parse::<std::net::IpAddr>().is_ok() {
-                    self.host.clone()
-                } else {
-                    self.host.to_ascii_lowercase()
-                };
-                russh::keys::known_hosts::learn_known_hosts_path(&host, self.port, key, first).map_err(|e| {
-                    SshError::Config {
-                        node: self.node.clone(),
-                        message: format!("cannot record host key {fingerprint} in {kh}: {e}"),
-                    }
-                })
-            }
             Verdict::Unknown => Err(SshError::HostKeyUnknown {
                 node: self.node.clone(),
                 addr: self.addr.clone(),
                 fingerprint,
-                known_hosts: kh,
+                known_hosts: file(0),
             }),
             Verdict::Changed { file: f, line } => Err(SshError::HostKeyChanged {
                 node: self.node.clone(),
@@ -288,6 +319,50 @@ impl HostKeyPolicy {
             }),
         }
     }
+}
+
+/// `path` opened for appending and exclusively `flock`ed. A file replaced meanwhile (`ssh-keygen
+/// -R` renames a new one in) is opened again: the lock must be on the file that is read and
+/// written. A device (`UserKnownHostsFile /dev/null`) is not locked: it holds no entries to race
+/// on and its lock would be shared with the whole system.
+fn lock_known_hosts(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    loop {
+        let file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let ours = file.metadata()?;
+        if !ours.is_file() {
+            return Ok(file);
+        }
+        // SAFETY: flock on a descriptor we own; the lock goes with it when the file is dropped.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        match std::fs::metadata(path) {
+            Ok(now) if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) => return Ok(file),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Append `bytes` and make them durable. Every failure is returned: a full disk may only show
+/// at the flush or the sync (russh's writer flushed in `Drop` and reported a lost key as
+/// recorded).
+fn append(file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    file.write_all(bytes)?;
+    file.flush()?;
+    // A device (/dev/null) has nothing to sync and refuses fsync.
+    if file.metadata()?.is_file() {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Error type of the russh handler: either russh's own or our host-key verdict.
@@ -535,6 +610,58 @@ mod tests {
         p.verify(&key(E1)).unwrap();
         assert!(std::fs::read_to_string(&p.known_hosts[0]).unwrap().contains("10.0.0.9 ssh-ed25519 "));
         assert_eq!(std::fs::read_to_string(&second).unwrap(), format!("10.0.0.2 {E2}\n"));
+    }
+
+    /// Recording an accepted key was unlocked and never re-checked: nodes sharing one host, or
+    /// two harness runs, connecting at once under accept-new all judged it unknown and all
+    /// appended, the same line several times or several different keys, each accepted.
+    #[test]
+    fn regression_concurrent_recordings_of_a_new_host_key_were_unlocked_and_unchecked() {
+        for _ in 0..10 {
+            let (_d, p) = policy("");
+            let start = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let (p, start) = (p.clone(), start.clone());
+                    let k = if i % 2 == 0 { E1 } else { E2 };
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (k, p.verify(&key(k)))
+                    })
+                })
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let text = std::fs::read_to_string(&p.known_hosts[0]).unwrap();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            for (k, r) in results {
+                match r {
+                    Ok(()) => assert!(text.contains(k), "{k} accepted but {text} recorded"),
+                    Err(SshError::HostKeyChanged { line: 1, .. }) => assert!(!text.contains(k)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        // The same, step by step: a key recorded between our judgement and our write.
+        let (_d, p) = policy(&format!("10.0.0.2 {E2}"));
+        let first = p.known_hosts[0].clone();
+        assert!(matches!(p.record(&first, &key(E1)), Err(SshError::HostKeyChanged { line: 1, .. })));
+        p.record(&first, &key(E2)).unwrap();
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), format!("10.0.0.2 {E2}"), "nothing written");
+        // A last line without its newline keeps it apart from ours.
+        let mut p = p;
+        p.host = "10.0.0.3".into();
+        p.record(&first, &key(E1)).unwrap();
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), format!("10.0.0.2 {E2}\n10.0.0.3 {E1}\n"));
+    }
+
+    /// A key that could not be written was reported as recorded: russh's writer returned Ok
+    /// before its buffer was flushed, and a full disk only shows there.
+    #[test]
+    fn regression_a_host_key_that_could_not_be_written_counted_as_recorded() {
+        let (_d, mut p) = policy("");
+        p.known_hosts = vec!["/dev/full".into()];
+        let err = p.verify(&key(E1)).unwrap_err().to_string();
+        assert!(err.contains("cannot record host key SHA256:") && err.contains("in /dev/full: "), "{err}");
     }
 
     #[test]
