@@ -288,12 +288,12 @@ async fn connect_jump(
             .chain(r.config_identities.iter().map(|p| Auth::IdentityFile { path: p.clone(), passphrase_env: None }))
             .collect(),
         proxy_jump: chain,
-        // Host keys are checked in the node's `known_hosts` file if the topology names one, else
-        // in the jump host's own `UserKnownHostsFile` list, as `ssh -J` does (one path could not
-        // carry the node's list). A new key is accepted for the jump host only when asked for it
-        // (`--accept-new-host-keys`, or the jump host's own ssh config): a node's
+        // Host keys are checked in the node's known_hosts file (the topology's, else the first
+        // of its config's `UserKnownHostsFile` list: a `Host` alias naming both the file and
+        // the ProxyJump is how labs write it). A new key is accepted for the jump host only when
+        // asked for it (`--accept-new-host-keys`, or the jump host's own ssh config): a node's
         // `accept_new_host_key` says nothing about the bastion.
-        known_hosts: target.known_hosts.clone(),
+        known_hosts: target.known_hosts.clone().or_else(|| r.known_hosts.first().cloned()),
         accept_new_host_key: false,
     };
     // The jump host is reached through the same chain; the target joins it so that the jump
