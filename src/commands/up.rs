@@ -91,6 +91,13 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     let rdir = record::run_dir(&state, &run_id);
     let meta = Meta::new(&run_id, &input.topology_path, input.templates_dir.as_deref(), &input.vms);
     bundle::record(&rdir, &meta, &input.topology_bytes).context("writing the run's reproduction record")?;
+    // Said now, not first at replay time.
+    if std::fs::read(rdir.join("topology.yaml")).is_ok_and(|t| bundle::is_withheld(&t)) {
+        eprintln!(
+            "harness: warning: the run record keeps no topology (its secrets could not be redacted \
+             safely); `replay` of this run will need --topology"
+        );
+    }
 
     let topology = Arc::new(input.topology);
     let capture = Arc::new(Mutex::new(Capture::default()));

@@ -124,11 +124,35 @@ fn serde_redacted(topology: &[u8]) -> Vec<u8> {
             }
         }
     }
+    // A secret under a YAML anchor comes back wherever its alias is (`metadata: {x: *pw}`):
+    // serde_yaml expands it, and only the node's own key was redacted.
+    if redacted && has_alias(topology) {
+        return WITHHELD.to_vec();
+    }
     match redacted.then(|| serde_yaml::to_string(&doc)).and_then(Result::ok) {
         Some(text) => format!("# node passwords and private keys redacted by harness\n{text}").into_bytes(),
         None if redacted => WITHHELD.to_vec(),
         None => topology.to_vec(),
     }
+}
+
+/// Whether YAML text uses an alias (`*name` where a value starts): a plain scalar cannot start
+/// with `*`, so quoted text and `a*b` do not count. Errs on the side of yes.
+fn has_alias(text: &[u8]) -> bool {
+    String::from_utf8_lossy(text).lines().any(|l| {
+        let b = l.as_bytes();
+        (0..b.len()).any(|i| {
+            b[i] == b'*'
+                && b.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric() || b"_-".contains(c))
+                && b[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).is_none_or(|c| b":-[,{?".contains(c))
+        })
+    })
+}
+
+/// Whether a recorded topology is the [`WITHHELD`] placeholder (`replay` will need
+/// `--topology`).
+pub fn is_withheld(recorded: &[u8]) -> bool {
+    recorded == WITHHELD
 }
 
 /// Write the reproduction record into `run_dir`: meta, topology bytes (secrets redacted, owner
@@ -303,6 +327,26 @@ mod tests {
         // Nothing secret: the exact bytes, comments included.
         let plain = b"nodes:\n  DUT1: {type: DUT, host: h, password_env: PW}  # note\n";
         assert_eq!(redact_secrets(plain), plain.to_vec());
+    }
+
+    /// A password under a YAML anchor, used again through its alias elsewhere
+    /// (`metadata: {note: *pw}`), was copied there by serde_yaml's expansion, and only the
+    /// node's own `password:` was redacted: the bundle published it.
+    #[test]
+    fn regression_a_password_reused_through_a_yaml_alias_is_withheld() {
+        // The anchor comes first in the file, the alias after it.
+        let topo =
+            "nodes:\n  DUT1:\n    type: DUT\n    host: 10.0.0.2\n    password: &pw hunter2\nmetadata: {note: *pw}\n";
+        let kept = redact_secrets(topo.as_bytes());
+        assert!(!String::from_utf8_lossy(&kept).contains("hunter2"), "{}", String::from_utf8_lossy(&kept));
+        assert!(is_withheld(&kept));
+        // No alias: redacted, kept; a `*` in a quoted value or a glob is no alias.
+        let plain =
+            "metadata: {glob: \"*dut\", x: a*b}\nnodes:\n  DUT1:\n    type: DUT\n    host: h\n    password: hunter2\n";
+        let kept = redact_secrets(plain.as_bytes());
+        assert!(!is_withheld(&kept) && !String::from_utf8_lossy(&kept).contains("hunter2"));
+        assert!(has_alias(b"a: *x") && has_alias(b"- *x") && has_alias(b"[1, *x]"));
+        assert!(!has_alias(b"a: \"*x\"") && !has_alias(b"a: b*c") && !has_alias(b"# *note"));
     }
 
     /// A topology the loader reads but serde_yaml refuses (metadata nested past serde_yaml's 128
