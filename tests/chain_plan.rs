@@ -313,3 +313,17 @@ fn regression_errors_quoting_host_output_are_escaped() {
     assert!(!err.contains(['\u{1b}', '\u{7}', '\r']), "{err:?}");
     assert!(err.contains("\\u{1b}[2J\\u{1b}]0;OWNED\\u{7}\\rerror: all good"), "{err}");
 }
+
+/// `up` of a topology it cannot read exited 1 ("reading …: No such file"), while `validate`,
+/// `render` and `check` exit 2 for the same input, as the README's table says.
+#[test]
+fn regression_up_of_an_unreadable_topology_exits_2() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope.yaml");
+    let state = d.path().join("state");
+    let out = harness(&["--state-dir", state.to_str().unwrap(), "up", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope.yaml: cannot read"), "{}", stderr(&out));
+    let out = harness(&["validate", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+}

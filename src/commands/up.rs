@@ -40,7 +40,9 @@ pub struct UpInput {
 pub async fn run(g: &GlobalArgs, a: &UpArgs) -> anyhow::Result<u8> {
     let templates = super::templates(g)?;
     // Read once: the bytes kept for reproduction are the bytes that were loaded.
-    let bytes = std::fs::read(&a.topology).with_context(|| format!("reading {}", a.topology.display()))?;
+    // Unreadable input is exit 2, as for `validate`, `render` and `check`.
+    let bytes = std::fs::read(&a.topology)
+        .map_err(|source| crate::topology::TopologyError::Read { path: a.topology.clone(), source })?;
     let text = String::from_utf8_lossy(&bytes);
     let topology = crate::topology::load_str(&text, &a.topology, &templates)?;
     let input = UpInput {
