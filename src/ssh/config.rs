@@ -33,6 +33,9 @@ impl Resolved {
     }
 }
 
+/// OpenSSH's default `GlobalKnownHostsFile`: read after the user's files, never written.
+pub(crate) const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+
 /// How deep `Include`s may nest (OpenSSH's own limit).
 const MAX_INCLUDE_DEPTH: usize = 16;
 
@@ -344,8 +347,9 @@ pub(crate) fn resolve_in_chain(
     let from_config = hc.proxy_jump.clone().filter(|j| !loops(j));
     let proxy_jump = target.proxy_jump.clone().or(from_config).filter(|j| !j.is_empty() && j != "none");
     // The topology's file, else the config's list (see `normalized_config`), else OpenSSH's
-    // default list.
-    let known_hosts: Vec<PathBuf> = match (&target.known_hosts, &hc.user_known_hosts_file) {
+    // default list; after a user list, the system's files, which OpenSSH always reads too
+    // (labs distribute their DUTs' keys there: such a host was "unknown" and refused).
+    let mut known_hosts: Vec<PathBuf> = match (&target.known_hosts, &hc.user_known_hosts_file) {
         (Some(p), _) => vec![expand_tilde(p)],
         (None, Some(list)) => list
             .to_string_lossy()
@@ -359,6 +363,9 @@ pub(crate) fn resolve_in_chain(
     };
     if known_hosts.is_empty() {
         return Err(config_error("no known_hosts file: set `known_hosts` on the node (no home directory)".into()));
+    }
+    if target.known_hosts.is_none() {
+        known_hosts.extend(GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from));
     }
     // russh-config maps `StrictHostKeyChecking accept-new` (and `yes`) to true and `no` to false;
     // we only ever relax to "accept new", never to "accept changed".
@@ -450,7 +457,7 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("10.9.8.7", 2222, "cfguser"));
         assert_eq!(r.proxy_jump.as_deref(), Some("bastion"));
-        assert_eq!(r.known_hosts, [PathBuf::from("/tmp/kh")]);
+        assert_eq!(r.known_hosts[0], PathBuf::from("/tmp/kh"));
         assert!(r.config_identities[0].ends_with(".ssh/lab_key"));
         assert!(!r.config_identities[0].starts_with("~"));
         t.port = Some(22);
@@ -585,7 +592,7 @@ mod tests {
         let r = resolve(&t, &opts).unwrap();
         assert_eq!(r.host, "dut7.lab.example");
         assert_eq!(r.config_identities, [PathBuf::from("/keys/dut7.lab.example_2201_tester_dut7_100%.key")]);
-        assert_eq!(r.known_hosts, [PathBuf::from("/kh/dut7")]);
+        assert_eq!(r.known_hosts[0], PathBuf::from("/kh/dut7"));
         // The topology's known_hosts is the user's own path, not a config value.
         assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
         std::fs::write(&cfg, "Host dut\n  IdentityFile /keys/%C\n").unwrap();
@@ -606,22 +613,46 @@ mod tests {
         let mut t = target("dut7");
         t.known_hosts = None;
         std::fs::write(&cfg, "Host dut*\n  UserKnownHostsFile ~/.ssh/kh1 /kh/%n\t\"/with space/kh\" ~/kh2\n").unwrap();
+        let user_files = |r: Resolved| r.known_hosts[..r.known_hosts.len() - GLOBAL_KNOWN_HOSTS.len()].to_vec();
         assert_eq!(
-            resolve(&t, &opts).unwrap().known_hosts,
+            user_files(resolve(&t, &opts).unwrap()),
             [home.join(".ssh/kh1"), "/kh/dut7".into(), "/with space/kh".into(), home.join("kh2")]
         );
         std::fs::write(&cfg, "UserKnownHostsFile=\"/with space/kh\"\n").unwrap();
-        assert_eq!(resolve(&t, &opts).unwrap().known_hosts, [PathBuf::from("/with space/kh")]);
+        assert_eq!(user_files(resolve(&t, &opts).unwrap()), [PathBuf::from("/with space/kh")]);
         std::fs::write(&cfg, "Host dut*\n  UserKnownHostsFile \"/kh/a\n").unwrap();
         let err = resolve(&t, &opts).unwrap_err().to_string();
         assert!(err.contains(&format!("{}:2: ", cfg.display())) && err.contains("unbalanced quotes"), "{err}");
         // Without a config: OpenSSH's default list. The topology's file is the only one.
         let none = ConnectOptions { ssh_config: None, ..ConnectOptions::default() };
         assert_eq!(
-            resolve(&t, &none).unwrap().known_hosts,
+            user_files(resolve(&t, &none).unwrap()),
             [home.join(".ssh/known_hosts"), home.join(".ssh/known_hosts2")]
         );
         assert_eq!(resolve(&target("dut7"), &none).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
+    }
+
+    /// `/etc/ssh/ssh_known_hosts` (OpenSSH's GlobalKnownHostsFile, where labs distribute their
+    /// DUTs' keys) was never read: such a host was "unknown" and refused. It is read after the
+    /// user's files (new keys still go to the first user file); a node's own `known_hosts` in
+    /// the topology stays its only file.
+    #[test]
+    fn regression_the_system_known_hosts_files_were_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(&cfg, "Host dut*\n  UserKnownHostsFile /kh/user\n").unwrap();
+        let mut t = target("dut7");
+        t.known_hosts = None;
+        for opts in [
+            ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() },
+            ConnectOptions { ssh_config: None, ..ConnectOptions::default() },
+        ] {
+            let kh = resolve(&t, &opts).unwrap().known_hosts;
+            assert_eq!(kh[kh.len() - 2..], [PathBuf::from(GLOBAL_KNOWN_HOSTS[0]), GLOBAL_KNOWN_HOSTS[1].into()]);
+            assert!(!kh[0].starts_with("/etc"), "{kh:?}");
+        }
+        let opts = ConnectOptions { ssh_config: Some(cfg), ..ConnectOptions::default() };
+        assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
     }
 
     fn target(host: &str) -> SshTarget {

@@ -220,6 +220,8 @@ pub(crate) fn read_known_keys(paths: &[PathBuf], host: &str, port: u16) -> Resul
         let text = match std::fs::read(path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // The system's files are read as OpenSSH reads them: one we may not read is skipped.
+            Err(_) if super::config::GLOBAL_KNOWN_HOSTS.iter().any(|g| path == Path::new(g)) => continue,
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         out.extend(known_keys(&text, host, port).into_iter().map(|k| KnownKey { file, ..k }));
@@ -346,6 +348,8 @@ fn lock_known_hosts(path: &Path) -> std::io::Result<std::fs::File> {
             Ok(now) if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) => return Ok(file),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // The system's files are read as OpenSSH reads them: one we may not read is skipped.
+            Err(_) if super::config::GLOBAL_KNOWN_HOSTS.iter().any(|g| path == Path::new(g)) => continue,
             Err(e) => return Err(e),
         }
     }
