@@ -473,18 +473,7 @@ fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
     }
     unsafe { libc::kill(follow.id() as i32, libc::SIGINT) };
     let drain = std::thread::spawn(move || while out.read(&mut buf).unwrap_or(0) > 0 {});
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = follow.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = follow.kill();
-            let _ = follow.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut follow, Duration::from_secs(30));
     drain.join().unwrap();
     assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
     assert_nothing_left(run);
@@ -497,24 +486,12 @@ fn regression_logs_follow_missed_a_sigint_that_came_while_it_was_writing() {
 /// It is now handled like Ctrl-C: the remote tail is killed, and harness exits 130.
 #[test]
 fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
-    use std::io::{BufRead, BufReader};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     let run = "e2e-logs-sigterm";
     let topo = up_tiny(&env, run);
     let topo = topo.to_str().unwrap();
-    let log = format!("/run/harness/{run}/DUT1_1/serial.log");
-    let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HARNESS-TINY-READY"))), "logs -f ended before the marker");
-    // The remote `sudo -n -- tail … -F` and the tail itself (QEMU's argv names the log too).
-    let tails: Vec<u32> = common::procs::processes_mentioning(&log)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"tail"))
-        })
-        .collect();
-    assert!(!tails.is_empty(), "no remote tail follows {log}");
+    let Following { mut follow, tails, .. } = follow_to_ready(&env, topo, run);
     unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
     let status = follow.wait().unwrap();
     let gone = tails.iter().all(|p| common::procs::wait_exit(*p, Duration::from_secs(10)));
@@ -530,15 +507,40 @@ fn regression_logs_follow_ended_by_sigterm_left_the_remote_tail_running() {
 /// a closed stdout is exit 0.
 #[test]
 fn regression_logs_follow_whose_reader_went_away_left_the_remote_tail_running() {
-    use std::io::{BufRead, BufReader};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new();
     let run = "e2e-logs-epipe";
     let topo = up_tiny(&env, run);
     let topo = topo.to_str().unwrap();
+    let Following { mut follow, lines, log, tails } = follow_to_ready(&env, topo, run);
+    drop(lines);
+    // More serial output: harness's next write finds the pipe closed.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"more guest output\n").unwrap();
+    let status = exit_within(&mut follow, Duration::from_secs(30));
+    let gone = tails.iter().all(|p| common::procs::wait_exit(*p, Duration::from_secs(10)));
+    assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
+    assert_nothing_left(run);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a follow whose reader went away exits 0");
+    assert!(gone, "the remote tail outlived harness: {tails:?}");
+}
+
+/// A `harness logs -f` of run `run`'s DUT1_1 that has shown the ready marker.
+struct Following {
+    follow: std::process::Child,
+    /// The rest of its stdout.
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// The VM's serial log on the host.
+    log: String,
+    /// The remote `sudo -n -- tail … -F` and the tail itself (QEMU's argv names the log too).
+    tails: Vec<u32>,
+}
+
+fn follow_to_ready(env: &Env, topo: &str, run: &str) -> Following {
+    use std::io::BufRead;
     let log = format!("/run/harness/{run}/DUT1_1/serial.log");
     let mut follow = env.cmd(&["logs", "DUT1_1", topo, "--run", run, "-f"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
     assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HARNESS-TINY-READY"))), "logs -f ended before the marker");
     let tails: Vec<u32> = common::procs::processes_mentioning(&log)
         .into_iter()
@@ -547,27 +549,23 @@ fn regression_logs_follow_whose_reader_went_away_left_the_remote_tail_running() 
         })
         .collect();
     assert!(!tails.is_empty(), "no remote tail follows {log}");
-    drop(lines);
-    // More serial output: harness's next write finds the pipe closed.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    std::io::Write::write_all(&mut f, b"more guest output\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = follow.try_wait().unwrap() {
-            break Some(st);
+    Following { follow, lines, log, tails }
+}
+
+/// `child`'s exit status if it exits within `within`; else it is killed and `None`.
+fn exit_within(child: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
         }
         if Instant::now() > deadline {
-            let _ = follow.kill();
-            let _ = follow.wait();
-            break None;
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    let gone = tails.iter().all(|p| common::procs::wait_exit(*p, Duration::from_secs(10)));
-    assert_eq!(env.run(&["down", topo, "--run", run]).status.code(), Some(0));
-    assert_nothing_left(run);
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "a follow whose reader went away exits 0");
-    assert!(gone, "the remote tail outlived harness: {tails:?}");
+    }
 }
 
 /// `up` of one tiny-guest VM on DUT1 (boots in milliseconds; for tests of what follows the

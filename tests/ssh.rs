@@ -17,6 +17,27 @@ async fn connect(t: &SshTarget) -> Session {
     Session::connect(t, &opts()).await.unwrap_or_else(|e| panic!("connect {}: {e}", t.name))
 }
 
+/// `argv` started with [`Session::spawn`], once it runs (its pid line arrived), and its pid.
+async fn spawned(s: &Session, argv: &[&str]) -> (harness::ssh::RemoteChild, u32) {
+    let mut child = s.spawn(&RemoteCommand::new(argv.iter().copied())).await.unwrap();
+    let pid = loop {
+        if let Some(p) = child.pid() {
+            break p;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
+    };
+    (child, pid)
+}
+
+/// Whether no process of the login user matches `pattern` (`pgrep -f`) within 5 s.
+async fn gone_within_5s(s: &Session, pattern: &str) -> bool {
+    let script = format!(
+        "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f {} >/dev/null || exit 0; sleep 0.1; done; exit 1",
+        harness::quote::quote(pattern)
+    );
+    s.run(&RemoteCommand::sh(script)).await.unwrap().success()
+}
+
 #[test]
 fn session_is_shareable() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
@@ -736,21 +757,12 @@ fn dropped_children_are_killed_and_free_their_sessions() {
     rt().block_on(async {
         let s = connect(&lab.node(1)).await;
         for _ in 0..25 {
-            let mut child = s.spawn(&RemoteCommand::new(["sleep", "3013"])).await.unwrap();
-            // Wait until it runs (its pid line arrived), then drop it.
-            let pid = loop {
-                if let Some(p) = child.pid() {
-                    break p;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
-            };
+            // Once it runs (its pid line arrived), drop it.
+            let (child, pid) = spawned(&s, &["sleep", "3013"]).await;
             assert!(pid > 1);
             drop(child);
         }
-        let gone = RemoteCommand::sh(
-            "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f 'sleep 301[3]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
-        );
-        assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
+        assert!(gone_within_5s(&s, "sleep 301[3]").await, "dropped children still running");
         assert_eq!(s.run_ok(&RemoteCommand::new(["echo", "alive"])).await.unwrap().stdout_str(), "alive\n");
     });
 }
@@ -911,11 +923,7 @@ fn regression_dropped_children_keep_their_channel_slot_until_killed() {
         let s = Session::connect(&lab.node(1), &o).await.unwrap();
         let mut children = Vec::new();
         for _ in 0..12 {
-            let mut child = s.spawn(&RemoteCommand::new(["sleep", "3017"])).await.unwrap();
-            while child.pid().is_none() {
-                let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
-            }
-            children.push(child);
+            children.push(spawned(&s, &["sleep", "3017"]).await.0);
         }
         drop(children);
         let tasks: Vec<_> = (0..12)
@@ -928,10 +936,7 @@ fn regression_dropped_children_keep_their_channel_slot_until_killed() {
             let out = task.await.unwrap().unwrap_or_else(|e| panic!("command {i} refused: {e}"));
             assert_eq!(out.stdout_str(), format!("{i}\n"));
         }
-        let gone = RemoteCommand::sh(
-            "for i in $(seq 50); do pgrep -u \"$(id -u)\" -f 'sleep 301[7]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
-        );
-        assert!(s.run(&gone).await.unwrap().success(), "dropped children still running");
+        assert!(gone_within_5s(&s, "sleep 301[7]").await, "dropped children still running");
     });
 }
 
@@ -959,19 +964,10 @@ fn regression_a_chatty_bashrc_neither_pollutes_output_nor_disables_kills() {
         assert_eq!(out.stdout_str(), "hi\n");
         let out = s.run_ok(&RemoteCommand::sh("echo root script").sudo()).await.unwrap();
         assert_eq!(out.stdout_str(), "root script\n");
-        let mut child = s.spawn(&RemoteCommand::new(["sleep", "3019"])).await.unwrap();
-        let pid = loop {
-            if let Some(p) = child.pid() {
-                break p;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(20), child.next()).await;
-        };
+        let (mut child, pid) = spawned(&s, &["sleep", "3019"]).await;
         assert_ne!(pid, 4242, "the rc's number was taken as the pid");
         assert!(std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0")), "pid {pid}");
         child.kill().await.unwrap();
-        let gone = RemoteCommand::sh(
-            "for i in $(seq 50); do pgrep -f 'sleep 301[9]' >/dev/null || exit 0; sleep 0.1; done; exit 1",
-        );
-        assert!(s.run(&gone).await.unwrap().success(), "the killed child still runs");
+        assert!(gone_within_5s(&s, "sleep 301[9]").await, "the killed child still runs");
     });
 }
