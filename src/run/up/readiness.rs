@@ -125,17 +125,21 @@ async fn follow_serial(
 /// Why the serial stream ended: QEMU really exited, or the connection was lost (the error then
 /// says so and the node counts as lost, not the guest as failed).
 async fn stream_ended(session: &Session, v: &VmPlan, pid: u32, tail: Vec<String>) -> UpError {
-    let probe = RemoteCommand::sh(process::probe_script(&v.paths.pidfile)).sudo().timeout(Duration::from_secs(20));
-    match session.run(&probe).await {
-        Err(e) => UpError::Ssh(e),
-        Ok(o) => match process::parse_probe(&o.stdout_str()) {
-            (false, _) => UpError::Guest { message: format!("qemu (pid {pid}) exited during boot"), tail },
-            (true, _) => UpError::Guest {
-                message: format!("the serial stream of {} ended while qemu (pid {pid}) still runs", v.paths.serial_log),
-                tail,
-            },
+    match qemu_alive(session, v).await {
+        Err(e) => e,
+        Ok((false, _)) => UpError::Guest { message: format!("qemu (pid {pid}) exited during boot"), tail },
+        Ok((true, _)) => UpError::Guest {
+            message: format!("the serial stream of {} ended while qemu (pid {pid}) still runs", v.paths.serial_log),
+            tail,
         },
     }
+}
+
+/// Whether the VM's QEMU (our pidfile's process) still runs, and its pid.
+async fn qemu_alive(session: &Session, v: &VmPlan) -> Result<(bool, Option<u32>), UpError> {
+    let probe = RemoteCommand::sh(process::probe_script(&v.paths.pidfile)).sudo().timeout(Duration::from_secs(20));
+    let out = session.run(&probe).await.map_err(UpError::Ssh)?;
+    Ok(process::parse_probe(&out.stdout_str()))
 }
 
 /// Sync with the guest agent over one socat bridge (re-opened after each timed-out attempt, as
@@ -199,11 +203,7 @@ pub(super) async fn qga_ready(
                 };
                 if closed {
                     // The bridge ended by itself: is QEMU still there to answer at all?
-                    let probe = RemoteCommand::sh(process::probe_script(&v.paths.pidfile))
-                        .sudo()
-                        .timeout(Duration::from_secs(20));
-                    let out = session.run(&probe).await.map_err(UpError::Ssh)?;
-                    if let (false, pid) = process::parse_probe(&out.stdout_str()) {
+                    if let (false, pid) = qemu_alive(session, v).await? {
                         let pid = pid.map_or(String::new(), |p| format!(" (pid {p})"));
                         return Err(UpError::Guest {
                             message: format!("qemu{pid} exited while waiting for the guest agent ({last_err})"),
