@@ -670,6 +670,36 @@ fn regression_a_junit_file_that_cannot_be_written_hides_no_result() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("no local record"), "record kept: {again:?}");
 }
 
+/// The run record was brought up to date after `up` with `?`: a state directory that could
+/// not be written then ended `up` with an error before it printed the result, wrote the JUnit
+/// report or chose its exit code, with every VM up. Now the failure is said, exits 1, and the
+/// result and the report still come; the record written at the start keeps `down --run` working.
+#[test]
+fn regression_a_run_record_that_cannot_be_updated_hides_no_result() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let run = "fault-record-update";
+    let junit = env.dir.path().join("up.xml");
+    // `--run-id` last: a failed assertion then stops the run (see `Env::cmd`).
+    let mut c = env.cmd(&["up", topo.to_str().unwrap(), "--junit", junit.to_str().unwrap(), "--run-id", run]);
+    c.env("HARNESS_TEST_PAUSE_AT", "serial:DUT1_1").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = Paused::spawn(c);
+    p.wait_for("harness-test: paused at serial", Duration::from_secs(60));
+    // The record's temporary file is a directory now: the update after the run cannot be written.
+    let blocker = env.state.path().join(format!("runs/.{run}.json.tmp"));
+    std::fs::create_dir(&blocker).unwrap();
+    p.signal(libc::SIGUSR1);
+    let (code, out, _) = p.finish();
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("run {run} is up")), "the result was not printed: {out}");
+    assert!(out.contains("updating the run record"), "the failure was not said: {out}");
+    assert!(std::fs::read_to_string(&junit).unwrap().contains("<testsuite"), "JUnit not written");
+    let down = env.run(&["down", "--run", run]);
+    assert_eq!(down.status.code(), Some(0), "{down:?}");
+    env.assert_nothing_left(ROOT, run);
+}
+
 /// Ctrl-C during `exec` ended harness at once and left the remote commands running (sshd does
 /// not signal a command without a pty when the connection goes): `exec --sudo -- iperf3 -s`
 /// stayed on every node as root. Now each node's command is killed first, and harness exits 130.

@@ -135,7 +135,7 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     }
     if res.ok {
         rec.state = "ready".into();
-        record::save(&state, &rec)?;
+        outputs_ok &= save_record(&state, &rec);
     } else if res.cleanup.as_ref().is_none_or(|c| c.complete) {
         // Everything was stopped again: `down` and `status` have nothing to find. The
         // reproduction record stays for `harness bundle`.
@@ -143,7 +143,7 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     } else {
         // Something may remain: keep the record so `harness down --run ID` finds the topology.
         rec.state = if res.interrupted { "interrupted" } else { "failed" }.into();
-        record::save(&state, &rec)?;
+        outputs_ok &= save_record(&state, &rec);
     }
     let capture = std::mem::take(&mut *capture.lock().expect("capture lock"));
     let result = prun::result_json(&res, &capture.counters);
@@ -169,6 +169,24 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         exit::OK if !outputs_ok => exit::FAILED,
         code => code,
     })
+}
+
+/// The run record brought up to date after the run. A failure is said and fails the command,
+/// but the result, the JUnit report and the artifacts still follow: the VMs are running (or
+/// stopped) whatever the local disk says. The record written before the run stays, so
+/// `down --run ID` still finds the topology.
+fn save_record(state: &Path, rec: &RunRecord) -> bool {
+    match record::save(state, rec) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "harness: updating the run record under {} failed ({e}); `harness down --run {}` still works from the record written at the start",
+                state.display(),
+                rec.run_id
+            );
+            false
+        }
+    }
 }
 
 /// The run-level artifacts; a failure to write them is a warning, not the run's outcome.
