@@ -33,7 +33,8 @@ impl Resolved {
     }
 }
 
-/// OpenSSH's default `GlobalKnownHostsFile`: read after the user's files, never written.
+/// OpenSSH's default `GlobalKnownHostsFile`: read after the user's files, never written (a
+/// config's own `GlobalKnownHostsFile` replaces it).
 pub(crate) const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
 /// How deep `Include`s may nest (OpenSSH's own limit).
@@ -50,20 +51,24 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 /// - `Key=Value`, `Key = Value` and tab-separated lines become `Key Value`;
 /// - `UserKnownHostsFile`'s list of files (quotes allowed) becomes the files joined by NUL,
 ///   which no path contains: russh-config keeps the value as one path and strips quotes only
-///   around the whole value.
+///   around the whole value;
+/// - `GlobalKnownHostsFile`, which russh-config does not know, is returned beside the text: the
+///   first list applying to `target` (None: OpenSSH's default).
 ///
 /// Errors (an unreadable file, a `Match` harness cannot evaluate) are `file:line: message`.
-fn normalized_config(path: &Path, target: &SshTarget) -> Result<String, String> {
+fn normalized_config(path: &Path, target: &SshTarget) -> Result<(String, Option<Vec<String>>), String> {
     let mut n = Normalizer {
         original_host: &target.host,
         explicit_user: target.user.as_deref(),
         hostname: None,
         user: None,
+        global_known_hosts: None,
         global: String::new(),
         blocks: String::new(),
     };
     n.read(path, 0, false, true)?;
-    Ok(if n.global.is_empty() { n.blocks } else { format!("Host *\n{}{}", n.global, n.blocks) })
+    let text = if n.global.is_empty() { n.blocks } else { format!("Host *\n{}{}", n.global, n.blocks) };
+    Ok((text, n.global_known_hosts))
 }
 
 /// State of one pass over a config file and its `Include`s.
@@ -76,6 +81,8 @@ struct Normalizer<'a> {
     /// `Match user` test, as OpenSSH tests the values set by the lines above the `Match`.
     hostname: Option<String>,
     user: Option<String>,
+    /// The first `GlobalKnownHostsFile` list applying to the target.
+    global_known_hosts: Option<Vec<String>>,
     global: String,
     blocks: String,
 }
@@ -131,6 +138,12 @@ impl Normalizer<'_> {
                 "userknownhostsfile" => {
                     let files = shlex::split(value).ok_or_else(|| at(format!("{key} {value}: unbalanced quotes")))?;
                     out(self, format!("{key} {}\n", files.join("\0")));
+                }
+                "globalknownhostsfile" => {
+                    let files = shlex::split(value).ok_or_else(|| at(format!("{key} {value}: unbalanced quotes")))?;
+                    if applies && self.global_known_hosts.is_none() {
+                        self.global_known_hosts = Some(files);
+                    }
                 }
                 lower => {
                     if applies {
@@ -278,13 +291,13 @@ pub(crate) fn resolve_in_chain(
             ),
         });
     }
-    let hc = match &opts.ssh_config {
+    let (hc, global_known_hosts) = match &opts.ssh_config {
         Some(path) if path.exists() => {
-            let text = normalized_config(path, target)
+            let (text, global) = normalized_config(path, target)
                 .map_err(|message| SshError::Config { node: target.name.clone(), message })?;
             match russh_config::parse(&text, &target.host) {
-                Ok(c) => c.host_config,
-                Err(russh_config::Error::HostNotFound) => Default::default(),
+                Ok(c) => (c.host_config, global),
+                Err(russh_config::Error::HostNotFound) => (Default::default(), global),
                 Err(e) => {
                     return Err(SshError::Config {
                         node: target.name.clone(),
@@ -349,8 +362,10 @@ pub(crate) fn resolve_in_chain(
     // The topology's file, else the config's list (see `normalized_config`), else OpenSSH's
     // default list; after a user list, the system's files, which OpenSSH always reads too
     // (labs distribute their DUTs' keys there: such a host was "unknown" and refused).
+    // `none` (OpenSSH: no file) reads and records nothing: /dev/null, never a global file.
     let mut known_hosts: Vec<PathBuf> = match (&target.known_hosts, &hc.user_known_hosts_file) {
         (Some(p), _) => vec![expand_tilde(p)],
+        (None, Some(list)) if list.as_os_str() == "none" => vec![PathBuf::from("/dev/null")],
         (None, Some(list)) => list
             .to_string_lossy()
             .split('\0')
@@ -365,7 +380,11 @@ pub(crate) fn resolve_in_chain(
         return Err(config_error("no known_hosts file: set `known_hosts` on the node (no home directory)".into()));
     }
     if target.known_hosts.is_none() {
-        known_hosts.extend(GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from));
+        match global_known_hosts {
+            Some(list) if list == ["none"] => {}
+            Some(list) => known_hosts.extend(list.iter().map(|f| expand_tilde(Path::new(f)))),
+            None => known_hosts.extend(GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from)),
+        }
     }
     // russh-config maps `StrictHostKeyChecking accept-new` (and `yes`) to true and `no` to false;
     // we only ever relax to "accept new", never to "accept changed".
@@ -652,6 +671,46 @@ mod tests {
             assert!(!kh[0].starts_with("/etc"), "{kh:?}");
         }
         let opts = ConnectOptions { ssh_config: Some(cfg), ..ConnectOptions::default() };
+        assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
+    }
+
+    /// `UserKnownHostsFile none` (OpenSSH: no user file) was read as a file named `none` in
+    /// the working directory, where accept-new then recorded keys; and a config's
+    /// `GlobalKnownHostsFile` was ignored (the defaults read instead). `none` now reads and
+    /// records nothing (/dev/null), and the config's global list, the first applying to the
+    /// host, replaces the defaults (`none`: no global file).
+    #[test]
+    fn regression_known_hosts_file_none_and_global_known_hosts_file_were_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        let mut t = target("dut7");
+        t.known_hosts = None;
+        let files = |text: &str| {
+            std::fs::write(&cfg, text).unwrap();
+            resolve(&t, &opts).unwrap().known_hosts
+        };
+        let defaults: Vec<PathBuf> = GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect();
+        assert_eq!(
+            files("Host dut*\n  UserKnownHostsFile none\n"),
+            [&[PathBuf::from("/dev/null")][..], &defaults].concat()
+        );
+        assert_eq!(
+            files("GlobalKnownHostsFile /etc/lab/kh \"/x y/kh\"\nHost dut*\n  UserKnownHostsFile /kh/user\n"),
+            [PathBuf::from("/kh/user"), "/etc/lab/kh".into(), "/x y/kh".into()]
+        );
+        assert_eq!(
+            files(
+                "Host dut*\n  GlobalKnownHostsFile none\n  UserKnownHostsFile /kh/user\nHost *\n  GlobalKnownHostsFile /late\n"
+            ),
+            [PathBuf::from("/kh/user")]
+        );
+        // A block for another host does not apply.
+        assert_eq!(
+            files("Host other\n  GlobalKnownHostsFile /nope\nHost dut*\n  UserKnownHostsFile /kh/user\n"),
+            [&[PathBuf::from("/kh/user")][..], &defaults].concat()
+        );
+        // The topology's own file stays the only one.
         assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
     }
 
