@@ -222,6 +222,22 @@ fn chain_numa_node_defaults_to_the_duts_interfaces() {
     assert_eq!(plan["nodes"][0]["vms"][0]["pinning"]["cpus"], serde_json::json!([4, 6, 62]));
 }
 
+/// CSIT takes the chain's NUMA node from the DUT's two test ports (`if1`, `if2`). harness
+/// sorted every interface by its number, so the host vswitch's `vhost1` (listed for a
+/// `testpmd_mac` chain's next hops) came before `port2` and, having no `numa_node`, put the chain
+/// on node 0 although port2 is on node 1. The `vhost*` ports are not test ports.
+#[test]
+fn regression_chain_numa_node_ignores_the_vhost_ports() {
+    let d = tempfile::tempdir().unwrap();
+    let text = example().replace("link: link1, numa_node: 0}", "link: link1}").replace(
+        "link: link2, numa_node: 0}",
+        "link: link2, numa_node: 1}\n      vhost1: {mac_address: \"02:fe:00:00:00:01\"}",
+    );
+    assert!(text.contains("vhost1:") && text.contains("numa_node: 1}"), "the example changed");
+    let plan = render_json(&write(d.path(), &text), facts_dir().path());
+    assert_eq!(plan["nodes"][0]["vms"][0]["pinning"]["cpus"], serde_json::json!([32, 34, 90]));
+}
+
 #[test]
 fn chain_template_errors_carry_positions_and_chain_keys() {
     let d = tempfile::tempdir().unwrap();

@@ -70,9 +70,11 @@ fn shared_cpus(topology: &Topology, def: &ChainDef, cpus: &[u32]) -> Result<Vec<
 }
 
 /// CSIT's `get_interfaces_numa_node(if1, if2)`: the most common `numa_node` of the DUT's first
-/// two ports (by port number), ignoring unknowns; `None` when neither says.
+/// two test ports (by port number), ignoring unknowns; `None` when neither says. The host
+/// vswitch's `vhost*` ports (a `testpmd_mac` chain's next hops) are not test ports.
 fn interface_numa(node: &Node) -> Option<u32> {
-    let mut ports: Vec<(&String, Option<u32>)> = node.interfaces.iter().map(|(k, i)| (k, i.numa_node)).collect();
+    let mut ports: Vec<(&String, Option<u32>)> =
+        node.interfaces.iter().filter(|(k, _)| !k.starts_with("vhost")).map(|(k, i)| (k, i.numa_node)).collect();
     let number = |k: &str| k.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().unwrap_or(u64::MAX);
     ports.sort_by_key(|(k, _)| (number(k), (*k).clone()));
     let known: Vec<u32> = ports.iter().take(2).filter_map(|(_, n)| *n).collect();
