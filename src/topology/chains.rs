@@ -472,6 +472,22 @@ pub(crate) fn parse_chain<'n>(
     let nf_chains = count(cx, "nf_chains");
     let nf_nodes = count(cx, "nf_nodes");
     let vnf = f.required(cx, "vnf").and_then(|v| cx.string(v, &f.path("vnf")));
+    // A chain wires two vhost-user NICs per VM; CSIT's `vpp_2vfpt_*` recipes take PCI
+    // passthrough NICs (vfio-pci) instead: rendered here they would start VPP on `avf`
+    // devices the VM does not have.
+    let vnf = vnf.filter(|name| {
+        let passthrough = name.starts_with("vpp_2vfpt");
+        if passthrough {
+            cx.err(
+                f.get("vnf").map_or(f.key_pos("vnf"), |v| v.pos),
+                &f.path("vnf"),
+                format!(
+                    "`{name}` takes PCI passthrough NICs (CSIT's vfio-pci recipe); a chain wires vhost-user NICs only: define these VMs under `vms:` with `vfio_pci` interfaces"
+                ),
+            );
+        }
+        !passthrough
+    });
     let vs_dtc = f
         .required(cx, "vs_dtc")
         .and_then(|v| cx.int(v, &f.path("vs_dtc"), 0, u64::from(u16::MAX), "a whole number of cores (0 or more)"))
@@ -844,6 +860,22 @@ mod tests {
                 "t.yaml:9:13: chains[0].socket_dir: must be an absolute path (found `run/vpp`)",
                 "t.yaml:11:5: chains[0].vm: expected a map (the VM template), found a list",
             ]
+        );
+    }
+
+    /// A chain of `vpp_2vfpt_*` VMs was accepted: every VM got two vhost-user NICs and an
+    /// `.exec` that creates `avf` interfaces on PCI devices the VM does not have (CSIT's recipe
+    /// for these VNFs is vfio-pci passthrough). Refused with the key's position.
+    #[test]
+    fn regression_a_chain_of_passthrough_vnfs_is_refused() {
+        let (r, diags) = parse_entry(
+            "node: DUT1\nnf_chains: 1\nnf_nodes: 1\nvnf: vpp_2vfpt_ip4base_plen24\nvs_dtc: 2\nnf_dtc: 2\ntg_macs: [\"3c:fd:fe:00:00:01\", \"3c:fd:fe:00:00:02\"]\n",
+        );
+        assert!(r.is_none());
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(
+            diags[0].starts_with("t.yaml:4:6: chains[0].vnf: `vpp_2vfpt_ip4base_plen24` takes PCI passthrough NICs"),
+            "{diags:?}"
         );
     }
 
