@@ -329,8 +329,11 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
         }
     }
     interrupted |= *signalled.borrow();
+    // A VM that is not ready with no node failed is a bug, but the run is not ok either: what
+    // it started is stopped, never left running with its record dropped.
+    let all_ready = order.iter().all(|(n, v)| tracker.vm_result(n, v).is_some_and(|r| r.state == VmState::Ready));
     let mut report = None;
-    if failed || interrupted {
+    if failed || interrupted || !all_ready {
         let r = cleanup(&tracker, opts.stop_grace, &events).await;
         mark_stopped(&tracker, &r);
         report = Some(r);

@@ -43,6 +43,11 @@ impl NodeCtx {
         }
     }
 
+    /// Whether `--vm` selects VM `name` (no `--vm`: every VM).
+    pub fn selected(&self, name: &str) -> bool {
+        self.only_vms.is_empty() || self.only_vms.iter().any(|v| v == name)
+    }
+
     pub fn plan_options(&self) -> PlanOptions<'_> {
         PlanOptions { run_id: self.run_id.clone(), templates: &self.templates, only_vms: &self.only_vms }
     }

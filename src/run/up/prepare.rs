@@ -60,6 +60,24 @@ pub(super) async fn prepare(ctx: &NodeCtx) -> Result<(Session, NodePlan, bool), 
     // node was "drift" (exit 5) although nothing had changed. Nothing acts on an unclaimed
     // node's plan (cleanup and artifacts look at claimed nodes only).
     ctx.tracker.node(&np.name, |n| n.plan = Some(np.clone()));
+    // Every selected VM must be in the final plan: a chain the host gave no CPU layout for
+    // (`lscpu -p` printed nothing) is only a note in it. Started without it, the run could
+    // never be ready, and its other VMs ran on while the record was dropped.
+    let missing: Vec<String> = ctx
+        .topology
+        .vm_names()
+        .into_iter()
+        .filter(|(n, v)| *n == np.name && ctx.selected(v) && !np.vms.iter().any(|p| &p.name == v))
+        .map(|(_, v)| v)
+        .collect();
+    if !missing.is_empty() {
+        let why: Vec<String> = np.unresolved.iter().map(|u| format!("{}: {}", u.what, u.shown)).collect();
+        return Err(fail(format!(
+            "cannot plan {} on this host ({}); nothing was changed on this host",
+            missing.join(", "),
+            if why.is_empty() { "not in the plan".to_string() } else { why.join("; ") }
+        )));
+    }
     // Every step from the claim on runs as root: without passwordless sudo, stop before anything
     // is written (a claim refused by sudo left cleanup unable to tell that nothing had started).
     if let Some(s) = facts.sudo.as_ref().filter(|s| !s.ok) {

@@ -45,6 +45,8 @@ struct Behaviour {
     serial_latency: Option<Duration>,
     /// Stops seen so far (shared by the clones of one host's behaviour).
     stops: Arc<Mutex<Vec<String>>>,
+    /// `lscpu -p` printed nothing (no CPU layout in the facts).
+    no_lscpu: bool,
 }
 
 /// The answers of a healthy host to each stage's command, with `b`'s faults.
@@ -53,13 +55,15 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
     if t.contains("sudo_rc=") {
         let sudo =
             if b.no_sudo { "sudo_rc=1\nsudo_err=sudo: a password is required\n" } else { "sudo_rc=0\nsudo_err=\n" };
+        // With `lscpu -p` missing, the probe's markers still come, with nothing between them.
+        let lscpu = if b.no_lscpu { "" } else { "# CPU,Core,Socket,Node\n0,0,0,0\n1,1,0,0\n2,2,0,0\n3,3,0,0\n" };
         return Reply::ok(
             sudo.to_string()
                 + "arch=x86_64\nqemu_path=/usr/bin/qemu-system-x86_64\nqemu_version=QEMU 7.2\n\
              kvm_dev=0\ncpus_online=0-3\ncpus_isolated=\ntool_socat=/usr/bin/socat\ntool_taskset=/usr/bin/taskset\n\
-             tool_chrt=/usr/bin/chrt\nnumanode=0\npool 2048 0 0 0 0 0\nmount /dev/hugepages hugetlbfs\n\
-             ==lscpu\n# CPU,Core,Socket,Node\n0,0,0,0\n1,1,0,0\n2,2,0,0\n3,3,0,0\n==lscpu-end\n\
-             ==lookups\nfound /opt/boot/initrd.img-1\nfound /opt/boot/vmlinuz-1\n",
+             tool_chrt=/usr/bin/chrt\nnumanode=0\npool 2048 0 0 0 0 0\nmount /dev/hugepages hugetlbfs\n==lscpu\n"
+                + lscpu
+                + "==lscpu-end\n==lookups\nfound /opt/boot/initrd.img-1\nfound /opt/boot/vmlinuz-1\n",
         );
     }
     if call.argv.first().is_some_and(|a| a == "sh") && (t.contains("cat > \"$1\"") || t.contains("base64 -d")) {
@@ -576,4 +580,27 @@ fn regression_a_node_that_failed_before_its_claim_keeps_its_plan_for_replay() {
     let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["DUT1_1", "DUT1_2"]);
     assert!(lab.hosts["DUT1"].calls().iter().all(|c| !c.sudo), "nothing ran as root");
+}
+
+/// A node with a chain whose host printed no CPU layout (`lscpu -p` missing): the final plan had
+/// only a note for the chain, so `up` claimed the run directory and started the node's other
+/// VMs, the chain's VMs stayed pending, no cleanup ran (no node had "failed"), and the record
+/// was dropped as if everything had been stopped: VMs left running that nothing knew of. Now
+/// the node fails before anything is written, naming the VMs it cannot plan.
+#[test]
+fn regression_a_chain_the_host_cannot_place_fails_before_anything_is_written() {
+    let text = "nodes:\n  DUT1:\n    type: DUT\n    host: 10.0.0.2\n    username: testuser\n\
+                chains:\n  - {node: DUT1, nf_chains: 1, nf_nodes: 2, vnf: vppip4_2vhostvr1024, vs_dtc: 1, nf_dtc: 1,\n\
+                \x20    tg_macs: [\"3c:fd:fe:aa:bb:01\", \"3c:fd:fe:aa:bb:02\"], vm: {kernel: /opt/boot/vmlinuz, initrd: /opt/boot/initrd.img}}\n\
+                vms:\n  - {node: DUT1, vnf: none, ready_markers: [up], kernel: /opt/boot/vmlinuz, initrd: /opt/boot/initrd.img}\n";
+    let topo = crate::topology::load_str_with(text, std::path::Path::new("chain.yaml"), &|_| true).unwrap();
+    assert_eq!(topo.vm_names().len(), 3, "{:?}", topo.vm_names());
+    let lab = lab(&[("DUT1", Behaviour { no_lscpu: true, ..Behaviour::default() })]);
+    let res = run(&options(topo, lab.clone(), None));
+    assert!(!res.ok);
+    let err = res.nodes[0].error.as_deref().unwrap_or("");
+    assert!(err.contains("cannot plan DUT1_1, DUT1_2 on this host") && err.contains("CPU layout"), "{err}");
+    let calls = lab.hosts["DUT1"].calls();
+    assert!(calls.iter().all(|c| !c.sudo || c.text.contains("sudo_rc=")), "nothing ran as root: {calls:?}");
+    assert!(res.cleanup.as_ref().is_none_or(|c| c.complete && c.left.is_empty()), "{:?}", res.cleanup);
 }
