@@ -822,7 +822,10 @@ fn fault_full_run_root() {
     let env = Env::new();
     let root = "/run/harness-fault-tiny";
     std::fs::create_dir_all(root).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "harness-fault-tiny", root]).status().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k,mode=0755", "harness-fault-tiny", root])
+        .status()
+        .unwrap();
     assert!(st.success(), "mount a tiny tmpfs");
     let topo = env.topology("tiny.yaml", |t| {
         t.replace("    qemu: {accel: tcg}\n", &format!("    qemu: {{accel: tcg}}\n    run_root: {root}\n"))

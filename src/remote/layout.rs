@@ -111,6 +111,13 @@ pub fn claim_script(
         r#"set -e
 root={root}; rd={rd}; tmp={tmp}; nonce={nonce}
 {claimed}mkdir -p -m 0755 "$root"
+# Every run directory is created, written and removed below the root as root: a root another
+# user owns or may write to (made before us, or in a shared directory) lets them plant
+# symlinks there.
+set -- $(stat -c '%u %a' -- "$root"); m=000$2; m=${{m#"${{m%???}}"}}
+if [ -L "$root" ] || [ "$1" != "$(id -u)" ] || case "$m" in ?[2367]?|??[2367]) true;; *) false;; esac; then
+  echo "run_root $root is a symlink, not owned by uid $(id -u) or writable by others (owner uid $1, mode $2): another user could plant files in it; make it a directory owned by root, mode 0755" >&2; exit 1
+fi
 if [ ! -e "$rd" ] && [ ! -L "$rd" ]; then
   rm -rf -- "$tmp"; mkdir -m 0755 "$tmp"
   # A failed write (a full disk) must not leave the private directory behind.
@@ -175,6 +182,35 @@ mod tests {
         assert_eq!(c.status.code(), Some(CLAIM_TAKEN as i32));
         let owner = std::fs::read_to_string(format!("{rd}/.owner")).unwrap();
         assert_eq!(owner, "nonceA\nme@h\nL3QvYS55YW1s\n", "nonce, owner, topology (base64)");
+    }
+
+    /// The claim accepted any existing `run_root`: one another user had made (in a shared
+    /// directory such as the world-writable /run/lock, which validation let through) was theirs to
+    /// fill with symlinks that root then wrote through (`.stopping -> /etc/shadow`). A root that
+    /// is a symlink, someone else's, or writable by group or others is now refused.
+    #[test]
+    fn regression_a_run_root_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let claim = |root: &str| sh(&claim_script(root, &format!("{root}/r1"), "DUT1", "n", "me@h", "/t/a.yaml"));
+        for (name, mode) in [("open", 0o777), ("sticky", 0o1777), ("group", 0o775), ("other", 0o757)] {
+            let root = d.path().join(name);
+            std::fs::create_dir(&root).unwrap();
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+            let out = claim(root.to_str().unwrap());
+            assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("writable by others"), "{out:?}");
+            assert!(!root.join("r1").exists(), "{name}: claimed anyway");
+        }
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("open"), &link).unwrap();
+        assert_eq!(claim(link.to_str().unwrap()).status.code(), Some(1));
+        let fine = d.path().join("fine");
+        std::fs::create_dir(&fine).unwrap();
+        std::fs::set_permissions(&fine, std::fs::Permissions::from_mode(0o1755)).unwrap();
+        assert!(claim(fine.to_str().unwrap()).status.success());
+        assert!(crate::topology::validate::run_root_problem("/run/lock/harness").is_some());
+        assert!(crate::topology::validate::run_root_problem("/var/lock/h").is_some());
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn describe(c: char) -> String {
 
 /// Sticky world-writable directories: another user can create (or symlink) our run directory
 /// there before we do.
-const WORLD_WRITABLE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+const WORLD_WRITABLE: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"];
 
 /// Why `s` cannot be a `run_root`, or `None`. It is the parent of every run directory that
 /// `down` later removes as root, and the QMP/QGA sockets below it are reached through socat:
