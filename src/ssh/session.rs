@@ -792,6 +792,13 @@ fn put_argv(items: &[Put<'_>], tag: &str) -> Vec<String> {
 /// packets.
 const WIRE_MAX: usize = 32 * 1024;
 
+/// The last line of a script sent on stdin: a comment, run only if it arrived.
+const SCRIPT_END: &str = "# harness: end of script";
+
+/// Runs the script on stdin only when it arrived whole (its last line is [`SCRIPT_END`]).
+const VIA_STDIN: &str = "s=$(cat); case $s in *'\n# harness: end of script') eval \"$s\";; \
+                         *) echo 'harness: the script arrived cut short; nothing ran' >&2; exit 125;; esac";
+
 /// `cmd` (a `sh -c SCRIPT [NAME ARGS...]` without stdin of its own) as `sh -c 'eval "$(cat)"'
 /// NAME`, its stdin `set -- ARGS` and the script: the same shell runs the same script with the
 /// same `$0`, `$@` and pid, and no argument or packet grows with it. `None` for anything else.
@@ -808,8 +815,12 @@ fn via_stdin(cmd: &RemoteCommand) -> Option<RemoteCommand> {
         payload.push('\n');
     }
     payload.push_str(script);
+    // A connection lost mid-transfer ends `cat` with EOF: without the end line, the part that
+    // arrived (a `mv` or `mkdir` cut mid-path still parses) would run.
+    payload.push('\n');
+    payload.push_str(SCRIPT_END);
     Some(RemoteCommand {
-        argv: vec!["sh".into(), "-c".into(), "eval \"$(cat)\"".into(), name.into()],
+        argv: vec!["sh".into(), "-c".into(), VIA_STDIN.into(), name.into()],
         stdin: Some(payload.into_bytes()),
         ..cmd.clone()
     })
@@ -1188,7 +1199,7 @@ mod tests {
             assert!(wrapped_wire(&cmd).len() > WIRE_MAX);
             let moved = via_stdin(&cmd).unwrap();
             let wire = wrapped_wire(&moved);
-            assert!(wire.len() < 200, "{wire}");
+            assert!(wire.len() < 400, "{wire}");
             let path = testsupport::path_with("sudo", testsupport::PASSTHROUGH_SUDO);
             let payload = moved.stdin.clone().unwrap();
             // As `testsupport::output`, retried while another thread's stand-in is `Text file busy`.
@@ -1220,7 +1231,40 @@ mod tests {
         }
         // Not a script, or stdin of its own: left alone.
         assert!(via_stdin(&RemoteCommand::new(["true"])).is_none());
+        assert!(VIA_STDIN.contains(SCRIPT_END));
         assert!(via_stdin(&RemoteCommand::sh("cat").stdin(b"x".to_vec())).is_none());
+    }
+
+    /// A long script goes on stdin and ran through `eval "$(cat)"`: a connection lost mid-transfer
+    /// ends `cat` with EOF, and whatever part had arrived ran (a `mv` or `mkdir` cut mid-path
+    /// still parses). Now nothing runs unless the end line arrived.
+    #[test]
+    fn regression_a_script_cut_short_on_stdin_runs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let made = d.path().join("made");
+        let script = format!("{}mkdir {}\ntouch {}/later", "# pad\n".repeat(10), made.display(), made.display());
+        let moved = via_stdin(&RemoteCommand::new(["sh", "-c", &script])).unwrap();
+        let payload = moved.stdin.clone().unwrap();
+        let run = |bytes: &[u8]| {
+            let mut child = std::process::Command::new("sh")
+                .args(&moved.argv[1..])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        // Cut right after the `mkdir` line: the old wrapper made the directory.
+        let cut =
+            payload.len() - SCRIPT_END.len() - "\ntouch ".len() - made.display().to_string().len() - "/later".len();
+        let out = run(&payload[..cut]);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cut short"));
+        assert!(!made.exists(), "part of a cut script ran");
+        let out = run(&payload);
+        assert!(out.status.success(), "{out:?}");
+        assert!(made.join("later").exists());
     }
 
     /// A connection lost mid-upload ends the remote `cat` with EOF (status 0): the cut file was

@@ -67,17 +67,19 @@ const START_OK: &str = "ok";
 const START_FAIL: &str = "fail";
 
 /// Every QEMU of the node under ONE `sudo` (one channel, one sudo and one shell on the host
-/// instead of one of each per VM), all started at once. Arguments: the manifest's path (its
-/// content on stdin, written atomically first: no QEMU starts unless it is there), then per
+/// instead of one of each per VM), all started at once. Arguments: the manifest's path and size
+/// (its content on stdin, written atomically first, and only whole: a connection lost mid-way
+/// ends `cat` with EOF, and no QEMU starts unless the manifest is there), then per
 /// VM, the argv length, the pidfile, then the planned argv unchanged. Each VM, in the
 /// background: unless a stop has fenced its directory (`down` or cleanup got there first),
 /// `qemu … -daemonize` (its stderr kept), the started mark for hugepage
 /// reservations (crate::remote::reserve), then one line with the pid read from the pidfile, as
-/// soon as that VM is done.
+/// soon as that VM is done. A failure's QEMU stderr is cut to its last 2 KiB: the VMs' lines
+/// share one pipe, and only a line under PIPE_BUF (4 KiB) is written whole.
 fn start_script() -> String {
     format!(
-        r#"m=$1; shift
-(umask 077; cat > "$m.harness-tmp" && chmod 644 "$m.harness-tmp" && mv -f "$m.harness-tmp" "$m") || {{ rc=$?; rm -f "$m.harness-tmp"; echo "writing the manifest $m failed" >&2; exit $rc; }}
+        r#"m=$1; size=$2; shift 2
+(umask 077; cat > "$m.harness-tmp" && [ "$(wc -c < "$m.harness-tmp")" -eq "$size" ] && chmod 644 "$m.harness-tmp" && mv -f "$m.harness-tmp" "$m") || {{ rc=$?; rm -f "$m.harness-tmp"; echo "writing the manifest $m failed (cut short?)" >&2; exit $(( rc ? rc : 1 )); }}
 take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
 start() {{
   i=$1; pf=$2; shift 2
@@ -85,7 +87,7 @@ start() {{
   if e=$(take "$@" 2>&1 >/dev/null); then
     printf '' 2>/dev/null > "${{pf%/*}}/{mark}"; read -r p < "$pf"; echo "{ok} $i $p"
   else
-    rc=$?; echo "{fail} $i $rc $(printf %s "$e" | base64 -w0)"
+    rc=$?; echo "{fail} $i $rc $(printf %s "$e" | tail -c 2048 | base64 -w0)"
   fi
 }}
 i=0
@@ -115,7 +117,14 @@ async fn start_batch(
     if vms.is_empty() {
         return Ok(Vec::new());
     }
-    let mut argv = vec!["sh".to_string(), "-c".into(), start_script(), "sh".into(), manifest_path.to_string()];
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        start_script(),
+        "sh".into(),
+        manifest_path.to_string(),
+        manifest.len().to_string(),
+    ];
     for v in vms {
         argv.push(v.argv.len().to_string());
         argv.push(v.paths.pidfile.clone());
@@ -311,10 +320,11 @@ mod tests {
         let bad_vm = ["sh", "-c", "echo \"boom $0\" >&2; exit 3", "it's"];
         let fenced_vm = ["sh", "-c", "echo launched > \"$0\"", pf2];
         let manifest = dir.path().join("manifest-DUT1.json");
-        let run = |manifest: &std::path::Path| {
+        let content = b"{\"run_id\": \"r\"}";
+        let run_with = |manifest: &std::path::Path, sent: &[u8], size: usize| {
             use std::io::Write as _;
             let mut cmd = std::process::Command::new("sh");
-            cmd.arg("-c").arg(start_script()).arg("sh").arg(manifest);
+            cmd.arg("-c").arg(start_script()).arg("sh").arg(manifest).arg(size.to_string());
             cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
             cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
             cmd.arg(fenced_vm.len().to_string()).arg(pf2).args(fenced_vm);
@@ -322,12 +332,13 @@ mod tests {
             let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
             // A script that cannot open the manifest exits without reading its stdin: a write
             // after that is EPIPE (a flaky failure under load), not a fault of the script.
-            match child.stdin.take().unwrap().write_all(b"{\"run_id\": \"r\"}") {
+            match child.stdin.take().unwrap().write_all(sent) {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                 r => r.unwrap(),
             }
             child.wait_with_output().unwrap()
         };
+        let run = |manifest: &std::path::Path| run_with(manifest, content, content.len());
         let out = run(&manifest);
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         lines.sort();
@@ -354,5 +365,60 @@ mod tests {
         assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("writing the manifest"), "{out:?}");
         assert!(!std::path::Path::new(pf0).exists(), "no QEMU started");
+        // Regression: a manifest cut short (the connection lost mid-stdin ends `cat` with EOF,
+        // status 0) replaced the good one and the QEMUs started; `down` then found an unreadable
+        // manifest and left them. Now the size is checked: nothing replaced, nothing started.
+        let out = run_with(&manifest, &content[..5], content.len());
+        assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "{\"run_id\": \"r\"}", "the manifest was replaced");
+        assert!(!std::path::Path::new(pf0).exists(), "no QEMU started");
+    }
+
+    /// The VMs' result lines share one pipe; a failure line carrying a long QEMU stderr (over
+    /// PIPE_BUF once in base64) was not written whole, and other VMs' `ok` lines vanished inside
+    /// it. The stderr is cut to its last 2 KiB: every VM gets its own parsable line.
+    #[test]
+    fn regression_a_long_qemu_error_does_not_swallow_other_vms_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("m.json");
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(start_script()).arg("sh").arg(&manifest).arg("2");
+        let loud = ["sh", "-c", "head -c 60000 /dev/zero | tr '\\0' x >&2; echo THE-END >&2; exit 1"];
+        for i in 0..12 {
+            let pf = dir.path().join(format!("{i}/qemu.pid"));
+            std::fs::create_dir_all(pf.parent().unwrap()).unwrap();
+            let pf = pf.to_str().unwrap().to_string();
+            if i % 4 == 0 {
+                cmd.arg(loud.len().to_string()).arg(&pf).args(loud);
+            } else {
+                let ok = ["sh", "-c", "echo 77 > \"$0\"", &pf];
+                cmd.arg(ok.len().to_string()).arg(&pf).args(ok);
+            }
+        }
+        let out = testsupport_output(cmd, b"{}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut seen: Vec<usize> = text.lines().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..12).collect::<Vec<_>>(), "{text}");
+        for l in text.lines() {
+            assert!(l.len() < 4096, "a line of {} bytes", l.len());
+            if l.starts_with("fail") {
+                use base64::Engine as _;
+                let e = base64::engine::general_purpose::STANDARD.decode(l.split(' ').nth(3).unwrap()).unwrap();
+                assert!(String::from_utf8_lossy(&e).ends_with("THE-END"), "the end of the error was kept");
+            }
+        }
+    }
+
+    fn testsupport_output(mut cmd: std::process::Command, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write as _;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
     }
 }

@@ -92,7 +92,7 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
     if is_qemu_start(call) {
         // The node's batch: per VM its argv length, pidfile and argv; one result line per VM.
         use base64::Engine as _;
-        let (mut args, mut out, mut i) = (&call.argv[5..], String::new(), 0);
+        let (mut args, mut out, mut i) = (&call.argv[6..], String::new(), 0);
         while let [n, _pidfile, rest @ ..] = args {
             let n: usize = n.parse().expect("argv length");
             let name = rest[..n].iter().find(|a| a.ends_with(",debug-threads=on")).cloned().unwrap_or_default();
