@@ -700,6 +700,30 @@ fn regression_a_run_record_that_cannot_be_updated_hides_no_result() {
     env.assert_nothing_left(ROOT, run);
 }
 
+/// `down --run ID` on a run whose manifest could not be read only warned (a warning the
+/// default output of a pipeline never shows), found nothing to stop, removed the local record and
+/// exited 0, with every QEMU of the run still running. It now fails that node (exit 1) and keeps
+/// the record, so `down --run ID` can be repeated once the manifest is repaired.
+#[test]
+fn regression_down_of_a_run_with_an_unreadable_manifest_keeps_the_record() {
+    let env = Env::new();
+    let topo = env.topology("t.yaml", |t| t);
+    let run = "fault-bad-manifest";
+    let up = env.run(&["up", topo.to_str().unwrap(), "--run-id", run]);
+    assert_eq!(up.status.code(), Some(0), "{up:?}");
+    let path = format!("{ROOT}/{run}/manifest-DUT1.json");
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"{ not json").unwrap();
+    let down = env.run(&["down", "--run", run]);
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    let text = format!("{}{}", String::from_utf8_lossy(&down.stdout), String::from_utf8_lossy(&down.stderr));
+    assert!(text.contains("unreadable manifest"), "{text}");
+    let again = env.run(&["down", "--run", run]);
+    assert_eq!(again.status.code(), Some(0), "the record was removed: {again:?}");
+    env.assert_nothing_left(ROOT, run);
+}
+
 /// Ctrl-C during `exec` ended harness at once and left the remote commands running (sshd does
 /// not signal a command without a pty when the connection goes): `exec --sudo -- iperf3 -s`
 /// stayed on every node as root. Now each node's command is killed first, and harness exits 130.

@@ -212,13 +212,18 @@ fn write_artifacts(
 }
 
 fn exit_code(res: &RunResult) -> u8 {
+    let unreachable = res.nodes.iter().any(|n| n.unreachable);
     if res.ok {
         exit::OK
     } else if res.run_id_in_use {
         exit::INVALID_INPUT
+    } else if res.cleanup.as_ref().is_some_and(|c| !c.complete) {
+        // 4 and 130 say everything was stopped again: a pipeline acting on the code alone must
+        // not take a run that left VMs behind for one that did not.
+        if unreachable { exit::UNREACHABLE } else { exit::FAILED }
     } else if res.interrupted {
         exit::INTERRUPTED
-    } else if res.nodes.iter().any(|n| n.unreachable) {
+    } else if unreachable {
         exit::UNREACHABLE
     } else {
         exit::UP_FAILED
@@ -323,6 +328,43 @@ mod tests {
     use super::*;
     use crate::run::manifest::GuestInterfaceRecord;
     use crate::run::up::VmState;
+
+    /// `up` exited 4 or 130 ("everything it had started was stopped again") after a cleanup
+    /// that could not stop everything, e.g. Ctrl-C with a node that stayed unreachable, or a
+    /// QEMU that would not die: a pipeline acting on the code took VMs left running for none.
+    /// Now 3 when a node was unreachable, else 1.
+    #[test]
+    fn regression_an_incomplete_cleanup_is_not_reported_as_everything_stopped() {
+        use crate::run::up::{CleanupReport, NodeResult};
+        let node = |unreachable| NodeResult {
+            name: "DUT1".into(),
+            host: "h".into(),
+            accel: None,
+            hugepages: vec![],
+            error: Some("x".into()),
+            unreachable,
+            failure: None,
+            run_id_in_use: false,
+            facts: None,
+            plan: None,
+        };
+        let res = |interrupted, unreachable, complete| RunResult {
+            run_id: "r".into(),
+            ok: false,
+            interrupted,
+            duration_s: 0.0,
+            nodes: vec![node(unreachable)],
+            vms: vec![],
+            cleanup: Some(CleanupReport { complete, left: vec![] }),
+            run_id_in_use: false,
+            handshake_retries: 0,
+        };
+        assert_eq!(exit_code(&res(true, false, true)), exit::INTERRUPTED);
+        assert_eq!(exit_code(&res(false, false, true)), exit::UP_FAILED);
+        assert_eq!(exit_code(&res(true, true, false)), exit::UNREACHABLE);
+        assert_eq!(exit_code(&res(false, false, false)), exit::FAILED);
+        assert_eq!(exit_code(&res(true, false, false)), exit::FAILED);
+    }
 
     /// `up` printed the serial tail, the error and the guest's interface names as they came:
     /// a guest whose console wrote `ESC]0;…BEL` or `ESC[2J` set the title or cleared the

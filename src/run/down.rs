@@ -144,6 +144,21 @@ pub async fn down_node(
             Ok(m) => m,
             Err((path, msg)) => {
                 ev.warn(format!("unreadable manifest {path}: {msg} (left in place)"));
+                // The run asked for by id: its VMs may still run, and the local record is the
+                // only pointer to them. A row with an error keeps it and fails the command (an
+                // unreadable manifest of some other run says nothing about this `down`).
+                let run = path.rsplit('/').nth(1).unwrap_or_default();
+                if sel.run_id.as_deref() == Some(run) {
+                    out.push(StoppedVm {
+                        node: node.to_string(),
+                        run_id: run.to_string(),
+                        vm: "-".into(),
+                        report: None,
+                        error: Some(format!(
+                            "unreadable manifest {path}: {msg}; its VMs may still run (left in place)"
+                        )),
+                    });
+                }
                 continue;
             }
         };
