@@ -61,6 +61,9 @@ pub(super) async fn node_up(ctx: &NodeCtx) -> Result<(), UpError> {
     let t = Instant::now();
     // `uploaded`: already written with the VM directories (prepare's one round trip).
     if !uploaded && let Err(e) = upload::files(&session, &np).await {
+        if e.is_lost() || e.is_unreachable() {
+            return Err(e);
+        }
         return Err(fail(prepare::full_hint(&session, &e.to_string(), &ctx.node.run_root).await));
     }
     let upload_s = t.elapsed().as_secs_f64();

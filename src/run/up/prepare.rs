@@ -138,8 +138,11 @@ async fn claim(ctx: &NodeCtx, session: &Session, np: &NodePlan) -> Result<bool, 
     puts.extend(np.vms.iter().map(|v| Put::Log { path: &v.paths.serial_log }));
     let files = super::upload::small_files(np);
     puts.extend(files.iter().flatten().map(|&(content, path, mode)| Put::File { content, path, mode }));
-    if let Err(e) = session.put_many(&puts, true).await {
-        return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await));
+    match session.put_many(&puts, true).await {
+        Ok(()) => {}
+        // A lost connection is a lost node (exit 3), not a write that failed.
+        Err(e) if e.is_connection_lost() || e.is_unreachable() => return Err(e.into()),
+        Err(e) => return Err(fail(full_hint(session, &e.to_string(), &ctx.node.run_root).await)),
     }
     Ok(files.is_some())
 }

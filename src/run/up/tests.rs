@@ -283,6 +283,9 @@ fn a_node_lost_mid_run_fails_the_run_and_the_other_nodes_vms_are_stopped() {
     assert!(!res.ok);
     let dut2 = res.nodes.iter().find(|n| n.name == "DUT2").unwrap();
     assert!(dut2.error.as_deref().unwrap_or("").contains("connection reset"), "{:?}", dut2.error);
+    // Regression: a connection lost in the claim's upload round trip was wrapped as a failed
+    // write (exit 4, JUnit "infrastructure"); a lost node is exit 3 (README).
+    assert!(dut2.unreachable, "a lost connection is a lost node: {dut2:?}");
     let d1 = lab.hosts["DUT1"].calls();
     let starts = d1.iter().filter(|c| is_qemu_start(c)).count();
     // Cleanup stops every planned VM of a claimed node (the stop script only touches our pid).

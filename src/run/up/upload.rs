@@ -5,7 +5,16 @@ use tokio::task::JoinSet;
 
 use super::{UpError, fail};
 use crate::plan::NodePlan;
-use crate::ssh::Session;
+use crate::ssh::{Session, SshError};
+
+/// A failed upload; a lost connection stays a lost node (exit 3), not a failed write.
+fn upload_error(prefix: &str, e: SshError) -> UpError {
+    if e.is_connection_lost() || e.is_unreachable() {
+        UpError::Lost(format!("{prefix}upload failed: {e}"))
+    } else {
+        fail(format!("{prefix}upload failed: {e}"))
+    }
+}
 
 /// Every file of the node's VMs as `(content, path, mode)` when together they are small enough
 /// for one round trip (the usual case); `None` when [`files`] must send them one by one.
@@ -17,7 +26,7 @@ pub(super) fn small_files(np: &NodePlan) -> Option<Vec<(&[u8], &str, u32)>> {
 
 pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpError> {
     if let Some(all) = small_files(np) {
-        return session.upload_many(&all, true).await.map_err(|e| fail(format!("upload failed: {e}")));
+        return session.upload_many(&all, true).await.map_err(|e| upload_error("", e));
     }
     let mut uploads = JoinSet::new();
     for v in &np.vms {
@@ -31,7 +40,7 @@ pub(super) async fn files(session: &Session, np: &NodePlan) -> Result<(), UpErro
     while let Some(r) = uploads.join_next().await {
         match r {
             Ok(Ok(())) => {}
-            Ok(Err((vm, e))) => return Err(fail(format!("{vm}: upload failed: {e}"))),
+            Ok(Err((vm, e))) => return Err(upload_error(&format!("{vm}: "), e)),
             Err(e) => return Err(fail(format!("upload task: {e}"))),
         }
     }
