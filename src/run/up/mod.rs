@@ -332,13 +332,23 @@ pub async fn up(opts: &UpOptions, events: EventSink) -> RunResult {
     // A VM that is not ready with no node failed is a bug, but the run is not ok either: what
     // it started is stopped, never left running with its record dropped.
     let all_ready = order.iter().all(|(n, v)| tracker.vm_result(n, v).is_some_and(|r| r.state == VmState::Ready));
+    if !failed && !interrupted && all_ready {
+        // Still listening: a Ctrl-C while a wedged node takes its time with the manifest
+        // (up to the command timeout) stops the run like one in any other phase.
+        let mut signal = signalled.clone();
+        tokio::select! {
+            () = record::write_final_manifests(&tracker, opts, &events) => {}
+            _ = signal.wait_for(|s| *s) => {
+                interrupted = true;
+                events.warn("interrupted while writing the manifests: stopping everything this run started");
+            }
+        }
+    }
     let mut report = None;
     if failed || interrupted || !all_ready {
         let r = cleanup(&tracker, opts.stop_grace, &events).await;
         mark_stopped(&tracker, &r);
         report = Some(r);
-    } else {
-        record::write_final_manifests(&tracker, opts, &events).await;
     }
     for (name, tn) in tracker.nodes() {
         if let Some(nr) = node_results.get_mut(&name) {

@@ -47,6 +47,8 @@ struct Behaviour {
     stops: Arc<Mutex<Vec<String>>>,
     /// `lscpu -p` printed nothing (no CPU layout in the facts).
     no_lscpu: bool,
+    /// The final manifest write never ends (a wedged node).
+    wedged_final_manifest: bool,
 }
 
 /// The answers of a healthy host to each stage's command, with `b`'s faults.
@@ -65,6 +67,9 @@ fn lab_host(call: &Call, b: &Behaviour) -> Reply {
                 + lscpu
                 + "==lscpu-end\n==lookups\nfound /opt/boot/initrd.img-1\nfound /opt/boot/vmlinuz-1\n",
         );
+    }
+    if b.wedged_final_manifest && t.contains("cat > \"$1\"") {
+        return Reply::Hang;
     }
     if call.argv.first().is_some_and(|a| a == "sh") && (t.contains("cat > \"$1\"") || t.contains("base64 -d")) {
         if b.lost_at_upload {
@@ -606,4 +611,32 @@ fn regression_a_chain_the_host_cannot_place_fails_before_anything_is_written() {
     let calls = lab.hosts["DUT1"].calls();
     assert!(calls.iter().all(|c| !c.sudo || c.text.contains("sudo_rc=")), "nothing ran as root: {calls:?}");
     assert!(res.cleanup.as_ref().is_none_or(|c| c.complete && c.left.is_empty()), "{:?}", res.cleanup);
+}
+
+/// A Ctrl-C while the final manifests were written (after the last check of the signal, and up
+/// to the command timeout on a wedged node) was swallowed: `up` exited 0 and left the VMs
+/// running. It now stops the run like a signal in any other phase.
+#[test]
+fn regression_a_signal_while_writing_the_final_manifests_stops_the_run() {
+    let interrupt = Arc::new(tokio::sync::Notify::new());
+    let lab = lab(&[("DUT1", Behaviour { wedged_final_manifest: true, ..Behaviour::default() })]);
+    let opts = options(two_vm_topology(), lab.clone(), Some(interrupt.clone()));
+    let host = lab.hosts["DUT1"].clone();
+    let watcher = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if host.calls().iter().any(|c| c.text.contains("cat > \"$1\"")) {
+                interrupt.notify_one();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let t = std::time::Instant::now();
+    let res = run(&opts);
+    assert!(watcher.join().unwrap(), "the final manifest was never written");
+    assert!(res.interrupted && !res.ok, "{res:?}");
+    assert!(t.elapsed() < Duration::from_secs(30), "waited for the wedged write: {:?}", t.elapsed());
+    assert!(res.cleanup.as_ref().is_some_and(|c| c.complete), "{:?}", res.cleanup);
+    assert!(!positions(&lab.hosts["DUT1"].calls(), "outcome=").is_empty(), "nothing was stopped");
 }
