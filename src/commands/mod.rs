@@ -176,7 +176,10 @@ pub async fn locate_vm(
     name: &str,
 ) -> anyhow::Result<LocatedVm> {
     let (topo, mut sel) = down::resolve(g, topology, run)?;
+    // Read-only lookups: any run of the topology's nodes (a CI agent's too), the caller's first.
     sel.topology = None;
+    sel.started_by = None;
+    let me = crate::run::started_by();
     let opts = connect_options(g);
     let planned_on = topo.vm_names().into_iter().find(|(_, v)| v == name).map(|(n, _)| n);
     for node in topo.duts() {
@@ -184,21 +187,55 @@ pub async fn locate_vm(
             continue;
         }
         let session = Session::connect(&SshTarget::for_node(&topo, node), &opts).await?;
-        let mut found: Vec<_> = crate::run::down::discover(&session, &node.name, &node.run_root)
+        let manifests: Vec<_> = crate::run::down::discover(&session, &node.name, &node.run_root)
             .await?
             .into_iter()
             .flatten()
             .filter(|m| sel.matches(m))
-            .flat_map(|m| m.vms.into_iter().map(move |v| (m.created_unix, m.run_id.clone(), v)))
-            .filter(|(_, _, v)| v.name == name)
             .collect();
-        found.sort_by_key(|(t, _, _)| *t);
-        if let Some((_, run_id, vm)) = found.pop() {
+        if let Some((run_id, vm)) = newest_with_vm(manifests, name, &me) {
             return Ok(LocatedVm { session, node: node.name.clone(), run_id, run_root: node.run_root.clone(), vm });
         }
         session.close().await;
     }
     anyhow::bail!("VM {name} not found in any run on the topology's nodes")
+}
+
+/// The run to read VM `name` from: the newest of `me`'s runs that has it, else the newest of
+/// anyone's (a CI agent's run, when the engineer has none of their own).
+fn newest_with_vm(manifests: Vec<crate::run::manifest::Manifest>, name: &str, me: &str) -> Option<(String, VmRecord)> {
+    manifests
+        .into_iter()
+        .flat_map(|m| {
+            let key = (m.started_by == me, m.created_unix);
+            let run_id = m.run_id;
+            m.vms.into_iter().filter(|v| v.name == name).map(move |v| (key, run_id.clone(), v))
+        })
+        .max_by_key(|(key, _, _)| *key)
+        .map(|(_, run_id, v)| (run_id, v))
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::*;
+
+    /// `logs`, `ping` and `guest-exec` with a topology and no `--run` looked only at the
+    /// caller's own runs: a VM that `status` listed from a CI agent's run was "not found".
+    /// Any run now counts, the caller's own first, newest first.
+    #[test]
+    fn regression_a_vm_of_another_users_run_is_found() {
+        let m = |run: &str, by: &str, t: u64| {
+            let text = format!(
+                r#"{{"format":1,"run_id":"{run}","node":"DUT1","host":"h","topology":"/t.yaml","started_by":"{by}","created_unix":{t},"run_dir":"/run/harness/{run}","vms":[{{"name":"DUT1_1","qemu_id":1,"run_dir":"d","pidfile":"p","serial_log":"s","qmp":"q","qga":null,"state":"ready","pid":7,"pinned":[],"guest_interfaces":[]}}],"hugepages":[]}}"#
+            );
+            serde_json::from_str::<crate::run::manifest::Manifest>(&text).unwrap()
+        };
+        let pick = |ms: Vec<_>| newest_with_vm(ms, "DUT1_1", "me@box").map(|(r, _)| r);
+        assert_eq!(pick(vec![m("ci-1", "ci@agent", 5)]).as_deref(), Some("ci-1"));
+        assert_eq!(pick(vec![m("ci-1", "ci@agent", 5), m("ci-2", "ci@agent", 9)]).as_deref(), Some("ci-2"));
+        assert_eq!(pick(vec![m("ci-2", "ci@agent", 9), m("mine", "me@box", 3)]).as_deref(), Some("mine"));
+        assert_eq!(newest_with_vm(vec![m("ci-1", "ci@agent", 5)], "DUT1_9", "me@box"), None);
+    }
 }
 
 #[cfg(test)]
