@@ -83,7 +83,7 @@ pub fn ours_fns() -> &'static str {
     // a caller's.
     r#"ours() { [ -r /proc/$1/cmdline ] || return 1; printf '%s\n' "$2" | grep -qzxF -f - /proc/$1/cmdline 2>/dev/null; _ours_rc=$?; [ $_ours_rc -le 1 ] && return $_ours_rc; { tr '\0' '\n' < /proc/$1/cmdline; } 2>/dev/null | { while IFS= read -r _ours_a; do [ "$_ours_a" = "$2" ] && exit 0; done; exit 1; }; }
 alive() { _alive_s=; { while read -r _alive_k _alive_v; do [ "$_alive_k" = State: ] && { _alive_s=${_alive_v%% *}; break; }; done < /proc/$1/status; } 2>/dev/null; [ -n "$_alive_s" ] || return 1; [ "$_alive_s" != Z ] && return 0; for _alive_t in /proc/$1/task/*; do [ -e "$_alive_t" ] && [ "${_alive_t##*/}" != "$1" ] && return 0; done; return 1; }
-carriers() { _cr=; [ -n "$_cr_z" ] || { printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null && _cr_z=1 || _cr_z=0; }; if [ $_cr_z = 1 ]; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr="$_cr ${_cr_p%/cmdline}"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
+carriers() { _cr=; [ -n "$_cr_z" ] || { printf '%s\n' -f | grep -qzxF -f - /proc/self/cmdline 2>/dev/null && _cr_z=1 || _cr_z=0; }; if [ $_cr_z = 1 ]; then for _cr_f in $(printf '%s\n' "$1" | grep -lzxF -f - /proc/[0-9]*/cmdline 2>/dev/null); do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" -daemonize && _cr="$_cr $_cr_p"; done; else for _cr_f in /proc/[0-9]*/cmdline; do _cr_p=${_cr_f#/proc/}; _cr_p=${_cr_p%/cmdline}; ours "$_cr_p" "$1" && ours "$_cr_p" -daemonize && _cr="$_cr $_cr_p"; done; fi; _cr=${_cr# }; }
 ourpid() { p=; [ -f "$1" ] && [ ! -L "$1" ] && { read -r p < "$1"; } 2>/dev/null; case "$p" in ''|*[!0-9]*) p=;; esac; }
 "#
 }
@@ -114,7 +114,8 @@ pub const STOPPING_FENCE: &str = ".stopping";
 /// SIGKILL, waiting for the process (all its threads: its hugepages are free only then) to exit
 /// after each (bounded). Without a live QEMU behind the pidfile, the start may have been cut
 /// short (Ctrl-C while QEMUs start): then every process still carrying the pidfile as an
-/// argument is SIGKILLed, over and over until two scans 50 ms apart find none (a process in the
+/// argument (and `-daemonize`, as every start's launcher and QEMU do: an engineer's
+/// `tail -f …/qemu.pid` is left alone) is SIGKILLed, over and over until two scans 50 ms apart find none (a process in the
 /// middle of `execve` reads as having no argv for that moment). Those are the start's own shells
 /// (which would launch QEMU next), QEMU before `-daemonize`'s fork and its child after it,
 /// before the child has written the pidfile; none has guest state yet. A start whose request has not
@@ -497,6 +498,37 @@ mod tests {
         std::process::Command::new("sh").arg("-c").arg("sleep 30; : \"$0\"").arg(arg).spawn().unwrap()
     }
 
+    /// A start's launcher or QEMU: ARG (the pidfile) and `-daemonize` among its arguments.
+    fn launching(arg: &str) -> std::process::Child {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; : \"$0\" \"$1\"")
+            .arg(arg)
+            .arg("-daemonize")
+            .spawn()
+            .unwrap()
+    }
+
+    /// With no live QEMU behind the pidfile, stop SIGKILLed every process with the pidfile
+    /// among its arguments, as root: an engineer's `tail -f …/qemu.pid` (or an editor on it)
+    /// too. Only a start's own processes (they carry `-daemonize` as well) are killed now.
+    #[test]
+    fn regression_stop_leaves_a_bystander_naming_the_pidfile_alone() {
+        let (d, paths) = scratch_vm();
+        let root = d.path().to_str().unwrap();
+        let mut bystander = carrying(&paths.pidfile);
+        let mut launcher = launching(&paths.pidfile);
+        let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
+        let bystander_alive = bystander.try_wait().unwrap().is_none();
+        let launcher_gone = launcher.try_wait().unwrap().is_some();
+        for c in [&mut bystander, &mut launcher] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(bystander_alive, "a process that only names the pidfile was killed: {r:?}");
+        assert!(launcher_gone, "the start's launcher survived: {r:?}");
+    }
+
     /// Ctrl-C while a node's QEMUs were starting left QEMUs running after `up` said "everything
     /// it started was stopped": with no pidfile yet, stop took the first process carrying the
     /// pidfile (often the start's own shell), TERMed it, and the QEMU lived on. Every carrier
@@ -505,9 +537,9 @@ mod tests {
     fn regression_a_start_cut_short_leaves_no_process_carrying_the_pidfile() {
         let (d, paths) = scratch_vm();
         let root = d.path().to_str().unwrap();
-        let mut carriers: Vec<_> = (0..3).map(|_| carrying(&paths.pidfile)).collect();
+        let mut carriers: Vec<_> = (0..3).map(|_| launching(&paths.pidfile)).collect();
         // spawn() returns once the child has exec'd: its argv is in place.
-        let mut other = carrying(&format!("{}.other", paths.pidfile));
+        let mut other = launching(&format!("{}.other", paths.pidfile));
         let r = parse_stop(&sh(&stop_script(root, &paths, 1))).unwrap();
         let gone: Vec<bool> = carriers.iter_mut().map(|c| c.try_wait().unwrap().is_some()).collect();
         let other_alive = other.try_wait().unwrap().is_none();
@@ -566,7 +598,7 @@ mod tests {
     fn regression_no_helper_of_ours_carries_the_pidfile() {
         let d = tempfile::tempdir().unwrap();
         let pf = d.path().join("vm/qemu.pid").display().to_string();
-        let mut carrier = carrying(&pf);
+        let mut carrier = launching(&pf);
         let c = carrier.id();
         let (q, done) = (quote(&pf), quote(&d.path().join("done").display().to_string()));
         // One shell checks `ours` 1000 times in the background; the other scans until it is done.
