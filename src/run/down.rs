@@ -256,7 +256,7 @@ pub fn release_script(r: &NodeRelease<'_>, roots: &hugepages::Roots) -> String {
         s.push_str(&format!("d={}; if safe_dir \"$d\"; then rm -rf -- \"$d\"; fi\n", quote(&v.dir)));
     }
     s.push_str(&format!(
-        "rm -f -- {m}\nif [ -z \"$(ls -A \"$rd\" | grep -vx {o})\" ]; then rm -f -- \"$rd/{o}\"; rmdir -- \"$rd\"; fi\necho released\n",
+        "rm -f -- {m}\nif [ -z \"$(ls -A \"$rd\" | grep -vxF {o})\" ]; then rm -f -- \"$rd/{o}\"; rmdir -- \"$rd\"; fi\necho released\n",
         m = quote(&manifest::path(r.run_dir, r.node)),
         o = layout::OWNER_FILE,
     ));

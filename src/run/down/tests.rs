@@ -272,3 +272,23 @@ fn stop_all_script_reports_each_vm_behind_its_index() {
     assert!(ours.try_wait().unwrap().is_some(), "DUT1_2's process was stopped");
     assert!(vms.iter().all(|v| !std::path::Path::new(&v.dir).exists()), "VM directories removed");
 }
+
+/// The release kept the run directory when anything but the owner file was left in it, with
+/// `grep -vx .owner`: a regex, where `.` is any character. Another node's VM directory named
+/// `Xowner` was then taken for the owner file: the owner file was removed under it and the
+/// directory, no longer owned, looked like an orphan. Matched literally now.
+#[test]
+fn regression_a_vm_directory_like_the_owner_file_keeps_the_run_directory_owned() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("r1/DUT1_1")).unwrap();
+    std::fs::create_dir_all(root.join("r1/Xowner")).unwrap();
+    std::fs::write(root.join("r1").join(crate::remote::layout::OWNER_FILE), "n\nme@h\n").unwrap();
+    let root_s = root.to_str().unwrap();
+    let (rd, vms) = expected(root_s);
+    let rel = NodeRelease { node: "DUT1", run_root: root_s, run_dir: &rd, vms: &vms, nonce: None };
+    let roots = hugepages::Roots { sys: "/nonexistent", proc_sys: "/nonexistent", owed: "/nonexistent/owed" };
+    let out = sh(&release_script(&rel, &roots));
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.join("r1/Xowner").exists() && root.join("r1").join(crate::remote::layout::OWNER_FILE).exists());
+}
