@@ -346,6 +346,7 @@ echo closed >&8
 others=$(find "$root" -mindepth 1 -maxdepth 1 -type d ! -name '.*' ! -path "$rd" 2>/dev/null | wc -l)
 sib=$(find "$rd" -maxdepth 1 -name 'manifest-*.json' ! -name {mine} 2>/dev/null | wc -l)
 others=$(( others + sib ))
+mapset=
 while read -r k a b c; do
   case "$k" in
     added)
@@ -367,7 +368,8 @@ while read -r k a b c; do
     mounted)
       if [ "$others" -eq 0 ] && [ "$(stat -f -c %T "$a" 2>/dev/null)" = hugetlbfs ]; then umount -- "$a" 2>/dev/null || true; fi ;;
     map)
-      if [ "$others" -eq 0 ] && num "$a" && [ "$a" -ge {mapmin} ] && [ "$a" -le {mapmax} ]; then echo "$a" > "$psys/vm/max_map_count"; fi ;;
+      # The first value recorded is the one found before any raise (a second need raised again).
+      if [ -z "$mapset" ] && [ "$others" -eq 0 ] && num "$a" && [ "$a" -ge {mapmin} ] && [ "$a" -le {mapmax} ]; then echo "$a" > "$psys/vm/max_map_count"; mapset=1; fi ;;
   esac
 done < "$j"
 fi
@@ -768,6 +770,11 @@ mod tests {
         let map = d.path().join("proc/vm/max_map_count");
         assert_eq!(std::fs::read_to_string(&map).unwrap().trim(), "262144");
         restore_with(d.path(), "map 65530\n");
+        assert_eq!(std::fs::read_to_string(&map).unwrap().trim(), "65530");
+        // Regression: two needs (two NUMA nodes) raised it twice; each `map` line was replayed
+        // in file order, so the intermediate value won. The first one found is put back.
+        std::fs::write(&map, "300000\n").unwrap();
+        restore_with(d.path(), "map 65530\nmap 70000\n");
         assert_eq!(std::fs::read_to_string(&map).unwrap().trim(), "65530");
     }
 }
