@@ -101,7 +101,7 @@ NF >= 8 {{
   if (m < $5) {{ print $1, $2, $3, $4, $5, $6 >> tmp; print "resv", $1, $3, $4, $5 - m }}
 }}')"
   fi
-  while IFS= read -r line; do printf '%s\n' "$line"; done < "$l.tmp" > "$l"
+  mv -f -- "$l.tmp" "$l"
 fi
 "#,
         l = quote(LEDGER),
@@ -165,8 +165,9 @@ pub fn add_script(id: &str, needs: &[(u64, Option<u32>, u64)], pidfiles: &[Strin
             "printf '%s %s %s %s %s %s\\n' \"$id\" \"$exp\" {kb} {numa} {pages} \"$f\" >> \"$l.tmp\"\n"
         ));
     }
-    // Rewritten in place with builtins (a `mv` is a fork; every reader holds the host lock).
-    s.push_str("while IFS= read -r line; do printf '%s\\n' \"$line\"; done < \"$l.tmp\" > \"$l\"\n");
+    // Replaced by a rename, never rewritten in place: a script killed mid-rewrite (Ctrl-C, a
+    // timeout) left a truncated ledger, and other runs' reservations were lost with it.
+    s.push_str("mv -f -- \"$l.tmp\" \"$l\"\n");
     s
 }
 
@@ -195,6 +196,24 @@ mod tests {
     /// A reservation whose QEMU is still starting (a live pid, no started mark) keeps what that
     /// process has not faulted in: read from its `/proc/PID/status` (one page size) or its
     /// `smaps` (several). This test process holds no hugepages, so everything stays reserved.
+    /// The ledger was rewritten in place (`> "$l"`, then line by line): a script killed in
+    /// between (harness's own kill on Ctrl-C or a timeout) left it truncated, and the other
+    /// runs' reservations were lost, so a third run could count their pages as free. Every
+    /// script now writes a temporary file and renames it.
+    #[test]
+    fn regression_the_ledger_is_never_truncated_in_place() {
+        let scripts = [
+            read_script(),
+            add_script("r1", &[(2048, None, 8)], &["/run/harness/r1/DUT1_1/qemu.pid".into()]),
+            remove_script("r1"),
+        ];
+        for s in &scripts {
+            let truncating = s.replace(">> \"$l\"", "");
+            assert!(!truncating.contains("> \"$l\"") && !truncating.contains(">\"$l\""), "rewritten in place: {s}");
+            assert!(s.contains("mv -f") && s.contains("\"$l.tmp\" \"$l\""), "{s}");
+        }
+    }
+
     #[test]
     fn in_flight_reservations_subtract_only_faulted_pages() {
         let d = tempfile::tempdir().unwrap();
