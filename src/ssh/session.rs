@@ -831,6 +831,12 @@ fn via_stdin(cmd: &RemoteCommand) -> Option<RemoteCommand> {
 /// the pid: no pid, and every remote kill silently did nothing.
 const PID_MARKER: &str = "harness-pid:";
 
+/// The pid of a wrapper line: the marker may follow rc-file output that did not end its line
+/// (`Welcome` + `harness-pid:42`); with no pid found every remote kill did nothing.
+fn pid_in_line(line: &str) -> Option<u32> {
+    line.rsplit_once(PID_MARKER).and_then(|(_, p)| p.trim().parse().ok())
+}
+
 /// Bytes of rc-file output kept while waiting for the pid line, before giving up on it.
 const PID_HEAD_MAX: usize = 64 * 1024;
 
@@ -978,7 +984,7 @@ impl SshChild {
         while let Some(nl) = self.head[start..].iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&self.head[start..start + nl]).trim().to_string();
             start += nl + 1;
-            if let Some(pid) = line.strip_prefix(PID_MARKER).and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(pid) = pid_in_line(&line) {
                 self.pid = Some(pid);
                 let rest = self.head.split_off(start);
                 self.head.clear();
@@ -1265,6 +1271,18 @@ mod tests {
         let out = run(&payload);
         assert!(out.status.success(), "{out:?}");
         assert!(made.join("later").exists());
+    }
+
+    /// The pid line had to start with the marker: a login shell's rc file printing without a
+    /// final newline (`printf Welcome`) glued its text in front, no pid was found, and every
+    /// remote kill of that command silently did nothing.
+    #[test]
+    fn regression_a_pid_line_after_unterminated_rc_output_is_found() {
+        assert_eq!(pid_in_line("harness-pid:42"), Some(42));
+        assert_eq!(pid_in_line("Welcome to the labharness-pid:42"), Some(42));
+        assert_eq!(pid_in_line("harness-pid:1 harness-pid:42"), Some(42));
+        assert_eq!(pid_in_line("harness-pid:x"), None);
+        assert_eq!(pid_in_line("Welcome"), None);
     }
 
     /// A connection lost mid-upload ends the remote `cat` with EOF (status 0): the cut file was
