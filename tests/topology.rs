@@ -1194,3 +1194,21 @@ fn regression_control_characters_in_topology_strings_are_refused() {
         "bidirectional overrides (found U+202E)",
     );
 }
+
+/// `up` of a topology without a VM exited 1 ("a remote command failed") although nothing was
+/// asked of any host: it is invalid input, exit 2, like every other topology problem. The node's
+/// address (10.0.0.2) is not on this machine: a connection attempt would fail differently.
+#[test]
+fn regression_up_with_no_vms_exited_1_not_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.yaml");
+    std::fs::write(&path, "nodes:\n  DUT1: {type: DUT, host: 10.0.0.2}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["up", path.to_str().unwrap(), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no VMs to start"), "{err}");
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::cli::{ArtifactsOn, Format, GlobalArgs, PipelineArgs, UpArgs};
 use crate::exit;
@@ -70,7 +70,8 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
     )
     .map_err(|e| super::positioned(&input.topology, e))?;
     if draft.nodes.is_empty() {
-        bail!("{}: no VMs to start", input.topology_path.display());
+        eprintln!("error: {}: no VMs to start", input.topology_path.display());
+        return Ok(exit::INVALID_INPUT);
     }
     let state = record::state_dir(g.state_dir.as_deref());
     if record::load(&state, &run_id).is_ok() {
