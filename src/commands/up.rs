@@ -74,14 +74,6 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         return Ok(exit::INVALID_INPUT);
     }
     let state = record::state_dir(g.state_dir.as_deref());
-    if record::load(&state, &run_id).is_ok() {
-        // Reusing a live run id would overwrite (and on failure delete) that run's record.
-        eprintln!(
-            "error: run id {run_id} is already in use (local record in {}): choose another --run-id, or stop it with `harness down --run {run_id}`",
-            state.display()
-        );
-        return Ok(exit::INVALID_INPUT);
-    }
     let mut rec = RunRecord {
         run_id: run_id.clone(),
         topology: input.topology_path.clone(),
@@ -89,11 +81,26 @@ pub async fn execute(g: &GlobalArgs, input: UpInput) -> anyhow::Result<u8> {
         created_unix: crate::run::now_unix(),
         state: "starting".into(),
     };
-    // Written first, so `down --run ID` works even if this process dies mid-way.
-    record::save(&state, &rec).with_context(|| format!("writing the run record under {}", state.display()))?;
+    // Written first, so `down --run ID` works even if this process dies mid-way; created
+    // exclusively, so two `up`s with one run id cannot both pass (a check, then a write, let
+    // both through, and the loser's cleanup deleted the winner's record).
+    let created =
+        record::create(&state, &rec).with_context(|| format!("writing the run record under {}", state.display()))?;
+    if !created {
+        // Reusing a live run id would overwrite (and on failure delete) that run's record.
+        eprintln!(
+            "error: run id {run_id} is already in use (local record in {}): choose another --run-id, or stop it with `harness down --run {run_id}`",
+            state.display()
+        );
+        return Ok(exit::INVALID_INPUT);
+    }
     let rdir = record::run_dir(&state, &run_id);
     let meta = Meta::new(&run_id, &input.topology_path, input.templates_dir.as_deref(), &input.vms);
-    bundle::record(&rdir, &meta, &input.topology_bytes).context("writing the run's reproduction record")?;
+    if let Err(e) = bundle::record(&rdir, &meta, &input.topology_bytes) {
+        // Nothing started: the id stays free for a retry.
+        record::forget(&state, &run_id);
+        return Err(e).context("writing the run's reproduction record");
+    }
     // Said now, not first at replay time.
     if std::fs::read(rdir.join("topology.yaml")).is_ok_and(|t| bundle::is_withheld(&t)) {
         eprintln!(

@@ -37,6 +37,26 @@ pub fn save(dir: &Path, rec: &RunRecord) -> std::io::Result<()> {
     write_atomically(&runs.join(format!("{}.json", rec.run_id)), &serde_json::to_vec_pretty(rec).expect("serialisable"))
 }
 
+/// Write `rec` whole unless a record of its run id exists: false then (the id is in use). The
+/// temporary file is linked into place, which fails on an existing name: of two `up`s racing
+/// for one id exactly one gets true.
+pub fn create(dir: &Path, rec: &RunRecord) -> std::io::Result<bool> {
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let path = runs.join(format!("{}.json", rec.run_id));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = runs.join(format!(".{}.json.{}-{seq}.new", rec.run_id, std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serialisable"))?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Write `path` whole or not at all (a temporary file beside it, then a rename): a harness
 /// killed mid-write must not leave a truncated record that `down`, `bundle` or `replay` chokes on.
 /// A failed write removes its temporary file and leaves `path` as it was.
@@ -94,6 +114,36 @@ pub fn list(dir: &Path) -> Vec<RunRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `up` checked for a record and wrote one later: two `up`s with one run id both passed the
+    /// check, and the loser's cleanup then deleted the winner's record while its VMs ran.
+    /// The record is created exclusively now: exactly one of many racers gets the id.
+    #[test]
+    fn regression_two_ups_with_one_run_id_cannot_both_create_its_record() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = |n: usize| RunRecord {
+            run_id: "r1".into(),
+            topology: format!("/t/{n}.yaml").into(),
+            nodes: vec![],
+            created_unix: 1,
+            state: "starting".into(),
+        };
+        let dir = d.path().to_path_buf();
+        let wins: usize = (0..8)
+            .map(|n| {
+                let dir = dir.clone();
+                std::thread::spawn(move || create(&dir, &rec(n)).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
+        assert!(load(d.path(), "r1").is_ok(), "the winner's record is whole");
+        assert!(!create(d.path(), &rec(9)).unwrap(), "a live id is refused");
+        let leftovers = std::fs::read_dir(d.path().join("runs")).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary files left");
+    }
 
     #[test]
     fn save_load_list_remove() {
