@@ -179,9 +179,9 @@ async fn vm_ready(
         tracker.vm(node, &v.name, |r| r.pinned = pinned);
         Ok::<(), UpError>(())
     };
-    let (a, p) = tokio::join!(agent, pinning);
-    a?;
-    p?;
+    // The first failure of either ends the wait: a pinning error is not held back (nor
+    // hidden) by a guest agent that takes until the boot deadline.
+    tokio::try_join!(agent, pinning)?;
     tracker.timing(node, &v.name, "total", t0.elapsed().as_secs_f64());
     ev.phase(Phase::Ready);
     Ok(())

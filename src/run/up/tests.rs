@@ -640,3 +640,21 @@ fn regression_a_signal_while_writing_the_final_manifests_stops_the_run() {
     assert!(res.cleanup.as_ref().is_some_and(|c| c.complete), "{:?}", res.cleanup);
     assert!(!positions(&lab.hosts["DUT1"].calls(), "outcome=").is_empty(), "nothing was stopped");
 }
+
+/// The guest-agent wait and the pinning ran side by side, but the pinning's result was looked
+/// at only after the agent's: a pin that failed at once was reported only at the boot deadline,
+/// and if the agent timed out too, the VM was "not ready" instead of the pinning's error.
+#[test]
+fn regression_a_pinning_failure_is_not_held_back_by_the_guest_agent() {
+    let mut v = vm("DUT1", 1);
+    v.cpus = Some(vec![2, 3]);
+    v.qga = true;
+    v.boot_timeout = Duration::from_secs(20);
+    // The agent never answers (its QEMU alive); this fake host's pinning reads back no thread.
+    let lab = lab(&[("DUT1", Behaviour { qga_refused: Some(true), ..Behaviour::default() })]);
+    let t = std::time::Instant::now();
+    let res = run(&options(topology(vec![dut("DUT1")], vec![v]), lab, None));
+    let err = res.vms[0].error.clone().unwrap_or_default();
+    assert!(err.contains("pinned vCPU threads"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "waited for the agent: {:?}", t.elapsed());
+}
