@@ -69,7 +69,8 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
         let (name, run_root) = (node.name.clone(), node.run_root.clone());
         let (topo, artifacts) = (topo.clone(), a.artifacts.clone());
         set.spawn(async move {
-            let s = Session::connect(&target, &opts).await.map_err(|e| (name.clone(), e.to_string(), true))?;
+            let s =
+                Session::connect(&target, &opts).await.map_err(|e| (name.clone(), Vec::new(), e.to_string(), true))?;
             // Collected while the VMs still run: counters need a live guest agent.
             let missing = match &artifacts {
                 Some(dir) => {
@@ -80,7 +81,7 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
             };
             let r = down::down_node(&s, &name, &run_root, &sel, Duration::from_secs(10), &ev)
                 .await
-                .map_err(|e| (name.clone(), e.to_string(), e.is_connection_lost() || e.is_unreachable()));
+                .map_err(|(rows, e)| (name.clone(), rows, e.to_string(), e.is_connection_lost() || e.is_unreachable()));
             s.close().await;
             r.map(|v| (name, v, missing))
         });
@@ -110,7 +111,10 @@ pub async fn run(g: &GlobalArgs, a: &DownArgs) -> anyhow::Result<u8> {
                 stopped.extend(v);
                 missing.extend(m);
             }
-            Ok(Err((node, e, unr))) => {
+            Ok(Err((node, rows, e, unr))) => {
+                // What was stopped before the error is reported too (and keeps its record
+                // bookkeeping: the node's error keeps every record anyway).
+                stopped.extend(rows);
                 unreachable |= unr;
                 errors.push(super::node_error(&node, &e));
                 missing.push(format!("{node}/: {e}"));

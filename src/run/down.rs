@@ -129,7 +129,8 @@ fn stop_all_script(run_root: &str, vms: &[VmPaths], grace: Duration) -> String {
 }
 
 /// Stop the selected runs on one node, then clean the caller's run directories that have no
-/// manifest at all (an `up` killed before it wrote one).
+/// manifest at all (an `up` killed before it wrote one). An error after some runs were stopped
+/// comes with their rows: the output and the JUnit report still name what was stopped.
 pub async fn down_node(
     session: &Session,
     node: &str,
@@ -137,9 +138,9 @@ pub async fn down_node(
     sel: &Selector,
     grace: Duration,
     ev: &EventSink,
-) -> Result<Vec<StoppedVm>, SshError> {
+) -> Result<Vec<StoppedVm>, (Vec<StoppedVm>, SshError)> {
     let mut out = Vec::new();
-    for m in discover(session, node, run_root).await? {
+    for m in discover(session, node, run_root).await.map_err(|e| (Vec::new(), e))? {
         let m = match m {
             Ok(m) => m,
             Err((path, msg)) => {
@@ -168,7 +169,10 @@ pub async fn down_node(
         out.extend(down_run(session, node, run_root, &m, grace, ev).await);
     }
     if sel.run_id.is_none() || sel.run_id.as_ref().is_some_and(|r| layout::run_id_problem(r).is_none()) {
-        out.extend(clean_orphans(session, node, run_root, sel, grace, ev).await?);
+        match clean_orphans(session, node, run_root, sel, grace, ev).await {
+            Ok(rows) => out.extend(rows),
+            Err(e) => return Err((out, e)),
+        }
     }
     Ok(out)
 }

@@ -292,3 +292,38 @@ fn regression_a_vm_directory_like_the_owner_file_keeps_the_run_directory_owned()
     assert!(out.status.success(), "{out:?}");
     assert!(root.join("r1/Xowner").exists() && root.join("r1").join(crate::remote::layout::OWNER_FILE).exists());
 }
+
+/// `down` stopped a run, then listing the node's orphaned directories failed (the connection
+/// dropped): the `?` threw away the rows of what had been stopped, so the output and the JUnit
+/// report left out VMs `down` had in fact stopped. They now come back with the error.
+#[test]
+fn regression_an_orphan_listing_failure_keeps_the_rows_of_what_was_stopped() {
+    use crate::ssh::SshError;
+    use crate::ssh::fake::{FakeHost, Reply};
+    let m = serde_json::to_string(&manifest("/run/harness", "r1")).unwrap();
+    let host = FakeHost::new("DUT1", move |c| {
+        let t = &c.text;
+        if t.contains("manifest-*.json; do") {
+            Reply::ok(format!("== /run/harness/r1/manifest-DUT1.json\n{m}\n"))
+        } else if t.contains("outcome=") {
+            Reply::ok("0 outcome=stopped pid=1 how=quit\n")
+        } else if t.contains("printf 'orphan") {
+            Reply::Fail(SshError::Disconnected { node: "DUT1".into(), message: "connection reset".into() })
+        } else {
+            Reply::ok("released\n")
+        }
+    });
+    let session = crate::ssh::Session::with_transport("DUT1", host as std::sync::Arc<dyn crate::ssh::Transport>);
+    let sel = Selector { run_id: None, topology: Some("/t/a.yaml".into()), started_by: Some("me@box".into()) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let r = rt.block_on(async {
+        let (reporter, root) = crate::report::Reporter::start(crate::report::Style::Never);
+        let r = down_node(&session, "DUT1", "/run/harness", &sel, Duration::from_secs(1), &root).await;
+        drop(root);
+        reporter.finish().await;
+        r
+    });
+    let (rows, e) = r.expect_err("the listing failed");
+    assert!(e.is_connection_lost(), "{e}");
+    assert_eq!(rows.iter().map(|r| (r.run_id.as_str(), r.vm.as_str())).collect::<Vec<_>>(), [("r1", "DUT1_1")]);
+}
