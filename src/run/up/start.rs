@@ -79,6 +79,18 @@ const START_FAIL: &str = "fail";
 fn start_script() -> String {
     format!(
         r#"m=$1; size=$2; shift 2
+# A start that reaches the host after cleanup released the node (Ctrl-C before its pid line
+# came) finds its VM directories removed: nothing is written, not even the manifest (a run
+# directory kept by a sibling node would otherwise hold a run that never started). A VM only
+# fenced by a stop is refused below, on its own.
+k=0; next=0; for a in "$@"; do
+  [ $k -eq $next ] && n=$a
+  if [ $k -eq $((next + 1)) ]; then
+    d=${{a%/*}}; if [ ! -d "$d" ]; then echo "stopped before QEMU was launched ($d is gone)" >&2; exit 125; fi
+    next=$((next + 2 + n))
+  fi
+  k=$((k + 1))
+done
 (umask 077; cat > "$m.harness-tmp" && [ "$(wc -c < "$m.harness-tmp")" -eq "$size" ] && chmod 644 "$m.harness-tmp" && mv -f "$m.harness-tmp" "$m") || {{ rc=$?; rm -f "$m.harness-tmp"; echo "writing the manifest $m failed (cut short?)" >&2; exit $(( rc ? rc : 1 )); }}
 take() {{ n=$1; shift; t=$#; k=0; for a in "$@"; do [ $k -ge $n ] && break; set -- "$@" "$a"; k=$((k + 1)); done; shift $t; "$@"; }}
 start() {{
@@ -374,6 +386,29 @@ mod tests {
         assert!(!std::path::Path::new(pf0).exists(), "no QEMU started");
     }
 
+    /// A start request that reached the host after cleanup had stopped the VMs and released
+    /// the node (Ctrl-C before its pid line) wrote the manifest again: with a sibling node's
+    /// files keeping the run directory, a run that never started stayed behind. A removed VM
+    /// directory now stops the batch before anything is written.
+    #[test]
+    fn regression_a_start_after_its_stop_writes_no_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("manifest-DUT1.json");
+        let vm_dir = dir.path().join("DUT1_1");
+        let pf = vm_dir.join("qemu.pid");
+        let pf = pf.to_str().unwrap();
+        let launched = dir.path().join("launched");
+        let qemu = ["sh", "-c", "touch \"$0\"", launched.to_str().unwrap()];
+        assert!(!vm_dir.exists());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(start_script()).arg("sh").arg(&manifest).arg("2");
+        cmd.arg(qemu.len().to_string()).arg(pf).args(qemu);
+        let out = testsupport_output(cmd, b"{}");
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(!manifest.exists(), "the manifest was written again");
+        assert!(!launched.exists(), "QEMU was launched");
+    }
+
     /// The VMs' result lines share one pipe; a failure line carrying a long QEMU stderr (over
     /// PIPE_BUF once in base64) was not written whole, and other VMs' `ok` lines vanished inside
     /// it. The stderr is cut to its last 2 KiB: every VM gets its own parsable line.
@@ -418,7 +453,11 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // A script that ends without reading its stdin makes the write EPIPE: not its fault.
+        match child.stdin.take().unwrap().write_all(stdin) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r.unwrap(),
+        }
         child.wait_with_output().unwrap()
     }
 }
