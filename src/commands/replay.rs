@@ -140,7 +140,8 @@ fn with_nodes_of(frozen: &str, new: &Path) -> anyhow::Result<String> {
 /// A node replay would connect to (one of the selected VMs' nodes, or the jump host named by
 /// one) whose password or private key the bundle holds only as [`crate::pipeline::bundle::REDACTED`].
 fn redacted_node(topo: &Topology, vms: &[String]) -> Option<String> {
-    let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));
+    let selected = selected_nodes(topo, vms);
+    let selected = |n: &str| selected.iter().any(|s| s == n);
     let jumps: Vec<&str> = topo.duts().filter(|n| selected(&n.name)).filter_map(|n| n.proxy_jump.as_deref()).collect();
     let reached = |n: &str| selected(n) || jumps.iter().any(|j| j.split(['@', ':']).any(|part| part == n));
     topo.nodes
@@ -155,10 +156,19 @@ fn redacted_node(topo: &Topology, vms: &[String]) -> Option<String> {
         .map(|n| n.name.clone())
 }
 
+/// The nodes with a selected VM (`vms:` entries and chain VMs alike, as `up` counts them).
+fn selected_nodes(topo: &Topology, vms: &[String]) -> Vec<String> {
+    let mut nodes: Vec<String> =
+        topo.vm_names().into_iter().filter(|(_, v)| vms.is_empty() || vms.contains(v)).map(|(n, _)| n).collect();
+    nodes.dedup();
+    nodes
+}
+
 /// Fresh facts of every node with a selected VM, gathered as `up` gathers them.
 async fn gather(g: &GlobalArgs, topo: &Topology, vms: &[String]) -> anyhow::Result<FactsByNode> {
     let opts = super::connect_options(g);
-    let selected = |n: &str| topo.vms.iter().any(|v| v.node == n && (vms.is_empty() || vms.contains(&v.name)));
+    let selected = selected_nodes(topo, vms);
+    let selected = |n: &str| selected.iter().any(|s| s == n);
     let tasks = topo.duts().filter(|n| selected(&n.name)).map(|node| {
         let opts = opts.clone();
         async move {
@@ -201,6 +211,22 @@ mod tests {
         let secret = b"nodes:\n  DUT1: {type: DUT, host: h, password: hunter2}\n";
         std::fs::write(&p, secret).unwrap();
         assert_eq!(recorded_path_if_same(&p, &bundle::redact_secrets(secret)), Some(p.clone()));
+    }
+
+    /// Replay chose its nodes from `vms:` entries only: a chain's VMs (CSIT's main case) had no
+    /// node, so no facts were gathered and replay said "no VMs to replay" (or, with `vms:` on
+    /// another node, every chain VM was drift), and a chain node's redacted password went
+    /// unnoticed. Chain VMs count as `up` counts them now.
+    #[test]
+    fn regression_replay_selects_the_nodes_of_chain_vms() {
+        let text = "nodes:\n  DUT1: {type: DUT, host: h, password: \"<redacted>\"}\n  DUT2: {type: DUT, host: h2}\n\
+                    chains:\n  - {node: DUT1, nf_chains: 1, nf_nodes: 2, vnf: vppip4_2vhostvr1024, vs_dtc: 1, nf_dtc: 1,\n\
+                    \x20    tg_macs: [\"3c:fd:fe:aa:bb:01\", \"3c:fd:fe:aa:bb:02\"]}\n";
+        let topo = crate::topology::load_str_with(text, std::path::Path::new("t.yaml"), &|_| true).unwrap();
+        assert_eq!(selected_nodes(&topo, &[]), ["DUT1"]);
+        assert_eq!(selected_nodes(&topo, &["DUT1_2".into()]), ["DUT1"]);
+        assert!(selected_nodes(&topo, &["DUT9_1".into()]).is_empty());
+        assert_eq!(redacted_node(&topo, &[]).as_deref(), Some("DUT1"));
     }
 
     /// A bundle whose topology.yaml is a list, replayed with `--topology`: a panic (serde_yaml's
