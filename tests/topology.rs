@@ -1212,3 +1212,61 @@ fn regression_up_with_no_vms_exited_1_not_2() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no VMs to start"), "{err}");
 }
+
+/// `hugepages.mounts` took any path, and `allocate: true` mounts hugetlbfs there as root: `2M:
+/// /etc` would hide the host's /etc (sudo broken from then on). A mount point must be absolute,
+/// normalised and not a system directory; the host refuses a non-empty directory too.
+#[test]
+fn regression_a_hugepage_mount_over_a_system_directory_is_refused() {
+    for (path, fragment) in [
+        ("/etc", "system directory /etc"),
+        ("/", "system directory /"),
+        ("/run", "system directory /run"),
+        ("/dev/hugepages/../../usr", "`.` or `..`"),
+        ("/mnt//huge", "normalised"),
+        ("mnt/huge", "absolute"),
+    ] {
+        one(
+            &format!("nodes:\n  DUT1: {{type: DUT, host: h, hugepages: {{mounts: {{2M: \"{path}\"}}}}}}\n"),
+            2,
+            55,
+            "nodes.DUT1.hugepages.mounts.2M",
+            fragment,
+        );
+    }
+    ok("nodes:\n  DUT1: {type: DUT, host: h, hugepages: {mounts: {2M: /mnt/huge, 1G: /dev/hugepages1G}}}\n");
+}
+
+/// Two VMs of a node could name one writable disk (`image`, or a non-cdrom drive): with QEMU's
+/// image locking off (`file.locking=off`) both would write it and corrupt it. A shared cdrom is
+/// fine.
+#[test]
+fn regression_two_vms_writing_one_disk_are_refused() {
+    let e = errors(&with_vms(
+        "  - {node: DUT1, kind: image, image: /var/lib/vm/u.qcow2}\n  - {node: DUT1, kind: image, image: /var/lib/vm/u.qcow2}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].to_string().contains("disk /var/lib/vm/u.qcow2 on DUT1 is already used by vms[0]"), "{}", e[0]);
+    let e = errors(&with_vms(
+        "  - {node: DUT1, qga: true, drives: [{file: /d.raw}]}\n  - {node: DUT1, qga: true, drives: [{file: /d.raw}]}\n",
+    ));
+    assert!(e[0].to_string().contains("disk /d.raw"), "{}", e[0]);
+    // Another node, or a cdrom: no conflict.
+    ok(&with_vms("  - {node: DUT1, kind: image, image: /u.qcow2}\n  - {node: DUT2, kind: image, image: /u.qcow2}\n"));
+    ok(&with_vms(
+        "  - {node: DUT1, qga: true, drives: [{file: /s.iso, cdrom: true}]}\n  - {node: DUT1, qga: true, drives: [{file: /s.iso, cdrom: true}]}\n",
+    ));
+}
+
+/// Socket uniqueness compared the paths as written: `/run/vpp//a` and `/run/vpp/./a` passed as
+/// different sockets beside `/run/vpp/a`, and two QEMU servers then bound one file. Socket
+/// paths must be normalised now.
+#[test]
+fn regression_two_spellings_of_one_socket_are_refused() {
+    for (sock, fragment) in
+        [("/run/vpp//a", "normalised"), ("/run/vpp/./a", "`.` or `..`"), ("/run/vpp/a/", "normalised")]
+    {
+        let e = errors(&vm(&format!("    interfaces:\n      - vhost_user: {{socket: \"{sock}\"}}\n")));
+        assert!(e.iter().any(|d| d.message.contains(fragment) && d.key.ends_with("socket")), "{sock}: {e:?}");
+    }
+}

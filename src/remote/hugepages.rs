@@ -263,6 +263,8 @@ mnt_type {mnt} {kb}
 case $FST in hugetlbfs:*) printf '%s is a hugetlbfs mount of %s pages, not {sz}: set hugepages.mounts.{sz} to a mount of {sz} pages\n' {mnt} "${{FST#hugetlbfs:pagesize=}}" >&2; exit 6;; esac
 {raise}mounted=0
 if [ "$FST" != hugetlbfs ]; then
+  # Never over files: hugetlbfs would hide them (a mount point is an empty directory).
+  if [ -e {mnt} ] && ! [ -d {mnt} ] || [ -n "$(ls -A {mnt} 2>/dev/null)" ]; then echo "{mnt} is not an empty directory: hugetlbfs mounted there would hide it; choose another hugepages.mounts.{sz}" >&2; exit 7; fi
   jot "mount "{mnt}; mkdir -p {mnt}; mount -t hugetlbfs -o pagesize={kb}k none {mnt}; jot "mounted "{mnt}; mounted=1
 fi
 map=$(cat /proc/sys/vm/max_map_count); hp_read total /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages; mapwas=-
@@ -606,6 +608,29 @@ mod tests {
         // Never agreeing: bounded, and the larger reading (fewer pages available) wins.
         let churn: Vec<u64> = (0..400).map(|i| if i % 2 == 0 { 5 } else { 9 }).collect();
         assert_eq!(free_resv_with(&churn), ("10 9".to_string(), 400));
+    }
+
+    /// `allocate: true` mounted hugetlbfs over whatever directory `hugepages.mounts` named,
+    /// files and all (`/etc` passed validation then). The host now refuses a mount point that is
+    /// not an empty directory, before the journal records a mount.
+    #[test]
+    fn regression_hugetlbfs_is_never_mounted_over_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mnt = d.path().join("busy");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(mnt.join("precious"), "x").unwrap();
+        let journal = d.path().join("j");
+        let script = allocate_script(PageSize::M2, 0, mnt.to_str().unwrap(), None, journal.to_str().unwrap());
+        let out = std::process::Command::new("sh").arg("-c").arg(format!("{HP_FNS}{script}")).output().unwrap();
+        let mounted = std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap());
+        if mounted {
+            let _ = std::process::Command::new("umount").arg(&mnt).status();
+        }
+        assert!(!mounted, "hugetlbfs was mounted over a directory with files");
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not an empty directory"), "{out:?}");
+        assert!(mnt.join("precious").exists());
+        assert!(!std::fs::read_to_string(&journal).unwrap_or_default().contains("mount"), "a mount was journalled");
     }
 
     fn fake_sys(d: &std::path::Path, nr: u64) -> std::path::PathBuf {

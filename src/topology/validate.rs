@@ -77,23 +77,58 @@ pub(crate) fn run_root_problem(s: &str) -> Option<String> {
     None
 }
 
-/// Why `s` cannot be a socket path the VM's QEMU or socat is given, or `None`.
+/// Why `s` cannot be a socket path the VM's QEMU or socat is given, or `None`. Normalised, so
+/// that two spellings of one socket (`/run/vpp//a`, `/run/vpp/./a`) are seen as one.
 pub(crate) fn socket_path_problem(s: &str) -> Option<String> {
-    crate::quote::socat_unsafe_char(s).map(|what| {
-        format!("must not contain {what}: socket paths are parsed as socat and QEMU options (`,` `:` `!` quotes ...)")
-    })
+    if let Some(what) = crate::quote::socat_unsafe_char(s) {
+        return Some(format!(
+            "must not contain {what}: socket paths are parsed as socat and QEMU options (`,` `:` `!` quotes ...)"
+        ));
+    }
+    normalised_problem(s)
 }
+
+/// `s` is not a normalised path: `//`, a trailing `/`, or `.`/`..` components.
+fn normalised_problem(s: &str) -> Option<String> {
+    if s.contains("//") || (s.len() > 1 && s.ends_with('/')) {
+        return Some(format!("must be a normalised path without `//` or a trailing `/` (found `{s}`)"));
+    }
+    if s.split('/').any(|c| c == "." || c == "..") {
+        return Some(format!("must not contain `.` or `..` components (found `{s}`)"));
+    }
+    None
+}
+
+/// Directories a hugetlbfs mount would hide the host's own files in (or their parents).
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin", "/srv",
+    "/sys", "/tmp", "/usr", "/var", "/mnt", "/media",
+];
 
 /// Why `s` cannot be a hugetlbfs mount point (`hugepages.mounts`), or `None`: the kernel writes
 /// whitespace in `/proc/mounts` as octal escapes (the host's mount would not be recognised),
 /// and the host's hugepage journal, which says what to unmount, is one space-separated line per
 /// entry.
+/// It is also where `allocate: true` mounts hugetlbfs as root: an absolute, normalised path, not
+/// a system directory (`/etc`, `/run`, ...) that the mount would hide; the host refuses a
+/// non-empty directory too.
 pub(crate) fn mount_path_problem(s: &str) -> Option<String> {
-    let c = s.chars().find(|c| c.is_control() || c.is_whitespace())?;
-    Some(format!(
-        "must not contain whitespace or control characters (found {}): /proc/mounts escapes them",
-        describe(c)
-    ))
+    if let Some(c) = s.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Some(format!(
+            "must not contain whitespace or control characters (found {}): /proc/mounts escapes them",
+            describe(c)
+        ));
+    }
+    if !s.starts_with('/') {
+        return Some(format!("must be an absolute path (found `{s}`)"));
+    }
+    if let Some(p) = normalised_problem(s) {
+        return Some(p);
+    }
+    if SYSTEM_DIRS.contains(&s) || s.starts_with("/proc/") || s.starts_with("/sys/") {
+        return Some(format!("must not be the system directory {s}: hugetlbfs mounted there would hide it"));
+    }
+    None
 }
 
 /// Why `s` cannot be a template value (`vars`), or `None`: a newline would add lines to
@@ -261,6 +296,7 @@ fn check_resources(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain]) {
     let mut vfio: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut sockets: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     let mut ports: BTreeMap<(&str, u16), &str> = BTreeMap::new();
+    let mut disks: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for (c, owner) in chains.iter().zip(&chain_owners) {
         for s in &c.sockets {
             sockets.insert((&c.def.spec.node, s), owner);
@@ -290,6 +326,25 @@ fn check_resources(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain]) {
             if let Some(first) = sockets.insert((node, sock), owner) {
                 cx.err(*pos, key, format!("socket {sock} on {node} is already used by {first}"));
                 sockets.insert((node, sock), first);
+            }
+        }
+        // A writable disk in two VMs: QEMU's image locking is off (`file.locking=off`), so
+        // both would write it and corrupt it. A cdrom is read-only and may be shared.
+        let image = match &d.vm.boot {
+            crate::topology::Boot::Image { image, .. } => Some(image.as_str()),
+            _ => None,
+        };
+        let writable = image.into_iter().chain(d.vm.drives.iter().filter(|dr| !dr.cdrom).map(|dr| dr.file.as_str()));
+        for file in writable {
+            if let Some(first) = disks.insert((node, file), owner) {
+                if first != owner {
+                    cx.err(
+                        d.spans.pos,
+                        owner,
+                        format!("disk {file} on {node} is already used by {first} (two QEMUs would write it)"),
+                    );
+                }
+                disks.insert((node, file), first);
             }
         }
         for (port, pos, key) in &d.spans.host_ports {
