@@ -22,6 +22,7 @@ fn main() {
         auth: vec![Auth::IdentityFile { path: a[3].clone().into(), passphrase_env: None }],
         proxy_jump: None,
         known_hosts: Some(a[4].clone().into()),
+        inherited_known_hosts: Vec::new(),
         accept_new_host_key: false,
     };
     let n: u32 = a[5].parse().expect("N");

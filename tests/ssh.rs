@@ -708,6 +708,7 @@ fn ssh_config_alias_with_proxy_jump() {
         auth: vec![],
         proxy_jump: None,
         known_hosts: None,
+        inherited_known_hosts: Vec::new(),
         accept_new_host_key: false,
     };
     let mut o = opts();
@@ -717,6 +718,55 @@ fn ssh_config_alias_with_proxy_jump() {
         assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
         let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
         assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}
+
+/// A jump host was checked against only the first file of its node's known_hosts list: a
+/// bastion key revoked (or known as another key) in the system's files, or in a later
+/// `UserKnownHostsFile`, was accepted. It is judged against the node's whole list now.
+#[test]
+fn regression_a_jump_host_key_revoked_in_the_system_files_is_refused() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, global) = (dir.path().join("config"), dir.path().join("ssh_known_hosts"));
+    let bastion = format!("[127.0.0.1]:{}", lab.ports[0]);
+    let line = std::fs::read_to_string(&lab.known_hosts)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("{bastion} ")))
+        .expect("the bastion's key in the lab's known_hosts")
+        .to_string();
+    std::fs::write(&global, format!("@revoked {line}\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            lab.ports[1],
+            lab.users[1],
+            lab.key.display(),
+            lab.known_hosts.display(),
+            global.display(),
+            lab.users[0],
+            lab.ports[0]
+        ),
+    )
+    .unwrap();
+    let t = SshTarget {
+        name: "DUT2".into(),
+        host: "dut2-alias".into(),
+        port: None,
+        user: None,
+        auth: vec![],
+        proxy_jump: None,
+        known_hosts: None,
+        inherited_known_hosts: Vec::new(),
+        accept_new_host_key: false,
+    };
+    let mut o = opts();
+    o.ssh_config = Some(cfg);
+    rt().block_on(async {
+        let e = Session::connect(&t, &o).await.err().expect("a revoked bastion key was accepted");
+        assert!(e.to_string().contains("revoked"), "{e}");
     });
 }
 

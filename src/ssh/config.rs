@@ -365,6 +365,8 @@ pub(crate) fn resolve_in_chain(
     // `none` (OpenSSH: no file) reads and records nothing: /dev/null, never a global file.
     let mut known_hosts: Vec<PathBuf> = match (&target.known_hosts, &hc.user_known_hosts_file) {
         (Some(p), _) => vec![expand_tilde(p)],
+        // A jump host: its node's whole list, the system's files included (added there).
+        (None, _) if !target.inherited_known_hosts.is_empty() => target.inherited_known_hosts.clone(),
         (None, Some(list)) if list.as_os_str() == "none" => vec![PathBuf::from("/dev/null")],
         (None, Some(list)) => list
             .to_string_lossy()
@@ -379,7 +381,7 @@ pub(crate) fn resolve_in_chain(
     if known_hosts.is_empty() {
         return Err(config_error("no known_hosts file: set `known_hosts` on the node (no home directory)".into()));
     }
-    if target.known_hosts.is_none() {
+    if target.known_hosts.is_none() && target.inherited_known_hosts.is_empty() {
         match global_known_hosts {
             Some(list) if list == ["none"] => {}
             Some(list) => known_hosts.extend(list.iter().map(|f| expand_tilde(Path::new(f)))),
@@ -471,6 +473,7 @@ mod tests {
             auth: vec![],
             proxy_jump: None,
             known_hosts: None,
+            inherited_known_hosts: Vec::new(),
             accept_new_host_key: false,
         };
         let r = resolve(&t, &opts).unwrap();
@@ -723,6 +726,7 @@ mod tests {
             auth: vec![],
             proxy_jump: None,
             known_hosts: Some("/tmp/kh".into()),
+            inherited_known_hosts: Vec::new(),
             accept_new_host_key: false,
         }
     }

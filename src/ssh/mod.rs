@@ -30,6 +30,9 @@ pub struct SshTarget {
     /// `[user@]host[:port]` of a jump host.
     pub proxy_jump: Option<String>,
     pub known_hosts: Option<PathBuf>,
+    /// A jump host's: the known_hosts files of the node it serves (its user files and the
+    /// system's), all judged together; empty for a node of the topology.
+    pub inherited_known_hosts: Vec<PathBuf>,
     pub accept_new_host_key: bool,
 }
 
@@ -43,6 +46,7 @@ impl SshTarget {
             auth: node.auth.clone(),
             proxy_jump: node.proxy_jump.clone(),
             known_hosts: node.known_hosts.clone(),
+            inherited_known_hosts: Vec::new(),
             accept_new_host_key: node.accept_new_host_key,
         }
     }

@@ -243,7 +243,13 @@ async fn shared_jump(jt: &SshTarget, opts: &ConnectOptions, chain: Vec<(String, 
     };
     let key = format!(
         "{rt}|{:?}@{}:{:?}|via {:?}|{:?}|{:?}|{}",
-        jt.user, jt.host, jt.port, jt.proxy_jump, jt.auth, jt.known_hosts, jt.accept_new_host_key
+        jt.user,
+        jt.host,
+        jt.port,
+        jt.proxy_jump,
+        jt.auth,
+        (&jt.known_hosts, &jt.inherited_known_hosts),
+        jt.accept_new_host_key
     );
     let slot =
         JUMPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
@@ -288,12 +294,15 @@ async fn connect_jump(
             .chain(r.config_identities.iter().map(|p| Auth::IdentityFile { path: p.clone(), passphrase_env: None }))
             .collect(),
         proxy_jump: chain,
-        // Host keys are checked in the node's known_hosts file (the topology's, else the first
-        // of its config's `UserKnownHostsFile` list: a `Host` alias naming both the file and
-        // the ProxyJump is how labs write it). A new key is accepted for the jump host only when
-        // asked for it (`--accept-new-host-keys`, or the jump host's own ssh config): a node's
+        // Host keys are checked in the node's known_hosts: the topology's file, else the node's
+        // whole list (its config's `UserKnownHostsFile` files, where a `Host` alias naming both
+        // the file and the ProxyJump is how labs write it, and the system's files: a key revoked
+        // or changed there is refused for the bastion too; only the first file got read). A
+        // new key is accepted for the jump host only when asked for it
+        // (`--accept-new-host-keys`, or the jump host's own ssh config): a node's
         // `accept_new_host_key` says nothing about the bastion.
-        known_hosts: target.known_hosts.clone().or_else(|| r.known_hosts.first().cloned()),
+        known_hosts: target.known_hosts.clone(),
+        inherited_known_hosts: if target.known_hosts.is_none() { r.known_hosts.clone() } else { Vec::new() },
         accept_new_host_key: false,
     };
     // The jump host is reached through the same chain; the target joins it so that the jump

@@ -113,6 +113,7 @@ impl Lab {
             auth: vec![Auth::IdentityFile { path: self.key.clone(), passphrase_env: None }],
             proxy_jump: None,
             known_hosts: Some(self.known_hosts.clone()),
+            inherited_known_hosts: Vec::new(),
             accept_new_host_key: false,
         }
     }
@@ -125,6 +126,7 @@ impl Lab {
             auth: vec![Auth::Password(self.pw_pass.clone())],
             proxy_jump: None,
             known_hosts: Some(self.known_hosts.clone()),
+            inherited_known_hosts: Vec::new(),
             accept_new_host_key: false,
         }
     }
