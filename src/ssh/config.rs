@@ -63,6 +63,7 @@ fn normalized_config(path: &Path, target: &SshTarget) -> Result<(String, Option<
         hostname: None,
         user: None,
         global_known_hosts: None,
+        global_keys: Default::default(),
         global: String::new(),
         blocks: String::new(),
     };
@@ -83,6 +84,8 @@ struct Normalizer<'a> {
     user: Option<String>,
     /// The first `GlobalKnownHostsFile` list applying to the target.
     global_known_hosts: Option<Vec<String>>,
+    /// Keys already given outside any block (the first value wins).
+    global_keys: std::collections::HashSet<String>,
     global: String,
     blocks: String,
 }
@@ -91,9 +94,22 @@ impl Normalizer<'_> {
     /// Append `path`'s lines. `in_block`: the including line was inside a `Host`/`Match` block;
     /// `applies`: that block's options (so these lines too, up to their own first block) apply
     /// to the target.
-    fn read(&mut self, path: &Path, depth: usize, mut in_block: bool, mut applies: bool) -> Result<(), String> {
+    fn read(&mut self, path: &Path, depth: usize, in_block: bool, applies: bool) -> Result<(), String> {
+        self.read_in(path, depth, in_block, applies, "")
+    }
+
+    /// [`Self::read`], with `header` the enclosing block's line (re-opened after an `Include`).
+    fn read_in(
+        &mut self,
+        path: &Path,
+        depth: usize,
+        mut in_block: bool,
+        mut applies: bool,
+        enclosing: &str,
+    ) -> Result<(), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
+        let mut header = enclosing.to_string();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -106,27 +122,43 @@ impl Normalizer<'_> {
                 }
                 None => (line, ""),
             };
-            let out =
-                |n: &mut Self, text: String| if in_block { n.blocks.push_str(&text) } else { n.global.push_str(&text) };
+            // Outside any block the first value wins, as in OpenSSH: these lines all become one
+            // `Host *` block, in which russh-config keeps the last.
+            let out = |n: &mut Self, text: String| {
+                if in_block {
+                    n.blocks.push_str(&text);
+                } else if n.global_keys.insert(key.to_ascii_lowercase()) {
+                    n.global.push_str(&text);
+                }
+            };
             match key.to_ascii_lowercase().as_str() {
+                // In a block that does not apply, nothing an Include brings applies either
+                // (OpenSSH reads it as never matching): its own `Host *` must not apply here.
+                "include" if in_block && !applies => {}
                 "include" if depth < MAX_INCLUDE_DEPTH => {
                     for pattern in value.split_whitespace() {
                         let p = expand_tilde(Path::new(pattern));
                         let p = if p.is_absolute() { p } else { dir.join(p) };
                         for f in include_matches(&p) {
-                            self.read(&f, depth + 1, in_block, applies)?;
+                            self.read_in(&f, depth + 1, in_block, applies, &header)?;
                         }
+                    }
+                    // The lines after it belong to this block again, not to the file's last one.
+                    if in_block {
+                        self.blocks.push_str(&header);
                     }
                 }
                 "host" => {
                     in_block = true;
                     applies = host_line_matches(value, self.original_host);
-                    self.blocks.push_str(&format!("Host {value}\n"));
+                    header = format!("Host {value}\n");
+                    self.blocks.push_str(&header);
                 }
                 "match" => {
                     in_block = true;
                     applies = self.matches(value).map_err(|e| at(format!("Match {value}: {e}")))?;
-                    self.blocks.push_str(if applies { "Host *\n" } else { "Host !*\n" });
+                    header = (if applies { "Host *\n" } else { "Host !*\n" }).to_string();
+                    self.blocks.push_str(&header);
                 }
                 // russh-config reads every value but `no` as strict. What harness relaxes to is
                 // exactly OpenSSH's `accept-new` (a changed key is always refused), so `accept-new`,
@@ -715,6 +747,37 @@ mod tests {
         );
         // The topology's own file stays the only one.
         assert_eq!(resolve(&target("dut7"), &opts).unwrap().known_hosts, [PathBuf::from("/tmp/kh")]);
+    }
+
+    /// The config rewriter lost OpenSSH's Include scoping: (a) an Include in a block that does
+    /// not apply still applied its file's own `Host *` (a `Host *.lab` include turned off host
+    /// key checking for every host); (b) the lines after an Include in a block landed under the
+    /// included file's last `Host`; (c) options outside any block, joined into one `Host *`,
+    /// kept the last value where OpenSSH keeps the first.
+    #[test]
+    fn regression_includes_keep_openssh_scoping_and_the_first_value_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let opts = ConnectOptions { ssh_config: Some(cfg.clone()), ..ConnectOptions::default() };
+        let mut t = target("dut1.prod");
+        t.known_hosts = None;
+        let home = dirs::home_dir().unwrap();
+        std::fs::write(
+            dir.path().join("lab.conf"),
+            "Host *\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n",
+        )
+        .unwrap();
+        std::fs::write(&cfg, "Host *.lab\n  Include lab.conf\n").unwrap();
+        let r = resolve(&t, &opts).unwrap();
+        assert!(!r.accept_new, "(a) an include of a block for other hosts applied");
+        assert_eq!(r.known_hosts[0], home.join(".ssh/known_hosts"), "(a)");
+        std::fs::write(dir.path().join("x.conf"), "Host other\n  Port 9\n").unwrap();
+        std::fs::write(&cfg, "Host dut1*\n  Include x.conf\n  User fromdut\n").unwrap();
+        let r = resolve(&target("dut1.prod"), &opts).unwrap();
+        assert_eq!((r.user.as_str(), r.port), ("fromdut", 22), "(b)");
+        std::fs::write(dir.path().join("g.conf"), "StrictHostKeyChecking no\n").unwrap();
+        std::fs::write(&cfg, "StrictHostKeyChecking yes\nInclude g.conf\n").unwrap();
+        assert!(!resolve(&t, &opts).unwrap().accept_new, "(c) the later global value won");
     }
 
     fn target(host: &str) -> SshTarget {
