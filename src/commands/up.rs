@@ -228,7 +228,11 @@ fn exit_code(res: &RunResult) -> u8 {
     } else if res.cleanup.as_ref().is_some_and(|c| !c.complete) {
         // 4 and 130 say everything was stopped again: a pipeline acting on the code alone must
         // not take a run that left VMs behind for one that did not.
-        if unreachable { exit::UNREACHABLE } else { exit::FAILED }
+        if unreachable || res.cleanup.as_ref().is_some_and(|c| c.unreachable) {
+            exit::UNREACHABLE
+        } else {
+            exit::FAILED
+        }
     } else if res.interrupted {
         exit::INTERRUPTED
     } else if unreachable {
@@ -357,13 +361,13 @@ mod tests {
             plan: None,
         };
         let res = |interrupted, unreachable, complete| RunResult {
+            cleanup: Some(CleanupReport { complete, left: vec![], unreachable: false }),
             run_id: "r".into(),
             ok: false,
             interrupted,
             duration_s: 0.0,
             nodes: vec![node(unreachable)],
             vms: vec![],
-            cleanup: Some(CleanupReport { complete, left: vec![] }),
             run_id_in_use: false,
             handshake_retries: 0,
         };
@@ -372,6 +376,10 @@ mod tests {
         assert_eq!(exit_code(&res(true, true, false)), exit::UNREACHABLE);
         assert_eq!(exit_code(&res(false, false, false)), exit::FAILED);
         assert_eq!(exit_code(&res(true, false, false)), exit::FAILED);
+        // A node lost during cleanup itself (after Ctrl-C no node has an error of its own).
+        let mut lost = res(true, false, false);
+        lost.cleanup = Some(CleanupReport { complete: false, left: vec![], unreachable: true });
+        assert_eq!(exit_code(&lost), exit::UNREACHABLE);
     }
 
     /// `up` printed the serial tail, the error and the guest's interface names as they came:

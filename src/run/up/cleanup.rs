@@ -29,6 +29,8 @@ pub struct CleanupReport {
     pub complete: bool,
     /// `DUT1: DUT1_2 may still run (connection lost: …)`, one line per problem.
     pub left: Vec<String>,
+    /// A node could not be reached again for it (exit 3, not 1).
+    pub unreachable: bool,
 }
 
 /// Stop everything this invocation may have started, on every node, and release the nodes.
@@ -39,10 +41,13 @@ pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) -> 
         let nonce = tracker.nonce.clone();
         set.spawn(async move { clean_node(&name, &tn, &nonce, grace, &ev).await });
     }
-    let mut report = CleanupReport { complete: true, left: vec![] };
+    let mut report = CleanupReport { complete: true, left: vec![], unreachable: false };
     while let Some(r) = set.join_next().await {
         match r {
-            Ok(left) => report.left.extend(left),
+            Ok((left, unreachable)) => {
+                report.left.extend(left);
+                report.unreachable |= unreachable;
+            }
             Err(e) => report.left.push(format!("cleanup task failed: {e}")),
         }
     }
@@ -50,11 +55,12 @@ pub async fn cleanup(tracker: &Tracker, grace: Duration, events: &EventSink) -> 
     report
 }
 
-/// One node: what is left, as messages (empty: nothing).
-async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, ev: &EventSink) -> Vec<String> {
+/// One node: what is left, as messages (empty: nothing), and whether the node stayed
+/// unreachable.
+async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, ev: &EventSink) -> (Vec<String>, bool) {
     if !tn.claimed {
         // Connected (maybe planned) but the run directory was never claimed: nothing exists.
-        return vec![];
+        return (vec![], false);
     }
     // A VM whose paths cannot be built (validation refuses such names) is not silently skipped:
     // the others are stopped, and the node is not released while it may run.
@@ -89,16 +95,16 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
         if !unstoppable.is_empty() {
             // Left for `harness down --run`, which says so.
             unstoppable.push(format!("{name}: {} and its hugepages were not released", tn.run_dir));
-            return unstoppable;
+            return (unstoppable, false);
         }
         let rel =
             NodeRelease { node: name, run_root: &tn.run_root, run_dir: &tn.run_dir, vms: &vms, nonce: Some(nonce) };
         match down::release_node(&tn.session, &rel, ev).await {
-            Ok(()) => return vec![],
+            Ok(()) => return (vec![], false),
             Err(e) if tn.session.is_closed() || e.contains("connection lost") || e.contains("connect failed") => {
                 last_err = e;
             }
-            Err(e) => return vec![format!("{name}: {e}")],
+            Err(e) => return (vec![format!("{name}: {e}")], false),
         }
     }
     let mut left = unstoppable;
@@ -107,7 +113,7 @@ async fn clean_node(name: &str, tn: &TrackedNode, nonce: &str, grace: Duration, 
         "{name}: {} and its hugepages were not released ({last_err})",
         if tn.run_dir.is_empty() { "the run directory" } else { &tn.run_dir }
     ));
-    left
+    (left, true)
 }
 
 /// What [`stop_all`] left undone.
