@@ -1270,3 +1270,32 @@ fn regression_two_spellings_of_one_socket_are_refused() {
         assert!(e.iter().any(|d| d.message.contains(fragment) && d.key.ends_with("socket")), "{sock}: {e:?}");
     }
 }
+
+/// Three ways `vars` slipped past the loader: `vpp_cli_listen`/`vpp_api_socket` went into
+/// startup.conf unescaped (`/s } plugins { plugin default { enable } } unix {` closed the
+/// `unix` section and enabled every plugin); a name harness computes (`queues`, `smp`, ...) was
+/// silently overwritten; and a null value became the text `~` or nothing, passing the
+/// "needs vars.vif1_mac" check.
+#[test]
+fn regression_vars_that_inject_config_are_dropped_or_null_are_refused() {
+    let with = |vars: &str| {
+        vm(&format!(
+            "    vnf: vppip4_2vhostvr1024\n    interfaces: [{{vhost_user: {{socket: /run/vpp/a}}}}, {{vhost_user: {{socket: /run/vpp/b}}}}]\n    vars: {{vif2_mac: \"02:00:00:00:00:02\", {vars}}}\n"
+        ))
+    };
+    let e =
+        errors(&with("vpp_cli_listen: \"/run/vpp/cli.sock } plugins { plugin default { enable } } unix { nodaemon\""));
+    assert!(e.iter().any(|d| d.key == "vms[0].vars.vpp_cli_listen" && d.message.contains("a space")), "{e:?}");
+    let e = errors(&with("vpp_api_socket: api.sock"));
+    assert!(e.iter().any(|d| d.key == "vms[0].vars.vpp_api_socket" && d.message.contains("absolute")), "{e:?}");
+    let e = errors(&with("queues: 4"));
+    assert!(e.iter().any(|d| d.key == "vms[0].vars.queues" && d.message.contains("`queues:`")), "{e:?}");
+    for null in ["vif1_mac: ", "vif1_mac: ~", "vif1_mac: null"] {
+        let e = errors(&with(null));
+        assert!(
+            e.iter().any(|d| d.key == "vms[0].vars.vif1_mac" && d.message.contains("found nothing")),
+            "{null}: {e:?}"
+        );
+    }
+    ok(&with("vif1_mac: \"02:00:00:00:00:01\", vpp_cli_listen: /run/vpp/cli-1.sock, vpp_api_socket: /run/vpp/api-1.sock, empty: \"\""));
+}

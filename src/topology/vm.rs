@@ -465,9 +465,35 @@ fn vm_vars(cx: &mut Cx, f: &Fields) -> BTreeMap<String, String> {
                     if !ident {
                         cx.err(k.pos, &p, "template variable names are letters, digits and `_`");
                     }
+                    if let Some(real) = computed_var(key) {
+                        // The computed value always won: the user's was silently dropped.
+                        cx.err(
+                            k.pos,
+                            &p,
+                            format!("set by harness from the VM ({real}); not a template variable to set"),
+                        );
+                        continue;
+                    }
                     match &val.value {
+                        _ if val.is_null() => cx.err(
+                            val.pos,
+                            &p,
+                            "expected a value, found nothing (a template would get an empty or `~` text)",
+                        ),
                         Value::Scalar { text, .. } => {
                             validate::check_template_value(cx, val.pos, &p, text);
+                            // Written into startup.conf as a path: a space or `}` there would end
+                            // its section and add configuration of the value's choosing.
+                            if matches!(key, "vpp_cli_listen" | "vpp_api_socket") {
+                                let problem = if text.starts_with('/') {
+                                    validate::socket_path_problem(text)
+                                } else {
+                                    Some(format!("must be an absolute path (found `{}`)", text.escape_debug()))
+                                };
+                                if let Some(m) = problem {
+                                    cx.err(val.pos, &p, m);
+                                }
+                            }
                             vars.insert(key.to_string(), text.clone());
                         }
                         _ => cx.err(val.pos, &p, format!("expected a scalar value, found {}", val.kind_name())),
@@ -479,6 +505,26 @@ fn vm_vars(cx: &mut Cx, f: &Fields) -> BTreeMap<String, String> {
     }
 
     vars
+}
+
+/// Template variables harness computes from the VM (a `vars` entry of the name never reached a
+/// template), with the key that sets it, if any.
+fn computed_var(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "queues" => "its `queues:`",
+        "jumbo" => "its `jumbo:`",
+        "smp" => "its `smp:`",
+        "qemu_id" => "its `qemu_id:`",
+        "vm_name" | "name" => "its `name:`",
+        "node" => "its `node:`",
+        "page_size" => "its `page_size:`",
+        "init_command" => "its `init_command:`",
+        "qga" => "its `qga:`",
+        "vnf" | "vnf_kind" | "vnf_bin" | "guest_dpdk" | "guest_vfio" => "its `vnf:`",
+        "arch" => "its node's `arch:`",
+        "run_id" | "vm_run_dir" | "running_exec" => "the run",
+        _ => return None,
+    })
 }
 
 fn vm_interfaces(cx: &mut Cx, f: &Fields, queues: u32, spans: &mut VmSpans) -> Vec<VmInterface> {
