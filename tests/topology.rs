@@ -1297,5 +1297,25 @@ fn regression_vars_that_inject_config_are_dropped_or_null_are_refused() {
             "{null}: {e:?}"
         );
     }
-    ok(&with("vif1_mac: \"02:00:00:00:00:01\", vpp_cli_listen: /run/vpp/cli-1.sock, vpp_api_socket: /run/vpp/api-1.sock, empty: \"\""));
+    ok(&with(
+        "vif1_mac: \"02:00:00:00:00:01\", vpp_cli_listen: /run/vpp/cli-1.sock, vpp_api_socket: /run/vpp/api-1.sock, empty: \"\"",
+    ));
+}
+
+/// A VM named `manifest-x.json` (or `hugepages-DUT1.journal`) passed: its directory was taken
+/// for a node's manifest by the host's scripts (`down` then never unmounted hugetlbfs), or
+/// turned the journal path into a directory. And `run_root: /mnt/h` passed, where a kernel
+/// guest mounts its run directory out of sight: VPP never found its configuration.
+#[test]
+fn regression_vm_names_of_run_files_and_run_roots_the_guest_hides_are_refused() {
+    for name in ["manifest-x.json", "hugepages-DUT1.journal"] {
+        let e = errors(&vm(&format!("    name: {name}\n")));
+        assert!(e.iter().any(|d| d.key == "vms[0].name" && d.message.contains("run file")), "{name}: {e:?}");
+    }
+    ok(&vm("    name: manifest-x\n"));
+    for root in ["/mnt/harness", "/mnt", "/dev/shm2/h", "/proc/h"] {
+        let e = errors(&format!("nodes:\n  DUT1: {{type: DUT, host: h, run_root: '{root}'}}\n"));
+        assert!(e.iter().any(|d| d.key == "nodes.DUT1.run_root"), "{root}: {e:?}");
+    }
+    ok("nodes:\n  DUT1: {type: DUT, host: h, run_root: /mntx/h}\n");
 }

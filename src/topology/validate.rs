@@ -36,6 +36,14 @@ pub(crate) fn name_problem(s: &str) -> Option<String> {
     None
 }
 
+/// Why `s`, a valid name, cannot be a VM's: its directory sits beside the run's own files
+/// (`manifest-<node>.json`, `hugepages-<node>.journal`), which the host's scripts find by name.
+fn vm_name_problem(s: &str) -> Option<String> {
+    let reserved = (s.starts_with("manifest-") && s.ends_with(".json"))
+        || (s.starts_with("hugepages-") && s.ends_with(".journal"));
+    reserved.then(|| "is the name of a run file (`manifest-*.json`, `hugepages-*.journal`)".to_string())
+}
+
 /// `3c:fd:fe:aa:bb:01`: six pairs of hex digits separated by `:`.
 pub(crate) fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
@@ -74,8 +82,18 @@ pub(crate) fn run_root_problem(s: &str) -> Option<String> {
     if let Some(w) = WORLD_WRITABLE.iter().find(|w| s == **w || s.starts_with(&format!("{w}/"))) {
         return Some(format!("must not be in the world-writable {w}: another user could plant the run directory"));
     }
+    // A kernel guest sees the host's / over 9p and mounts its own file systems on these: a run
+    // directory below one is hidden from the guest (its startup.conf and .exec never found).
+    if let Some(m) = GUEST_MOUNTS.iter().find(|m| s == **m || s.starts_with(&format!("{m}/"))) {
+        return Some(format!(
+            "must not be in {m}: a kernel guest mounts its own file system there and would not see the run directory"
+        ));
+    }
     None
 }
+
+/// Where the guest's init mounts (besides `/run` and `/tmp`, which it handles).
+const GUEST_MOUNTS: &[&str] = &["/mnt", "/proc", "/sys", "/dev"];
 
 /// Why `s` cannot be a socket path the VM's QEMU or socat is given, or `None`. Normalised, so
 /// that two spellings of one socket (`/run/vpp//a`, `/run/vpp/./a`) are seen as one.
@@ -239,7 +257,7 @@ fn check_names(cx: &mut Cx, drafts: &[VmDraft], chains: &[LoadedChain], duplicat
         if !d.explicit_name && name_problem(&d.vm.node).is_some() {
             continue;
         }
-        if let Some(m) = name_problem(&d.vm.name) {
+        if let Some(m) = name_problem(&d.vm.name).or_else(|| vm_name_problem(&d.vm.name)) {
             let (pos, key, m) = match (d.explicit_name, d.spans.name) {
                 (true, Some(p)) => (p, format!("{}.name", d.spans.path), m),
                 (true, None) => (d.spans.pos, format!("{}.name", d.spans.path), m),
