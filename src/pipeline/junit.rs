@@ -241,7 +241,7 @@ mod tests {
             interrupted: false,
             duration_s: 9.0,
             nodes: vec![
-                node("DUT1", Some("DUT1_1: not ready"), Some(FailureKind::Infrastructure)),
+                node("DUT1", Some("DUT1_1: not ready"), Some(FailureKind::NotReady)),
                 node("DUT2", Some("DUT2 (127.0.0.1:9): connect: refused"), Some(FailureKind::Unreachable)),
             ],
             cleanup: None,

@@ -99,5 +99,11 @@ pub(super) fn vm_failed(ctx: &NodeCtx, node: &str, vm: &str, e: UpError) -> UpEr
             msg.push_str(&format!("    | {l}\n"));
         }
     }
-    if lost { UpError::Lost(msg) } else { fail(msg) }
+    // The node's error keeps the VM's class: a guest that never got ready is `not_ready` for
+    // the node too, not an infrastructure fault a pipeline would retry.
+    match e {
+        _ if lost => UpError::Lost(msg),
+        UpError::Guest { .. } => UpError::Guest { message: msg, tail: vec![] },
+        _ => fail(msg),
+    }
 }

@@ -548,6 +548,10 @@ fn regression_the_boot_timeout_names_its_markers_readably() {
     let res = run(&options(topology(vec![dut("DUT1")], vec![v]), lab, None));
     let err = res.vms[0].error.clone().unwrap_or_default();
     assert!(err.contains(r#": "vpp " and "built by" on one line never appeared in"#), "{err}");
+    // Regression: the node's failure said "infrastructure" for a guest that never got ready
+    // (a pipeline retrying lab faults retried real guest failures); it keeps the VM's class.
+    assert_eq!(res.vms[0].failure, Some(FailureKind::NotReady));
+    assert_eq!(res.nodes[0].failure, Some(FailureKind::NotReady), "{:?}", res.nodes[0]);
 }
 
 /// Ctrl-C or SIGTERM while the before-cleanup hook collected counters and artifacts (after
