@@ -1319,3 +1319,12 @@ fn regression_vm_names_of_run_files_and_run_roots_the_guest_hides_are_refused() 
     }
     ok("nodes:\n  DUT1: {type: DUT, host: h, run_root: /mntx/h}\n");
 }
+
+/// `smp` is at most 1024, but without `smp` it came from `len(cpus)`: a 2000-entry `cpus` list
+/// validated and rendered `-smp 2000`.
+#[test]
+fn regression_a_cpus_list_longer_than_the_vcpu_limit_is_refused() {
+    let list: Vec<String> = (0..1025).map(|i| i.to_string()).collect();
+    let e = errors(&vm(&format!("    cpus: [{}]\n", list.join(", "))));
+    assert!(e.iter().any(|d| d.key == "vms[0].cpus" && d.message.contains("at most 1024 vCPUs")), "{e:?}");
+}

@@ -341,6 +341,12 @@ fn vm_cpus(cx: &mut Cx, f: &Fields, spans: &mut VmSpans, ok: &mut bool) -> (Opti
     {
         cx.err(spans.cpus_key, &f.path("cpus"), "must list at least one CPU (or leave `cpus` out)");
     }
+    // `smp` comes from the list when not given: the list obeys smp's own limit.
+    if let Some(c) = &cpus
+        && c.len() > 1024
+    {
+        cx.err(spans.cpus_key, &f.path("cpus"), format!("lists {} CPUs; a VM has at most 1024 vCPUs", c.len()));
+    }
 
     (cpus, smp)
 }
