@@ -136,7 +136,9 @@ fn case(node: &str, name: &str, outcome: Outcome) -> JunitVm {
 }
 
 /// `harness check`: per node a setup testcase (reached or not) and a testcase per check item;
-/// a failed requirement is a `<failure>`.
+/// a failed requirement is a `<failure>`. A node not reached is one `<error>` (its setup case,
+/// not again as a failed `ssh` item), and a probe that could not run is an `<error>` too: both
+/// are lab faults, not requirements the host failed.
 pub fn for_check(suite_name: &str, reports: &[crate::remote::check::NodeReport], duration: Duration) -> JunitRun {
     use crate::remote::check::Status;
     let mut run =
@@ -144,8 +146,11 @@ pub fn for_check(suite_name: &str, reports: &[crate::remote::check::NodeReport],
     for r in reports {
         let err = if r.reachable { None } else { Some(r.error.clone().unwrap_or_else(|| "unreachable".into())) };
         run.nodes.push(reach_case(&r.node, err.as_deref(), Duration::from_millis(r.connect_ms + r.probe_ms)));
-        for it in &r.items {
+        for it in r.items.iter().filter(|it| r.reachable || it.name != "ssh") {
             let outcome = match it.status {
+                Status::Fail if it.name == "probe" => {
+                    Outcome::Error { message: first_line(&it.detail), detail: it.detail.clone() }
+                }
                 Status::Fail => Outcome::Failure { message: it.detail.clone(), detail: String::new() },
                 _ => Outcome::Passed,
             };
@@ -231,6 +236,41 @@ mod tests {
             phase: Some(phase),
             message: None,
         }
+    }
+
+    /// `check --junit` counted an unreachable node twice (`errors="1" failures="1"`: its setup
+    /// case and its failed `ssh` item) and called a probe that could not run (a lost
+    /// connection, sudo) a failed requirement. Both are one `<error>` now.
+    #[test]
+    fn regression_check_counts_an_unreachable_node_once_as_an_error() {
+        use crate::remote::check::{Item, NodeReport, Status};
+        let report = |reachable: bool, items: Vec<Item>| NodeReport {
+            node: "DUT1".into(),
+            addr: String::new(),
+            reachable,
+            error: (!reachable).then(|| "DUT1 (10.0.0.2:22): connect failed: refused".into()),
+            connect_ms: 1,
+            probe_ms: 0,
+            accel: None,
+            items,
+            facts: None,
+        };
+        let item = |name: &str, status| Item { name: name.into(), status, detail: format!("{name} said no") };
+        let xml = crate::report::junit::to_xml(&for_check(
+            "c",
+            &[report(false, vec![item("ssh", Status::Fail)])],
+            Duration::ZERO,
+        ));
+        assert!(xml.contains("failures=\"0\"") && xml.contains("errors=\"1\""), "{xml}");
+        let reports = [report(true, vec![item("ssh", Status::Ok), item("probe", Status::Fail)])];
+        let xml = crate::report::junit::to_xml(&for_check("c", &reports, Duration::ZERO));
+        assert!(xml.contains("failures=\"0\"") && xml.contains("errors=\"1\""), "{xml}");
+        let xml = crate::report::junit::to_xml(&for_check(
+            "c",
+            &[report(true, vec![item("kvm", Status::Fail)])],
+            Duration::ZERO,
+        ));
+        assert!(xml.contains("failures=\"1\""), "a failed requirement stays a failure: {xml}");
     }
 
     #[test]
