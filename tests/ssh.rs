@@ -770,6 +770,38 @@ fn regression_a_jump_host_key_revoked_in_the_system_files_is_refused() {
     });
 }
 
+/// Nodes behind a bastion that accepts TCP but never speaks were connected one after another,
+/// each waiting out the handshake timeout again: N nodes took N × the timeout (128 nodes behind
+/// a dead bastion, minutes). The nodes queued behind the first attempt take its answer now.
+#[test]
+fn regression_nodes_behind_a_silent_jump_host_fail_together_not_one_by_one() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection, says nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let lab = lab();
+    let mut o = opts();
+    o.auth_timeout = Duration::from_secs(1);
+    let targets: Vec<SshTarget> = (0..6)
+        .map(|i| {
+            let mut t = lab.node(1);
+            t.name = format!("DUT{i}");
+            t.proxy_jump = Some(format!("nobody@127.0.0.1:{port}"));
+            t
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let results = rt().block_on(futures::future::join_all(targets.iter().map(|t| Session::connect(t, &o))));
+    let took = t0.elapsed();
+    assert!(results.iter().all(|r| r.is_err()), "a node behind a silent bastion connected");
+    assert!(took < Duration::from_secs(4), "6 nodes took {took:?}: one handshake timeout after another");
+}
+
 /// Regression: `Host *` + `ProxyJump X` made the connection to X jump through X again, until
 /// the stack overflowed (SIGABRT in every command). The jump host's own ProxyJump is ignored.
 #[test]

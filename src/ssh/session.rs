@@ -230,7 +230,20 @@ async fn attempt(
 /// direct-tcpip channels of it, which sshd's `MaxSessions` does not count): 128 nodes behind
 /// one bastion cost it one handshake, not 128 against its `MaxStartups`. Weak: the jump
 /// connection closes with the last node session using it.
-type JumpSlot = Arc<tokio::sync::Mutex<Option<Weak<Inner>>>>;
+type JumpSlot = Arc<tokio::sync::Mutex<JumpState>>;
+
+/// A jump host's shared connection, and its last failure: the nodes queued behind a bastion
+/// that cannot be reached take that answer instead of each waiting out the timeouts again
+/// (128 nodes behind a dead bastion took 128 × the connect timeout, one after another).
+#[derive(Default)]
+struct JumpState {
+    session: Option<Weak<Inner>>,
+    /// When, where, and why the last connect failed.
+    failed: Option<(Instant, String, String)>,
+}
+
+/// How long a failed jump connect is the answer for the nodes behind it.
+const JUMP_FAILURE_TTL: Duration = Duration::from_secs(10);
 static JUMPS: OnceLock<Mutex<HashMap<String, JumpSlot>>> = OnceLock::new();
 
 /// The shared session to `jt`, connected on first use (or after it died).
@@ -254,15 +267,33 @@ async fn shared_jump(jt: &SshTarget, opts: &ConnectOptions, chain: Vec<(String, 
     let slot =
         JUMPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
     let mut held = slot.lock().await;
-    if let Some(inner) = held.as_ref().and_then(Weak::upgrade) {
+    if let Some(inner) = held.session.as_ref().and_then(Weak::upgrade) {
         let s = Session { name: inner.target.name.clone(), backend: Backend::Ssh(inner) };
         if !s.is_closed() {
             return Ok(s);
         }
     }
-    let s = Box::pin(Session::connect_in_chain(jt, opts, chain)).await?;
-    *held = Some(Arc::downgrade(s.inner()));
-    Ok(s)
+    if let Some((when, addr, message)) = &held.failed
+        && when.elapsed() < JUMP_FAILURE_TTL
+    {
+        return Err(SshError::Connect { node: jt.name.clone(), addr: addr.clone(), message: message.clone() });
+    }
+    match Box::pin(Session::connect_in_chain(jt, opts, chain)).await {
+        Ok(s) => {
+            held.session = Some(Arc::downgrade(s.inner()));
+            held.failed = None;
+            Ok(s)
+        }
+        Err(e) => {
+            // Only the network's answer is shared: a host key or auth refusal may change with
+            // the next caller's options (`--accept-new-host-keys`).
+            if matches!(e, SshError::Connect { .. } | SshError::Timeout { .. } | SshError::HandshakeDropped { .. }) {
+                let addr = format!("{}:{}", jt.host, jt.port.unwrap_or(22));
+                held.failed = Some((Instant::now(), addr, format!("{e} (the jump host's last connect, just now)")));
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn connect_jump(
