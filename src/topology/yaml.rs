@@ -147,6 +147,10 @@ struct Builder {
     anchors: HashMap<usize, (Node, usize)>,
     /// Nodes in the tree so far, aliases expanded: bounded by [`MAX_NODES`].
     total: usize,
+    /// Nodes held in `anchors` (a copy of each anchored subtree, nested anchors each holding
+    /// their own): bounded by [`MAX_NODES`] too. Uncounted, 64 nested anchors around a large
+    /// list took 500 MB with no alias at all.
+    anchored: usize,
     root: Option<Node>,
     documents: usize,
     errors: Vec<YamlError>,
@@ -178,8 +182,18 @@ impl Builder {
         Ok(())
     }
 
-    fn complete(&mut self, node: Node, anchor: usize, size: usize) {
+    fn complete(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), YamlError> {
         if anchor != 0 {
+            self.anchored = self.anchored.saturating_add(size);
+            if self.anchored > MAX_NODES {
+                return Err(YamlError {
+                    pos: node.pos,
+                    path: self.current_path(),
+                    message: format!(
+                        "anchored values hold more than {MAX_NODES} nodes in all (each anchor keeps a copy); refusing to load it"
+                    ),
+                });
+            }
             self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
@@ -194,6 +208,7 @@ impl Builder {
                 Some(k) => entries.push((k, node)),
             },
         }
+        Ok(())
     }
 
     fn check_duplicates(&mut self, path: &str, entries: &[(Node, Node)]) {
@@ -232,7 +247,7 @@ impl Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 self.grow(1, pos)?;
                 let plain = style == TScalarStyle::Plain && tag.is_none();
-                self.complete(Node { pos, value: Value::Scalar { text, plain } }, anchor, 1);
+                self.complete(Node { pos, value: Value::Scalar { text, plain } }, anchor, 1)?;
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
@@ -254,7 +269,7 @@ impl Builder {
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { pos, anchor, start, items, .. }) = self.stack.pop() {
                     let size = self.total - start + 1;
-                    self.complete(Node { pos, value: Value::Seq(items) }, anchor, size);
+                    self.complete(Node { pos, value: Value::Seq(items) }, anchor, size)?;
                 }
             }
             Event::MappingEnd => {
@@ -267,7 +282,7 @@ impl Builder {
                     }
                     self.check_duplicates(&path, &entries);
                     let size = self.total - start + 1;
-                    self.complete(Node { pos, value: Value::Map(entries) }, anchor, size);
+                    self.complete(Node { pos, value: Value::Map(entries) }, anchor, size)?;
                 }
             }
             Event::Alias(id) => {
@@ -279,7 +294,7 @@ impl Builder {
                     Some((n, _)) => Node { pos, value: n.value.clone() },
                     None => Node { pos, value: Value::Scalar { text: String::new(), plain: true } },
                 };
-                self.complete(node, 0, size);
+                self.complete(node, 0, size)?;
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
@@ -400,6 +415,23 @@ mod tests {
         assert!(e.message.contains("more than 100000 nodes"), "{e:?}");
         assert!(e.pos.line > 1 && e.pos.line <= 10, "{e:?}");
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    /// Each anchor kept a copy of its subtree outside the node count: 64 anchors nested around
+    /// one 99000-item list (a 300 KB file, no alias at all) took 500 MB. The copies count now.
+    #[test]
+    fn regression_nested_anchors_do_not_multiply_memory() {
+        let mut text = String::from("x:\n");
+        for i in 0..64 {
+            text.push_str(&format!("{}- &a{i}\n", "  ".repeat(i + 1)));
+        }
+        text.push_str(&format!("{}- [{}]\n", "  ".repeat(65), vec!["x"; 99_000].join(", ")));
+        let p = parse(&text);
+        assert!(p.root.is_none(), "loaded");
+        assert!(p.errors.iter().any(|e| e.message.contains("anchored values hold more than")), "{:?}", p.errors);
+        // A topology's usual anchors are fine.
+        let ok = parse("d: &d {mem: 2048, smp: 2}\nvms:\n  - {<<: *d, node: DUT1}\n  - *d\n");
+        assert!(ok.errors.is_empty(), "{:?}", ok.errors);
     }
 
     #[test]
