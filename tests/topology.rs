@@ -1328,3 +1328,41 @@ fn regression_a_cpus_list_longer_than_the_vcpu_limit_is_refused() {
     let e = errors(&vm(&format!("    cpus: [{}]\n", list.join(", "))));
     assert!(e.iter().any(|d| d.key == "vms[0].cpus" && d.message.contains("at most 1024 vCPUs")), "{e:?}");
 }
+
+/// A run whose topology was withheld from its record (secrets behind a YAML alias) printed
+/// "replay of this run will need --topology", but `replay --topology NEW.yaml` then failed (the
+/// placeholder is not a mapping) and without it the error was "empty topology file". Now the
+/// given topology is planned whole, and without one the error says to give it (exit 2).
+#[test]
+fn regression_a_withheld_topology_replays_with_the_one_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = "nodes:\n  DUT1: {type: DUT, host: 127.0.0.9, port: 1, password: &pw hunter2}\nmetadata: {x: *pw}\nvms:\n  - {node: DUT1, qga: true}\n";
+    let topo_path = dir.path().join("lab.yaml");
+    std::fs::write(&topo_path, topo).unwrap();
+    let run_dir = dir.path().join("r1");
+    let meta = harness::pipeline::bundle::Meta::new("r1", &topo_path, None, &[]);
+    harness::pipeline::bundle::record(&run_dir, &meta, topo.as_bytes()).unwrap();
+    assert!(harness::pipeline::bundle::is_withheld(&std::fs::read(run_dir.join("topology.yaml")).unwrap()));
+    std::fs::write(run_dir.join("plan.json"), "{}").unwrap();
+    let bundle = dir.path().join("r1.tar.gz");
+    harness::pipeline::bundle::pack(&run_dir, &bundle).unwrap();
+    let replay = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["replay", bundle.to_str().unwrap(), "--dry-run", "--connect-timeout", "2s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = replay(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--topology"), "{err}");
+    // With one: planned whole, up to the facts (the node is not there: unreachable, exit 3).
+    let new = dir.path().join("new.yaml");
+    std::fs::write(&new, "nodes:\n  DUT1: {type: DUT, host: 127.0.0.9, port: 1}\nvms:\n  - {node: DUT1, qga: true}\n")
+        .unwrap();
+    let out = replay(&["--topology", new.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("planning") && !err.contains("empty"), "{err}");
+}

@@ -25,9 +25,31 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     let meta = bundle::read_meta(&root)?;
     let (templates, templates_dir) = templates(g, &root)?;
     let frozen_text = bundle::read_member(&root, "topology.yaml")?;
+    let withheld = bundle::is_withheld(frozen_text.as_bytes());
     let (text, path) = match &a.topology {
+        // Withheld (secrets it could not redact): nothing of it to replay; the VMs must come
+        // from a topology given here, and the drift check against the bundle's plan still holds.
+        None if withheld => {
+            eprintln!(
+                "error: the bundle keeps no topology (it held secrets that could not be redacted): give it with --topology TOPOLOGY.yaml"
+            );
+            return Ok(exit::INVALID_INPUT);
+        }
         None => (frozen_text, meta.topology_path.clone()),
-        Some(new) => (with_nodes_of(&frozen_text, new)?, new.clone()),
+        Some(new) => match std::fs::read_to_string(new) {
+            Err(e) => {
+                eprintln!("error: reading {}: {e}", new.display());
+                return Ok(exit::INVALID_INPUT);
+            }
+            Ok(new_text) if withheld => {
+                eprintln!(
+                    "harness: the bundle keeps no topology: planning {} whole (nodes and VMs); drift is measured against the bundle's plan",
+                    new.display()
+                );
+                (new_text, new.clone())
+            }
+            Ok(_) => (with_nodes_of(&frozen_text, new)?, new.clone()),
+        },
     };
     let topology = crate::topology::load_str(&text, &path, &templates)?;
     let vms = if a.vms.is_empty() { meta.only_vms.clone() } else { a.vms.clone() };
