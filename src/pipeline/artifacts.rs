@@ -109,6 +109,10 @@ async fn write_vm(
     collected: Option<&Vec<Collected>>,
 ) -> Vec<String> {
     let vdir = ndir.join(safe(&v.name));
+    // The VM's directory holds this run's files only: an artifacts directory reused by a nightly
+    // job kept yesterday's error.txt beside today's passing VM. (A symlink is removed, not
+    // followed.)
+    let _ = std::fs::remove_dir_all(&vdir);
     let mut missing = Vec::new();
     let what = |f: &str| format!("{node}/{}/{f}", v.name);
     if let Err(e) = std::fs::create_dir_all(vdir.join("files")) {
@@ -201,6 +205,34 @@ pub fn write_missing(dir: &Path, missing: &[String]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An artifacts directory reused by a nightly job kept a VM's stale files: yesterday's
+    /// `error.txt` sat beside today's run, where the VM passed. Each VM's directory is this
+    /// run's alone now.
+    #[test]
+    fn regression_a_reused_artifacts_directory_keeps_no_stale_vm_files() {
+        let d = tempfile::tempdir().unwrap();
+        let host = crate::ssh::fake::FakeHost::new("DUT1", |_| crate::ssh::fake::Reply::ok("serial\n"));
+        let session = Session::with_transport("DUT1", host as std::sync::Arc<dyn crate::ssh::Transport>);
+        let vm = |error: Option<&str>| VmSource {
+            name: "DUT1_1".into(),
+            serial_log: "/run/harness/r/DUT1_1/serial.log".into(),
+            qga: None,
+            argv: vec!["qemu".into()],
+            files: vec![],
+            error: error.map(str::to_string),
+            qemu_stderr: None,
+            ready: error.is_none(),
+            commands: vec![],
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(write_vm(d.path(), "DUT1", &session, &vm(Some("boot timeout")), None));
+        assert!(d.path().join("DUT1_1/error.txt").exists());
+        let missing = rt.block_on(write_vm(d.path(), "DUT1", &session, &vm(None), None));
+        assert!(missing.is_empty(), "{missing:?}");
+        assert!(!d.path().join("DUT1_1/error.txt").exists(), "yesterday's error.txt is still there");
+        assert!(d.path().join("DUT1_1/serial.log").exists());
+    }
 
     #[test]
     fn names_never_escape() {
