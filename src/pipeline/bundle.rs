@@ -22,6 +22,8 @@ pub enum BundleError {
     Meta { path: PathBuf, source: serde_json::Error },
     #[error("{0}: refusing an entry outside the bundle")]
     UnsafeEntry(String),
+    #[error("{0}: refusing it: the bundle unpacks to more than {MAX_UNPACKED_BYTES} bytes or {MAX_ENTRIES} entries")]
+    TooLarge(PathBuf),
     #[error("{path}: not a readable harness bundle (gzip'd tar): {source}")]
     Unreadable { path: PathBuf, source: std::io::Error },
     #[error("{path}: the bundle's {member} is missing or unreadable: {message}")]
@@ -220,13 +222,26 @@ fn pack_to(run_id: &str, run_dir: &Path, tmp: &Path, out: &Path) -> Result<(), B
     Ok(())
 }
 
+/// Most a bundle may unpack to: a run record is kilobytes to a few megabytes (serial logs are
+/// artifacts, not part of it); a gzip bomb handed to `replay` must not fill the disk.
+pub const MAX_UNPACKED_BYTES: u64 = 256 << 20;
+/// Most entries a bundle may hold.
+pub const MAX_ENTRIES: usize = 10_000;
+
 /// Unpack `bundle` into `dest`; returns the directory holding `meta.json`.
 pub fn unpack(bundle: &Path, dest: &Path) -> Result<PathBuf, BundleError> {
     let file = std::fs::File::open(bundle).map_err(io(bundle))?;
     let bad = |source| BundleError::Unreadable { path: bundle.to_path_buf(), source };
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let (mut bytes, mut entries) = (0u64, 0usize);
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        // Checked before anything is written: the header says how much is coming.
+        bytes = bytes.saturating_add(entry.header().size().map_err(bad)?);
+        entries += 1;
+        if bytes > MAX_UNPACKED_BYTES || entries > MAX_ENTRIES {
+            return Err(BundleError::TooLarge(bundle.to_path_buf()));
+        }
         let path = entry.path().map_err(bad)?.into_owned();
         // `unpack_in` refuses `..` and absolute paths itself; links could still point out.
         if entry.header().entry_type().is_symlink() || entry.header().entry_type().is_hard_link() {
@@ -248,6 +263,31 @@ pub fn unpack(bundle: &Path, dest: &Path) -> Result<PathBuf, BundleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unpack` took whatever a bundle held: a small gzip bomb (gigabytes of zeros) given to
+    /// `replay` filled the disk. Sizes come from the headers and are checked first.
+    #[test]
+    fn regression_a_bundle_that_unpacks_too_large_is_refused_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let bomb = d.path().join("bomb.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(std::fs::File::create(&bomb).unwrap(), flate2::Compression::fast());
+            let mut tar = tar::Builder::new(gz);
+            let mut h = tar::Header::new_gnu();
+            let size = MAX_UNPACKED_BYTES + 1;
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, "r1/plan.json", std::io::Read::take(std::io::repeat(0), size)).unwrap();
+            tar.into_inner().unwrap().finish().unwrap();
+        }
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 2 << 20, "the bomb is small");
+        let dest = d.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        let e = unpack(&bomb, &dest).unwrap_err();
+        assert!(matches!(e, BundleError::TooLarge(_)), "{e}");
+        assert!(!dest.join("r1/plan.json").exists(), "written before the check");
+    }
 
     /// `pack` wrote the bundle in place and left it when it failed: in place of the good one an
     /// earlier `harness bundle` had written, a file that looked like a bundle (tar and gzip
