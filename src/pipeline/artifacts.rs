@@ -89,7 +89,14 @@ async fn write_node(dir: &Path, n: &NodeSource, collected: &BTreeMap<String, Vec
     }
     if !n.run_dir.is_empty() {
         let path = manifest::path(&n.run_dir, &n.name);
-        match read_remote(&n.session, &path, None).await {
+        match read_remote(&n.session, &path, None).await.and_then(|b| {
+            // A manifest is kilobytes; a host file that is not one must not fill the jumpbox.
+            if b.len() as u64 > MANIFEST_MAX_BYTES {
+                Err(format!("larger than {MANIFEST_MAX_BYTES} bytes"))
+            } else {
+                Ok(b)
+            }
+        }) {
             Ok(b) => put(&ndir.join("manifest.json"), &b, &mut missing),
             Err(e) => missing.push(format!("{}/manifest.json: {e}", n.name)),
         }
@@ -166,11 +173,15 @@ fn write_collected(vdir: &Path, c: &[Collected], what: &dyn Fn(&str) -> String, 
     put(&vdir.join("collect.json"), &serde_json::to_vec_pretty(c).expect("serialisable"), missing);
 }
 
-/// `sudo cat` (or the last `max` bytes) of a remote file, bounded by [`READ_TIMEOUT`].
+/// Most of a manifest read into the artifacts (one byte more is read to tell).
+const MANIFEST_MAX_BYTES: u64 = 16 << 20;
+
+/// `sudo head` of a remote file (at most one byte over [`MANIFEST_MAX_BYTES`]), or the last
+/// `max` bytes, bounded by [`READ_TIMEOUT`].
 async fn read_remote(session: &Session, path: &str, max: Option<u64>) -> Result<Vec<u8>, String> {
     let argv: Vec<String> = match max {
         Some(m) => vec!["tail".into(), "-c".into(), m.to_string(), path.into()],
-        None => vec!["cat".into(), path.into()],
+        None => vec!["head".into(), "-c".into(), (MANIFEST_MAX_BYTES + 1).to_string(), path.into()],
     };
     let cmd = RemoteCommand::new(argv).sudo().timeout(READ_TIMEOUT);
     match tokio::time::timeout(READ_TIMEOUT + Duration::from_secs(5), session.run(&cmd)).await {

@@ -133,7 +133,11 @@ fn outcome(argv: &[String], o: &crate::run::qga::ExecOutput) -> Collected {
         ExitStatus::Code(c) => Some(c),
         _ => None,
     };
-    let (parsed, error) = if o.success() {
+    let (parsed, error) = if o.success() && o.stdout_truncated {
+        // The agent cut the output at its capture limit: a row cut mid-way would parse as a
+        // bogus counter, and the rows after it are not there.
+        (None, Some(format!("output cut at the guest agent's capture limit ({} bytes kept)", o.stdout.len())))
+    } else if o.success() {
         match parse(argv, &stdout) {
             Some(Ok(v)) => (Some(v), None),
             Some(Err(e)) => (None, Some(format!("unparsed: {e}"))),
@@ -280,6 +284,18 @@ mod tests {
         assert_eq!((c.parsed, c.error), (Some(serde_json::json!({"Icmp6InErrors": 0})), None));
         let c = outcome(&v(&["vppctl", "show", "runtime"]), &ran(ExitStatus::Code(0), "x", ""));
         assert_eq!((c.parsed, c.error), (None, None));
+    }
+
+    /// Output the guest agent cut at its capture limit was parsed as if whole: a row cut
+    /// mid-way became a bogus counter, with no error and nothing in missing.txt.
+    #[test]
+    fn regression_truncated_guest_output_is_not_parsed() {
+        use crate::run::qga::ExitStatus;
+        let mut o = ran(ExitStatus::Code(0), "Icmp6InErrors 0\nIcmp6OutEr", "");
+        o.stdout_truncated = true;
+        let c = outcome(&v(&["cat", "/proc/net/snmp6"]), &o);
+        assert_eq!(c.parsed, None);
+        assert!(c.error.as_deref().is_some_and(|e| e.contains("capture limit")), "{:?}", c.error);
     }
 
     #[test]
