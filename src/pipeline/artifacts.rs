@@ -89,14 +89,7 @@ async fn write_node(dir: &Path, n: &NodeSource, collected: &BTreeMap<String, Vec
     }
     if !n.run_dir.is_empty() {
         let path = manifest::path(&n.run_dir, &n.name);
-        match read_remote(&n.session, &path, None).await.and_then(|b| {
-            // A manifest is kilobytes; a host file that is not one must not fill the jumpbox.
-            if b.len() as u64 > MANIFEST_MAX_BYTES {
-                Err(format!("larger than {MANIFEST_MAX_BYTES} bytes"))
-            } else {
-                Ok(b)
-            }
-        }) {
+        match read_remote(&n.session, &path, None).await.and_then(manifest_sized) {
             Ok(b) => put(&ndir.join("manifest.json"), &b, &mut missing),
             Err(e) => missing.push(format!("{}/manifest.json: {e}", n.name)),
         }
@@ -176,6 +169,12 @@ fn write_collected(vdir: &Path, c: &[Collected], what: &dyn Fn(&str) -> String, 
 /// Most of a manifest read into the artifacts (one byte more is read to tell).
 const MANIFEST_MAX_BYTES: u64 = 16 << 20;
 
+/// A manifest is kilobytes: a host file that is not one (corrupt, or hostile) must not fill
+/// the jumpbox's artifacts; read with `head -c` one byte past the limit, refused past it.
+fn manifest_sized(b: Vec<u8>) -> Result<Vec<u8>, String> {
+    if b.len() as u64 > MANIFEST_MAX_BYTES { Err(format!("larger than {MANIFEST_MAX_BYTES} bytes")) } else { Ok(b) }
+}
+
 /// `sudo head` of a remote file (at most one byte over [`MANIFEST_MAX_BYTES`]), or the last
 /// `max` bytes, bounded by [`READ_TIMEOUT`].
 async fn read_remote(session: &Session, path: &str, max: Option<u64>) -> Result<Vec<u8>, String> {
@@ -243,6 +242,14 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
         assert!(!d.path().join("DUT1_1/error.txt").exists(), "yesterday's error.txt is still there");
         assert!(d.path().join("DUT1_1/serial.log").exists());
+    }
+
+    /// The manifest was read whole with `sudo cat` and buffered: a huge file in its place
+    /// went into the jumpbox's memory and artifacts. Read with `head -c` and refused past 16 MiB.
+    #[test]
+    fn regression_an_oversized_manifest_is_not_collected() {
+        assert!(manifest_sized(vec![b'x'; MANIFEST_MAX_BYTES as usize + 1]).is_err());
+        assert!(manifest_sized(vec![b'x'; 100]).is_ok());
     }
 
     #[test]
