@@ -1366,3 +1366,14 @@ fn regression_a_withheld_topology_replays_with_the_one_given() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("planning") && !err.contains("empty"), "{err}");
 }
+
+/// `vnf: vpp_2vfpt_*` over vhost_user NICs loaded: its .exec creates avf interfaces on PCI
+/// devices the VM does not have (CSIT's recipe passes them through with vfio-pci). A chain of
+/// them was refused already; a `vms:` entry now too.
+#[test]
+fn regression_a_passthrough_vnf_over_vhost_nics_is_refused() {
+    let e = errors(&vm(
+        "    vnf: vpp_2vfpt_ip4base_plen24\n    interfaces: [{vhost_user: {socket: /run/vpp/a}}, {vhost_user: {socket: /run/vpp/b}}]\n",
+    ));
+    assert!(e.iter().any(|d| d.key == "vms[0].vnf" && d.message.contains("vfio_pci")), "{e:?}");
+}

@@ -28,7 +28,8 @@ pub async fn run(g: &GlobalArgs, a: &CheckArgs) -> anyhow::Result<u8> {
             let opts = opts.clone();
             tokio::spawn(async move {
                 // Checked with the run id `render` shows by default: paths do not affect the checks.
-                let po = PlanOptions { run_id: "RUN_ID".into(), templates: &templates, only_vms: &[] };
+                let po =
+                    PlanOptions { run_id: crate::run::PLACEHOLDER_RUN_ID.into(), templates: &templates, only_vms: &[] };
                 check::check_node(&target, &opts, &topo, &node, &po).await
             })
         })

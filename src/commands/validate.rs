@@ -18,7 +18,7 @@ pub fn run(g: &GlobalArgs, a: &ValidateArgs) -> anyhow::Result<u8> {
     let (topo, templates) = super::load_topology(g, &a.topology)?;
     // What `render` and `up` would refuse is refused here too: plan it (no host facts needed
     // for that), and report a plan error at the VM it concerns.
-    let opts = PlanOptions { run_id: "RUN_ID".into(), templates: &templates, only_vms: &[] };
+    let opts = PlanOptions { run_id: crate::run::PLACEHOLDER_RUN_ID.into(), templates: &templates, only_vms: &[] };
     plan::build(&topo, &FactsByNode::new(), &opts).map_err(|e| super::positioned(&topo, e))?;
     report(&a.topology, &topo, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())?;
     Ok(exit::OK)

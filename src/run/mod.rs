@@ -24,6 +24,10 @@ pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The run id `validate` and `check` plan with: as long as a generated one, so that the path
+/// limits they check (a socket path under `run_root` is at most 107 bytes) are those `up` meets.
+pub const PLACEHOLDER_RUN_ID: &str = "00000000-000000-RUN0";
+
 /// `YYYYmmdd-HHMMSS-xxxx` in UTC: sortable, readable, unique enough with 16 random bits.
 pub fn new_run_id() -> String {
     let secs = now_unix() as i64;
@@ -65,6 +69,15 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `validate` planned with the run id `RUN_ID`, 14 characters shorter than a generated one:
+    /// a `run_root` long enough to push a socket path past 107 bytes with a real id validated,
+    /// and `up` then refused it.
+    #[test]
+    fn regression_the_placeholder_run_id_is_as_long_as_a_generated_one() {
+        assert_eq!(PLACEHOLDER_RUN_ID.len(), new_run_id().len());
+        assert!(crate::remote::layout::run_id_problem(PLACEHOLDER_RUN_ID).is_none());
+    }
 
     #[test]
     fn run_ids_are_sortable_and_safe() {

@@ -691,6 +691,24 @@ fn check_vnf_nics(cx: &mut Cx, f: &Fields, vnf: Option<&Vnf>) {
             ),
         );
     }
+    // CSIT's `vpp_2vfpt_*` recipes pass PCI devices through: their `.exec` creates `avf`
+    // interfaces on them. Over vhost-user NICs VPP would find no such device.
+    let vhost = match f.get("interfaces").map(|n| &n.value) {
+        Some(Value::Seq(items)) => items.iter().any(
+            |it| matches!(&it.value, Value::Map(e) if e.first().and_then(|(k, _)| k.as_scalar()) == Some("vhost_user")),
+        ),
+        _ => false,
+    };
+    if let Some(Vnf::Vpp(name)) = vnf
+        && name.starts_with("vpp_2vfpt")
+        && vhost
+    {
+        cx.err(
+            vnf_node.map_or(f.pos, |v| v.pos),
+            &f.path("vnf"),
+            format!("`{name}` takes PCI passthrough NICs (`vfio_pci`), not vhost_user: its .exec creates avf interfaces on them"),
+        );
+    }
 }
 
 fn items_len(n: Option<&YNode>) -> usize {
