@@ -128,6 +128,10 @@ async fn try_passwords(
     passwords: &[(String, String)],
     at: &mut Attempts,
 ) -> Result<bool, russh::Error> {
+    // A password the `password` method rejected is wrong: sent again over keyboard-interactive
+    // it was a second PAM failure per connect (six reconnects of a cleanup then met
+    // pam_faillock's `deny=3` and locked the lab account).
+    let mut rejected: Vec<&str> = Vec::new();
     for (label, pw) in passwords {
         if server_refuses(at, "password") {
             break;
@@ -136,8 +140,13 @@ async fn try_passwords(
         if record(at, label.clone(), res) {
             return Ok(true);
         }
+        // Rejected by a server that takes passwords this way: wrong. A server that does not
+        // (keyboard-interactive only) says so in the methods left, and gets it that way.
+        if !server_refuses(at, "password") {
+            rejected.push(pw);
+        }
     }
-    for (label, pw) in passwords {
+    for (label, pw) in kbd_candidates(passwords, &rejected) {
         if server_refuses(at, "keyboard-interactive") {
             break;
         }
@@ -146,6 +155,12 @@ async fn try_passwords(
         }
     }
     Ok(false)
+}
+
+/// The passwords still worth trying over keyboard-interactive: not one the `password` method
+/// already rejected.
+fn kbd_candidates<'a>(passwords: &'a [(String, String)], rejected: &[&str]) -> Vec<&'a (String, String)> {
+    passwords.iter().filter(|(_, pw)| !rejected.contains(&pw.as_str())).collect()
 }
 
 fn server_refuses(at: &Attempts, method: &str) -> bool {
@@ -274,7 +289,9 @@ async fn try_kbd_interactive(
     label: &str,
 ) -> Result<bool, russh::Error> {
     let mut resp = handle.authenticate_keyboard_interactive_start(user, None).await?;
-    // Servers may send several rounds (including empty ones); only hidden prompts get the password.
+    // Servers may send several rounds (including empty ones); only the first hidden prompt gets
+    // the password: a later one ("Verification code:", "New password:") is not asking for it.
+    let mut sent = false;
     for _ in 0..5 {
         match resp {
             KeyboardInteractiveAuthResponse::Success => return Ok(true),
@@ -284,7 +301,7 @@ async fn try_kbd_interactive(
                 return Ok(false);
             }
             KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
-                let answers = kbd_answers(&prompts, pw);
+                let answers = kbd_answers(&prompts, pw, &mut sent);
                 resp = handle.authenticate_keyboard_interactive_respond(answers).await?;
             }
         }
@@ -297,8 +314,18 @@ async fn try_kbd_interactive(
 /// prompts, which is how servers ask for secrets; an echoed prompt ("Username:", "Token
 /// label:", a banner question) is shown on screen, logged by some PAM modules, and gets an
 /// empty answer instead of the password.
-fn kbd_answers(prompts: &[Prompt], pw: &str) -> Vec<String> {
-    prompts.iter().map(|p| if p.echo { String::new() } else { pw.to_string() }).collect()
+fn kbd_answers(prompts: &[Prompt], pw: &str, sent: &mut bool) -> Vec<String> {
+    prompts
+        .iter()
+        .map(|p| {
+            if p.echo || *sent {
+                String::new()
+            } else {
+                *sent = true;
+                pw.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -312,7 +339,22 @@ mod tests {
             Prompt { prompt: "Password: ".into(), echo: false },
             Prompt { prompt: "Say anything: ".into(), echo: true },
         ];
-        assert_eq!(kbd_answers(&prompts, "s3cret"), ["", "s3cret", ""]);
-        assert!(kbd_answers(&[], "s3cret").is_empty());
+        assert_eq!(kbd_answers(&prompts, "s3cret", &mut false), ["", "s3cret", ""]);
+        assert!(kbd_answers(&[], "s3cret", &mut false).is_empty());
+    }
+
+    /// The password went to every hidden prompt of every keyboard-interactive round (an OTP
+    /// "Verification code:" too), and a password the `password` method had just rejected was
+    /// sent again over keyboard-interactive: two PAM failures per connect.
+    #[test]
+    fn regression_a_password_is_sent_once_and_never_after_its_rejection() {
+        let hidden = |p: &str| Prompt { prompt: p.into(), echo: false };
+        let mut sent = false;
+        assert_eq!(kbd_answers(&[hidden("Password: ")], "s3cret", &mut sent), ["s3cret"]);
+        assert_eq!(kbd_answers(&[hidden("Verification code: ")], "s3cret", &mut sent), [""]);
+        let pws = vec![("password".to_string(), "a".to_string()), ("password_env X".to_string(), "b".to_string())];
+        let left: Vec<&str> = kbd_candidates(&pws, &["a"]).iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(left, ["b"]);
+        assert_eq!(kbd_candidates(&pws, &[]).len(), 2);
     }
 }
