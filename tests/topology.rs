@@ -1377,3 +1377,25 @@ fn regression_a_passthrough_vnf_over_vhost_nics_is_refused() {
     ));
     assert!(e.iter().any(|d| d.key == "vms[0].vnf" && d.message.contains("vfio_pci")), "{e:?}");
 }
+
+/// Four `net_user` NICs listed before the data NICs of a kernel VM took the auto PCI slots 3 to
+/// 6 (the 9p root has 2): the first vhost NIC's `addr=6.0` was taken and QEMU refused to start,
+/// long after `validate` said the topology was fine.
+#[test]
+fn regression_net_user_nics_before_the_data_nics_cannot_take_slot_6() {
+    let nu = "{net_user: {net: 10.0.2.0/24}}";
+    let data = "{vhost_user: {socket: /run/vpp/a}}, {vhost_user: {socket: /run/vpp/b}}";
+    let topo = |ifaces: String| vm(&format!("    vnf: testpmd_io\n    smp: 2\n    interfaces: [{ifaces}]\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |text: String| {
+        let p = dir.path().join("t.yaml");
+        std::fs::write(&p, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness")).arg("validate").arg(&p).output().unwrap()
+    };
+    let out = validate(topo(format!("{nu}, {nu}, {nu}, {nu}, {data}")));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PCI slot 6"), "{out:?}");
+    // Three before, or any number after: fine.
+    assert!(validate(topo(format!("{nu}, {nu}, {nu}, {data}"))).status.success());
+    assert!(validate(topo(format!("{data}, {nu}, {nu}, {nu}, {nu}"))).status.success());
+}

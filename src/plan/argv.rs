@@ -129,6 +129,20 @@ fn pci_slot(vm: &Vm, n: u32) -> Result<u32, PlanError> {
 /// The guest NICs in topology order: vhost-user and vfio-pci get counter N (slot N+5), user
 /// networking gets auto slots and MAC bytes ff, fe, ...
 fn nics(vm: &Vm, argv: &mut Vec<String>, mac: &dyn Fn(u32) -> String) -> Result<Vec<PlannedNic>, PlanError> {
+    // QEMU gives a device without `addr` the first free slot from 2 when it comes to it: the
+    // 9p root of a kernel VM, then each net_user NIC listed before the data NICs. Reaching
+    // slot 6 there, the first data NIC's `addr=6.0` is taken and QEMU refuses to start.
+    let is_data = |i: &&VmInterface| matches!(i, VmInterface::VhostUser(_) | VmInterface::VfioPci(_));
+    if vm.interfaces.iter().any(|i| is_data(&i)) {
+        let auto_before = vm.interfaces.iter().take_while(|i| !is_data(i)).count() as u32
+            + u32::from(matches!(vm.boot, Boot::Kernel { .. }));
+        if 2 + auto_before > 6 {
+            return Err(invalid(
+                vm,
+                "the net_user interfaces listed before the first vhost_user/vfio_pci one would take PCI slot 6,                  the first data NIC's: list them after the data NICs",
+            ));
+        }
+    }
     let mut nics = Vec::new();
     let mut n: u32 = 0;
     let mut mgmt: u32 = 0;
