@@ -95,13 +95,21 @@ pub async fn run(g: &GlobalArgs, a: &ReplayArgs) -> anyhow::Result<u8> {
     if a.dry_run {
         return Ok(exit::OK);
     }
-    let topology_path = if a.topology.is_some() {
-        PathBuf::from(super::absolute(&path))
+    let (topology_path, text) = if a.topology.is_some() {
+        (PathBuf::from(super::absolute(&path)), text)
     } else {
         let state = crate::run::record::state_dir(g.state_dir.as_deref());
         let copy =
             crate::run::record::run_dir(&state, a.run_id.as_deref().unwrap_or(&meta.run_id)).join("topology.yaml");
-        recorded_path_if_same(&path, text.as_bytes()).unwrap_or(copy)
+        match recorded_path_if_same(&path, text.as_bytes()) {
+            Some(p) => (p, text),
+            // `down --run` will read the record's copy, in the state directory: its relative
+            // key and known_hosts paths must still name the files beside the original.
+            None => {
+                let text = with_absolute_local_paths(&text, &path);
+                (copy, text)
+            }
+        }
     };
     let input = UpInput {
         topology_path,
@@ -126,6 +134,32 @@ fn recorded_path_if_same(recorded: &Path, frozen: &[u8]) -> Option<PathBuf> {
         .ok()
         .filter(|b| b == frozen || bundle::redact_secrets(b) == frozen)
         .map(|_| PathBuf::from(super::absolute(recorded)))
+}
+
+/// `text` with each node's relative `identity_file` and `known_hosts` made absolute against
+/// `file`'s directory (as the loader resolves them); unchanged if there is none (or it is not
+/// YAML serde can rewrite).
+fn with_absolute_local_paths(text: &str, file: &Path) -> String {
+    let Ok(mut doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else { return text.to_string() };
+    let dir = file.parent().unwrap_or(Path::new(""));
+    let mut changed = false;
+    if let Some(nodes) = doc.get_mut("nodes").and_then(serde_yaml::Value::as_mapping_mut) {
+        for node in nodes.values_mut().filter_map(serde_yaml::Value::as_mapping_mut) {
+            for key in ["identity_file", "known_hosts"] {
+                if let Some(serde_yaml::Value::String(p)) = node.get_mut(key)
+                    && !p.starts_with('/')
+                    && !p.starts_with('~')
+                {
+                    *p = dir.join(&*p).display().to_string();
+                    changed = true;
+                }
+            }
+        }
+    }
+    match changed.then(|| serde_yaml::to_string(&doc)) {
+        Some(Ok(t)) => t,
+        _ => text.to_string(),
+    }
 }
 
 /// `--templates` when given (a deliberate change, shown as drift), else the bundle's overlay
@@ -249,6 +283,27 @@ mod tests {
         assert_eq!(selected_nodes(&topo, &["DUT1_2".into()]), ["DUT1"]);
         assert!(selected_nodes(&topo, &["DUT9_1".into()]).is_empty());
         assert_eq!(redacted_node(&topo, &[]).as_deref(), Some("DUT1"));
+    }
+
+    /// Replay of a run whose topology file had changed recorded the bundle's copy, in the state
+    /// directory, as the run's topology: `down --run` then resolved a relative `identity_file`
+    /// or `known_hosts` there, failed auth or the host key check, and left the VMs running.
+    /// The copy names them absolutely.
+    #[test]
+    fn regression_a_replayed_runs_copy_keeps_relative_key_paths_working() {
+        let text = "nodes:\n  DUT1: {type: DUT, host: h, identity_file: keys/lab, known_hosts: kh}\n  DUT2: {type: DUT, host: h, identity_file: /abs/k, known_hosts: ~/kh}\n";
+        let out = with_absolute_local_paths(text, Path::new("/lab/topo/lab.yaml"));
+        let topo = crate::topology::load_str_with(&out, Path::new("/state/runs/r1/topology.yaml"), &|_| true).unwrap();
+        let d1 = &topo.nodes[0];
+        assert_eq!(d1.known_hosts.as_deref(), Some(Path::new("/lab/topo/kh")));
+        assert!(
+            matches!(&d1.auth[0], crate::topology::Auth::IdentityFile { path, .. } if path == Path::new("/lab/topo/keys/lab"))
+        );
+        let d2 = &topo.nodes[1];
+        assert!(matches!(&d2.auth[0], crate::topology::Auth::IdentityFile { path, .. } if path == Path::new("/abs/k")));
+        // Nothing relative: the bytes stay as they were.
+        let plain = "nodes:\n  DUT1: {type: DUT, host: h}\n";
+        assert_eq!(with_absolute_local_paths(plain, Path::new("/lab/lab.yaml")), plain);
     }
 
     /// A bundle whose topology.yaml is a list, replayed with `--topology`: a panic (serde_yaml's
