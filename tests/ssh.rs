@@ -5,9 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{lab, opts};
+use common::lab::{Lab, lab, opts};
+use harness::ssh::ConnectOptions;
 use harness::ssh::{ChildEvent, RemoteCommand, Session, SshError, SshTarget};
 use harness::topology::Auth;
+use std::path::Path;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -687,10 +689,23 @@ fn ssh_config_alias_with_proxy_jump() {
     let lab = lab();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config");
+    let (t, o) = dut2_alias_via_jump(lab, &cfg, "");
+    rt().block_on(async {
+        let s = Session::connect(&t, &o).await.unwrap();
+        assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
+        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), lab.users[1]);
+    });
+}
+
+/// `cfg`: an ssh config whose `Host dut2-alias` reaches lab node 2 through node 1 as its jump
+/// host, with the lab's key and known_hosts (and `extra` lines); the target naming that alias
+/// and options reading that config.
+fn dut2_alias_via_jump(lab: &Lab, cfg: &Path, extra: &str) -> (SshTarget, ConnectOptions) {
     std::fs::write(
-        &cfg,
+        cfg,
         format!(
-            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
+            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n{extra}  ProxyJump {}@127.0.0.1:{}\n",
             lab.ports[1],
             lab.users[1],
             lab.key.display(),
@@ -712,13 +727,8 @@ fn ssh_config_alias_with_proxy_jump() {
         accept_new_host_key: false,
     };
     let mut o = opts();
-    o.ssh_config = Some(cfg);
-    rt().block_on(async {
-        let s = Session::connect(&t, &o).await.unwrap();
-        assert_eq!(s.addr(), format!("127.0.0.1:{}", lab.ports[1]));
-        let out = s.run_ok(&RemoteCommand::new(["id", "-un"])).await.unwrap();
-        assert_eq!(out.stdout_str().trim(), lab.users[1]);
-    });
+    o.ssh_config = Some(cfg.to_path_buf());
+    (t, o)
 }
 
 /// A jump host was checked against only the first file of its node's known_hosts list: a
@@ -737,33 +747,7 @@ fn regression_a_jump_host_key_revoked_in_the_system_files_is_refused() {
         .expect("the bastion's key in the lab's known_hosts")
         .to_string();
     std::fs::write(&global, format!("@revoked {line}\n")).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "Host dut2-alias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile {}\n  ProxyJump {}@127.0.0.1:{}\n",
-            lab.ports[1],
-            lab.users[1],
-            lab.key.display(),
-            lab.known_hosts.display(),
-            global.display(),
-            lab.users[0],
-            lab.ports[0]
-        ),
-    )
-    .unwrap();
-    let t = SshTarget {
-        name: "DUT2".into(),
-        host: "dut2-alias".into(),
-        port: None,
-        user: None,
-        auth: vec![],
-        proxy_jump: None,
-        known_hosts: None,
-        inherited_known_hosts: Vec::new(),
-        accept_new_host_key: false,
-    };
-    let mut o = opts();
-    o.ssh_config = Some(cfg);
+    let (t, o) = dut2_alias_via_jump(lab, &cfg, &format!("  GlobalKnownHostsFile {}\n", global.display()));
     rt().block_on(async {
         let e = Session::connect(&t, &o).await.err().expect("a revoked bastion key was accepted");
         assert!(e.to_string().contains("revoked"), "{e}");

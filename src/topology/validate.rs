@@ -73,11 +73,8 @@ pub(crate) fn run_root_problem(s: &str) -> Option<String> {
     if let Some(what) = crate::quote::socat_unsafe_char(s) {
         return Some(format!("must not contain {what}: the sockets below it are reached through socat"));
     }
-    if s.contains("//") || s.ends_with('/') {
-        return Some(format!("must be a normalised path without `//` or a trailing `/` (found `{s}`)"));
-    }
-    if s.split('/').any(|c| c == "." || c == "..") {
-        return Some(format!("must not contain `.` or `..` components (found `{s}`)"));
+    if let Some(p) = normalised_problem(s) {
+        return Some(p);
     }
     if let Some(w) = WORLD_WRITABLE.iter().find(|w| s == **w || s.starts_with(&format!("{w}/"))) {
         return Some(format!("must not be in the world-writable {w}: another user could plant the run directory"));

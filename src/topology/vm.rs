@@ -668,17 +668,18 @@ fn vm_collect(cx: &mut Cx, n: &YNode, path: &str) -> Option<Vec<Vec<String>>> {
 /// The VNFs' configs address the guest's 0000:00:06.0 and 0000:00:07.0: two data NICs.
 fn check_vnf_nics(cx: &mut Cx, f: &Fields, vnf: Option<&Vnf>) {
     let vnf_node = f.get("vnf");
-    // Counted as written, so an interface with its own error still counts.
-    let data_nics = match f.get("interfaces").map(|n| &n.value) {
+    // Each interface's kind as written, so an interface with its own error still counts.
+    let kinds: Vec<&str> = match f.get("interfaces").map(|n| &n.value) {
         Some(Value::Seq(items)) => items
             .iter()
-            .filter(|it| match &it.value {
-                Value::Map(e) => e.first().and_then(|(k, _)| k.as_scalar()) != Some("net_user"),
-                _ => false,
+            .filter_map(|it| match &it.value {
+                Value::Map(e) => Some(e.first().and_then(|(k, _)| k.as_scalar()).unwrap_or("")),
+                _ => None,
             })
-            .count(),
-        _ => 0,
+            .collect(),
+        _ => Vec::new(),
     };
+    let data_nics = kinds.iter().filter(|k| **k != "net_user").count();
     if let Some(vnf) = vnf
         && !matches!(vnf, Vnf::None)
         && data_nics < 2
@@ -693,15 +694,9 @@ fn check_vnf_nics(cx: &mut Cx, f: &Fields, vnf: Option<&Vnf>) {
     }
     // CSIT's `vpp_2vfpt_*` recipes pass PCI devices through: their `.exec` creates `avf`
     // interfaces on them. Over vhost-user NICs VPP would find no such device.
-    let vhost = match f.get("interfaces").map(|n| &n.value) {
-        Some(Value::Seq(items)) => items.iter().any(
-            |it| matches!(&it.value, Value::Map(e) if e.first().and_then(|(k, _)| k.as_scalar()) == Some("vhost_user")),
-        ),
-        _ => false,
-    };
     if let Some(Vnf::Vpp(name)) = vnf
         && name.starts_with("vpp_2vfpt")
-        && vhost
+        && kinds.contains(&"vhost_user")
     {
         cx.err(
             vnf_node.map_or(f.pos, |v| v.pos),

@@ -334,21 +334,12 @@ mod tests {
         let manifest = dir.path().join("manifest-DUT1.json");
         let content = b"{\"run_id\": \"r\"}";
         let run_with = |manifest: &std::path::Path, sent: &[u8], size: usize| {
-            use std::io::Write as _;
             let mut cmd = std::process::Command::new("sh");
             cmd.arg("-c").arg(start_script()).arg("sh").arg(manifest).arg(size.to_string());
             cmd.arg(ok_vm.len().to_string()).arg(pf0).args(ok_vm);
             cmd.arg(bad_vm.len().to_string()).arg(pf1).args(bad_vm);
             cmd.arg(fenced_vm.len().to_string()).arg(pf2).args(fenced_vm);
-            cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-            let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
-            // A script that cannot open the manifest exits without reading its stdin: a write
-            // after that is EPIPE (a flaky failure under load), not a fault of the script.
-            match child.stdin.take().unwrap().write_all(sent) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                r => r.unwrap(),
-            }
-            child.wait_with_output().unwrap()
+            output_with_stdin(cmd, sent)
         };
         let run = |manifest: &std::path::Path| run_with(manifest, content, content.len());
         let out = run(&manifest);
@@ -403,7 +394,7 @@ mod tests {
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c").arg(start_script()).arg("sh").arg(&manifest).arg("2");
         cmd.arg(qemu.len().to_string()).arg(pf).args(qemu);
-        let out = testsupport_output(cmd, b"{}");
+        let out = output_with_stdin(cmd, b"{}");
         assert_eq!(out.status.code(), Some(125), "{out:?}");
         assert!(!manifest.exists(), "the manifest was written again");
         assert!(!launched.exists(), "QEMU was launched");
@@ -430,7 +421,7 @@ mod tests {
                 cmd.arg(ok.len().to_string()).arg(&pf).args(ok);
             }
         }
-        let out = testsupport_output(cmd, b"{}");
+        let out = output_with_stdin(cmd, b"{}");
         let text = String::from_utf8_lossy(&out.stdout);
         let mut seen: Vec<usize> = text.lines().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
         seen.sort();
@@ -445,7 +436,7 @@ mod tests {
         }
     }
 
-    fn testsupport_output(mut cmd: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    fn output_with_stdin(mut cmd: std::process::Command, stdin: &[u8]) -> std::process::Output {
         use std::io::Write as _;
         let mut child = cmd
             .stdin(std::process::Stdio::piped())
@@ -453,7 +444,8 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // A script that ends without reading its stdin makes the write EPIPE: not its fault.
+        // A script that exits without reading its stdin (it cannot open the manifest) makes
+        // the write EPIPE, a flaky failure under load, not a fault of the script.
         match child.stdin.take().unwrap().write_all(stdin) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             r => r.unwrap(),
